@@ -1,0 +1,1 @@
+"""leukolab's web process: FastAPI pages and API, services, SQLAlchemy models, settings."""

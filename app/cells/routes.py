@@ -1,0 +1,56 @@
+"""Importing cells from the browser (a .zip upload) and over the API."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+
+from app.cells.importer import ImportRefused, import_zip
+from app.deps import AdminUser, SessionDep
+from app.errors import InvalidInput
+from app.settings import get_settings
+from app.templating import render
+
+api = APIRouter(prefix="/api/v1", tags=["cells"])
+pages = APIRouter(include_in_schema=False)
+
+
+def _check_size(upload: UploadFile) -> None:
+    limit = get_settings().max_upload_bytes
+    if upload.size is not None and upload.size > limit:
+        raise InvalidInput(f"{upload.filename}: the zip is {upload.size} bytes, over the {limit}-byte limit")
+
+
+@api.post("/imports", status_code=201)
+def api_import(session: SessionDep, admin: AdminUser, file: Annotated[UploadFile, File()], labelled: bool | None = None) -> dict:
+    """Import a .zip of cell images; class sub-folders import as expert labels. All or nothing."""
+    _check_size(file)
+    summary = import_zip(session=session, file=file.file, labelled=labelled, user_id=admin.id)
+    return dataclasses.asdict(summary)
+
+
+@pages.get("/admin/import")
+def import_page(request: Request, admin: AdminUser):  # type: ignore[no-untyped-def]
+    return render(request, "admin/import.html", {"summary": None, "refused": None})
+
+
+@pages.post("/admin/import")
+def import_upload(
+    request: Request,
+    session: SessionDep,
+    admin: AdminUser,
+    file: Annotated[UploadFile, File()],
+    labelled: Annotated[str, Form()] = "auto",
+):  # type: ignore[no-untyped-def]
+    flag = {"auto": None, "yes": True, "no": False}.get(labelled)
+    template = "admin/_import_result.html" if request.headers.get("hx-request") else "admin/import.html"
+    try:
+        _check_size(file)
+        summary = import_zip(session=session, file=file.file, labelled=flag, user_id=admin.id)
+    except ImportRefused as refused:
+        return render(request, template, {"summary": None, "refused": refused}, status_code=422)
+    except InvalidInput as error:
+        return render(request, template, {"summary": None, "refused": error}, status_code=422)
+    return render(request, template, {"summary": summary, "refused": None})

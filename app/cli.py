@@ -1,0 +1,130 @@
+"""The ``leukolab`` command line: a thin layer over the same services and tasks as the web app."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from app.errors import LeukolabError
+
+app = typer.Typer(help="leukolab: active labelling of white blood cells.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_app = typer.Typer(help="Accounts.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (not tests): each writes a JSON report.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(bench_app, name="bench")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Migrate the configured database to REVISION (default: the newest)."""
+    from app import db
+
+    db.upgrade(revision=revision)
+    typer.echo(f"database at {db.head_revision() if revision == 'head' else revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. base or 0001")]) -> None:
+    """Migrate the configured database down to REVISION."""
+    from app import db
+
+    db.downgrade(revision=revision)
+    typer.echo(f"database at {revision}")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Exit 0 when the database is reachable and migrated; otherwise say what to run."""
+    from app import db
+
+    try:
+        db.check_migrated()
+    except LeukolabError as error:
+        raise fail(error.message, 1) from None
+    typer.echo("database ready")
+
+
+@users_app.command("create")
+def users_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin or cytologist")] = "cytologist",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from standard input")] = False,
+) -> None:
+    """Create a user."""
+    from pydantic import ValidationError
+
+    from app.db import session_scope
+    from app.users.schemas import UserCreate
+    from app.users.service import create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        user_create = UserCreate(username=name, password=password, role=role)
+        with session_scope() as session:
+            user = create_user(session=session, user_create=user_create)
+    except ValidationError as error:
+        raise fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in error.errors())) from None
+    except LeukolabError as error:
+        raise fail(error.message) from None
+    typer.echo(f"created {user.role} {user.username!r} (id {user.id})")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users."""
+    from app.db import session_scope
+    from app.users.service import list_users
+
+    with session_scope() as session:
+        for user in list_users(session=session):
+            typer.echo(f"{user.id}\t{user.username}\t{user.role}\t{'active' if user.is_active else 'deactivated'}")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the web server on the configured database."""
+    import uvicorn
+
+    from app import db
+
+    try:
+        db.check_migrated()
+    except LeukolabError as error:
+        raise fail(error.message, 1) from None
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True)
+
+
+def _register_commands_from_other_modules() -> None:
+    from app.bench import labelling_command
+    from app.cells.cli import import_command
+    from ml import cli as ml_cli
+
+    app.command("import", help="Import a folder or .zip of cell images; class sub-folders with --labelled.")(
+        import_command
+    )
+    bench_app.command("labelling")(labelling_command)
+    bench_app.command("ssl")(ml_cli.ssl)
+    bench_app.command("throughput")(ml_cli.throughput)
+
+
+_register_commands_from_other_modules()
+
+
+def main() -> None:
+    app()

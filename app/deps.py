@@ -1,0 +1,94 @@
+"""Typed dependencies: the request's DB session, the current user, admin-only access."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app import security
+from app.db import get_sessionmaker
+from app.errors import Forbidden, Unauthenticated
+from app.models import User
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+@dataclass(frozen=True)
+class UserView:
+    id: int
+    username: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_db() -> Iterator[Session]:
+    """The request owns the transaction: commit on success, roll back on error."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+async def check_csrf(request: Request) -> None:
+    """Refuse an unsafe cookie-authenticated request without the session's CSRF token."""
+    if request.method in SAFE_METHODS:
+        return
+    presented = request.headers.get(security.CSRF_HEADER)
+    if presented is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        presented = (await request.form()).get(security.CSRF_FORM_FIELD)  # cached by Starlette
+    if not security.csrf_valid(request.session, presented if isinstance(presented, str) else None):
+        raise Forbidden("missing or wrong CSRF token: reload the page and try again")
+
+
+async def current_user(
+    request: Request,
+    session: SessionDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The user of a bearer token or of the session cookie (then CSRF-checked)."""
+    if bearer is not None:
+        user_id = security.read_token(bearer.credentials)
+    else:
+        user_id = request.session.get("uid")
+        if user_id is None:
+            raise Unauthenticated("log in first")
+        await check_csrf(request)
+    user = session.get(User, user_id)
+    if user is None or not user.is_active:
+        request.session.pop("uid", None)
+        raise Unauthenticated("this account no longer exists or is deactivated")
+    # A plain snapshot for templates: the ORM row expires if the request's transaction rolls back.
+    request.state.user = UserView(id=user.id, username=user.username, role=user.role)
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def admin_user(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise Forbidden("this page is for admins only")
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]

@@ -1,0 +1,99 @@
+"""The labelling page and its API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse
+
+from app.deps import CurrentUser, SessionDep
+from app.labelling import service
+from app.labelling.schemas import ClassOut, LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
+from app.models import UNSURE
+from app.templating import render
+
+api = APIRouter(prefix="/api/v1", tags=["labelling"])
+pages = APIRouter(include_in_schema=False)
+KEYMAP = json.loads((Path(__file__).resolve().parents[2] / "static" / "keymap.json").read_text())
+
+
+@api.get("/queue/next", response_model=NextCell, responses={204: {"description": "nothing left to label"}})
+def queue_next(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    exclude: Annotated[list[int], Query(description="cell ids already on screen")] = [],  # noqa: B006
+):  # type: ignore[no-untyped-def]
+    """Lease the next cell to label: queue first, then unlabelled cells at random. 204 when none is left."""
+    lease = service.next_cell(session=session, user=user, exclude=exclude)
+    if lease is None:
+        return Response(status_code=204)
+    suggestion = service.suggestion_for(session=session, cell_id=lease.cell_id)
+    return NextCell(
+        cell_id=lease.cell_id,
+        image_url=str(request.url_for("cell_image", cell_id=lease.cell_id).path),
+        reason=lease.reason,
+        suggestion=Suggestion(**suggestion) if suggestion else None,
+        lease_until=lease.lease_until,
+    )
+
+
+@api.post("/cells/{cell_id}/lease")
+def renew_lease(session: SessionDep, user: CurrentUser, cell_id: int) -> dict:
+    """Keep ``cell_id`` leased to the caller while it is on screen."""
+    return {"cell_id": cell_id, "lease_until": service.renew_lease(session=session, user=user, cell_id=cell_id)}
+
+
+@api.post("/cells/{cell_id}/labels", response_model=LabelOut, status_code=201)
+def add_label(session: SessionDep, user: CurrentUser, cell_id: int, body: LabelIn) -> LabelOut:
+    """Label a cell with a class name or ``unsure``. 422 lists the allowed names."""
+    label = service.add_label(session=session, user=user, cell_id=cell_id, value=body.label)
+    return LabelOut(id=label.id, cell_id=cell_id, label=label.value, user=user.username, created_at=label.created_at)
+
+
+@api.post("/labels/undo", response_model=UndoOut)
+def undo(session: SessionDep, user: CurrentUser) -> UndoOut:
+    """Undo the caller's newest label (recorded as a row); the cell is leased back to them."""
+    label = service.undo_last(session=session, user=user)
+    return UndoOut(undone_label_id=label.id, cell_id=label.cell_id, label=label.value)
+
+
+@api.get("/cells/{cell_id}/image", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def cell_image(session: SessionDep, user: CurrentUser, cell_id: int) -> Response:
+    """The cell's display pixels as PNG."""
+    cell = service.get_cell(session=session, cell_id=cell_id)
+    return Response(cell.display_png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@api.get("/stats", response_model=Stats)
+def stats(session: SessionDep, user: CurrentUser) -> dict:
+    return service.stats(session=session, user=user)
+
+
+@api.get("/classes", response_model=list[ClassOut])
+def classes(session: SessionDep, user: CurrentUser) -> list:
+    return service.list_classes(session=session)
+
+
+@pages.get("/")
+def home(user: CurrentUser):  # type: ignore[no-untyped-def]
+    return RedirectResponse("/label", status_code=303)
+
+
+@pages.get("/label")
+def label_page(request: Request, session: SessionDep, user: CurrentUser):  # type: ignore[no-untyped-def]
+    classes = service.list_classes(session=session)
+    keys = [
+        *({"keys": [c.hotkey] + (["x"] if c.name == "artefact" else []), "action": "label", "label": c.name,
+           "help": f"label as {c.name}"} for c in classes),
+        {"keys": ["u"], "action": "label", "label": UNSURE, "help": "unsure: skip, leave it for an admin"},
+        *KEYMAP,
+    ]
+    return render(
+        request,
+        "label.html",
+        {"classes": classes, "keymap": keys, "stats": service.stats(session=session, user=user)},
+    )

@@ -1,0 +1,10 @@
+"""Read side of the active model's predictions, used by the labelling page and API."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+
+def suggestion_for(*, session: Session, cell_id: int) -> dict | None:
+    """The active model's suggestion for ``cell_id``; ``None`` until a model has scored it."""
+    return None

@@ -1,0 +1,52 @@
+"""Rows for tests, written through the same services the app uses."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+
+import numpy as np
+from PIL import Image
+
+from app.db import session_scope
+from app.models import Cell, User
+from app.users.schemas import UserCreate
+from app.users.service import create_user
+
+PASSWORD = "correct-horse-battery"
+
+
+def make_user(name: str, role: str = "cytologist", password: str = PASSWORD) -> int:
+    with session_scope() as session:
+        return create_user(session=session, user_create=UserCreate(username=name, password=password, role=role)).id
+
+
+def make_cells(count: int, size: int = 32, seed: int = 0) -> list[int]:
+    """Insert ``count`` distinct small cells directly (import has its own tests)."""
+    rng = np.random.default_rng(seed)
+    ids = []
+    with session_scope() as session:
+        for index in range(count):
+            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            cell = Cell(
+                sha256=hashlib.sha256(pixels.tobytes()).hexdigest(),
+                display_png=buffer.getvalue(),
+                display_size=size,
+                model_input=np.asarray(Image.fromarray(pixels).resize((64, 64))).tobytes(),
+                source_name=f"generated/{seed}-{index}.png",
+                random_key=random.random(),
+            )
+            session.add(cell)
+            session.flush()
+            ids.append(cell.id)
+    return ids
+
+
+def get_user(name: str) -> User:
+    from sqlalchemy import select
+
+    with session_scope() as session:
+        return session.scalar(select(User).where(User.username == name))

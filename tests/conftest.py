@@ -1,0 +1,94 @@
+"""Shared fixtures: real PostgreSQL (and SQLite) databases migrated with Alembic, users, a web client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from app import db
+from app.settings import get_settings
+
+PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_TABLES = ("labels", "queue_entries", "cells", "imports", "login_failures", "users")
+
+
+def create_pg_database(name: str) -> str:
+    """(Re)create database ``name`` on the test server and return its SQLAlchemy URL."""
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG_SERVER.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def use_database(url: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """Point every cached engine and setting at ``url`` for one test."""
+    monkeypatch.setenv("LEUKOLAB_DATABASE_URL", url)
+    for key, value in env.items():
+        monkeypatch.setenv(f"LEUKOLAB_{key.upper()}", value)
+    reset_caches()
+
+
+def reset_caches() -> None:
+    if db.get_engine.cache_info().currsize:
+        db.get_engine().dispose()
+    get_settings.cache_clear()
+    db.get_engine.cache_clear()
+    db.get_sessionmaker.cache_clear()
+
+
+def empty_tables(url: str) -> None:
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in DATA_TABLES:
+                conn.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database migrated once for the session (which also exercises the migrations)."""
+    name = f"leukolab_test_{os.getpid()}"
+    url = create_pg_database(name)
+    db.upgrade(url)
+    yield url
+    drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'leukolab.db'}"
+    db.upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def any_db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each test runs on real PostgreSQL and on the embedded SQLite default."""
+    url = request.getfixturevalue("pg_url" if request.param == "postgres" else "sqlite_template")
+    empty_tables(url)
+    use_database(url, monkeypatch)
+    yield url
+    reset_caches()
+
+
+@pytest.fixture
+def pg_db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A clean PostgreSQL database for one test."""
+    empty_tables(pg_url)
+    use_database(pg_url, monkeypatch)
+    yield pg_url
+    reset_caches()
