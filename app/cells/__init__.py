@@ -1,0 +1,1 @@
+"""Cells: importing images, and the pixels kept for display and for the model."""

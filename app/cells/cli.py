@@ -1,0 +1,100 @@
+"""``leukolab import PATH [--labelled]``: a thin layer over ``app.cells.importer``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.cells.importer import ImportRefused, ImportSummary, import_folder, import_zip
+from app.db import session_scope
+from app.errors import LeukolabError
+from app.models import User
+
+NO_ADMIN = "create an admin first: leukolab users create NAME --role admin --password-stdin"
+
+
+def _importing_user(session: Session, as_user: str | None, labelled: bool) -> int | None:
+    """The admin named ``as_user``; for a labelled import without one, the first active admin."""
+    if as_user is not None:
+        user = session.scalar(select(User).where(User.username == as_user))
+        if user is None or not user.is_active or not user.is_admin:
+            raise LeukolabError(f"{as_user!r} is not an active admin")
+        return user.id
+    if not labelled:
+        return None
+    admin_id = session.scalar(
+        select(User.id).where(User.role == "admin", User.is_active.is_(True)).order_by(User.id).limit(1)
+    )
+    if admin_id is None:
+        raise LeukolabError(f"labels need an admin to attribute them to; {NO_ADMIN}")
+    return admin_id
+
+
+def _print_summary(console: Console, summary: ImportSummary) -> None:
+    labels = f", {summary.labelled} labelled" if summary.labelled else ""
+    console.print(
+        f"imported {summary.imported} cells{labels}; {summary.duplicates} duplicates skipped"
+        f" (import {summary.import_id})"
+    )
+    if summary.skipped:
+        console.print(f"skipped {len(summary.skipped)} non-image files: {', '.join(summary.skipped)}")
+
+
+def import_command(
+    path: Annotated[Path, typer.Argument(help="a folder of images, or a .zip")],
+    labelled: Annotated[
+        bool, typer.Option("--labelled", help="class sub-folders are expert labels (an ImageFolder)")
+    ] = False,
+    as_user: Annotated[str | None, typer.Option("--as-user", help="admin to attribute labels to")] = None,
+) -> None:
+    """Import a folder or .zip of cell images, all or nothing; with --labelled, sub-folders are classes."""
+    console = Console(stderr=True)
+    if not path.exists():
+        typer.secho(f"error: {path}: no such file or folder", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    try:
+        with (
+            session_scope() as session,
+            Progress(
+                TextColumn("importing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            ) as bar,
+        ):
+            user_id = _importing_user(session, as_user, labelled)
+            task = bar.add_task("import", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            if path.is_dir():
+                summary = import_folder(
+                    session=session, path=path, labelled=labelled, user_id=user_id, progress=progress
+                )
+            else:
+                summary = import_zip(
+                    session=session, file=path, labelled=labelled, user_id=user_id, progress=progress
+                )
+    except ImportRefused as refused:
+        for rejection in refused.rejections:
+            typer.secho(f"refused: {rejection.file}: {rejection.reason}", err=True, fg=typer.colors.RED)
+        count = len(refused.rejections)
+        typer.secho(
+            f"error: {count} file{'s' if count != 1 else ''} refused; nothing was imported",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(2) from None
+    except LeukolabError as error:
+        typer.secho(f"error: {error.message}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    _print_summary(Console(), summary)

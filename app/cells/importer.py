@@ -1,0 +1,522 @@
+"""Importing cell images from a folder or a .zip, all or nothing. Services never commit.
+
+An import runs in two passes. The first opens and fully decodes every file and collects
+every problem, so a refusal names them all and writes nothing. The second decodes the
+files again (only the hashes are kept in between, so 10,000 images need little memory),
+prepares the display and model copies and inserts them in batches.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from io import BytesIO
+from itertools import islice
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.cells.images import UnreadableImage, open_image, pixel_sha256, prepare_image
+from app.errors import Conflict, InvalidInput
+from app.models import Cell, CellClass, ImportBatch, Label, User
+from app.settings import get_settings
+
+BATCH_SIZE = 500
+# A zip may unpack to at most this many times the upload limit; more is a zip bomb.
+ZIP_EXPANSION_LIMIT = 4
+# Zip entries up to this size are read into memory; larger ones are decoded from the stream.
+_IN_MEMORY_ENTRY_BYTES = 32 * 1024**2
+_MESSAGE_REJECTIONS = 20
+
+# Files that operating systems and archivers leave behind: ignored without a word.
+_IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
+# Notes that travel with a data set (README.md, MANIFEST.csv): skipped, and listed in the summary.
+SIDECAR_SUFFIXES = {".csv", ".tsv", ".md", ".txt", ".rst", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf"}
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    file: str
+    reason: str
+
+
+@dataclass
+class ImportSummary:
+    imported: int
+    duplicates: int
+    labelled: int
+    rejected: list[Rejection]
+    import_id: int | None
+    skipped: list[str] = field(default_factory=list)  # notes such as README.md, not images
+
+    def as_dict(self) -> dict:
+        """The summary as JSON-ready data."""
+        return asdict(self)
+
+
+class ImportRefused(InvalidInput):
+    """Some files cannot be imported; nothing was written. ``rejections`` lists them all."""
+
+    def __init__(self, rejections: Sequence[Rejection]) -> None:
+        self.rejections = list(rejections)
+        count = len(self.rejections)
+        shown = "; ".join(f"{r.file}: {r.reason}" for r in self.rejections[:_MESSAGE_REJECTIONS])
+        more = f"; and {count - _MESSAGE_REJECTIONS} more" if count > _MESSAGE_REJECTIONS else ""
+        noun = "file" if count == 1 else "files"
+        super().__init__(
+            f"{count} {noun} refused; nothing was imported: {shown}{more}",
+            rejections=[asdict(r) for r in self.rejections],
+        )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One file of a folder or zip, named by its path below the import root."""
+
+    name: str  # "/"-separated, as shown to people and stored as ``Cell.source_name``
+    parts: tuple[str, ...]  # path parts below the ImageFolder root (a zip's wrapper folder removed)
+    size: int
+    open: Callable[[], AbstractContextManager[BinaryIO]] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file that decoded cleanly and will become a cell unless its pixels are already known."""
+
+    source_name: str
+    class_name: str | None
+    sha256: str
+    width: int
+    height: int
+    open: Callable[[], AbstractContextManager[BinaryIO]] = field(repr=False, compare=False)
+
+
+def _is_ignored(parts: Sequence[str]) -> bool:
+    return any(part.startswith(".") or part.lower() in _IGNORED_NAMES for part in parts)
+
+
+def _is_sidecar(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in SIDECAR_SUFFIXES
+
+
+def _strip_wrapper(entries: list[_Entry], class_lookup: dict[str, str]) -> list[_Entry]:
+    """Drop folders that wrap everything (``pbc/neutrophil/x.jpg`` → ``neutrophil/x.jpg``)."""
+    while entries:
+        first = entries[0].parts[0]
+        if first.lower() in class_lookup or any(
+            len(entry.parts) < 2 or entry.parts[0] != first for entry in entries
+        ):
+            break
+        entries = [_Entry(e.name, e.parts[1:], e.size, e.open) for e in entries]
+    return entries
+
+
+def looks_labelled(entries: Sequence[_Entry], class_names: Sequence[str]) -> bool:
+    """An ImageFolder: every image in a sub-folder, and at least one sub-folder named like a class."""
+    lookup = {name.lower() for name in class_names}
+    return (
+        bool(entries)
+        and all(len(e.parts) >= 2 for e in entries)
+        and any(e.parts[0].lower() in lookup for e in entries)
+    )
+
+
+def _scan_entries(
+    entries: list[_Entry],
+    *,
+    labelled: bool,
+    class_names: Sequence[str],
+    max_pixels: int,
+    progress: Progress | None = None,
+    total_steps: int | None = None,
+) -> tuple[list[Candidate], list[Rejection]]:
+    class_lookup = {name.lower(): name for name in class_names}
+    allowed = ", ".join(class_names)
+    candidates: list[Candidate] = []
+    rejections: list[Rejection] = []
+    unknown_folders: dict[str, str] = {}
+    total = total_steps if total_steps is not None else len(entries)
+    for done, entry in enumerate(entries, start=1):
+        class_name: str | None = None
+        if labelled:
+            if len(entry.parts) < 2:
+                rejections.append(
+                    Rejection(entry.name, "not inside a class folder; a labelled import needs CLASS/IMAGE")
+                )
+            else:
+                class_name = class_lookup.get(entry.parts[0].lower())
+                if class_name is None:
+                    folder = entry.name[: len(entry.name) - len("/".join(entry.parts[1:]))]
+                    unknown_folders.setdefault(entry.parts[0], folder)
+        try:
+            if entry.size == 0:
+                raise UnreadableImage("empty file (0 bytes)")
+            with entry.open() as fp:
+                image = open_image(fp, max_pixels=max_pixels)
+                sha256 = pixel_sha256(image)
+                width, height = image.size
+                image.close()
+        except UnreadableImage as exc:
+            rejections.append(Rejection(entry.name, exc.reason))
+        except OSError as exc:
+            rejections.append(Rejection(entry.name, f"cannot read the file: {exc}"))
+        except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+            rejections.append(Rejection(entry.name, f"cannot read the zip entry: {exc}"))
+        else:
+            candidates.append(Candidate(entry.name, class_name, sha256, width, height, entry.open))
+        if progress:
+            progress(done, total)
+    for class_folder, folder in unknown_folders.items():
+        rejections.append(
+            Rejection(
+                folder,
+                f"unknown class folder {class_folder!r}; allowed: {allowed} "
+                "(import without --labelled to import these cells unlabelled)",
+            )
+        )
+    return candidates, rejections
+
+
+def _folder_entries(path: Path) -> tuple[list[_Entry], list[Rejection], list[str]]:
+    """Every file below ``path``; links that leave the folder are rejections."""
+    root = path.resolve()
+    entries: list[_Entry] = []
+    rejections: list[Rejection] = []
+    skipped: list[str] = []
+
+    def opener(file: Path) -> Callable[[], AbstractContextManager[BinaryIO]]:
+        return lambda: file.open("rb")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        relative_dir = here.relative_to(root).parts
+        dirnames[:] = sorted(d for d in dirnames if not _is_ignored([d]))
+        for dirname in dirnames:
+            full = here / dirname
+            # os.walk does not follow links; one out of the folder is refused, one inside is redundant.
+            if full.is_symlink() and not full.resolve().is_relative_to(root):
+                folder = "/".join((*relative_dir, dirname)) + "/"
+                rejections.append(Rejection(folder, "symbolic link pointing outside the folder"))
+        for filename in sorted(filenames):
+            parts = (*relative_dir, filename)
+            name = "/".join(parts)
+            if _is_ignored(parts):
+                continue
+            full = here / filename
+            if full.is_symlink() and not full.resolve().is_relative_to(root):
+                rejections.append(Rejection(name, "symbolic link pointing outside the folder"))
+                continue
+            if not full.is_file():
+                rejections.append(Rejection(name, "not a regular file"))
+                continue
+            if _is_sidecar(filename):
+                skipped.append(name)
+                continue
+            entries.append(_Entry(name, parts, full.stat().st_size, opener(full)))
+    return entries, rejections, skipped
+
+
+def _zip_entries(archive: zipfile.ZipFile) -> tuple[list[_Entry], list[Rejection], list[str]]:
+    """Every file in ``archive``; entries that escape it, links and encrypted entries are rejections."""
+    entries: list[_Entry] = []
+    rejections: list[Rejection] = []
+    skipped: list[str] = []
+
+    def opener(info: zipfile.ZipInfo) -> Callable[[], AbstractContextManager[BinaryIO]]:
+        if info.file_size <= _IN_MEMORY_ENTRY_BYTES:
+            return lambda: BytesIO(archive.read(info))
+        return lambda: archive.open(info)
+
+    for info in archive.infolist():
+        name = info.filename.replace("\\", "/")
+        if info.is_dir():
+            continue
+        parts = tuple(part for part in name.split("/") if part not in ("", "."))
+        if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
+            rejections.append(Rejection(info.filename, "entry escapes its folder (absolute path or '..')"))
+            continue
+        if _is_ignored(parts):
+            continue
+        if stat.S_ISLNK(info.external_attr >> 16):
+            rejections.append(Rejection(info.filename, "symbolic link; zip entries must be plain files"))
+            continue
+        if info.flag_bits & 0x1:
+            rejections.append(Rejection(info.filename, "encrypted entry"))
+            continue
+        if _is_sidecar(name):
+            skipped.append(name)
+            continue
+        entries.append(_Entry(name, parts, info.file_size, opener(info)))
+    return entries, rejections, skipped
+
+
+def _batched(items: Sequence[Candidate], size: int) -> Iterator[list[Candidate]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _known_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
+    known: set[str] = set()
+    for start in range(0, len(hashes), BATCH_SIZE):
+        chunk = hashes[start : start + BATCH_SIZE]
+        known.update(session.scalars(select(Cell.sha256).where(Cell.sha256.in_(chunk))))
+    return known
+
+
+def _class_names(session: Session) -> list[str]:
+    return list(session.scalars(select(CellClass.name).order_by(CellClass.position)))
+
+
+def _check_user(session: Session, user_id: int | None, labelled: bool) -> None:
+    if user_id is None:
+        if labelled:
+            raise InvalidInput("a labelled import needs a user to attribute the labels to")
+        return
+    if session.get(User, user_id) is None:
+        raise InvalidInput(f"no user with id {user_id}")
+
+
+def _write(
+    *,
+    session: Session,
+    candidates: list[Candidate],
+    labelled: bool,
+    user_id: int | None,
+    source: str,
+    max_pixels: int,
+    skipped: list[str],
+    progress: Progress | None,
+    done: int,
+    total: int,
+) -> ImportSummary:
+    known = _known_hashes(session, [c.sha256 for c in candidates])
+    fresh: list[Candidate] = []
+    seen: set[str] = set()
+    for candidate in candidates:
+        if candidate.sha256 not in known and candidate.sha256 not in seen:
+            seen.add(candidate.sha256)
+            fresh.append(candidate)
+    duplicates = len(candidates) - len(fresh)
+    done += duplicates  # duplicates need no second pass
+
+    batch = ImportBatch(user_id=user_id, source=source[-512:], labelled=labelled, imported=0, duplicates=0)
+    session.add(batch)
+    session.flush()
+
+    label_count = 0
+    try:
+        for chunk in _batched(fresh, BATCH_SIZE):
+            cells: list[Cell] = []
+            for candidate in chunk:
+                try:
+                    with candidate.open() as fp:
+                        image = open_image(fp, max_pixels=max_pixels)
+                        prepared = prepare_image(image)
+                        image.close()
+                except (UnreadableImage, OSError) as exc:
+                    reason = getattr(exc, "reason", None) or f"cannot read the file: {exc}"
+                    changed = Rejection(candidate.source_name, f"changed during the import: {reason}")
+                    raise ImportRefused([changed]) from exc
+                if prepared.sha256 != candidate.sha256:
+                    raise ImportRefused([Rejection(candidate.source_name, "changed during the import")])
+                cells.append(
+                    Cell(
+                        sha256=prepared.sha256,
+                        display_png=prepared.display_png,
+                        display_size=prepared.display_size,
+                        model_input=prepared.model_input,
+                        source_name=candidate.source_name[-512:],
+                        import_id=batch.id,
+                        random_key=random.random(),
+                    )
+                )
+            session.add_all(cells)
+            session.flush()
+            labels: list[Label] = []
+            if labelled:
+                labels = [
+                    Label(cell_id=cell.id, user_id=user_id, value=candidate.class_name, source="import")
+                    for cell, candidate in zip(cells, chunk, strict=True)
+                ]
+                session.add_all(labels)
+                session.flush()
+                for cell, label in zip(cells, labels, strict=True):
+                    cell.current_label_id = label.id
+                session.flush()
+                label_count += len(labels)
+            for row in (*cells, *labels):  # keep the session small on 10,000 images
+                session.expunge(row)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    except IntegrityError as exc:
+        raise Conflict(
+            "another import added some of the same cells at the same time; run the import again"
+        ) from exc
+
+    batch.imported = len(fresh)
+    batch.duplicates = duplicates
+    session.flush()
+    if progress:
+        progress(total, total)
+    return ImportSummary(
+        imported=len(fresh),
+        duplicates=duplicates,
+        labelled=label_count,
+        rejected=[],
+        import_id=batch.id,
+        skipped=skipped,
+    )
+
+
+def _run_import(
+    *,
+    session: Session,
+    entries: list[_Entry],
+    rejections: list[Rejection],
+    skipped: list[str],
+    labelled: bool | None,
+    user_id: int | None,
+    source: str,
+    progress: Progress | None,
+) -> ImportSummary:
+    max_pixels = get_settings().max_image_pixels
+    class_names = _class_names(session)
+    entries = _strip_wrapper(entries, {name.lower(): name for name in class_names})
+    if labelled is None:
+        labelled = looks_labelled(entries, class_names)
+    _check_user(session, user_id, labelled)
+    total = 2 * len(entries)  # each file is read twice: checked, then written
+    candidates, problems = _scan_entries(
+        entries,
+        labelled=labelled,
+        class_names=class_names,
+        max_pixels=max_pixels,
+        progress=progress,
+        total_steps=total,
+    )
+    rejections = rejections + problems
+    if not entries and not rejections:
+        rejections.append(Rejection(source, "no images found"))
+    if rejections:
+        raise ImportRefused(rejections)
+    return _write(
+        session=session,
+        candidates=candidates,
+        labelled=labelled,
+        user_id=user_id,
+        source=source,
+        max_pixels=max_pixels,
+        skipped=skipped,
+        progress=progress,
+        done=len(entries),
+        total=total,
+    )
+
+
+def scan_folder(
+    path: Path, *, labelled: bool, class_names: list[str], max_pixels: int
+) -> tuple[list[Candidate], list[Rejection]]:
+    """Decode and check every file below ``path``, returning the good ones and every problem."""
+    entries, rejections, _skipped = _folder_entries(path)
+    entries = _strip_wrapper(entries, {name.lower(): name for name in class_names})
+    candidates, problems = _scan_entries(
+        entries, labelled=labelled, class_names=class_names, max_pixels=max_pixels
+    )
+    return candidates, rejections + problems
+
+
+def import_folder(
+    *,
+    session: Session,
+    path: Path,
+    labelled: bool,
+    user_id: int | None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    """Import every image below ``path`` (class sub-folders as labels when ``labelled``), all or nothing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InvalidInput(f"{path}: not a folder")
+    entries, rejections, skipped = _folder_entries(path)
+    return _run_import(
+        session=session,
+        entries=entries,
+        rejections=rejections,
+        skipped=skipped,
+        labelled=labelled,
+        user_id=user_id,
+        source=str(path.resolve()),
+        progress=progress,
+    )
+
+
+def _stream_size(file: BinaryIO) -> int:
+    file.seek(0, os.SEEK_END)
+    size = file.tell()
+    file.seek(0)
+    return size
+
+
+def import_zip(
+    *,
+    session: Session,
+    file: BinaryIO | Path,
+    labelled: bool | None,
+    user_id: int | None,
+    max_bytes: int | None = None,
+    progress: Progress | None = None,
+    name: str | None = None,
+) -> ImportSummary:
+    """Import the images in a .zip, all or nothing; ``labelled=None`` detects class sub-folders."""
+    max_bytes = max_bytes if max_bytes is not None else get_settings().max_upload_bytes
+    if isinstance(file, (str, Path)):
+        path = Path(file)
+        name = name or path.name
+        if not path.is_file():
+            raise InvalidInput(f"{path}: not a file")
+        size = path.stat().st_size
+    else:
+        name = name or Path(str(getattr(file, "name", "") or "upload.zip")).name
+        size = _stream_size(file)
+    if size > max_bytes:
+        too_big = Rejection(name, f"the zip is {size:,} bytes, over the limit of {max_bytes:,} bytes")
+        raise ImportRefused([too_big])
+    try:
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ImportRefused([Rejection(name, f"not a zip file ({exc})")]) from exc
+    with archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > ZIP_EXPANSION_LIMIT * max_bytes:
+            raise ImportRefused(
+                [
+                    Rejection(
+                        name,
+                        f"zip bomb: it unpacks to {unpacked:,} bytes, over {ZIP_EXPANSION_LIMIT}× "
+                        f"the upload limit of {max_bytes:,} bytes",
+                    )
+                ]
+            )
+        entries, rejections, skipped = _zip_entries(archive)
+        return _run_import(
+            session=session,
+            entries=entries,
+            rejections=rejections,
+            skipped=skipped,
+            labelled=labelled,
+            user_id=user_id,
+            source=name,
+            progress=progress,
+        )
