@@ -15,6 +15,9 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
+    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -141,3 +144,98 @@ class LoginFailure(Base):
     username: Mapped[str] = mapped_column(String(64), index=True)
     remote: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+# --- the retraining loop (issue 4) ---------------------------------------------------------
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_RUN_STATUSES = ("queued", "running")
+FILTER_OUTCOMES = ("passed_entropy", "passed_propagation", "rejected")
+
+
+class TrainingRun(Base):
+    """One retrain request and its live progress; the worker writes it, the pages poll it."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    profile: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    progress: Mapped[dict | None] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # No foreign key: model_versions already points at its run, and the cycle buys nothing.
+    model_version_id: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status in ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
+            name="ck_training_runs_status",
+        ),
+    )
+
+
+class ModelVersion(Base):
+    """A trained model's artefact and validation metrics; at most one is active (serving)."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
+    artefact_path: Mapped[str] = mapped_column(String(1024))
+    class_names: Mapped[list] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Scoring of the unlabelled cells after promotion: idle | scoring | ready | failed.
+    scoring_status: Mapped[str] = mapped_column(String(16), default="idle")
+    scoring_total: Mapped[int] = mapped_column(Integer, default=0)
+    scoring_done: Mapped[int] = mapped_column(Integer, default=0)
+    scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "uq_model_versions_one_active",
+            "is_active",
+            unique=True,
+            postgresql_where=text("is_active"),
+            sqlite_where=text("is_active"),
+        ),
+    )
+
+
+class Prediction(Base):
+    """A model version's output for one cell. Pseudo-labels live here, never in ``labels``."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"))
+    probs: Mapped[list] = mapped_column(JSON)
+    predicted: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    entropy: Mapped[float] = mapped_column(Float)
+    margin: Mapped[float] = mapped_column(Float)
+    pseudo_label: Mapped[str | None] = mapped_column(String(64))  # set only when a filter accepted it
+    filter_outcome: Mapped[str] = mapped_column(String(24))
+    features: Mapped[bytes | None] = mapped_column(LargeBinary)  # float16 penultimate embedding
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("model_version_id", "cell_id", name="uq_predictions_version_cell"),
+        CheckConstraint(
+            "filter_outcome in ('passed_entropy', 'passed_propagation', 'rejected')",
+            name="ck_predictions_outcome",
+        ),
+        Index("ix_predictions_cell_id", "cell_id"),
+    )
