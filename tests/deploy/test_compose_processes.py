@@ -41,8 +41,6 @@ from compose_project import (
 )
 from PIL import Image
 
-pytestmark = pytest.mark.worker
-
 PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("LEUKOLAB_TEST_REDIS", "redis://127.0.0.1:6379")
 TEST_DATABASE = "leukolab_test_deploy"
@@ -346,6 +344,7 @@ def test_migrate_then_web_is_ready_and_the_first_admin_can_import(stack: Stack, 
     stack.check_running()
 
 
+@pytest.mark.worker
 def test_a_retrain_started_through_the_api_succeeds_on_the_workers(
     stack: Stack, client: httpx.Client
 ) -> None:
