@@ -36,14 +36,14 @@ def _importing_user(session: Session, as_user: str | None, labelled: bool) -> in
     return admin_id
 
 
-def _print_summary(console: Console, summary: ImportSummary) -> None:
+def _print_summary(summary: ImportSummary) -> None:
     labels = f", {summary.labelled} labelled" if summary.labelled else ""
-    console.print(
+    typer.echo(
         f"imported {summary.imported} cells{labels}; {summary.duplicates} duplicates skipped"
         f" (import {summary.import_id})"
     )
     if summary.skipped:
-        console.print(f"skipped {len(summary.skipped)} non-image files: {', '.join(summary.skipped)}")
+        typer.echo(f"skipped {len(summary.skipped)} non-image files: {', '.join(summary.skipped)}")
 
 
 def import_command(
@@ -97,4 +97,4 @@ def import_command(
     except LeukolabError as error:
         typer.secho(f"error: {error.message}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
-    _print_summary(Console(), summary)
+    _print_summary(summary)

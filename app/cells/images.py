@@ -101,7 +101,8 @@ def prepare_image(image: Image.Image) -> PreparedImage:
     """The pixel hash, the display PNG (square, at most 256 px) and the 64×64 model input of ``image``."""
     display = display_image(image)
     buffer = BytesIO()
-    display.save(buffer, format="PNG")
+    # Level 1 is about 2.5× faster than the default and about 10% larger on stained cells.
+    display.save(buffer, format="PNG", compress_level=1)
     return PreparedImage(
         sha256=pixel_sha256(image),
         display_png=buffer.getvalue(),

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import random
 import stat
+import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from io import BytesIO
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -24,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.cells.images import UnreadableImage, open_image, pixel_sha256, prepare_image
+from app.cells.images import PreparedImage, UnreadableImage, open_image, pixel_sha256, prepare_image
 from app.errors import Conflict, InvalidInput
 from app.models import Cell, CellClass, ImportBatch, Label, User
 from app.settings import get_settings
@@ -35,6 +38,7 @@ ZIP_EXPANSION_LIMIT = 4
 # Zip entries up to this size are read into memory; larger ones are decoded from the stream.
 _IN_MEMORY_ENTRY_BYTES = 32 * 1024**2
 _MESSAGE_REJECTIONS = 20
+_PREPARE_THREADS = min(4, os.cpu_count() or 1)
 
 # Files that operating systems and archivers leave behind: ignored without a word.
 _IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
@@ -172,6 +176,8 @@ def _scan_entries(
             rejections.append(Rejection(entry.name, f"cannot read the file: {exc}"))
         except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
             rejections.append(Rejection(entry.name, f"cannot read the zip entry: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - an odd image must be a rejection, never a crash
+            rejections.append(Rejection(entry.name, f"cannot decode ({exc.__class__.__name__}: {exc})"))
         else:
             candidates.append(Candidate(entry.name, class_name, sha256, width, height, entry.open))
         if progress:
@@ -226,16 +232,37 @@ def _folder_entries(path: Path) -> tuple[list[_Entry], list[Rejection], list[str
     return entries, rejections, skipped
 
 
+class _Locked(AbstractContextManager):
+    """A large zip entry, decoded from the stream while holding the archive's lock."""
+
+    def __init__(self, stream: BinaryIO, lock: threading.Lock) -> None:
+        self.stream, self.lock = stream, lock
+
+    def __enter__(self) -> BinaryIO:
+        self.lock.acquire()
+        return self.stream
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stream.close()
+        self.lock.release()
+
+
 def _zip_entries(archive: zipfile.ZipFile) -> tuple[list[_Entry], list[Rejection], list[str]]:
     """Every file in ``archive``; entries that escape it, links and encrypted entries are rejections."""
     entries: list[_Entry] = []
     rejections: list[Rejection] = []
     skipped: list[str] = []
 
+    lock = threading.Lock()  # entries are read from several threads; one reader at a time
+
+    def read(info: zipfile.ZipInfo) -> BytesIO:
+        with lock:
+            return BytesIO(archive.read(info))
+
     def opener(info: zipfile.ZipInfo) -> Callable[[], AbstractContextManager[BinaryIO]]:
         if info.file_size <= _IN_MEMORY_ENTRY_BYTES:
-            return lambda: BytesIO(archive.read(info))
-        return lambda: archive.open(info)
+            return lambda: read(info)
+        return lambda: _Locked(archive.open(info), lock)
 
     for info in archive.infolist():
         name = info.filename.replace("\\", "/")
@@ -287,6 +314,23 @@ def _check_user(session: Session, user_id: int | None, labelled: bool) -> None:
         raise InvalidInput(f"no user with id {user_id}")
 
 
+def _prepare(candidate: Candidate, *, max_pixels: int) -> PreparedImage:
+    """Decode ``candidate`` again and derive its display and model copies; it must not have changed."""
+    try:
+        with candidate.open() as fp:
+            image = open_image(fp, max_pixels=max_pixels)
+            prepared = prepare_image(image)
+            image.close()
+    except Exception as exc:  # noqa: BLE001 - the first pass decoded it, so it changed since
+        reason = getattr(exc, "reason", None) or f"cannot read the file ({exc.__class__.__name__}: {exc})"
+        raise ImportRefused(
+            [Rejection(candidate.source_name, f"changed during the import: {reason}")]
+        ) from exc
+    if prepared.sha256 != candidate.sha256:
+        raise ImportRefused([Rejection(candidate.source_name, "changed during the import")])
+    return prepared
+
+
 def _write(
     *,
     session: Session,
@@ -315,55 +359,47 @@ def _write(
     session.flush()
 
     label_count = 0
-    try:
-        for chunk in _batched(fresh, BATCH_SIZE):
-            cells: list[Cell] = []
-            for candidate in chunk:
-                try:
-                    with candidate.open() as fp:
-                        image = open_image(fp, max_pixels=max_pixels)
-                        prepared = prepare_image(image)
-                        image.close()
-                except (UnreadableImage, OSError) as exc:
-                    reason = getattr(exc, "reason", None) or f"cannot read the file: {exc}"
-                    changed = Rejection(candidate.source_name, f"changed during the import: {reason}")
-                    raise ImportRefused([changed]) from exc
-                if prepared.sha256 != candidate.sha256:
-                    raise ImportRefused([Rejection(candidate.source_name, "changed during the import")])
-                cells.append(
-                    Cell(
-                        sha256=prepared.sha256,
-                        display_png=prepared.display_png,
-                        display_size=prepared.display_size,
-                        model_input=prepared.model_input,
-                        source_name=candidate.source_name[-512:],
-                        import_id=batch.id,
-                        random_key=random.random(),
+    prepare = partial(_prepare, max_pixels=max_pixels)
+    # Pillow releases the GIL while decoding, resizing and compressing, so threads use every core.
+    with ThreadPoolExecutor(max_workers=_PREPARE_THREADS) as workers:
+        try:
+            for chunk in _batched(fresh, BATCH_SIZE):
+                cells: list[Cell] = []
+                for candidate, prepared in zip(chunk, workers.map(prepare, chunk), strict=True):
+                    cells.append(
+                        Cell(
+                            sha256=prepared.sha256,
+                            display_png=prepared.display_png,
+                            display_size=prepared.display_size,
+                            model_input=prepared.model_input,
+                            source_name=candidate.source_name[-512:],
+                            import_id=batch.id,
+                            random_key=random.random(),
+                        )
                     )
-                )
-            session.add_all(cells)
-            session.flush()
-            labels: list[Label] = []
-            if labelled:
-                labels = [
-                    Label(cell_id=cell.id, user_id=user_id, value=candidate.class_name, source="import")
-                    for cell, candidate in zip(cells, chunk, strict=True)
-                ]
-                session.add_all(labels)
+                session.add_all(cells)
                 session.flush()
-                for cell, label in zip(cells, labels, strict=True):
-                    cell.current_label_id = label.id
-                session.flush()
-                label_count += len(labels)
-            for row in (*cells, *labels):  # keep the session small on 10,000 images
-                session.expunge(row)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    except IntegrityError as exc:
-        raise Conflict(
-            "another import added some of the same cells at the same time; run the import again"
-        ) from exc
+                labels: list[Label] = []
+                if labelled:
+                    labels = [
+                        Label(cell_id=cell.id, user_id=user_id, value=candidate.class_name, source="import")
+                        for cell, candidate in zip(cells, chunk, strict=True)
+                    ]
+                    session.add_all(labels)
+                    session.flush()
+                    for cell, label in zip(cells, labels, strict=True):
+                        cell.current_label_id = label.id
+                    session.flush()
+                    label_count += len(labels)
+                for row in (*cells, *labels):  # keep the session small on 10,000 images
+                    session.expunge(row)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+        except IntegrityError as exc:
+            raise Conflict(
+                "another import added some of the same cells at the same time; run the import again"
+            ) from exc
 
     batch.imported = len(fresh)
     batch.duplicates = duplicates
