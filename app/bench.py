@@ -54,7 +54,10 @@ def _fill(url: str, cells: int, users: int) -> None:
     with engine.begin() as conn:
         conn.execute(
             insert(User),
-            [{"username": f"bench{i}", "role": "cytologist", "password_hash": password_hash, "is_active": True} for i in range(users)],
+            [
+                {"username": f"bench{i}", "role": "cytologist", "password_hash": password_hash, "is_active": True}
+                for i in range(users)
+            ],
         )
         batch = 5000
         with typer.progressbar(range(0, cells, batch), label=f"generating {cells} cells") as starts:
@@ -172,8 +175,19 @@ def labelling_command(
     port = _free_port()
     env = {**os.environ, "LEUKOLAB_DATABASE_URL": database_url}
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port),
-         "--workers", str(server_workers), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--workers",
+            str(server_workers),
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     base = f"http://127.0.0.1:{port}"

@@ -57,7 +57,9 @@ def db_check() -> None:
 def users_create(
     name: str,
     role: Annotated[str, typer.Option(help="admin or cytologist")] = "cytologist",
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from standard input")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input")
+    ] = False,
 ) -> None:
     """Create a user."""
     from pydantic import ValidationError
@@ -114,6 +116,7 @@ def _register_commands_from_other_modules() -> None:
     from app.bench import labelling_command
     from app.cells.cli import import_command
     from ml import cli as ml_cli
+    from worker import cli as worker_cli
 
     app.command("import", help="Import a folder or .zip of cell images; class sub-folders with --labelled.")(
         import_command
@@ -121,6 +124,7 @@ def _register_commands_from_other_modules() -> None:
     bench_app.command("labelling")(labelling_command)
     bench_app.command("ssl")(ml_cli.ssl)
     bench_app.command("throughput")(ml_cli.throughput)
+    app.command("worker")(worker_cli.worker_command)
 
 
 _register_commands_from_other_modules()
@@ -128,3 +132,7 @@ _register_commands_from_other_modules()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,7 @@ class UserView:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+
 _bearer = HTTPBearer(auto_error=False)
 
 

@@ -35,7 +35,10 @@
   }
 
   async function fetchNext() {
-    const exclude = [current, upcoming].filter(Boolean).map((c) => `exclude=${c.cell_id}`).join("&");
+    // Never ask for a cell that is on screen, prefetched, or labelled but not yet acknowledged.
+    const ids = new Set([current, upcoming].filter(Boolean).map((c) => c.cell_id));
+    for (const item of outbox) ids.add(item.cell_id);
+    const exclude = [...ids].map((id) => `exclude=${id}`).join("&");
     const response = await api("GET", `/api/v1/queue/next${exclude ? "?" + exclude : ""}`);
     if (response.status === 204) return null;
     if (!response.ok) throw new Error(`next cell: HTTP ${response.status}`);
@@ -44,11 +47,16 @@
     return cell;
   }
 
-  function show(cell) {
+  function show(cell, loading = false) {
     current = cell;
-    $("empty").hidden = Boolean(cell);
+    $("empty").hidden = Boolean(cell) || loading;
     image.hidden = !cell;
-    if (!cell) { $("cell-reason").textContent = ""; $("suggestion").textContent = ""; return; }
+    if (!cell) {
+      delete image.dataset.cellId;
+      $("cell-reason").textContent = loading ? "loading the next cell…" : "";
+      $("suggestion").textContent = "";
+      return;
+    }
     image.src = cell.image_url;
     image.dataset.cellId = cell.cell_id;
     $("cell-reason").textContent = `reason: ${cell.reason}`;
@@ -56,15 +64,29 @@
       ? `model suggests ${cell.suggestion.label} (${Math.round(cell.suggestion.confidence * 100)} %)` : "";
   }
 
-  async function refill() {
-    try {
-      if (!current) show(await fetchNext());
-      if (current && !upcoming) upcoming = await fetchNext();
-    } catch (error) { showError(error.message); }
+  // One refill at a time: two in flight could both be handed the same leased cell.
+  let refilling = null;
+  function refill() {
+    refilling ??= (async () => {
+      try {
+        while (!current || !upcoming) {
+          const cell = await fetchNext();
+          if (!cell) { if (!current) show(null); break; }
+          if (!current) show(cell);
+          else if (cell.cell_id !== current.cell_id) upcoming = cell;
+          else break;
+        }
+      } catch (error) {
+        showError(error.message);
+      } finally {
+        refilling = null;
+      }
+    })();
+    return refilling;
   }
 
   function advance() {
-    show(upcoming);
+    show(upcoming, upcoming === null);
     upcoming = null;
     refill();
   }

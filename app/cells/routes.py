@@ -24,7 +24,9 @@ def _check_size(upload: UploadFile) -> None:
 
 
 @api.post("/imports", status_code=201)
-def api_import(session: SessionDep, admin: AdminUser, file: Annotated[UploadFile, File()], labelled: bool | None = None) -> dict:
+def api_import(
+    session: SessionDep, admin: AdminUser, file: Annotated[UploadFile, File()], labelled: bool | None = None
+) -> dict:
     """Import a .zip of cell images; class sub-folders import as expert labels. All or nothing."""
     _check_size(file)
     summary = import_zip(session=session, file=file.file, labelled=labelled, user_id=admin.id)

@@ -87,8 +87,15 @@ def home(user: CurrentUser):  # type: ignore[no-untyped-def]
 def label_page(request: Request, session: SessionDep, user: CurrentUser):  # type: ignore[no-untyped-def]
     classes = service.list_classes(session=session)
     keys = [
-        *({"keys": [c.hotkey] + (["x"] if c.name == "artefact" else []), "action": "label", "label": c.name,
-           "help": f"label as {c.name}"} for c in classes),
+        *(
+            {
+                "keys": [c.hotkey] + (["x"] if c.name == "artefact" else []),
+                "action": "label",
+                "label": c.name,
+                "help": f"label as {c.name}",
+            }
+            for c in classes
+        ),
         {"keys": ["u"], "action": "label", "label": UNSURE, "help": "unsure: skip, leave it for an admin"},
         *KEYMAP,
     ]

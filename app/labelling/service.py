@@ -17,6 +17,8 @@ from app.errors import InvalidInput, NotFound
 from app.models import UNSURE, Cell, CellClass, Label, QueueEntry, User, utcnow
 from app.settings import get_settings
 
+# Queue entries that only hold a lease, as opposed to the ones the active model put in the queue.
+LEASE_ONLY_REASONS = ("unlabelled", "undo")
 # SQLite has one writer and no row locks: serialise leasing inside this process instead.
 _sqlite_lease_lock = threading.Lock()
 
@@ -131,7 +133,9 @@ def renew_lease(*, session: Session, user: User, cell_id: int) -> datetime:
     entry = session.scalar(select(QueueEntry).where(QueueEntry.cell_id == cell_id))
     if entry is None:
         get_cell(session=session, cell_id=cell_id)
-        session.add(QueueEntry(cell_id=cell_id, priority=0.0, reason="unlabelled", leased_to=user.id, lease_until=until))
+        session.add(
+            QueueEntry(cell_id=cell_id, priority=0.0, reason="unlabelled", leased_to=user.id, lease_until=until)
+        )
     elif entry.leased_to in (None, user.id) or _aware(entry.lease_until) <= now:
         entry.leased_to, entry.lease_until = user.id, until
     return until
@@ -201,7 +205,9 @@ def _standing_label_id(session: Session, cell_id: int) -> int | None:
     undo = aliased(Label)
     return session.scalar(
         select(Label.id)
-        .where(Label.cell_id == cell_id, Label.kind == "label", ~exists(select(undo.id).where(undo.undoes_id == Label.id)))
+        .where(
+            Label.cell_id == cell_id, Label.kind == "label", ~exists(select(undo.id).where(undo.undoes_id == Label.id))
+        )
         .order_by(Label.id.desc())
         .limit(1)
     )
@@ -232,12 +238,16 @@ def stats(*, session: Session, user: User | None = None) -> dict:
     """Counts of cells, labelled cells per class, unsure cells and queued cells."""
     per_value = dict(
         session.execute(
-            select(Label.value, func.count(Cell.id)).join(Label, Label.id == Cell.current_label_id).group_by(Label.value)
+            select(Label.value, func.count(Cell.id))
+            .join(Label, Label.id == Cell.current_label_id)
+            .group_by(Label.value)
         ).all()
     )
     per_class = {name: per_value.get(name, 0) for name in class_names(session=session)}
     queue = session.scalar(
-        select(func.count(QueueEntry.id)).join(Cell, Cell.id == QueueEntry.cell_id).where(Cell.current_label_id.is_(None))
+        select(func.count(QueueEntry.id))
+        .join(Cell, Cell.id == QueueEntry.cell_id)
+        .where(Cell.current_label_id.is_(None), QueueEntry.reason.not_in(LEASE_ONLY_REASONS))
     )
     result = {
         "cells": session.scalar(select(func.count(Cell.id))),

@@ -27,7 +27,9 @@ def _remote(request: Request) -> str | None:
 def token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
     """Exchange a user name and password for a bearer token."""
     try:
-        user = service.authenticate(session=session, username=form.username, password=form.password, remote=_remote(request))
+        user = service.authenticate(
+            session=session, username=form.username, password=form.password, remote=_remote(request)
+        )
     except Unauthenticated:
         session.commit()  # keep the failure for throttling
         raise
@@ -100,7 +102,9 @@ def users_create(
     except LeukolabError as exc:
         error = exc.message
     except ValueError as exc:  # pydantic validation
-        error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in getattr(exc, "errors", lambda: [])()) or str(exc)
+        error = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in getattr(exc, "errors", lambda: [])()
+        ) or str(exc)
     template = "admin/_users_table.html" if request.headers.get("hx-request") else "admin/users.html"
     return render(request, template, {"users": service.list_users(session=session), "error": error})
 

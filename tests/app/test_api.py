@@ -27,7 +27,9 @@ def browser_login(client: TestClient, name: str, password: str = PASSWORD) -> st
     """Log in through the form like a browser; return the page's CSRF token."""
     page = client.get("/login")
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    response = client.post("/login", data={"username": name, "password": password, "csrf_token": csrf}, follow_redirects=False)
+    response = client.post(
+        "/login", data={"username": name, "password": password, "csrf_token": csrf}, follow_redirects=False
+    )
     assert response.status_code == 303, response.text
     return re.search(r'name="csrf_token" value="([^"]+)"', client.get("/label").text).group(1)
 
@@ -68,7 +70,10 @@ def test_label_round_trip_and_undo(client: TestClient) -> None:
     stats = client.get("/api/v1/stats", headers=headers).json()
     assert stats["labelled"] == 0 and stats["my_today"] == 0
     # the undone cell comes back to its labeller first
-    assert client.get("/api/v1/queue/next", params={"exclude": other}, headers=headers).json()["cell_id"] == body["cell_id"]
+    assert (
+        client.get("/api/v1/queue/next", params={"exclude": other}, headers=headers).json()["cell_id"]
+        == body["cell_id"]
+    )
     assert client.post("/api/v1/labels/undo", headers=headers).status_code == 404
 
     with session_scope() as session:  # append-only: the undo is a row, nothing was deleted
@@ -105,12 +110,19 @@ def test_auth_rules(client: TestClient) -> None:
 
     cyto = token_headers(client, "cyto")
     assert client.get("/api/v1/users", headers=cyto).status_code == 403
-    assert client.post("/api/v1/users", json={"username": "x1", "password": "longenough"}, headers=cyto).status_code == 403
+    assert (
+        client.post("/api/v1/users", json={"username": "x1", "password": "longenough"}, headers=cyto).status_code == 403
+    )
     admin = token_headers(client, "root")
-    created = client.post("/api/v1/users", json={"username": "newbie", "password": "longenough", "role": "cytologist"}, headers=admin)
+    created = client.post(
+        "/api/v1/users", json={"username": "newbie", "password": "longenough", "role": "cytologist"}, headers=admin
+    )
     assert created.status_code == 201 and created.json()["role"] == "cytologist"
     assert {u["username"] for u in client.get("/api/v1/users", headers=admin).json()} == {"root", "cyto", "newbie"}
-    assert client.post("/api/v1/users", json={"username": "newbie", "password": "longenough"}, headers=admin).status_code == 409
+    assert (
+        client.post("/api/v1/users", json={"username": "newbie", "password": "longenough"}, headers=admin).status_code
+        == 409
+    )
 
     browser_login(client, "cyto")
     assert client.get("/admin/users", headers={"accept": "text/html"}).status_code == 403
