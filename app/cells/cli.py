@@ -81,9 +81,7 @@ def import_command(
                     session=session, path=path, labelled=labelled, user_id=user_id, progress=progress
                 )
             else:
-                summary = import_zip(
-                    session=session, file=path, labelled=labelled, user_id=user_id, progress=progress
-                )
+                summary = import_zip(session=session, file=path, labelled=labelled, user_id=user_id, progress=progress)
     except ImportRefused as refused:
         for rejection in refused.rejections:
             typer.secho(f"refused: {rejection.file}: {rejection.reason}", err=True, fg=typer.colors.RED)

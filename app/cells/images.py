@@ -56,9 +56,7 @@ def open_image(fp: BinaryIO, *, max_pixels: int) -> Image.Image:
         try:
             image = Image.open(fp, formats=ACCEPTED_FORMATS)
         except Image.DecompressionBombError as exc:
-            raise UnreadableImage(
-                f"decompression bomb: over the limit of {_megapixels(max_pixels)} ({exc})"
-            ) from exc
+            raise UnreadableImage(f"decompression bomb: over the limit of {_megapixels(max_pixels)} ({exc})") from exc
         except UnidentifiedImageError as exc:
             other = _other_format(fp)
             if other:

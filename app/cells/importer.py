@@ -117,9 +117,7 @@ def _strip_wrapper(entries: list[_Entry], class_lookup: dict[str, str]) -> list[
     """Drop folders that wrap everything (``pbc/neutrophil/x.jpg`` → ``neutrophil/x.jpg``)."""
     while entries:
         first = entries[0].parts[0]
-        if first.lower() in class_lookup or any(
-            len(entry.parts) < 2 or entry.parts[0] != first for entry in entries
-        ):
+        if first.lower() in class_lookup or any(len(entry.parts) < 2 or entry.parts[0] != first for entry in entries):
             break
         entries = [_Entry(e.name, e.parts[1:], e.size, e.open) for e in entries]
     return entries
@@ -129,9 +127,7 @@ def looks_labelled(entries: Sequence[_Entry], class_names: Sequence[str]) -> boo
     """An ImageFolder: every image in a sub-folder, and at least one sub-folder named like a class."""
     lookup = {name.lower() for name in class_names}
     return (
-        bool(entries)
-        and all(len(e.parts) >= 2 for e in entries)
-        and any(e.parts[0].lower() in lookup for e in entries)
+        bool(entries) and all(len(e.parts) >= 2 for e in entries) and any(e.parts[0].lower() in lookup for e in entries)
     )
 
 
@@ -323,9 +319,7 @@ def _prepare(candidate: Candidate, *, max_pixels: int) -> PreparedImage:
             image.close()
     except Exception as exc:  # noqa: BLE001 - the first pass decoded it, so it changed since
         reason = getattr(exc, "reason", None) or f"cannot read the file ({exc.__class__.__name__}: {exc})"
-        raise ImportRefused(
-            [Rejection(candidate.source_name, f"changed during the import: {reason}")]
-        ) from exc
+        raise ImportRefused([Rejection(candidate.source_name, f"changed during the import: {reason}")]) from exc
     if prepared.sha256 != candidate.sha256:
         raise ImportRefused([Rejection(candidate.source_name, "changed during the import")])
     return prepared
@@ -467,9 +461,7 @@ def scan_folder(
     """Decode and check every file below ``path``, returning the good ones and every problem."""
     entries, rejections, _skipped = _folder_entries(path)
     entries = _strip_wrapper(entries, {name.lower(): name for name in class_names})
-    candidates, problems = _scan_entries(
-        entries, labelled=labelled, class_names=class_names, max_pixels=max_pixels
-    )
+    candidates, problems = _scan_entries(entries, labelled=labelled, class_names=class_names, max_pixels=max_pixels)
     return candidates, rejections + problems
 
 

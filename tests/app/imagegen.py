@@ -80,9 +80,7 @@ def make_flat_folder(
 ) -> list[Path]:
     """Write ``count`` unlabelled images directly in ``root``; return their paths."""
     return [
-        write_image(
-            root / f"cell_{index:04d}{suffix(fmt)}", make_cell_image(seed * 100_003 + index, size), fmt
-        )
+        write_image(root / f"cell_{index:04d}{suffix(fmt)}", make_cell_image(seed * 100_003 + index, size), fmt)
         for index in range(count)
     ]
 
@@ -96,9 +94,7 @@ def zip_folder(folder: Path, zip_path: Path, *, prefix: str = "") -> Path:
     return zip_path
 
 
-def make_zip(
-    entries: Mapping[str, bytes] | Iterable[tuple[str, bytes]], zip_path: Path | None = None
-) -> bytes:
+def make_zip(entries: Mapping[str, bytes] | Iterable[tuple[str, bytes]], zip_path: Path | None = None) -> bytes:
     """A zip of ``name → bytes`` entries; names kept verbatim, also at ``zip_path``."""
     buffer = BytesIO()
     items = entries.items() if isinstance(entries, Mapping) else entries

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from app.cells.cli import import_command
 from app.cells.images import UnreadableImage, open_image
-from app.cells.importer import ImportRefused, import_folder, import_zip, scan_folder
+from app.cells.importer import BATCH_SIZE, ImportRefused, import_folder, import_zip, scan_folder
 from app.db import session_scope
 from app.models import Cell, ImportBatch, Label
 from tests.app.factories import make_user
@@ -81,9 +81,7 @@ def test_imagefolder_imports_as_expert_labels(any_db_url: str, tmp_path: Path) -
             assert cell.import_id == batch.id
             assert 0 <= cell.random_key < 1
             assert len(cell.model_input) == 64 * 64 * 3
-        assert sorted(label.value for label in labels.values()) == sorted(
-            name for name in files for _ in range(2)
-        )
+        assert sorted(label.value for label in labels.values()) == sorted(name for name in files for _ in range(2))
 
 
 def test_flat_folder_imports_unlabelled_and_skips_notes(any_db_url: str, tmp_path: Path) -> None:
@@ -223,6 +221,18 @@ def _unknown_class(tmp: Path):  # type: ignore[no-untyped-def]
     return lambda session: import_folder(session=session, path=tmp / "set", labelled=True, user_id=admin)
 
 
+def _image_outside_class_folders(tmp: Path):  # type: ignore[no-untyped-def]
+    make_imagefolder(tmp / "set", classes=("neutrophil",), per_class=1)
+    write_image(tmp / "set" / "loose.png", make_cell_image(12))
+    admin = make_user("ada", role="admin")
+    return lambda session: import_folder(session=session, path=tmp / "set", labelled=True, user_id=admin)
+
+
+def _not_a_zip(tmp: Path):  # type: ignore[no-untyped-def]
+    (tmp / "cells.zip").write_bytes(b"PK but not really a zip file")
+    return lambda session: import_zip(session=session, file=tmp / "cells.zip", labelled=None, user_id=None)
+
+
 def _symlink_out(tmp: Path):  # type: ignore[no-untyped-def]
     make_flat_folder(tmp / "in", count=1)
     write_image(tmp / "elsewhere" / "secret.png", make_cell_image(77))
@@ -254,6 +264,8 @@ BAD_INPUTS: dict[str, tuple[Case, str, str]] = {
     ),
     "unknown class folder": (_unknown_class, "erythroblast/", "unknown class folder 'erythroblast'"),
     "symlink out of the folder": (_symlink_out, "link.png", "symbolic link"),
+    "image outside class folders": (_image_outside_class_folders, "loose.png", "not inside a class folder"),
+    "not a zip": (_not_a_zip, "cells.zip", "not a zip file"),
     "zip slip": (_zip_with("../evil.png", image_bytes(make_cell_image(8))), "../evil.png", "escapes"),
     "absolute zip entry": (
         _zip_with("/tmp/evil.png", image_bytes(make_cell_image(9))),
@@ -309,9 +321,22 @@ def test_refusal_lists_every_bad_file(any_db_url: str, tmp_path: Path) -> None:
     assert counts() == {"cells": 0, "labels": 0, "imports": 0}
 
 
-def test_max_pixels_comes_from_settings(
-    any_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_file_changed_between_the_passes_is_refused_and_rolled_back(any_db_url: str, tmp_path: Path) -> None:
+    files = make_flat_folder(tmp_path / "in", count=BATCH_SIZE + 5)  # the change shows in the second batch
+
+    def change_after_checking(done: int, total: int) -> None:
+        if done == total // 2:
+            write_image(files[-1], make_cell_image(12345))
+
+    with pytest.raises(ImportRefused, match="cell_0504.png: changed during the import"), session_scope() as session:
+        import_folder(
+            session=session, path=tmp_path / "in", labelled=False, user_id=None, progress=change_after_checking
+        )
+
+    assert counts() == {"cells": 0, "labels": 0, "imports": 0}
+
+
+def test_max_pixels_comes_from_settings(any_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.conftest import use_database
 
     use_database(any_db_url, monkeypatch, max_image_pixels="1000")
