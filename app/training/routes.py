@@ -1,0 +1,230 @@
+"""Training runs, model versions and the queue: admin pages and API.
+
+Tasks are enqueued only after the commit that creates their rows: these routes call
+``session.commit()`` themselves before ``broker.enqueue`` (the request's own commit at the end
+would come too late, a worker could look for a row it cannot see yet).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session
+
+from app.deps import AdminUser, CurrentUser, SessionDep
+from app.errors import LeukolabError, NotFound, ServiceUnavailable
+from app.models import ACTIVE_RUN_STATUSES, User
+from app.templating import render
+from app.training import broker, plots, service
+from app.training.schemas import ModelOut, QueueEntryOut, RunAccepted, RunCreate, RunOut
+
+api = APIRouter(prefix="/api/v1", tags=["training"])
+pages = APIRouter(include_in_schema=False)
+
+
+# --- actions shared by the API and the pages ---------------------------------------------------
+
+
+def start_run(session: Session, user: User, body: RunCreate) -> int:
+    """Create a queued run, commit, then enqueue it; 503 (run marked failed) if the broker is down."""
+    broker.check_broker()
+    run = service.create_run(
+        session=session, user=user, method=body.method, profile=body.profile, params=body.params()
+    )
+    run_id = run.id
+    session.commit()
+    try:
+        broker.enqueue(broker.TASK_RETRAIN, run_id)
+    except ServiceUnavailable as error:
+        service.finish_run(session=session, run_id=run_id, status="failed", error=error.message)
+        session.commit()
+        raise
+    return run_id
+
+
+def promote_model(session: Session, model_id: int) -> None:
+    """Activate a model version, commit, then enqueue the scoring of the unlabelled cells."""
+    broker.check_broker()
+    service.promote(session=session, model_id=model_id)
+    session.commit()
+    broker.enqueue(broker.TASK_SCORE_ALL, model_id)
+
+
+# --- API ---------------------------------------------------------------------------------------
+
+
+@api.post("/training-runs", response_model=RunAccepted, status_code=202)
+def create_training_run(session: SessionDep, admin: AdminUser, body: RunCreate) -> RunAccepted:
+    """Start a retrain: 202 with its id; 409 while another run is queued or running; 503 without a broker."""
+    return RunAccepted(id=start_run(session, admin, body), status="queued")
+
+
+@api.get("/training-runs", response_model=list[RunOut])
+def list_training_runs(session: SessionDep, admin: AdminUser) -> list[dict]:
+    return [service.run_view(run) for run in service.list_runs(session=session)]
+
+
+@api.get("/training-runs/{run_id}", response_model=RunOut)
+def get_training_run(session: SessionDep, admin: AdminUser, run_id: int) -> dict:
+    """A run's status (queued|running|succeeded|failed|cancelled), progress, metrics and error."""
+    service.expire_stale_runs(session=session)
+    return service.run_view(service.get_run(session=session, run_id=run_id))
+
+
+@api.post("/training-runs/{run_id}/cancel", response_model=RunOut)
+def cancel_training_run(session: SessionDep, admin: AdminUser, run_id: int) -> dict:
+    """Cancel a queued run now, or ask a running one to stop at its next step."""
+    return service.run_view(service.request_cancel(session=session, run_id=run_id))
+
+
+@api.get("/models", response_model=list[ModelOut])
+def list_model_versions(session: SessionDep, admin: AdminUser) -> list[dict]:
+    return [service.model_view(version) for version in service.list_models(session=session)]
+
+
+@api.post("/models/{model_id}/promote", response_model=ModelOut)
+def promote_model_version(session: SessionDep, admin: AdminUser, model_id: int) -> dict:
+    """Make a version active (an older one: roll back); its scoring of unlabelled cells starts."""
+    promote_model(session, model_id)
+    return service.model_view(service.get_model(session=session, model_id=model_id))
+
+
+@api.get("/queue", response_model=list[QueueEntryOut])
+def queue(session: SessionDep, user: CurrentUser, limit: int = 100) -> list[dict]:
+    """The labelling queue, highest priority first, with each entry's reason."""
+    return service.queue_view(session=session, limit=min(max(limit, 1), 1000))
+
+
+# --- pages -------------------------------------------------------------------------------------
+
+
+def _runs_context(session: Session) -> dict:
+    runs = service.list_runs(session=session)
+    active = service.active_model(session=session)
+    return {
+        "runs": runs,
+        "any_active": any(run.status in ACTIVE_RUN_STATUSES for run in runs)
+        or (active is not None and active.scoring_status in ("queued", "scoring", "refreshing")),
+        "active_model": active,
+        "curve_svg": plots.curve_svg,
+    }
+
+
+def _training_page(request: Request, session: Session, error: str | None = None, status_code: int = 200):  # type: ignore[no-untyped-def]
+    from ml.config import DEFAULT_METHOD, METHODS, PROFILES
+
+    context = {
+        **_runs_context(session),
+        "methods": METHODS,
+        "default_method": DEFAULT_METHOD,
+        "profiles": PROFILES,
+        "error": error,
+    }
+    template = "admin/_runs.html" if request.headers.get("hx-request") else "admin/training.html"
+    return render(request, template, context, status_code=status_code)
+
+
+@pages.get("/admin/training")
+def training_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
+    return _training_page(request, session)
+
+
+@pages.get("/admin/training/runs")
+def training_runs_fragment(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
+    """The runs list alone: it polls itself while a run is active."""
+    return render(request, "admin/_runs.html", _runs_context(session))
+
+
+@pages.post("/admin/training")
+def training_start(
+    request: Request,
+    session: SessionDep,
+    admin: AdminUser,
+    method: Annotated[str, Form()],
+    profile: Annotated[str, Form()],
+    epochs: Annotated[str, Form()] = "",
+    entropy_threshold: Annotated[str, Form()] = "",
+    warm_start: Annotated[bool, Form()] = False,
+    auto_promote: Annotated[bool, Form()] = False,
+):  # type: ignore[no-untyped-def]
+    error, status_code = None, 200
+    try:
+        body = RunCreate(
+            method=method,
+            profile=profile,
+            epochs=int(epochs) if epochs.strip() else None,
+            entropy_threshold=float(entropy_threshold) if entropy_threshold.strip() else None,
+            warm_start=warm_start,
+            auto_promote=auto_promote,
+        )
+        start_run(session, admin, body)
+    except LeukolabError as exc:
+        session.rollback()
+        error, status_code = exc.message, exc.status_code
+    except ValueError as exc:  # int()/float() or pydantic validation
+        error, status_code = f"invalid form: {exc}".splitlines()[0], 422
+    if not request.headers.get("hx-request") and error is None:
+        return RedirectResponse("/admin/training", status_code=303)
+    return _training_page(
+        request, session, error, status_code if error and not request.headers.get("hx-request") else 200
+    )
+
+
+@pages.post("/admin/training/runs/{run_id}/cancel")
+def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run_id: int):  # type: ignore[no-untyped-def]
+    error = None
+    try:
+        service.request_cancel(session=session, run_id=run_id)
+    except LeukolabError as exc:
+        error = exc.message
+    if not request.headers.get("hx-request"):
+        return RedirectResponse("/admin/training", status_code=303)
+    return render(request, "admin/_runs.html", {**_runs_context(session), "error": error})
+
+
+def _models_context(session: Session) -> dict:
+    versions = service.list_models(session=session)
+    return {
+        "versions": versions,
+        "pseudo_counts": {
+            v.id: service.pseudo_label_counts(session=session, model_id=v.id) for v in versions[:6]
+        },
+        "scoring_active": any(
+            v.is_active and v.scoring_status in ("queued", "scoring", "refreshing") for v in versions
+        ),
+    }
+
+
+@pages.get("/admin/models")
+def models_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
+    return render(request, "admin/models.html", {**_models_context(session), "error": None})
+
+
+@pages.post("/admin/models/{model_id}/promote")
+def models_promote(request: Request, session: SessionDep, admin: AdminUser, model_id: int):  # type: ignore[no-untyped-def]
+    error, status_code = None, 200
+    try:
+        promote_model(session, model_id)
+    except LeukolabError as exc:
+        session.rollback()
+        error, status_code = exc.message, exc.status_code
+    if error is None:
+        return RedirectResponse("/admin/models", status_code=303)
+    return render(
+        request, "admin/models.html", {**_models_context(session), "error": error}, status_code=status_code
+    )
+
+
+@pages.get("/admin/models/{model_id}/confusion.png")
+def confusion_image(session: SessionDep, admin: AdminUser, model_id: int) -> Response:
+    """The model's validation confusion matrix as a heatmap."""
+    version = service.get_model(session=session, model_id=model_id)
+    confusion = (version.metrics or {}).get("confusion")
+    if not confusion:
+        raise NotFound(
+            f"model version {model_id} has no validation confusion matrix (too few labels to hold out)"
+        )
+    png = plots.confusion_png(confusion, list(version.class_names), title=f"model v{version.id}")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -1,0 +1,403 @@
+"""Training runs, model versions, predictions and the refreshed queue: database side only.
+
+The web process and the worker share these functions; none of them commits (the request or
+``session_scope`` owns the transaction) and none imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import (
+    ACTIVE_RUN_STATUSES,
+    Cell,
+    ModelVersion,
+    Prediction,
+    QueueEntry,
+    TrainingRun,
+    User,
+    utcnow,
+)
+
+# A running run whose worker has not written for this long is considered lost (killed worker).
+HEARTBEAT_TIMEOUT_S = 120
+RUN_LOCK_KEY = 4_000_004  # Postgres advisory lock serialising "is a run active? then create one"
+SCORE_CHUNK = 512
+QUEUE_SIZE = 250  # queue entries written after scoring; beyond them, labelling falls back to random
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def active_run(*, session: Session) -> TrainingRun | None:
+    """The queued or running run, if any (after failing runs whose worker was lost)."""
+    expire_stale_runs(session=session)
+    return session.scalar(
+        select(TrainingRun)
+        .where(TrainingRun.status.in_(ACTIVE_RUN_STATUSES))
+        .order_by(TrainingRun.id)
+        .limit(1)
+    )
+
+
+def create_run(*, session: Session, user: User, method: str, profile: str, params: dict) -> TrainingRun:
+    """Record a queued run, or ``Conflict`` while another is queued or running."""
+    from ml.config import METHODS, PROFILES  # ml.config imports no torch
+
+    if method not in METHODS:
+        raise InvalidInput(
+            f"unknown method {method!r}: use one of {', '.join(METHODS)}", allowed=list(METHODS)
+        )
+    if profile not in PROFILES:
+        raise InvalidInput(
+            f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}", allowed=list(PROFILES)
+        )
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RUN_LOCK_KEY})
+    running = active_run(session=session)
+    if running is not None:
+        raise Conflict(
+            f"training run #{running.id} is already {running.status}: "
+            "wait for it to finish or cancel it first",
+            run_id=running.id,
+        )
+    run = TrainingRun(
+        status="queued",
+        method=method,
+        profile=profile,
+        params=params,
+        created_by=user.id,
+        cancel_requested=False,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(*, session: Session, run_id: int) -> TrainingRun:
+    """The run with ``run_id`` or ``NotFound``."""
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFound(f"no training run with id {run_id}")
+    return run
+
+
+def list_runs(*, session: Session, limit: int = 20) -> list[TrainingRun]:
+    """The newest runs first."""
+    expire_stale_runs(session=session)
+    return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)))
+
+
+def request_cancel(*, session: Session, run_id: int) -> TrainingRun:
+    """Cancel a queued run now; ask a running one to stop at its next step."""
+    run = get_run(session=session, run_id=run_id)
+    if run.status == "queued":
+        run.status, run.finished_at, run.cancel_requested = "cancelled", utcnow(), True
+    elif run.status == "running":
+        run.cancel_requested = True
+    else:
+        raise Conflict(f"training run #{run.id} has already {run.status}", status=run.status)
+    return run
+
+
+def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S) -> int:
+    """Mark failed the running runs whose worker stopped writing heartbeats; return how many."""
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    result = session.execute(
+        update(TrainingRun)
+        .where(
+            TrainingRun.status == "running",
+            func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
+        )
+        .values(
+            status="failed",
+            finished_at=utcnow(),
+            error=f"the worker stopped sending heartbeats for over {timeout_s} s (killed or lost); "
+            "start a new run",
+        )
+    )
+    return result.rowcount or 0
+
+
+def fail_orphaned_runs(*, session: Session, reason: str) -> list[int]:
+    """Mark failed every running run (a train worker starting up knows none can be running)."""
+    ids = list(session.scalars(select(TrainingRun.id).where(TrainingRun.status == "running")))
+    if ids:
+        session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id.in_(ids))
+            .values(status="failed", finished_at=utcnow(), error=reason)
+        )
+    return ids
+
+
+def claim_run(*, session: Session, run_id: int) -> TrainingRun | None:
+    """Move a queued run to running; ``None`` when it is no longer queued (cancelled, redelivered)."""
+    run = session.get(TrainingRun, run_id, with_for_update=session.get_bind().dialect.name == "postgresql")
+    if run is None or run.status != "queued":
+        return None
+    now = utcnow()
+    run.status, run.started_at, run.heartbeat_at = "running", now, now
+    run.progress = {"phase": "loading cells", "fraction": 0.0, "history": []}
+    return run
+
+
+def write_progress(*, session: Session, run_id: int, progress: dict) -> None:
+    """Store the run's progress and heartbeat."""
+    session.execute(
+        update(TrainingRun).where(TrainingRun.id == run_id).values(progress=progress, heartbeat_at=utcnow())
+    )
+
+
+def heartbeat(*, session: Session, run_id: int) -> None:
+    session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(heartbeat_at=utcnow()))
+
+
+def cancel_requested(*, session: Session, run_id: int) -> bool:
+    return bool(session.scalar(select(TrainingRun.cancel_requested).where(TrainingRun.id == run_id)))
+
+
+def finish_run(
+    *, session: Session, run_id: int, status: str, error: str | None = None, metrics: dict | None = None
+) -> None:
+    """Record a run's end: succeeded, failed (with its error) or cancelled."""
+    values: dict = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
+    if error is not None:
+        values["error"] = error
+    if metrics is not None:
+        values["metrics"] = metrics
+    session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
+
+
+def run_view(run: TrainingRun) -> dict:
+    """The API's view of a run."""
+    return {
+        "id": run.id,
+        "status": run.status,
+        "method": run.method,
+        "profile": run.profile,
+        "params": run.params,
+        "progress": run.progress,
+        "metrics": run.metrics,
+        "error": run.error,
+        "cancel_requested": run.cancel_requested,
+        "model_version_id": run.model_version_id,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+    }
+
+
+# --- model versions ---------------------------------------------------------------------------
+
+
+def register_model_version(
+    *, session: Session, run_id: int, artefact_path: str, class_names: list[str], metrics: dict | None
+) -> ModelVersion:
+    """Record a trained model (not yet active) and link it to its run."""
+    version = ModelVersion(
+        run_id=run_id, artefact_path=artefact_path, class_names=class_names, metrics=metrics, is_active=False
+    )
+    session.add(version)
+    session.flush()
+    session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(model_version_id=version.id))
+    return version
+
+
+def active_model(*, session: Session) -> ModelVersion | None:
+    """The model that serves suggestions and orders the queue."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.is_active.is_(True)))
+
+
+def get_model(*, session: Session, model_id: int) -> ModelVersion:
+    version = session.get(ModelVersion, model_id)
+    if version is None:
+        raise NotFound(f"no model version with id {model_id}")
+    return version
+
+
+def list_models(*, session: Session) -> list[ModelVersion]:
+    """Newest first."""
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())))
+
+
+def promote(*, session: Session, model_id: int) -> ModelVersion:
+    """Make ``model_id`` the active model (also a roll back, for an older one); the caller then
+    enqueues its scoring after commit. The previous model keeps serving until this commits."""
+    version = get_model(session=session, model_id=model_id)
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.is_active.is_(True), ModelVersion.id != model_id)
+        .values(is_active=False)
+    )
+    session.flush()
+    version.is_active = True
+    version.promoted_at = utcnow()
+    version.scoring_status, version.scoring_total, version.scoring_done = "queued", 0, 0
+    session.flush()
+    return version
+
+
+def validation_accuracy(version: ModelVersion | None) -> float | None:
+    if version is None or not version.metrics:
+        return None
+    value = version.metrics.get("accuracy")
+    return float(value) if value is not None else None
+
+
+def model_view(version: ModelVersion) -> dict:
+    return {
+        "id": version.id,
+        "run_id": version.run_id,
+        "is_active": version.is_active,
+        "class_names": version.class_names,
+        "metrics": version.metrics,
+        "created_at": version.created_at,
+        "promoted_at": version.promoted_at,
+        "scoring": {
+            "status": version.scoring_status,
+            "done": version.scoring_done,
+            "total": version.scoring_total,
+            "scored_at": version.scored_at,
+        },
+    }
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+
+def unlabelled_cell_ids(*, session: Session) -> list[int]:
+    """Cells with no standing expert label (``unsure`` counts as labelled: an admin decides)."""
+    return list(session.scalars(select(Cell.id).where(Cell.current_label_id.is_(None)).order_by(Cell.id)))
+
+
+def start_scoring(*, session: Session, model_id: int, total: int) -> None:
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.id == model_id)
+        .values(scoring_status="scoring" if total else "refreshing", scoring_total=total, scoring_done=0)
+    )
+
+
+def add_scored(*, session: Session, model_id: int, count: int) -> tuple[int, int]:
+    """Count ``count`` more scored cells; returns (done, total) after this chunk, atomically."""
+    row = session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.id == model_id)
+        .values(scoring_done=ModelVersion.scoring_done + count)
+        .returning(ModelVersion.scoring_done, ModelVersion.scoring_total)
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def store_predictions(*, session: Session, model_id: int, rows: Sequence[dict]) -> None:
+    """Replace this model's predictions for the cells in ``rows`` (dicts of Prediction columns)."""
+    cell_ids = [row["cell_id"] for row in rows]
+    session.execute(
+        delete(Prediction).where(Prediction.model_version_id == model_id, Prediction.cell_id.in_(cell_ids))
+    )
+    session.execute(
+        Prediction.__table__.insert(),
+        [{**row, "model_version_id": model_id, "created_at": utcnow()} for row in rows],
+    )
+
+
+def finish_scoring(*, session: Session, model_id: int, status: str = "ready") -> None:
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.id == model_id)
+        .values(scoring_status=status, scored_at=utcnow())
+    )
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    cell_id: int
+    priority: float
+    reason: str
+    detail: dict
+
+
+def replace_queue(*, session: Session, items: Iterable[QueueItem]) -> int:
+    """Make ``items`` the queue: drop entries nobody holds a live lease on, keep live leases
+    (their reason and priority are refreshed), add the rest. Returns the entries written."""
+    items = list({item.cell_id: item for item in reversed(list(items))}.values())[::-1]  # first wins
+    now = utcnow()
+    live = (QueueEntry.leased_to.is_not(None)) & (QueueEntry.lease_until > now)
+    session.execute(delete(QueueEntry).where(~live))
+    leased = {entry.cell_id: entry for entry in session.scalars(select(QueueEntry).where(live))}
+    wanted = {item.cell_id for item in items}
+    labelled = (
+        set(session.scalars(select(Cell.id).where(Cell.id.in_(wanted), Cell.current_label_id.is_not(None))))
+        if wanted
+        else set()
+    )
+    written = 0
+    for item in items:
+        if item.cell_id in labelled:
+            continue
+        entry = leased.get(item.cell_id)
+        if entry is not None:
+            entry.priority, entry.reason, entry.detail = item.priority, item.reason, item.detail
+        else:
+            session.add(
+                QueueEntry(
+                    cell_id=item.cell_id, priority=item.priority, reason=item.reason, detail=item.detail
+                )
+            )
+        written += 1
+    session.flush()
+    return written
+
+
+def queue_view(*, session: Session, limit: int = 100) -> list[dict]:
+    """The queue's unlabelled entries, highest priority first, with their reasons."""
+    rows = session.execute(
+        select(QueueEntry)
+        .join(Cell, Cell.id == QueueEntry.cell_id)
+        .where(Cell.current_label_id.is_(None))
+        .order_by(QueueEntry.priority.desc(), QueueEntry.id)
+        .limit(limit)
+    ).scalars()
+    now = utcnow()
+    return [
+        {
+            "cell_id": entry.cell_id,
+            "priority": entry.priority,
+            "reason": entry.reason,
+            "detail": entry.detail,
+            "leased": entry.leased_to is not None and (_aware(entry.lease_until) or now) > now,
+        }
+        for entry in rows
+    ]
+
+
+def prediction_for(*, session: Session, cell_id: int) -> Prediction | None:
+    """The active model's prediction for ``cell_id``."""
+    return session.scalar(
+        select(Prediction)
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(ModelVersion.is_active.is_(True), Prediction.cell_id == cell_id)
+    )
+
+
+def pseudo_label_counts(*, session: Session, model_id: int) -> dict[str, int]:
+    """How many scored cells each filter outcome holds, for the funnel on the models page."""
+    rows = session.execute(
+        select(Prediction.filter_outcome, func.count(Prediction.id))
+        .where(Prediction.model_version_id == model_id)
+        .group_by(Prediction.filter_outcome)
+    ).all()
+    return {outcome: count for outcome, count in rows}

@@ -1,0 +1,176 @@
+"""The retraining loop end to end: a real worker process, Redis, PostgreSQL and the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.models import ModelVersion, Prediction, TrainingRun
+from tests.app.factories import make_user
+from tests.app.test_api import token_headers
+from tests.worker.conftest import CLASSES, insert_cells, wait_for
+
+pytestmark = pytest.mark.worker
+TINY = {"method": "mean-teacher+lp", "profile": "tiny", "epochs": 2}
+REASONS = {"high entropy", "low margin", "rejected by filters", "diverse"}
+
+
+def run_status(client: TestClient, headers: dict, run_id: int) -> dict:
+    response = client.get(f"/api/v1/training-runs/{run_id}", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cells = insert_cells({name: 8 for name in CLASSES}, unlabelled=36)
+    make_user("cyto")
+    admin = token_headers(client, "expert")
+    cyto = token_headers(client, "cyto")
+    assert client.post("/api/v1/training-runs", json=TINY, headers=cyto).status_code == 403
+
+    created = client.post("/api/v1/training-runs", json=TINY, headers=admin)
+    assert created.status_code == 202, created.text
+    assert created.json()["status"] == "queued"
+    run_id = created.json()["id"]
+    refused = client.post("/api/v1/training-runs", json=TINY, headers=admin)  # no worker yet: still queued
+    assert refused.status_code == 409 and f"#{run_id}" in refused.json()["detail"]
+
+    start_worker()
+    seen = set()
+
+    def finished() -> dict | None:
+        body = run_status(client, admin, run_id)
+        seen.add(body["status"])
+        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+    body = wait_for(finished, timeout=150, message="the run to finish")
+    assert body["status"] == "succeeded", body["error"]
+    assert "running" in seen or body["progress"]["history"]
+    assert body["progress"]["history"], "the worker wrote per-epoch progress"
+    metrics = body["metrics"]
+    assert set(metrics["per_class"]) == set(CLASSES)
+    assert len(metrics["confusion"]) == 3 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["data"]["n_val"] == 3 * 2 and metrics["data"]["n_train"] == 3 * 6  # 20 % held out per class
+    assert "funnel" in metrics and metrics["funnel"]["unlabelled"] == 36
+
+    models = client.get("/api/v1/models", headers=admin).json()
+    assert len(models) == 1 and models[0]["run_id"] == run_id and not models[0]["is_active"]
+    model_id = models[0]["id"]
+    assert Path(tmp_path / "artefacts" / f"run-{run_id}.pt").is_file()
+    confusion = client.get(f"/admin/models/{model_id}/confusion.png", headers=admin)
+    assert confusion.status_code == 200 and confusion.content.startswith(b"\x89PNG")
+
+    promoted = client.post(f"/api/v1/models/{model_id}/promote", headers=admin)
+    assert promoted.status_code == 200 and promoted.json()["is_active"]
+
+    def scored() -> dict | None:
+        model = client.get("/api/v1/models", headers=admin).json()[0]
+        return model if model["scoring"]["status"] in ("ready", "failed") else None
+
+    model = wait_for(scored, timeout=90, message="scoring and the queue refresh")
+    assert model["scoring"] == {**model["scoring"], "status": "ready", "done": 36, "total": 36}
+    with session_scope() as session:
+        outcomes = dict(
+            session.execute(
+                select(Prediction.filter_outcome, func.count())
+                .where(Prediction.model_version_id == model_id)
+                .group_by(Prediction.filter_outcome)
+            ).all()
+        )
+        assert sum(outcomes.values()) == 36
+        assert set(outcomes) <= {"rejected", "passed_entropy", "passed_propagation"}
+
+    queue = client.get("/api/v1/queue", headers=cyto).json()
+    assert len(queue) == 36
+    assert {entry["reason"] for entry in queue} <= REASONS
+    assert [e["priority"] for e in queue] == sorted((e["priority"] for e in queue), reverse=True)
+    assert all(e["detail"]["predicted"] in CLASSES for e in queue)
+    assert {e["cell_id"] for e in queue} == set(cells["unlabelled"])
+
+    nxt = client.get("/api/v1/queue/next", headers=cyto).json()
+    assert nxt["cell_id"] == queue[0]["cell_id"] and nxt["reason"] == queue[0]["reason"]
+    assert nxt["suggestion"]["label"] in CLASSES and 0 < nxt["suggestion"]["confidence"] <= 1
+    # pseudo-labels are not expert labels
+    stats = client.get("/api/v1/stats", headers=cyto).json()
+    assert stats["labelled"] == 24
+
+
+def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    insert_cells({name: 5 for name in CLASSES}, unlabelled=15)
+    admin = token_headers(client, "expert")
+    long_run = {"method": "mean-teacher", "profile": "tiny", "epochs": 400}
+
+    # a queued run is cancelled at once
+    queued = client.post("/api/v1/training-runs", json=long_run, headers=admin).json()["id"]
+    assert client.post(f"/api/v1/training-runs/{queued}/cancel", headers=admin).json()["status"] == "cancelled"
+    assert client.post(f"/api/v1/training-runs/{queued}/cancel", headers=admin).status_code == 409
+
+    worker = start_worker()
+    run_id = client.post("/api/v1/training-runs", json=long_run, headers=admin).json()["id"]
+    wait_for(lambda: (run_status(client, admin, run_id)["progress"] or {}).get("epoch"), 60, message="training")
+    assert client.post(f"/api/v1/training-runs/{run_id}/cancel", headers=admin).status_code == 200
+    body = wait_for(
+        lambda: (b := run_status(client, admin, run_id))["status"] != "running" and b, 30, message="the cancel"
+    )
+    assert body["status"] == "cancelled"
+    assert not list((tmp_path / "artefacts").glob("*.pt")), "a cancelled run leaves no artefact"
+
+    # SIGKILL mid-run: the next worker's start-up marks the run failed; nothing stays "running"
+    run_id = client.post("/api/v1/training-runs", json=long_run, headers=admin).json()["id"]
+    wait_for(lambda: run_status(client, admin, run_id)["status"] == "running", 60, message="running")
+    worker.kill()
+    assert run_status(client, admin, run_id)["status"] == "running"
+    start_worker()
+    body = run_status(client, admin, run_id)
+    assert body["status"] == "failed" and "stopped" in body["error"]
+    with session_scope() as session:
+        assert session.scalar(select(func.count(ModelVersion.id))) == 0
+        assert session.scalar(select(func.count(TrainingRun.id)).where(TrainingRun.status == "running")) == 0
+    # and a new run can start
+    assert client.post("/api/v1/training-runs", json=TINY, headers=admin).status_code == 202
+
+
+def test_redis_down_refuses_retrain_but_labelling_goes_on(
+    pg_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.main import create_app
+    from tests.conftest import use_database
+
+    use_database(pg_db_url, monkeypatch, redis_url="redis://127.0.0.1:1/0", artefact_dir=str(tmp_path))
+    cells = insert_cells({name: 2 for name in CLASSES}, unlabelled=3)
+    with TestClient(create_app()) as client:
+        admin = token_headers(client, "expert")
+        refused = client.post("/api/v1/training-runs", json=TINY, headers=admin)
+        assert refused.status_code == 503 and "Redis" in refused.json()["detail"]
+        with session_scope() as session:
+            assert session.scalar(select(func.count(TrainingRun.id))) == 0
+        nxt = client.get("/api/v1/queue/next", headers=admin)
+        assert nxt.status_code == 200 and nxt.json()["cell_id"] in cells["unlabelled"]
+        label = client.post(
+            f"/api/v1/cells/{nxt.json()['cell_id']}/labels", json={"label": "eosinophil"}, headers=admin
+        )
+        assert label.status_code == 201
+
+
+def test_filesystem_broker_without_redis(
+    pg_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_worker_fs
+) -> None:  # type: ignore[no-untyped-def]
+    """The embedded default: no LEUKOLAB_REDIS_URL, kombu's filesystem transport under broker_dir."""
+    from app.main import create_app
+
+    insert_cells({name: 3 for name in CLASSES}, unlabelled=6)
+    start_worker_fs()
+    with TestClient(create_app()) as client:
+        admin = token_headers(client, "expert")
+        run_id = client.post("/api/v1/training-runs", json={**TINY, "method": "supervised"}, headers=admin).json()["id"]
+        body = wait_for(
+            lambda: (b := run_status(client, admin, run_id))["status"] in ("succeeded", "failed") and b,
+            120,
+            message="the run over the filesystem broker",
+        )
+        assert body["status"] == "succeeded", body["error"]
+    assert list((tmp_path / "broker").iterdir())

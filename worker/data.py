@@ -1,0 +1,61 @@
+"""Cells from the database as the uint8 tensors ``ml`` trains on, and the validation split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Cell
+from ml.images import MODEL_SIZE
+
+VAL_FRACTION = 0.2
+
+
+def cells_to_tensor(model_inputs: Sequence[bytes]) -> torch.Tensor:
+    """Stored ``model_input`` bytes (64×64×3 RGB, row-major) → uint8 N×3×64×64."""
+    if not model_inputs:
+        return torch.empty(0, 3, MODEL_SIZE, MODEL_SIZE, dtype=torch.uint8)
+    array = np.frombuffer(b"".join(model_inputs), dtype=np.uint8).reshape(-1, MODEL_SIZE, MODEL_SIZE, 3)
+    return torch.from_numpy(array.copy()).permute(0, 3, 1, 2).contiguous()
+
+
+def load_inputs(session: Session, cell_ids: Sequence[int], chunk: int = 2000) -> torch.Tensor:
+    """The model inputs of ``cell_ids``, in that order."""
+    by_id: dict[int, bytes] = {}
+    ids = list(cell_ids)
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        by_id.update(
+            session.execute(select(Cell.id, Cell.model_input).where(Cell.id.in_(part))).tuples().all()
+        )
+    return cells_to_tensor([by_id[i] for i in ids])
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 images to the model's ``size`` (the tiny profile trains at 32 px; cells are 64)."""
+    if x.shape[-1] == size or len(x) == 0:
+        return x if len(x) else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def stratified_split(
+    y: Sequence[int], seed: int, val_fraction: float = VAL_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation): about ``val_fraction`` of each class held out, but a class
+    with fewer than 3 labels stays whole in training, and at least one label per class trains."""
+    y = np.asarray(y, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        n_val = int(round(val_fraction * len(members))) if len(members) >= 3 else 0
+        n_val = min(n_val, len(members) - 1)
+        val.extend(members[:n_val].tolist())
+        train.extend(members[n_val:].tolist())
+    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))

@@ -1,0 +1,202 @@
+"""Scoring the unlabelled cells with the active model, in chunks, then refreshing the queue."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import select, update
+
+from app.db import session_scope
+from app.labelling.service import current_labels
+from app.models import Cell, ModelVersion, Prediction
+from app.training import broker, service
+from ml.active import margin, select_for_labelling
+from ml.checkpoint import load_checkpoint, load_model
+from ml.infer import predict
+from ml.pseudo import PASSED_ENTROPY, REJECTED, entropy, filter_pseudo_labels
+from worker.data import load_inputs, resize
+from worker.runtime import device
+
+log = logging.getLogger("leukolab.worker")
+MAX_LABELLED_FOR_PROPAGATION = 5000
+_models: dict[str, tuple[float, object, dict]] = {}
+
+
+def model_of(path: str):  # type: ignore[no-untyped-def]
+    """The teacher network of a checkpoint and the checkpoint, cached per file and mtime."""
+    mtime = os.path.getmtime(path)
+    cached = _models.get(path)
+    if cached is None or cached[0] != mtime:
+        checkpoint = load_checkpoint(path)
+        model = load_model(checkpoint, which="teacher", device=device())
+        _models.clear()  # one model at a time is plenty for a worker
+        _models[path] = (
+            mtime,
+            model,
+            {k: v for k, v in checkpoint.items() if k not in ("student", "teacher")},
+        )
+    _, model, meta = _models[path]
+    return model, meta
+
+
+def _train_config(meta: dict) -> dict:
+    return meta.get("train_config") or {}
+
+
+def score_all(model_id: int) -> int:
+    """Fan out the scoring of every unlabelled cell in chunks; returns the number of chunks."""
+    with session_scope() as session:
+        version = session.get(ModelVersion, model_id)
+        if version is None or not version.is_active:
+            log.info("model %s is not active any more: scoring skipped", model_id)
+            return 0
+        ids = service.unlabelled_cell_ids(session=session)
+        service.start_scoring(session=session, model_id=model_id, total=len(ids))
+    chunks = [ids[i : i + service.SCORE_CHUNK] for i in range(0, len(ids), service.SCORE_CHUNK)]
+    for chunk in chunks:
+        broker.enqueue(broker.TASK_SCORE, model_id, chunk)
+    if not chunks:
+        broker.enqueue(broker.TASK_REFRESH_QUEUE, model_id)
+    log.info("model %s: scoring %s cells in %s chunks", model_id, len(ids), len(chunks))
+    return len(chunks)
+
+
+def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
+    """Store this model's probabilities, entropy, margin and entropy-filter outcome for ``cell_ids``;
+    the chunk that completes the count enqueues the queue refresh."""
+    with session_scope() as session:
+        version = session.get(ModelVersion, model_id)
+        if version is None or not version.is_active:
+            return 0
+        path, names = version.artefact_path, list(version.class_names)
+        x = load_inputs(session, cell_ids)
+    model, meta = model_of(path)
+    threshold = float(_train_config(meta).get("entropy_threshold", 0.01))
+    predictions = predict(model, resize(x, model.config.image_size))
+    probs = predictions.probs.astype(np.float64)
+    ent, mar = entropy(probs), margin(probs)
+    predicted = probs.argmax(axis=1)
+    rows = []
+    for i, cell_id in enumerate(cell_ids):
+        outcome = PASSED_ENTROPY if ent[i] <= threshold else REJECTED
+        rows.append(
+            {
+                "cell_id": int(cell_id),
+                "probs": [round(float(p), 6) for p in probs[i]],
+                "predicted": names[predicted[i]],
+                "confidence": float(probs[i, predicted[i]]),
+                "entropy": float(ent[i]),
+                "margin": float(mar[i]),
+                "pseudo_label": names[predicted[i]] if outcome != REJECTED else None,
+                "filter_outcome": outcome,
+                "features": predictions.features[i].astype(np.float16).tobytes(),
+            }
+        )
+    with session_scope() as session:
+        service.store_predictions(session=session, model_id=model_id, rows=rows)
+        done, total = service.add_scored(session=session, model_id=model_id, count=len(rows))
+    if total and done - len(rows) < total <= done:
+        broker.enqueue(broker.TASK_REFRESH_QUEUE, model_id)
+    return len(rows)
+
+
+def refresh_queue(model_id: int) -> int:
+    """Run label propagation over all scored cells (it needs every feature at once), store each
+    cell's filter outcome and pseudo-label, and rewrite the labelling queue; returns its size."""
+    with session_scope() as session:
+        version = session.get(ModelVersion, model_id)
+        if version is None or not version.is_active:
+            return 0
+        path, names = version.artefact_path, list(version.class_names)
+        rows = session.execute(
+            select(
+                Prediction.id,
+                Prediction.cell_id,
+                Prediction.probs,
+                Prediction.features,
+                Prediction.confidence,
+            )
+            .join(Cell, Cell.id == Prediction.cell_id)
+            .where(Prediction.model_version_id == model_id, Cell.current_label_id.is_(None))
+            .order_by(Prediction.cell_id)
+        ).all()
+        index = {name: i for i, name in enumerate(names)}
+        labelled = [(c, index[v]) for c, v in current_labels(session=session).items() if v in index]
+        if len(labelled) > MAX_LABELLED_FOR_PROPAGATION:
+            keep = np.random.default_rng(model_id).choice(
+                len(labelled), MAX_LABELLED_FOR_PROPAGATION, replace=False
+            )
+            labelled = [labelled[i] for i in sorted(keep)]
+        x_labelled = load_inputs(session, [c for c, _ in labelled])
+    model, meta = model_of(path)
+    config = _train_config(meta)
+    if not rows:
+        with session_scope() as session:
+            service.replace_queue(session=session, items=[])
+            service.finish_scoring(session=session, model_id=model_id)
+        return 0
+    probs = np.asarray([r.probs for r in rows], dtype=np.float64)
+    features = np.stack([np.frombuffer(r.features, dtype=np.float16) for r in rows]).astype(np.float32)
+    labelled_features = (
+        predict(model, resize(x_labelled, model.config.image_size)).features if labelled else None
+    )
+    labelled_y = np.asarray([y for _, y in labelled], dtype=np.int64)
+    use_lp = labelled_features is not None and len(set(labelled_y.tolist())) >= 2
+    pseudo = filter_pseudo_labels(
+        probs,
+        features,
+        labelled_features if use_lp else None,
+        labelled_y if use_lp else None,
+        entropy_threshold=float(config.get("entropy_threshold", 0.01)),
+        use_propagation=use_lp,
+        n_neighbors=int(config.get("lp_neighbors", 8)),
+        confidence_threshold=float(config.get("lp_confidence", 0.8)),
+        alpha=float(config.get("lp_alpha", 0.2)),
+    )
+    selection = select_for_labelling(
+        probs,
+        features,
+        service.QUEUE_SIZE,
+        strategy="diverse",
+        outcomes=pseudo.outcome,
+        labelled_features=labelled_features,
+        seed=model_id,
+    )
+    ent, mar = entropy(probs), margin(probs)
+    items = [
+        service.QueueItem(
+            cell_id=int(rows[i].cell_id),
+            priority=float(priority),
+            reason=reason,
+            detail={
+                "model_version": model_id,
+                "predicted": names[int(probs[i].argmax())],
+                "confidence": round(float(rows[i].confidence), 4),
+                "entropy": round(float(ent[i]), 4),
+                "margin": round(float(mar[i]), 4),
+                "filter_outcome": str(pseudo.outcome[i]),
+            },
+        )
+        for i, reason, priority in zip(
+            selection.indices.tolist(), selection.reasons, selection.priorities, strict=True
+        )
+    ]
+    with session_scope() as session:
+        session.execute(
+            update(Prediction),
+            [
+                {
+                    "id": rows[i].id,
+                    "filter_outcome": str(pseudo.outcome[i]),
+                    "pseudo_label": names[int(pseudo.label[i])] if pseudo.outcome[i] != REJECTED else None,
+                }
+                for i in range(len(rows))
+            ],
+        )
+        written = service.replace_queue(session=session, items=items)
+        service.finish_scoring(session=session, model_id=model_id)
+    log.info("model %s: queue refreshed with %s entries (funnel %s)", model_id, written, pseudo.funnel)
+    return written

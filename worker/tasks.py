@@ -1,0 +1,49 @@
+"""Celery tasks by name. Each takes ids, opens its own sessions, and is enqueued only after
+the commit that made its rows visible (see ``app.training.routes``)."""
+
+from __future__ import annotations
+
+from app.training import broker
+from worker.celery_app import celery_app
+
+
+@celery_app.task(name=broker.TASK_RETRAIN)
+def retrain(run_id: int) -> str:
+    from worker.training import run_retrain
+
+    return run_retrain(run_id)
+
+
+@celery_app.task(name=broker.TASK_SCORE_ALL)
+def score_all(model_id: int) -> int:
+    from worker.scoring import score_all as fan_out
+
+    return fan_out(model_id)
+
+
+@celery_app.task(name=broker.TASK_SCORE)
+def score(model_id: int, cell_ids: list[int]) -> int:
+    from app.db import session_scope
+    from app.training.service import finish_scoring
+    from worker.scoring import score_chunk
+
+    try:
+        return score_chunk(model_id, cell_ids)
+    except Exception:
+        with session_scope() as session:  # the count can no longer complete: say so on the page
+            finish_scoring(session=session, model_id=model_id, status="failed")
+        raise
+
+
+@celery_app.task(name=broker.TASK_REFRESH_QUEUE)
+def refresh_queue(model_id: int) -> int:
+    from app.db import session_scope
+    from app.training.service import finish_scoring
+    from worker.scoring import refresh_queue as refresh
+
+    try:
+        return refresh(model_id)
+    except Exception:
+        with session_scope() as session:
+            finish_scoring(session=session, model_id=model_id, status="failed")
+        raise

@@ -1,0 +1,264 @@
+"""The retrain task's body: snapshot the expert labels, train with ``ml.train``, register the
+model version. Progress, heartbeats and cancellation go through the run's row."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.db import session_scope
+from app.labelling.service import class_names as ordered_class_names
+from app.labelling.service import current_labels
+from app.models import UNSURE
+from app.settings import get_settings
+from app.training import broker, service
+from ml.checkpoint import load_checkpoint, model_config_of, save_checkpoint
+from ml.config import entropy_threshold_for, make_config
+from ml.train import Progress, TrainingCancelled, train
+from worker.data import load_inputs, resize, stratified_split
+from worker.runtime import device, device_name
+
+log = logging.getLogger("leukolab.worker")
+
+HEARTBEAT_INTERVAL_S = 10.0
+CANCEL_CHECK_INTERVAL_S = 1.0
+# Semi-supervised training samples the unlabelled pool; beyond this many cells, a random subset.
+MAX_UNLABELLED_FOR_TRAINING = 20_000
+
+
+class NotEnoughLabels(ValueError):
+    pass
+
+
+class RunReporter:
+    """Writes a run's progress (with its loss/accuracy history) and heartbeats; answers
+    ``should_stop`` from ``cancel_requested``, read at most once a second."""
+
+    def __init__(self, run_id: int, extra: dict | None = None) -> None:
+        self.run_id = run_id
+        self.extra = dict(extra or {})
+        self.history: dict[int, dict] = {}
+        self._last_check = 0.0
+        self._cancelled = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def __enter__(self) -> RunReporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                with session_scope() as session:
+                    service.heartbeat(session=session, run_id=self.run_id)
+            except Exception:  # noqa: BLE001 - a missed heartbeat must not kill training
+                log.exception("heartbeat of run %s failed", self.run_id)
+
+    def note(self, phase: str, **values: object) -> None:
+        """Record a phase outside the training loop (loading, saving)."""
+        self.extra.update(values)
+        self._write({"phase": phase, "fraction": values.get("fraction", 0.0)})
+
+    def progress(self, p: Progress) -> None:
+        if p.epoch and p.phase.startswith("train"):
+            self.history[p.epoch] = {"epoch": p.epoch, "loss": p.loss, "val_accuracy": p.val_accuracy}
+        fraction = ((p.epoch - 1) + (p.step / p.steps if p.steps else 1.0)) / max(p.epochs, 1)
+        if p.phase == "evaluate":
+            fraction = 0.99
+        self._write(
+            {
+                "epoch": p.epoch,
+                "epochs": p.epochs,
+                "step": p.step,
+                "steps": p.steps,
+                "loss": float(p.loss) if p.loss == p.loss else None,
+                "val_accuracy": p.val_accuracy,
+                "funnel": p.funnel,
+                "phase": p.phase,
+                "round": p.round,
+                "rounds": p.rounds,
+                "fraction": round(min(max(fraction, 0.0), 1.0), 4),
+            }
+        )
+
+    def _write(self, values: dict) -> None:
+        progress = {**self.extra, **values, "history": [self.history[k] for k in sorted(self.history)]}
+        with session_scope() as session:
+            service.write_progress(session=session, run_id=self.run_id, progress=progress)
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._last_check >= CANCEL_CHECK_INTERVAL_S:
+            self._last_check = now
+            with session_scope() as session:
+                self._cancelled = service.cancel_requested(session=session, run_id=self.run_id)
+        return self._cancelled
+
+
+def run_retrain(run_id: int) -> str:
+    """The ``leukolab.retrain`` task: returns the run's final status."""
+    with session_scope() as session:
+        run = service.claim_run(session=session, run_id=run_id)
+        if run is None:
+            log.info("run %s is not queued any more (cancelled or already handled): skipped", run_id)
+            return "skipped"
+        method, profile, params = run.method, run.profile, dict(run.params or {})
+    log.info("run %s: %s on profile %s, %s", run_id, method, profile, device_name())
+    try:
+        with RunReporter(run_id, {"device": device_name()}) as reporter:
+            promoted_id = _train_and_register(run_id, method, profile, params, reporter)
+    except TrainingCancelled:
+        with session_scope() as session:
+            service.finish_run(session=session, run_id=run_id, status="cancelled")
+        log.info("run %s cancelled", run_id)
+        return "cancelled"
+    except Exception as error:  # noqa: BLE001 - any failure becomes the run's error, shown to the admin
+        message = f"{error.__class__.__name__}: {error}"
+        if not isinstance(error, NotEnoughLabels):
+            message += "\n" + "".join(traceback.format_exception(error)[-3:])[-2000:]
+        with session_scope() as session:
+            service.finish_run(session=session, run_id=run_id, status="failed", error=message)
+        log.exception("run %s failed", run_id)
+        return "failed"
+    if promoted_id is not None:
+        broker.enqueue(broker.TASK_SCORE_ALL, promoted_id)
+    log.info("run %s succeeded", run_id)
+    return "succeeded"
+
+
+def snapshot_labels(*, session) -> tuple[list[int], list[int], list[str]]:  # type: ignore[no-untyped-def]
+    """(cell ids, class indices, class names): the standing expert labels, ``unsure`` left out.
+    The model learns the classes, in display order, that have at least one label."""
+    labels = {cell_id: value for cell_id, value in current_labels(session=session).items() if value != UNSURE}
+    counts = Counter(labels.values())
+    names = [name for name in ordered_class_names(session=session) if counts.get(name)]
+    if len(names) < 2:
+        raise NotEnoughLabels(
+            "training needs expert labels of at least two classes; "
+            f"labelled so far: {dict(counts) or 'nothing'}"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    cell_ids = sorted(labels)
+    return cell_ids, [index[labels[c]] for c in cell_ids], names
+
+
+def _train_and_register(
+    run_id: int, method: str, profile: str, params: dict, reporter: RunReporter
+) -> int | None:
+    """Train, save the artefact, register the version; returns its id when auto-promoted."""
+    reporter.note("loading cells")
+    with session_scope() as session:
+        cell_ids, y, names = snapshot_labels(session=session)
+        unlabelled_ids = service.unlabelled_cell_ids(session=session)
+        if len(unlabelled_ids) > MAX_UNLABELLED_FOR_TRAINING:
+            rng = np.random.default_rng(run_id)
+            unlabelled_ids = sorted(
+                rng.choice(unlabelled_ids, MAX_UNLABELLED_FOR_TRAINING, replace=False).tolist()
+            )
+        x_all = load_inputs(session, cell_ids)
+        x_unlabelled = load_inputs(session, unlabelled_ids)
+        active = service.active_model(session=session)
+        active_info = (
+            (active.id, active.artefact_path, list(active.class_names), active.metrics) if active else None
+        )
+
+    train_idx, val_idx = stratified_split(y, seed=run_id)
+    y_all = torch.tensor(y, dtype=torch.long)
+    per_class_train = Counter(np.asarray(y)[train_idx].tolist())
+    overrides: dict = {"seed": run_id}
+    if params.get("epochs"):
+        overrides["epochs"] = int(params["epochs"])
+        overrides["round_epochs"] = max(1, int(params["epochs"]) // 2)
+    overrides["entropy_threshold"] = params.get("entropy_threshold") or entropy_threshold_for(
+        int(np.median(list(per_class_train.values())))
+    )
+    config = make_config(profile, method, **overrides)
+
+    init = None
+    warm_from = None
+    if params.get("warm_start", True) and active_info is not None:
+        checkpoint = load_checkpoint(active_info[1])
+        model_config = model_config_of(checkpoint)
+        if (
+            active_info[2] == names
+            and model_config.image_size == config.image_size
+            and model_config.width == config.width
+            and model_config.arch == config.arch
+        ):
+            init, warm_from = checkpoint, active_info[0]
+    size = config.image_size
+    data = {
+        "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+        "n_unlabelled": int(len(x_unlabelled)),
+        "per_class_train": {names[c]: int(n) for c, n in sorted(per_class_train.items())},
+        "per_class_val": {
+            names[c]: int(n) for c, n in sorted(Counter(np.asarray(y)[val_idx].tolist()).items())
+        },
+        "warm_started_from": warm_from,
+        "entropy_threshold": config.entropy_threshold,
+    }
+    reporter.note(
+        "training", **{k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from")}
+    )
+    t_train = torch.from_numpy(train_idx)
+    t_val = torch.from_numpy(val_idx)
+    result = train(
+        config,
+        resize(x_all[t_train], size),
+        y_all[t_train],
+        resize(x_unlabelled, size),
+        names,
+        val_x=resize(x_all[t_val], size) if len(val_idx) else None,
+        val_y=y_all[t_val] if len(val_idx) else None,
+        init_checkpoint=init,
+        progress=reporter.progress,
+        should_stop=reporter.should_stop,
+        device=device(),
+    )
+    metrics = dict(result.metrics or {})
+    metrics.setdefault("accuracy", None)
+    metrics["funnel"] = result.funnel
+    metrics["data"] = data
+    metrics["method"], metrics["profile"] = method, profile
+    metrics["wall_seconds"] = round(result.wall_seconds, 2)
+    metrics["device"] = device_name()
+
+    reporter.note("saving", fraction=1.0)
+    artefact = (Path(get_settings().artefact_dir) / f"run-{run_id}.pt").resolve()
+    save_checkpoint(artefact, result.checkpoint)  # atomic: a crash leaves no partial file
+    promoted_id = None
+    try:
+        with session_scope() as session:
+            if service.cancel_requested(session=session, run_id=run_id):
+                raise TrainingCancelled()
+            version = service.register_model_version(
+                session=session,
+                run_id=run_id,
+                artefact_path=str(artefact),
+                class_names=names,
+                metrics=metrics,
+            )
+            service.finish_run(session=session, run_id=run_id, status="succeeded", metrics=metrics)
+            if params.get("auto_promote"):
+                current = service.active_model(session=session)
+                new_acc, old_acc = service.validation_accuracy(version), service.validation_accuracy(current)
+                if current is None or (new_acc is not None and (old_acc is None or new_acc > old_acc)):
+                    service.promote(session=session, model_id=version.id)
+                    promoted_id = version.id
+    except BaseException:
+        artefact.unlink(missing_ok=True)  # no artefact without its model version
+        raise
+    return promoted_id
