@@ -120,13 +120,19 @@ def start_worker(loop_env: dict[str, str], tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
-def fs_env(pg_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The embedded default: no Redis, the filesystem broker under ``tmp_path/broker``."""
+def fs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The embedded default of ``scripts/demo``: SQLite, no Redis, the filesystem broker."""
+    from app import db
+    from tests.conftest import reset_caches
+
+    url = f"sqlite:///{tmp_path / 'leukolab.db'}"
+    db.upgrade(url)
     monkeypatch.delenv("LEUKOLAB_REDIS_URL", raising=False)
     values = {"artefact_dir": str(tmp_path / "artefacts"), "broker_dir": str(tmp_path / "broker")}
-    use_database(pg_db_url, monkeypatch, **values)
+    use_database(url, monkeypatch, **values)
     env = {k: v for k, v in os.environ.items() if k != "LEUKOLAB_REDIS_URL"}
-    return {**env, "LEUKOLAB_DATABASE_URL": pg_db_url, **{f"LEUKOLAB_{k.upper()}": v for k, v in values.items()}}
+    yield {**env, "LEUKOLAB_DATABASE_URL": url, **{f"LEUKOLAB_{k.upper()}": v for k, v in values.items()}}
+    reset_caches()
 
 
 @pytest.fixture

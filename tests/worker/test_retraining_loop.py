@@ -98,6 +98,14 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
     stats = client.get("/api/v1/stats", headers=cyto).json()
     assert stats["labelled"] == 24
 
+    models_page = client.get("/admin/models", headers=admin)
+    assert models_page.status_code == 200
+    assert "F1-score" in models_page.text and f"/admin/models/{model_id}/confusion.png" in models_page.text
+    assert "Pseudo-label funnel" in models_page.text
+    training_page = client.get("/admin/training", headers=admin)
+    assert training_page.status_code == 200 and f"Run #{run_id}" in training_page.text
+    assert client.get("/admin/models", headers=cyto).status_code == 403
+
 
 def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     insert_cells({name: 5 for name in CLASSES}, unlabelled=15)
@@ -156,10 +164,8 @@ def test_redis_down_refuses_retrain_but_labelling_goes_on(
         assert label.status_code == 201
 
 
-def test_filesystem_broker_without_redis(
-    pg_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_worker_fs
-) -> None:  # type: ignore[no-untyped-def]
-    """The embedded default: no LEUKOLAB_REDIS_URL, kombu's filesystem transport under broker_dir."""
+def test_filesystem_broker_and_sqlite_without_redis(tmp_path: Path, start_worker_fs) -> None:  # type: ignore[no-untyped-def]
+    """The embedded default (scripts/demo): SQLite, kombu's filesystem transport under broker_dir."""
     from app.main import create_app
 
     insert_cells({name: 3 for name in CLASSES}, unlabelled=6)
@@ -173,4 +179,13 @@ def test_filesystem_broker_without_redis(
             message="the run over the filesystem broker",
         )
         assert body["status"] == "succeeded", body["error"]
+        model_id = body["model_version_id"]
+        assert client.post(f"/api/v1/models/{model_id}/promote", headers=admin).status_code == 200
+        wait_for(
+            lambda: client.get("/api/v1/models", headers=admin).json()[0]["scoring"]["status"] == "ready",
+            90,
+            message="scoring on SQLite",
+        )
+        queue = client.get("/api/v1/queue", headers=admin).json()
+        assert len(queue) == 6 and all(entry["reason"] for entry in queue)
     assert list((tmp_path / "broker").iterdir())

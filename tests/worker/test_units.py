@@ -1,0 +1,98 @@
+"""The retraining loop's pieces that need no worker: split, stale runs, migration, broker config."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect
+
+from app import db
+from app.db import session_scope
+from app.models import TrainingRun, utcnow
+from app.settings import Settings
+from app.training import broker, service
+from tests.app.factories import make_user
+from worker.data import cells_to_tensor, resize, stratified_split
+
+
+def test_stratified_split_holds_out_a_fifth_and_keeps_rare_classes_whole() -> None:
+    y = [0] * 10 + [1] * 5 + [2] * 2 + [3]
+    train, val = stratified_split(y, seed=1)
+    y = np.asarray(y)
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(y)))
+    assert np.bincount(y[val], minlength=4).tolist() == [2, 1, 0, 0]
+    assert set(y[train].tolist()) == {0, 1, 2, 3}  # every class trains
+    again, _ = stratified_split(y.tolist(), seed=1)
+    assert again.tolist() == train.tolist()
+
+
+def test_cells_to_tensor_and_resize() -> None:
+    pixels = np.arange(64 * 64 * 3, dtype=np.uint32).astype(np.uint8).reshape(64, 64, 3)
+    x = cells_to_tensor([pixels.tobytes(), pixels.tobytes()])
+    assert x.shape == (2, 3, 64, 64) and x.dtype.is_floating_point is False
+    assert x[0, 1, 2, 3].item() == pixels[2, 3, 1]
+    assert resize(x, 32).shape == (2, 3, 32, 32)
+    assert resize(x[:0], 32).shape == (0, 3, 32, 32)
+
+
+def test_stale_running_runs_are_failed_and_free_the_slot(pg_db_url: str) -> None:
+    admin_id = make_user("root", role="admin")
+    with session_scope() as session:
+        old = utcnow() - timedelta(seconds=service.HEARTBEAT_TIMEOUT_S + 5)
+        session.add(
+            TrainingRun(
+                status="running",
+                method="supervised",
+                profile="tiny",
+                params={},
+                created_by=admin_id,
+                started_at=old,
+                heartbeat_at=old,
+            )
+        )
+    with session_scope() as session:
+        assert service.active_run(session=session) is None
+        (run,) = service.list_runs(session=session)
+        assert run.status == "failed" and "heartbeats" in run.error
+
+
+def test_broker_config_without_and_with_redis(tmp_path: Path) -> None:
+    fs = broker.celery_config(Settings(redis_url=None, broker_dir=tmp_path))
+    assert fs["broker_url"] == "filesystem://"
+    assert fs["broker_transport_options"]["data_folder_in"] == fs["broker_transport_options"]["data_folder_out"]
+    assert fs["task_acks_late"] and fs["worker_prefetch_multiplier"] == 1 and fs["task_reject_on_worker_lost"]
+    red = broker.celery_config(Settings(redis_url="redis://127.0.0.1:6379/3"))
+    assert red["broker_url"].startswith("redis://")
+    assert red["task_routes"][broker.TASK_RETRAIN] == {"queue": "train"}
+    assert red["task_routes"][broker.TASK_SCORE] == {"queue": "score"}
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_migration_0002_up_and_down(backend: str, tmp_path: Path) -> None:
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database("leukolab_test_m0002") if backend == "postgres" else f"sqlite:///{tmp_path}/m.db"
+    try:
+        db.upgrade(url)
+        engine = db.make_engine(url)
+        assert {"training_runs", "model_versions", "predictions"} <= set(inspect(engine).get_table_names())
+        engine.dispose()
+        db.downgrade(url, "0001")
+        engine = db.make_engine(url)
+        assert "training_runs" not in inspect(engine).get_table_names()
+        engine.dispose()
+        db.upgrade(url)
+    finally:
+        if backend == "postgres":
+            drop_pg_database("leukolab_test_m0002")
+
+
+def test_web_process_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, app.main, app.training.routes, app.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
