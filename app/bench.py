@@ -76,6 +76,9 @@ def _fill(url: str, cells: int, users: int) -> None:
                         }
                     )
                 conn.execute(insert(Cell), rows)
+    if engine.dialect.name == "postgresql":  # fresh statistics, as autovacuum would give a live site
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
     engine.dispose()
 
 
@@ -98,7 +101,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _drive(base: str, users: int, seconds: float, classes: list[str]) -> dict:
+async def _drive(base: str, users: int, seconds: float, classes: list[str], think_s: float) -> dict:
     import httpx
 
     next_latency: list[float] = []
@@ -114,24 +117,35 @@ async def _drive(base: str, users: int, seconds: float, classes: list[str]) -> d
             tokens.append(response.json()["access_token"])
         deadline = time.perf_counter() + seconds
 
+        async def timed(method: str, url: str, latencies: list[float], **kwargs):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            try:
+                response = await client.request(method, url, **kwargs)
+            except httpx.HTTPError as error:
+                errors.append(f"{url.split('/')[-1]}: {error.__class__.__name__}")
+                return None
+            latencies.append(time.perf_counter() - started)
+            return response
+
         async def labeller(token: str) -> None:
             headers = {"Authorization": f"Bearer {token}"}
             while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                response = await client.get("/api/v1/queue/next", headers=headers)
-                next_latency.append(time.perf_counter() - started)
-                if response.status_code != 200:
-                    errors.append(f"next: HTTP {response.status_code}")
+                response = await timed("GET", "/api/v1/queue/next", next_latency, headers=headers)
+                if response is None or response.status_code != 200:
+                    errors.append(f"next: HTTP {response.status_code}") if response is not None else None
                     continue
                 cell_id = response.json()["cell_id"]
-                started = time.perf_counter()
-                response = await client.post(
-                    f"/api/v1/cells/{cell_id}/labels", json={"label": random.choice(classes)}, headers=headers
+                await asyncio.sleep(random.uniform(0.5, 1.5) * think_s)  # looking at the cell
+                response = await timed(
+                    "POST",
+                    f"/api/v1/cells/{cell_id}/labels",
+                    label_latency,
+                    json={"label": random.choice(classes)},
+                    headers=headers,
                 )
-                label_latency.append(time.perf_counter() - started)
-                if response.status_code == 201:
+                if response is not None and response.status_code == 201:
                     acknowledged.append(response.json()["id"])
-                else:
+                elif response is not None:
                     errors.append(f"label: HTTP {response.status_code}")
 
         started = time.perf_counter()
@@ -156,6 +170,10 @@ def labelling_command(
         str | None, typer.Option(help="use this database instead of creating leukolab_bench on local Postgres")
     ] = None,
     server_workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
+    think_ms: Annotated[
+        float,
+        typer.Option(help="mean pause between seeing a cell and labelling it; 0 drives the server flat out"),
+    ] = 250.0,
 ) -> None:
     """Drive the web server with concurrent labellers and report latency percentiles and lost labels."""
     from sqlalchemy import func, select
@@ -205,7 +223,7 @@ def labelling_command(
             raise typer.Exit(2)
         classes = _class_names(database_url)
         typer.echo(f"driving {base} with {users} labellers for {seconds:.0f} s")
-        result = asyncio.run(_drive(base, users, seconds, classes))
+        result = asyncio.run(_drive(base, users, seconds, classes, think_ms / 1000))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -221,6 +239,7 @@ def labelling_command(
         cells=cells,
         users=users,
         seconds=seconds,
+        think_ms=think_ms,
         server_workers=server_workers,
     )
     json_out.parent.mkdir(parents=True, exist_ok=True)

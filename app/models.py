@@ -79,19 +79,30 @@ class Cell(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    display_png: Mapped[bytes] = mapped_column(LargeBinary)
+    # The pixels are deferred: most queries need a cell's id and state, not its image.
+    display_png: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     display_size: Mapped[int] = mapped_column(Integer)
-    model_input: Mapped[bytes] = mapped_column(LargeBinary)  # 64×64×3 uint8, row-major RGB
+    model_input: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # 64×64×3 uint8, row-major RGB
     source_name: Mapped[str] = mapped_column(String(512))
     slide: Mapped[str | None] = mapped_column(String(128))
     batch: Mapped[str | None] = mapped_column(String(128))
     import_id: Mapped[int | None] = mapped_column(ForeignKey("imports.id"))
-    random_key: Mapped[float] = mapped_column(Float, index=True)
+    random_key: Mapped[float] = mapped_column(Float)
     # Cache of the label rows: the newest label of this cell that no undo row points at.
     # Written in the same transaction as the label rows, so it never disagrees with them.
     # (No foreign key: labels already points at cells, and the cycle buys nothing.)
     current_label_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        # "a random unlabelled cell" walks this index from a random point
+        Index(
+            "ix_cells_unlabelled_random",
+            "random_key",
+            postgresql_where=text("current_label_id IS NULL"),
+            sqlite_where=text("current_label_id IS NULL"),
+        ),
+    )
 
 
 class Label(Base):

@@ -29,7 +29,7 @@ def api_import(
 ) -> dict:
     """Import a .zip of cell images; class sub-folders import as expert labels. All or nothing."""
     _check_size(file)
-    summary = import_zip(session=session, file=file.file, labelled=labelled, user_id=admin.id)
+    summary = import_zip(session=session, file=file.file, labelled=labelled, user_id=admin.id, name=file.filename)
     return dataclasses.asdict(summary)
 
 
@@ -50,7 +50,7 @@ def import_upload(
     template = "admin/_import_result.html" if request.headers.get("hx-request") else "admin/import.html"
     try:
         _check_size(file)
-        summary = import_zip(session=session, file=file.file, labelled=flag, user_id=admin.id)
+        summary = import_zip(session=session, file=file.file, labelled=flag, user_id=admin.id, name=file.filename)
     except ImportRefused as refused:
         return render(request, template, {"summary": None, "refused": refused}, status_code=422)
     except InvalidInput as error:

@@ -61,12 +61,15 @@ def _next_cell(session: Session, user: User, exclude: Collection[int]) -> Lease 
     unlabelled = select(Cell.id).where(Cell.id == QueueEntry.cell_id, Cell.current_label_id.is_(None))
     excluded = QueueEntry.cell_id.not_in(list(exclude)) if exclude else True
 
-    own = session.scalar(
+    own_query = (
         select(QueueEntry)
         .where(QueueEntry.leased_to == user.id, QueueEntry.lease_until > now, excluded, exists(unlabelled))
         .order_by(QueueEntry.lease_until.desc())
         .limit(1)
     )
+    if postgres:  # a label being stored for that cell holds its row; skip it rather than wait
+        own_query = own_query.with_for_update(skip_locked=True, of=QueueEntry)
+    own = session.scalar(own_query)
     if own is not None:
         own.lease_until = until
         return Lease(own.cell_id, own.reason, until)
@@ -162,7 +165,8 @@ def add_label(*, session: Session, user: User, cell_id: int, value: str, source:
         raise InvalidInput(
             f"unknown label {value!r}: use one of {', '.join([*allowed, UNSURE])}", allowed=[*allowed, UNSURE]
         )
-    get_cell(session=session, cell_id=cell_id)
+    if session.scalar(select(Cell.id).where(Cell.id == cell_id)) is None:
+        raise NotFound(f"no cell with id {cell_id}")
     label = Label(cell_id=cell_id, user_id=user.id, kind="label", value=value, source=source)
     session.add(label)
     session.flush()

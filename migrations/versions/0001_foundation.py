@@ -100,7 +100,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("cells", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_cells_current_label_id"), ["current_label_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_cells_random_key"), ["random_key"], unique=False)
+        batch_op.create_index(
+            "ix_cells_unlabelled_random",
+            ["random_key"],
+            unique=False,
+            postgresql_where=sa.text("current_label_id IS NULL"),
+            sqlite_where=sa.text("current_label_id IS NULL"),
+        )
 
     op.create_table(
         "labels",
@@ -187,7 +193,7 @@ def downgrade() -> None:
 
     op.drop_table("labels")
     with op.batch_alter_table("cells", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_cells_random_key"))
+        batch_op.drop_index("ix_cells_unlabelled_random")
         batch_op.drop_index(batch_op.f("ix_cells_current_label_id"))
 
     op.drop_table("cells")

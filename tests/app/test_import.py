@@ -13,6 +13,7 @@ import pytest
 import typer
 from PIL import Image
 from sqlalchemy import func, select
+from sqlalchemy.orm import undefer
 from typer.testing import CliRunner
 
 from app.cells.cli import import_command
@@ -117,7 +118,10 @@ def test_non_square_and_large_images_are_cropped_and_downscaled(any_db_url: str,
 
     with session_scope() as session:
         import_folder(session=session, path=tmp_path / "in", labelled=False, user_id=None)
-        cells = {cell.source_name: cell for cell in session.scalars(select(Cell))}
+        cells = {
+            cell.source_name: cell
+            for cell in session.scalars(select(Cell).options(undefer(Cell.display_png), undefer(Cell.model_input)))
+        }
 
     assert {name: cell.display_size for name, cell in cells.items()} == {
         "wide.png": 150,
