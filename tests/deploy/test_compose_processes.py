@@ -51,7 +51,9 @@ SECRETS = {
 }
 ADMIN, ADMIN_PASSWORD = "it-admin", "a-long-deploy-test-password-42"
 WBC_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+LABELLED_PER_CLASS, UNLABELLED_PER_CLASS = 8, 2
 TRAINING_TIMEOUT_S = 300
+SCORING_TIMEOUT_S = 120
 
 
 # --- what must exist before this test can run --------------------------------------------------------
@@ -63,8 +65,7 @@ def _missing_retraining() -> str | None:
         return "worker.tasks does not exist yet (the Celery worker of issue 4)"
     from app.main import create_app
 
-    paths = {getattr(route, "path", "") for route in create_app(check_schema=False).routes}
-    if "/api/v1/training-runs" not in paths:
+    if "/api/v1/training-runs" not in create_app(check_schema=False).openapi()["paths"]:
         return "the /api/v1/training-runs route does not exist yet (issue 4)"
     return None
 
@@ -331,8 +332,8 @@ def test_migrate_then_web_is_ready_and_the_first_admin_can_import(stack: Stack, 
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     for archive, labelled in (
-        (cells_zip(8, labelled=True, seed=1), True),
-        (cells_zip(2, labelled=False, seed=2), False),
+        (cells_zip(LABELLED_PER_CLASS, labelled=True, seed=1), True),
+        (cells_zip(UNLABELLED_PER_CLASS, labelled=False, seed=2), False),
     ):
         imported = client.post(
             "/api/v1/imports",
@@ -340,14 +341,13 @@ def test_migrate_then_web_is_ready_and_the_first_admin_can_import(stack: Stack, 
             files={"file": ("cells.zip", archive, "application/zip")},
         )
         assert imported.status_code == 201, imported.text
-        assert imported.json()["imported"] == len(WBC_CLASSES) * (8 if labelled else 2)
+        per_class = LABELLED_PER_CLASS if labelled else UNLABELLED_PER_CLASS
+        assert imported.json()["imported"] == len(WBC_CLASSES) * per_class
     stack.check_running()
 
 
 @pytest.mark.worker
-def test_a_retrain_started_through_the_api_succeeds_on_the_workers(
-    stack: Stack, client: httpx.Client
-) -> None:
+def test_a_retrain_started_through_the_api_succeeds_on_the_workers(stack: Stack, client: httpx.Client) -> None:
     reason = _missing_retraining()
     if reason:
         pytest.skip(reason)
@@ -366,3 +366,21 @@ def test_a_retrain_started_through_the_api_succeeds_on_the_workers(
             break
         time.sleep(2)
     assert run.get("status") == "succeeded", f"training run {run_id}: {run}\n{stack.tails()}"
+
+    # Promoting the new model sends the scoring to the `score` queue, i.e. to worker-score.
+    model_id = run["model_version_id"]
+    promoted = client.post(f"/api/v1/models/{model_id}/promote")
+    assert promoted.status_code == 200, promoted.text
+    deadline = time.monotonic() + SCORING_TIMEOUT_S
+    scoring: dict = {}
+    while time.monotonic() < deadline:
+        stack.check_running()
+        model = next(m for m in client.get("/api/v1/models").json() if m["id"] == model_id)
+        scoring = model["scoring"]
+        if scoring["status"] in {"ready", "failed"}:
+            break
+        time.sleep(1)
+    assert scoring.get("status") == "ready", f"model {model_id} scoring: {scoring}\n{stack.tails()}"
+    assert scoring["done"] == scoring["total"] == len(WBC_CLASSES) * UNLABELLED_PER_CLASS
+    queue = client.get("/api/v1/queue").json()
+    assert queue and all(entry["reason"] for entry in queue)
