@@ -172,9 +172,7 @@ def test_long_running_services_come_back_after_a_reboot(services: dict, name: st
     assert services[name]["restart"] == "unless-stopped"
 
 
-def test_postgres_data_and_artefacts_are_named_volumes_shared_by_the_app(
-    project: dict, services: dict
-) -> None:
+def test_postgres_data_and_artefacts_are_named_volumes_shared_by_the_app(project: dict, services: dict) -> None:
     artefact_dir = service_environment(services["web"])["LEUKOLAB_ARTEFACT_DIR"]
     assert "artefacts" in project["volumes"] and "pgdata" in project["volumes"]
     for name in ("web", "worker", "worker-score"):
@@ -341,9 +339,7 @@ def test_dependencies_are_installed_before_the_code_is_copied() -> None:
     metadata = next(i for i, args in copies if args.split()[0] == "pyproject.toml")
     code = next(i for i, args in copies if args.split()[0] == ".")
     installs = [
-        i
-        for i, (instruction, args) in enumerate(instructions)
-        if instruction == "RUN" and "pip install" in args
+        i for i, (instruction, args) in enumerate(instructions) if instruction == "RUN" and "pip install" in args
     ]
     assert metadata < code
     assert any(metadata < i < code for i in installs), "no dependency install between metadata and code"
@@ -352,13 +348,9 @@ def test_dependencies_are_installed_before_the_code_is_copied() -> None:
 
 
 def test_compose_torch_variants_are_dockerfile_stages(services: dict, cpu_services: dict) -> None:
-    stages = {
-        m.group(1) for m in re.finditer(r"^FROM\s+\S+\s+AS\s+(\S+)", DOCKERFILE.read_text(), re.M | re.I)
-    }
+    stages = {m.group(1) for m in re.finditer(r"^FROM\s+\S+\s+AS\s+(\S+)", DOCKERFILE.read_text(), re.M | re.I)}
     variants = {
-        s["build"]["args"]["TORCH_VARIANT"]
-        for s in [*services.values(), *cpu_services.values()]
-        if "build" in s
+        s["build"]["args"]["TORCH_VARIANT"] for s in [*services.values(), *cpu_services.values()] if "build" in s
     }
     assert variants == {"cpu", "cuda"}
     assert {f"torch-{variant}" for variant in variants} <= stages
@@ -398,9 +390,7 @@ def dockerignore_allows(path: str) -> bool:
 
 
 def test_build_context_holds_the_code_and_the_files_it_reads_at_runtime() -> None:
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
-        "include"
-    ]
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for package in {pattern.rstrip("*") for pattern in packages}:
         assert dockerignore_allows(f"{package}/__init__.py"), package
     for path in (

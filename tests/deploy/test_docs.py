@@ -26,9 +26,7 @@ RESTORE_DATABASE = "leukolab_test_deploy_restore"
 
 def documented_overrides() -> dict[str, str]:
     """The ```yaml blocks of docs/deploy.md that start with `# docker-compose.override.yml: PURPOSE`."""
-    blocks = re.findall(
-        r"```yaml\n(# docker-compose\.override\.yml: ([^\n]+)\n.*?)```", DOCS.read_text(), re.S
-    )
+    blocks = re.findall(r"```yaml\n(# docker-compose\.override\.yml: ([^\n]+)\n.*?)```", DOCS.read_text(), re.S)
     return {purpose: block for block, purpose in blocks}
 
 
@@ -49,9 +47,7 @@ def test_caddy_override_puts_web_behind_the_proxy(tmp_path: Path) -> None:
     services = with_override(documented_overrides()["TLS with Caddy"], tmp_path)
     assert "ports" not in services["web"]
     assert services["caddy"]["depends_on"]["web"]["condition"] == "service_healthy"
-    assert set(services) - {"caddy"} == set(
-        load_project(COMPOSE_FILE, env=example_env(**SECRETS))["services"]
-    )
+    assert set(services) - {"caddy"} == set(load_project(COMPOSE_FILE, env=example_env(**SECRETS))["services"])
 
 
 def test_external_services_override_leaves_the_bundled_ones_out(tmp_path: Path) -> None:
@@ -74,9 +70,7 @@ def leukolab(*args: str, database: str, stdin: str | None = None) -> subprocess.
     env["LEUKOLAB_DATABASE_URL"] = f"{PG_SERVER.replace('postgresql://', 'postgresql+psycopg://')}/{database}"
     script = Path(sys.executable).with_name("leukolab")
     argv = [str(script)] if script.exists() else [sys.executable, "-c", "from app.cli import main; main()"]
-    return subprocess.run(
-        [*argv, *args], cwd=REPO, env=env, input=stdin, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([*argv, *args], cwd=REPO, env=env, input=stdin, capture_output=True, text=True, timeout=120)
 
 
 def pg(*argv: str, stdin: bytes | None = None, stdout: Path | None = None) -> None:
@@ -86,9 +80,7 @@ def pg(*argv: str, stdin: bytes | None = None, stdout: Path | None = None) -> No
     connection = ["-h", server["host"], "-p", server["port"] or "5432", "-U", server["user"] or "postgres"]
     tool, *rest = argv
     with open(stdout, "wb") if stdout else open(os.devnull, "wb") as out:
-        done = subprocess.run(
-            [tool, *connection, *rest], input=stdin, stdout=out, stderr=subprocess.PIPE, timeout=120
-        )
+        done = subprocess.run([tool, *connection, *rest], input=stdin, stdout=out, stderr=subprocess.PIPE, timeout=120)
     assert done.returncode == 0, f"{tool}: {done.stderr.decode()}"
 
 
