@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 
 import pytest
 from compose_project import (
@@ -424,3 +425,27 @@ def test_the_readme_pyproject_names_exists() -> None:
     """The image installs the project, and setuptools refuses a missing `readme` file."""
     readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("readme")
     assert readme is None or (REPO / readme).is_file(), f"pyproject.toml names {readme}, which does not exist"
+
+
+def test_the_dockerfile_splits_torch_off_the_pyproject_dependencies(tmp_path: Path) -> None:
+    """Runs the Dockerfile's own `python -c` step (line continuations joined, as BuildKit does)."""
+    import shutil
+    import subprocess
+    import sys
+
+    joined = re.sub(r"\\\n", "", DOCKERFILE.read_text())
+    step = next(line for line in joined.splitlines() if line.startswith("RUN python -c") and "tomllib" in line)
+    command = step.removeprefix("RUN ").split(" && pip install", 1)[0]
+    assert command.startswith("python -c ")
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, check=True)
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch = (tmp_path / "torch.txt").read_text().splitlines()
+    rest = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert sorted(torch) == sorted(d for d in deps if re.match(r"torch(vision)?\b(?!-)", d))
+    assert sorted(torch + rest) == sorted(deps)
