@@ -13,10 +13,10 @@ from app.db import session_scope
 from app.labelling.service import current_labels
 from app.models import Cell, ModelVersion, Prediction
 from app.training import broker, service
-from ml.active import margin, select_for_labelling
+from ml.active import Selection, margin, select_for_labelling
 from ml.checkpoint import load_checkpoint, load_model
 from ml.infer import predict
-from ml.pseudo import PASSED_ENTROPY, REJECTED, entropy, filter_pseudo_labels
+from ml.pseudo import PASSED_ENTROPY, REJECTED, PseudoLabels, entropy, filter_pseudo_labels
 from worker.data import load_inputs, resize
 from worker.runtime import device
 
@@ -103,6 +103,43 @@ def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
     return len(rows)
 
 
+def rank_for_queue(
+    probs: np.ndarray,
+    features: np.ndarray,
+    labelled_features: np.ndarray | None,
+    labelled_y: np.ndarray,
+    config: dict,
+    n: int,
+    *,
+    strategy: str = "diverse",
+    seed: int = 0,
+) -> tuple[Selection, PseudoLabels]:
+    """The queue's order: pseudo-label filters (entropy, then label propagation against the
+    labelled cells' features), then ``ml.active`` selection. ``leukolab bench active`` runs this too."""
+    use_lp = labelled_features is not None and len(set(np.asarray(labelled_y).tolist())) >= 2
+    pseudo = filter_pseudo_labels(
+        probs,
+        features,
+        labelled_features if use_lp else None,
+        labelled_y if use_lp else None,
+        entropy_threshold=float(config.get("entropy_threshold", 0.01)),
+        use_propagation=use_lp,
+        n_neighbors=int(config.get("lp_neighbors", 8)),
+        confidence_threshold=float(config.get("lp_confidence", 0.8)),
+        alpha=float(config.get("lp_alpha", 0.2)),
+    )
+    selection = select_for_labelling(
+        probs,
+        features,
+        n,
+        strategy=strategy,
+        outcomes=pseudo.outcome,
+        labelled_features=labelled_features,
+        seed=seed,
+    )
+    return selection, pseudo
+
+
 def refresh_queue(model_id: int) -> int:
     """Run label propagation over all scored cells (it needs every feature at once), store each
     cell's filter outcome and pseudo-label, and rewrite the labelling queue; returns its size."""
@@ -126,9 +163,7 @@ def refresh_queue(model_id: int) -> int:
         index = {name: i for i, name in enumerate(names)}
         labelled = [(c, index[v]) for c, v in current_labels(session=session).items() if v in index]
         if len(labelled) > MAX_LABELLED_FOR_PROPAGATION:
-            keep = np.random.default_rng(model_id).choice(
-                len(labelled), MAX_LABELLED_FOR_PROPAGATION, replace=False
-            )
+            keep = np.random.default_rng(model_id).choice(len(labelled), MAX_LABELLED_FOR_PROPAGATION, replace=False)
             labelled = [labelled[i] for i in sorted(keep)]
         x_labelled = load_inputs(session, [c for c, _ in labelled])
     model, meta = model_of(path)
@@ -140,30 +175,10 @@ def refresh_queue(model_id: int) -> int:
         return 0
     probs = np.asarray([r.probs for r in rows], dtype=np.float64)
     features = np.stack([np.frombuffer(r.features, dtype=np.float16) for r in rows]).astype(np.float32)
-    labelled_features = (
-        predict(model, resize(x_labelled, model.config.image_size)).features if labelled else None
-    )
+    labelled_features = predict(model, resize(x_labelled, model.config.image_size)).features if labelled else None
     labelled_y = np.asarray([y for _, y in labelled], dtype=np.int64)
-    use_lp = labelled_features is not None and len(set(labelled_y.tolist())) >= 2
-    pseudo = filter_pseudo_labels(
-        probs,
-        features,
-        labelled_features if use_lp else None,
-        labelled_y if use_lp else None,
-        entropy_threshold=float(config.get("entropy_threshold", 0.01)),
-        use_propagation=use_lp,
-        n_neighbors=int(config.get("lp_neighbors", 8)),
-        confidence_threshold=float(config.get("lp_confidence", 0.8)),
-        alpha=float(config.get("lp_alpha", 0.2)),
-    )
-    selection = select_for_labelling(
-        probs,
-        features,
-        service.QUEUE_SIZE,
-        strategy="diverse",
-        outcomes=pseudo.outcome,
-        labelled_features=labelled_features,
-        seed=model_id,
+    selection, pseudo = rank_for_queue(
+        probs, features, labelled_features, labelled_y, config, service.QUEUE_SIZE, seed=model_id
     )
     ent, mar = entropy(probs), margin(probs)
     items = [
@@ -180,9 +195,7 @@ def refresh_queue(model_id: int) -> int:
                 "filter_outcome": str(pseudo.outcome[i]),
             },
         )
-        for i, reason, priority in zip(
-            selection.indices.tolist(), selection.reasons, selection.priorities, strict=True
-        )
+        for i, reason, priority in zip(selection.indices.tolist(), selection.reasons, selection.priorities, strict=True)
     ]
     with session_scope() as session:
         session.execute(
