@@ -1,0 +1,134 @@
+"""Training configuration: one dataclass, three profiles, the methods by name.
+
+No torch here: the web process and the CLI can read and validate configs cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+# Paper Table 3 names A-D, plus FixMatch (a modern baseline) and its combination with the
+# paper's pseudo-label filter (the best method on PBC; see docs/results.md).
+METHODS: tuple[str, ...] = (
+    "supervised",
+    "pseudo-single",  # Table 3 A: single model, entropy-filtered pseudo-labels
+    "label-propagation",  # Table 3 B: single model, entropy filter + label propagation
+    "mean-teacher",  # Table 3 C: mean teacher, entropy-filtered pseudo-labels
+    "mean-teacher+lp",  # Table 3 D: the paper's method
+    "fixmatch",
+    "fixmatch+lp",
+)
+DEFAULT_METHOD = "mean-teacher+lp"
+PROFILES: tuple[str, ...] = ("paper", "cpu", "tiny")
+
+# How each method trains: the per-step algorithm, which pseudo-label filter runs between
+# rounds (None, "entropy" or "lp" = entropy then label propagation), and how many rounds.
+METHOD_SPECS: dict[str, tuple[str, str | None, int]] = {
+    "supervised": ("supervised", None, 1),
+    "pseudo-single": ("supervised", "entropy", 2),
+    "label-propagation": ("supervised", "lp", 2),
+    "mean-teacher": ("mean-teacher", "entropy", 2),
+    "mean-teacher+lp": ("mean-teacher", "lp", 2),
+    "fixmatch": ("fixmatch", None, 1),
+    "fixmatch+lp": ("fixmatch", "lp", 2),
+}
+
+
+@dataclass
+class TrainConfig:
+    method: str = DEFAULT_METHOD
+    profile: str = "cpu"
+    arch: str = "vgg"  # "vgg" (the paper's net) or "resnet50"
+    width: float = 0.25
+    image_size: int = 64
+    # Training length. An epoch is ``steps_per_epoch`` steps; None means one pass over the
+    # unlabelled pool (semi-supervised) or the labelled pool (supervised).
+    epochs: int = 20
+    round_epochs: int = 10  # epochs of each later round (warm-started, new cosine cycle)
+    steps_per_epoch: int | None = None
+    rounds: int | None = None  # None: the method's default (METHOD_SPECS)
+    batch_size: int = 40
+    labelled_per_batch: int = 20
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    warmup_fraction: float = 0.03
+    ema_decay: float = 0.97
+    consistency_weight: float = 10.0
+    consistency_rampup: float = 0.3  # fraction of the first round over which beta ramps up
+    dropout: float = 0.2
+    # Pseudo-labels (paper §III-D, Table 4)
+    entropy_threshold: float = 0.01
+    lp_neighbors: int = 8
+    lp_confidence: float = 0.8
+    lp_alpha: float = 0.2
+    # FixMatch
+    fixmatch_threshold: float = 0.95
+    fixmatch_weight: float = 1.0
+    # Augmentation: translation (fraction of the side) and flips; cells have no orientation,
+    # so vertical flips and 90 degree rotations are on by default.
+    translate: float = 0.125
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    seed: int = 0
+    eval_every: int = 1  # epochs between validation passes, when validation data is given
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def algorithm(self) -> str:
+        return METHOD_SPECS[self.method][0]
+
+    @property
+    def pseudo_filter(self) -> str | None:
+        return METHOD_SPECS[self.method][1]
+
+    @property
+    def n_rounds(self) -> int:
+        return self.rounds if self.rounds is not None else METHOD_SPECS[self.method][2]
+
+
+_PROFILE_DEFAULTS: dict[str, dict] = {
+    # The paper: full width, 64 px, 180 epochs of the unlabelled pool; for a GPU.
+    "paper": dict(
+        width=1.0, image_size=64, epochs=180, round_epochs=180, steps_per_epoch=None, vflip=False, rot90=False
+    ),
+    # This 2-core machine: a quarter-width net and a fixed step budget (about 8-10 minutes).
+    "cpu": dict(width=0.25, image_size=64, epochs=12, round_epochs=8, steps_per_epoch=100),
+    # Tests: tiny net, 32 px, a few dozen steps.
+    "tiny": dict(width=0.125, image_size=32, epochs=3, round_epochs=2, steps_per_epoch=15),
+}
+
+# Supervised training sees only 40 labelled images per step and no teacher forward pass, so
+# the same wall-clock budget buys it more steps.
+_SUPERVISED_OVERRIDES: dict[str, dict] = {
+    "cpu": dict(epochs=20),
+}
+
+
+def entropy_threshold_for(labels_per_class: int | None) -> float:
+    """The paper's Table 4 schedule: filter harder when there are fewer labels."""
+    if labels_per_class is None:
+        return 0.01
+    if labels_per_class <= 10:
+        return 0.001
+    if labels_per_class <= 20:
+        return 0.005
+    return 0.01
+
+
+def make_config(profile: str, method: str = DEFAULT_METHOD, **overrides) -> TrainConfig:
+    """Return the ``profile``'s config for ``method``, with ``overrides`` applied."""
+    if profile not in _PROFILE_DEFAULTS:
+        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
+    if method not in METHOD_SPECS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    values = dict(_PROFILE_DEFAULTS[profile])
+    if METHOD_SPECS[method][0] == "supervised":
+        values.update(_SUPERVISED_OVERRIDES.get(profile, {}))
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown config fields: {sorted(unknown)}")
+    values.update(overrides)
+    return replace(TrainConfig(), method=method, profile=profile, **values)

@@ -1,0 +1,142 @@
+"""The networks: the paper's VGG-style classifier with channel attention, and ResNet-50.
+
+Modules and their config only; no I/O. Every network takes images in pixel units
+(uint8 or float 0-255, N×3×S×S) and normalises them itself, so exported models and
+``ml.infer`` need no separate preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Paper Fig. 3: ten 3×3 conv blocks, "M" = the block ends with 2×2 max-pooling.
+VGG_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M")
+
+
+@dataclass
+class ModelConfig:
+    n_classes: int = 5
+    arch: str = "vgg"  # "vgg" or "resnet50"
+    width: float = 1.0
+    image_size: int = 64
+    dropout: float = 0.2
+    hidden: int = 1024  # classifier width at width 1.0 (Table 1)
+    attention_reduction: int = 8
+    mean: tuple[float, float, float] = (0.5 * 255, 0.5 * 255, 0.5 * 255)
+    std: tuple[float, float, float] = (0.25 * 255, 0.25 * 255, 0.25 * 255)
+
+
+class ConvBlock(nn.Sequential):
+    """C-B-R (and C-B-R-M with ``pool``): 3×3 conv, stride 1, padding 1, BN, ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, pool: bool):
+        layers: list[nn.Module] = [
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        super().__init__(*layers)
+
+
+class ChannelAttention(nn.Module):
+    """Global average pool, FC, ReLU, FC, sigmoid; the weights rescale the map's channels."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.fc(x.mean(dim=(2, 3)))
+        return x * weights[:, :, None, None]
+
+
+class _Normalised(nn.Module):
+    def _init_normalisation(self, config: ModelConfig) -> None:
+        self.register_buffer("input_mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("input_std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.input_mean) / self.input_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate embedding (used for label propagation)."""
+        return self.forward_with_features(x)[1]
+
+
+class WBCNet(_Normalised):
+    """Song & Wang 2024 Fig. 3 / Table 1, with a width multiplier."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self._init_normalisation(config)
+        blocks: list[nn.Module] = []
+        c_in = 3
+        layout = list(VGG_LAYOUT)
+        for i, item in enumerate(layout):
+            if item == "M":
+                continue
+            c_out = max(int(round(item * config.width)), 8)
+            pool = i + 1 < len(layout) and layout[i + 1] == "M"
+            blocks.append(ConvBlock(c_in, c_out, pool))
+            c_in = c_out
+        self.backbone = nn.Sequential(*blocks)
+        self.attention = ChannelAttention(c_in, config.attention_reduction)
+        side = config.image_size // 16
+        hidden = max(int(round(config.hidden * config.width)), 64)
+        self.embed = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(config.dropout),
+            nn.Linear(c_in * side * side, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(hidden, config.n_classes)
+        self.feature_dim = hidden
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.attention(self.backbone(self.normalise(x)))
+        # Flatten in (C, H, W) order whatever the memory format, so weights are portable.
+        features = self.embed(z.contiguous())
+        return self.head(features), features
+
+
+class ResNet50(_Normalised):
+    """torchvision ResNet-50, random initialisation, for the paper's §V comparison."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        from torchvision.models import resnet50
+
+        self.config = config
+        self._init_normalisation(config)
+        net = resnet50(weights=None)
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.feature_dim, config.n_classes))
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net(self.normalise(x))
+        return self.head(features), features
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    if config.arch == "vgg":
+        return WBCNet(config)
+    if config.arch == "resnet50":
+        return ResNet50(config)
+    raise ValueError(f"unknown arch {config.arch!r}")

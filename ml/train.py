@@ -1,0 +1,414 @@
+"""Training: one shared loop, one small class per algorithm, rounds of pseudo-labelling.
+
+A round trains the student (and its EMA teacher) for a cosine cycle of the learning rate;
+between rounds the teacher pseudo-labels the unlabelled pool (entropy filter, then label
+propagation) and the accepted cells join the labelled pool of the next round (SGDR-style
+warm restart). Data stay on the device as uint8; augmentation is batched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml.augment import Augmenter
+from ml.checkpoint import make_checkpoint, model_config_of
+from ml.config import TrainConfig
+from ml.infer import predict
+from ml.metrics import classification_metrics
+from ml.model import ModelConfig, build_model
+from ml.pseudo import PseudoLabels, filter_pseudo_labels
+from ml.sampling import BalancedLabelledSampler, UnlabelledSampler
+
+PROGRESS_INTERVAL_S = 2.0
+
+
+@dataclass
+class Progress:
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    val_accuracy: float | None = None
+    funnel: dict | None = None
+    phase: str = "train"
+    round: int = 1
+    rounds: int = 1
+
+
+class TrainingCancelled(Exception):
+    """Raised inside ``train`` when ``should_stop()`` returns True."""
+
+
+@dataclass
+class TrainResult:
+    checkpoint: dict
+    metrics: dict | None
+    history: list[dict]
+    pseudo_labels: PseudoLabels | None = None  # the last round's, indexed like unlabelled_x
+    wall_seconds: float = 0.0
+    images_per_second: float = 0.0  # student images per second of training steps
+    funnel: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# --- small pure helpers -------------------------------------------------------------------
+
+
+def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """MSE between the student's and the teacher's softmax; no gradient reaches the teacher."""
+    return F.mse_loss(student_logits.float().softmax(dim=1), teacher_logits.detach().float().softmax(dim=1))
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher = decay·teacher + (1-decay)·student, over parameters and float buffers
+    (BatchNorm running statistics); integer buffers (batch counters) are copied."""
+    t_params = [p for p in teacher.parameters()]
+    s_params = [p.detach() for p in student.parameters()]
+    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
+    for t_buf, s_buf in zip(teacher.buffers(), student.buffers()):
+        if t_buf.dtype.is_floating_point:
+            t_buf.lerp_(s_buf, 1.0 - decay)
+        else:
+            t_buf.copy_(s_buf)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 0) -> float:
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def sigmoid_rampup(fraction: float, length: float) -> float:
+    """exp(-5(1-t)^2), the mean teacher paper's ramp-up; 1 after ``length``."""
+    if length <= 0 or fraction >= length:
+        return 1.0
+    t = max(0.0, fraction) / length
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+# --- algorithms: each overrides only train_step ---------------------------------------------
+
+
+class Algorithm:
+    uses_unlabelled = True
+    teacher_labels = True  # pseudo-label (and evaluate) with the teacher rather than the student
+
+    def __init__(self, config: TrainConfig, student: nn.Module, teacher: nn.Module, augment: Augmenter):
+        self.config = config
+        self.student = student
+        self.teacher = teacher
+        self.augment = augment
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.teacher if self.teacher_labels else self.student
+
+    def train_step(self, xl: torch.Tensor, yl: torch.Tensor, xu: torch.Tensor, ramp: float) -> tuple[torch.Tensor, int]:
+        """Return the loss of one batch and the number of images the student saw."""
+        raise NotImplementedError
+
+
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class Supervised(Algorithm):
+    """Cross-entropy on labelled (and pseudo-labelled) cells only: the paper's models A/B."""
+
+    uses_unlabelled = False
+    teacher_labels = False
+
+    def train_step(self, xl, yl, xu, ramp):
+        logits = self.student(_cl(self.augment.weak(xl)))
+        return F.cross_entropy(logits.float(), yl), len(xl)
+
+
+class MeanTeacher(Algorithm):
+    """α·CE(labelled) + β·MSE(softmax student, softmax teacher) over the whole batch; the
+    teacher sees its own augmentation of the same cells, under no_grad."""
+
+    def train_step(self, xl, yl, xu, ramp):
+        x = torch.cat([xl, xu])
+        student_logits = self.student(_cl(self.augment.weak(x)))
+        with torch.no_grad():
+            teacher_logits = self.teacher(_cl(self.augment.weak(x)))
+        ce = F.cross_entropy(student_logits[: len(xl)].float(), yl)
+        loss = ce + self.config.consistency_weight * ramp * consistency_loss(student_logits, teacher_logits)
+        return loss, len(x)
+
+
+class FixMatch(Algorithm):
+    """CE(labelled, weak) + λ·CE(unlabelled strong, argmax of weak) where max prob ≥ τ."""
+
+    def train_step(self, xl, yl, xu, ramp):
+        weak_l = self.augment.weak(xl)
+        weak_u = self.augment.weak(xu)
+        strong_u = self.augment.strong(xu)
+        logits = self.student(_cl(torch.cat([weak_l, weak_u, strong_u]))).float()
+        nl, nu = len(xl), len(xu)
+        loss = F.cross_entropy(logits[:nl], yl)
+        if nu:
+            with torch.no_grad():
+                probs = logits[nl : nl + nu].detach().softmax(dim=1)
+                confidence, pseudo = probs.max(dim=1)
+                mask = (confidence >= self.config.fixmatch_threshold).float()
+            unsup = (F.cross_entropy(logits[nl + nu :], pseudo, reduction="none") * mask).mean()
+            loss = loss + self.config.fixmatch_weight * unsup
+        return loss, nl + 2 * nu
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    "supervised": Supervised,
+    "mean-teacher": MeanTeacher,
+    "fixmatch": FixMatch,
+}
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+def _model_config(config: TrainConfig, n_classes: int, mean, std) -> ModelConfig:
+    return ModelConfig(
+        n_classes=n_classes,
+        arch=config.arch,
+        width=config.width,
+        image_size=config.image_size,
+        dropout=config.dropout,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+    )
+
+
+def _channel_stats(*tensors: torch.Tensor) -> tuple[list[float], list[float]]:
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for x in tensors:
+        for start in range(0, len(x), 1024):
+            chunk = x[start : start + 1024].double()
+            total += chunk.sum(dim=(0, 2, 3)).cpu()
+            total_sq += (chunk**2).sum(dim=(0, 2, 3)).cpu()
+            count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+    mean = total / max(count, 1)
+    std = (total_sq / max(count, 1) - mean**2).clamp(min=1e-6).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def _load_init(model: nn.Module, state: dict) -> None:
+    own = model.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(compatible, strict=False)
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    preds = predict(model, x).labels
+    return float((preds == y.cpu().numpy()).mean())
+
+
+def train(
+    config: TrainConfig,
+    labelled_x: torch.Tensor,
+    labelled_y: torch.Tensor,
+    unlabelled_x: torch.Tensor | None,
+    class_names: list[str],
+    val_x: torch.Tensor | None = None,
+    val_y: torch.Tensor | None = None,
+    init_checkpoint: dict | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train ``config.method`` on uint8 images; see the module docstring."""
+    started = time.perf_counter()
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # tiny weights late in training otherwise slow CPUs badly
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    n_classes = len(class_names)
+    if unlabelled_x is None:
+        unlabelled_x = labelled_x[:0]
+    labelled_y = labelled_y.long()
+
+    if init_checkpoint is not None:
+        model_config = model_config_of(init_checkpoint)
+        model_config.n_classes = n_classes
+    else:
+        mean, std = _channel_stats(labelled_x, unlabelled_x)
+        model_config = _model_config(config, n_classes, mean, std)
+    student = build_model(model_config)
+    if init_checkpoint is not None:
+        _load_init(student, init_checkpoint["student"])
+    student = student.to(device).to(memory_format=torch.channels_last)
+    teacher = copy.deepcopy(student)
+    if init_checkpoint is not None:
+        _load_init(teacher, init_checkpoint["teacher"])
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher.eval()
+
+    algorithm = ALGORITHMS[config.algorithm](
+        config, student, teacher, Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
+    )
+    xl_all = labelled_x.to(device)
+    yl_all = labelled_y.to(device)
+    xu_all = unlabelled_x.to(device)
+    use_unlabelled = algorithm.uses_unlabelled and len(xu_all) > 0
+    rounds = config.n_rounds if (config.pseudo_filter and len(xu_all)) else 1
+
+    history: list[dict] = []
+    funnel: dict | None = None
+    pseudo: PseudoLabels | None = None
+    images_seen, train_seconds, global_step = 0, 0.0, 0
+    last_report = 0.0
+    last_val: float | None = None
+
+    def report(p: Progress, force: bool = False) -> None:
+        nonlocal last_report
+        now = time.perf_counter()
+        if progress is not None and (force or now - last_report >= PROGRESS_INTERVAL_S):
+            last_report = now
+            progress(p)
+
+    pool_x, pool_y = xl_all, yl_all
+    total_epochs = config.epochs + (rounds - 1) * config.round_epochs
+    epoch_offset = 0
+    for round_index in range(1, rounds + 1):
+        epochs = config.epochs if round_index == 1 else config.round_epochs
+        if config.steps_per_epoch:
+            steps_per_epoch = config.steps_per_epoch
+        elif use_unlabelled:
+            steps_per_epoch = math.ceil(len(xu_all) / max(1, config.batch_size - config.labelled_per_batch))
+        else:
+            steps_per_epoch = math.ceil(len(pool_x) / config.batch_size)
+        steps_per_epoch = max(1, steps_per_epoch)
+        total_steps = epochs * steps_per_epoch
+        n_lab = config.labelled_per_batch if use_unlabelled else config.batch_size
+        n_unl = config.batch_size - config.labelled_per_batch if use_unlabelled else 0
+        labelled_sampler = BalancedLabelledSampler(pool_y, generator)
+        unlabelled_sampler = UnlabelledSampler(len(xu_all), generator)
+        optimizer = torch.optim.SGD(
+            student.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+        )
+        warmup = int(config.warmup_fraction * total_steps)
+        phase = f"train (round {round_index}/{rounds})"
+        student.train()
+        for epoch in range(epochs):
+            label_idx = labelled_sampler.draw(steps_per_epoch * n_lab).to(device)
+            losses = []
+            epoch_started = time.perf_counter()
+            for step in range(steps_per_epoch):
+                if should_stop is not None and should_stop():
+                    raise TrainingCancelled()
+                round_step = epoch * steps_per_epoch + step
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(round_step, total_steps, config.lr, warmup)
+                ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if round_index == 1 else 1.0
+                li = label_idx[step * n_lab : (step + 1) * n_lab]
+                xl, yl = pool_x[li], pool_y[li]
+                xu = xu_all[unlabelled_sampler.draw(n_unl).to(device)] if n_unl else xu_all[:0]
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    loss, n_images = algorithm.train_step(xl, yl, xu, ramp)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                ema_update(teacher, student, config.ema_decay)
+                global_step += 1
+                images_seen += n_images
+                losses.append(loss.detach())
+                if step % 10 == 0:
+                    report(
+                        Progress(
+                            epoch_offset + epoch + 1, total_epochs, step + 1, steps_per_epoch,
+                            float(loss.detach()), last_val, funnel, phase, round_index, rounds,
+                        )
+                    )
+            train_seconds += time.perf_counter() - epoch_started
+            epoch_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+            if val_x is not None and val_y is not None and len(val_x) and (
+                (epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == epochs
+            ):
+                last_val = _accuracy(algorithm.eval_model, val_x, val_y)
+                student.train()
+            history.append(
+                {"epoch": epoch_offset + epoch + 1, "round": round_index, "loss": epoch_loss, "val_accuracy": last_val}
+            )
+            report(
+                Progress(
+                    epoch_offset + epoch + 1, total_epochs, steps_per_epoch, steps_per_epoch,
+                    epoch_loss, last_val, funnel, phase, round_index, rounds,
+                ),
+                force=True,
+            )
+        epoch_offset += epochs
+
+        if round_index < rounds:
+            report(Progress(epoch_offset, total_epochs, 0, 0, epoch_loss, last_val, funnel, "pseudo-label", round_index, rounds), True)
+            pseudo = pseudo_label(algorithm.eval_model, config, xl_all, yl_all, xu_all)
+            funnel = pseudo.funnel
+            accepted = torch.from_numpy(pseudo.accepted).to(device)
+            pool_x = torch.cat([xl_all, xu_all[accepted]])
+            pool_y = torch.cat([yl_all, torch.from_numpy(pseudo.label).to(device)[accepted]])
+            student.train()
+
+    metrics = None
+    if val_x is not None and val_y is not None and len(val_x):
+        report(Progress(epoch_offset, total_epochs, 0, 0, history[-1]["loss"] if history else 0.0, last_val, funnel, "evaluate"), True)
+        preds = predict(algorithm.eval_model, val_x).labels
+        metrics = classification_metrics(val_y.cpu().numpy(), preds, class_names)
+    if metrics is not None or funnel is not None:
+        metrics = dict(metrics or {})
+        metrics["funnel"] = funnel
+
+    student.eval()
+    checkpoint = make_checkpoint(
+        student=student,
+        teacher=teacher if algorithm.teacher_labels else student,
+        model_config=model_config,
+        train_config=config,
+        class_names=class_names,
+        metrics=metrics,
+        history=history,
+        step=global_step,
+    )
+    return TrainResult(
+        checkpoint=checkpoint,
+        metrics=metrics,
+        history=history,
+        pseudo_labels=pseudo,
+        wall_seconds=time.perf_counter() - started,
+        images_per_second=images_seen / train_seconds if train_seconds else 0.0,
+        funnel=funnel,
+    )
+
+
+def pseudo_label(
+    model: nn.Module, config: TrainConfig, labelled_x: torch.Tensor, labelled_y: torch.Tensor, unlabelled_x: torch.Tensor
+) -> PseudoLabels:
+    """Predict the unlabelled pool and filter: entropy (set 1), then propagation (set 2)."""
+    unl = predict(model, unlabelled_x)
+    use_lp = config.pseudo_filter == "lp"
+    lab = predict(model, labelled_x) if use_lp else None
+    return filter_pseudo_labels(
+        unl.probs,
+        unl.features,
+        lab.features if lab is not None else None,
+        labelled_y.cpu().numpy() if use_lp else None,
+        entropy_threshold=config.entropy_threshold,
+        use_propagation=use_lp,
+        n_neighbors=config.lp_neighbors,
+        confidence_threshold=config.lp_confidence,
+        alpha=config.lp_alpha,
+    )

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from ml.augment import Augmenter, colour_jitter, cutout, flips_and_rotations, translate
+from ml.config import METHODS, DEFAULT_METHOD, make_config
+from ml.metrics import classification_metrics
+
+
+def test_translate_shifts_each_sample_by_its_own_offset():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one bright pixel in the centre
+    out = translate(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    positions = {tuple(torch.nonzero(img[0])[0].tolist()) for img in out}
+    assert len(positions) > 5  # different per sample
+    assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in positions)
+    assert torch.equal(translate(x, 0), x)
+
+
+def test_flips_preserve_content():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    out = flips_and_rotations(x, True, True, True, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    for a, b in zip(out, x):
+        assert torch.equal(a.sort(dim=-1).values.sum(), b.sort(dim=-1).values.sum())
+        assert torch.equal(torch.sort(a.flatten()).values, torch.sort(b.flatten()).values)
+    assert torch.equal(flips_and_rotations(x, False, False, False), x)
+
+
+def test_strong_augmentation_range():
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    aug = Augmenter(0.125, True, True, True)
+    s = aug.strong(x)
+    assert s.dtype == torch.float32 and s.shape == x.shape
+    assert s.min() >= 0 and s.max() <= 255
+    assert (cutout(x.float(), 8) == 127.5).any()
+    assert not torch.equal(colour_jitter(x.float(), 0.4), x.float())
+
+
+def test_classification_metrics():
+    m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["a"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["c"]["f1"] == 0.0 and m["per_class"]["c"]["support"] == 1
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_make_config():
+    assert DEFAULT_METHOD in METHODS
+    cfg = make_config("cpu", "mean-teacher+lp", seed=3)
+    assert cfg.seed == 3 and cfg.algorithm == "mean-teacher" and cfg.pseudo_filter == "lp" and cfg.n_rounds == 2
+    assert (cfg.batch_size, cfg.labelled_per_batch, cfg.lr, cfg.weight_decay, cfg.ema_decay) == (40, 20, 0.05, 5e-5, 0.97)
+    paper = make_config("paper")
+    assert paper.width == 1.0 and paper.image_size == 64 and paper.epochs == 180
+    assert make_config("cpu", "supervised").n_rounds == 1
+    with pytest.raises(ValueError):
+        make_config("cpu", "magic")
+    with pytest.raises(ValueError):
+        make_config("huge")
+    with pytest.raises(ValueError):
+        make_config("cpu", nonsense=1)

@@ -1,0 +1,94 @@
+import copy
+
+import torch
+from torch import nn
+
+from ml.augment import Augmenter
+from ml.config import make_config
+from ml.model import ModelConfig, build_model
+from ml.train import MeanTeacher, consistency_loss, cosine_lr, ema_update, sigmoid_rampup
+
+
+def _pair():
+    torch.manual_seed(0)
+    student = build_model(ModelConfig(width=0.125, image_size=32))
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student, teacher
+
+
+def test_consistency_loss_grad_reaches_student_not_teacher():
+    student, teacher = _pair()
+    # make them differ so the loss is not zero
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for p in teacher.parameters():
+            p.requires_grad_(True)  # even if the caller forgot to freeze the teacher
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    student.train()
+    teacher.eval()
+    loss = consistency_loss(student(x), teacher(x))
+    assert loss.item() > 0
+    loss.backward()
+    student_grads = [p.grad for p in student.parameters()]
+    assert all(g is not None for g in student_grads)
+    assert sum(float(g.abs().sum()) for g in student_grads) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_mean_teacher_step_trains_student_only():
+    student, teacher = _pair()
+    config = make_config("tiny", "mean-teacher")
+    algo = MeanTeacher(config, student, teacher, Augmenter(0.1, True, True, True))
+    xl = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    xu = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    loss, n = algo.train_step(xl, torch.tensor([0, 1, 2, 3]), xu, ramp=1.0)
+    loss.backward()
+    assert n == 8
+    assert all(p.grad is None for p in teacher.parameters())
+    head_grad = student.head.weight.grad
+    assert head_grad is not None and head_grad.abs().sum() > 0
+
+
+def test_consistency_loss_is_mse_of_softmax():
+    s = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    t = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    ps, pt = s.softmax(1), t.softmax(1)
+    assert torch.isclose(consistency_loss(s, t), ((ps - pt) ** 2).mean())
+
+
+def test_ema_update_arithmetic_includes_buffers():
+    student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.fill_(1.0)
+        for p in student.parameters():
+            p.fill_(3.0)
+        teacher[1].running_mean.fill_(10.0)
+        student[1].running_mean.fill_(20.0)
+        teacher[1].running_var.fill_(1.0)
+        student[1].running_var.fill_(5.0)
+        student[1].num_batches_tracked.fill_(7)
+    ema_update(teacher, student, decay=0.97)
+    for p in teacher.parameters():
+        assert torch.allclose(p, torch.full_like(p, 0.97 * 1.0 + 0.03 * 3.0))
+    assert torch.allclose(teacher[1].running_mean, torch.full((2,), 0.97 * 10 + 0.03 * 20))
+    assert torch.allclose(teacher[1].running_var, torch.full((2,), 0.97 * 1 + 0.03 * 5))
+    assert int(teacher[1].num_batches_tracked) == 7
+    # the student is untouched
+    assert all(torch.all(p == 3.0) for p in student.parameters())
+    ema_update(teacher, student, decay=0.5)
+    expected = 0.5 * (0.97 + 0.09) + 0.5 * 3.0
+    assert torch.allclose(teacher[0].weight, torch.full_like(teacher[0].weight, expected))
+
+
+def test_schedules():
+    assert cosine_lr(0, 100, 0.05) == 0.05
+    assert abs(cosine_lr(50, 100, 0.05) - 0.025) < 1e-9
+    assert cosine_lr(100, 100, 0.05) < 1e-12
+    assert cosine_lr(0, 100, 0.05, warmup=10) == 0.005
+    assert sigmoid_rampup(0.0, 0.3) < 0.01 and sigmoid_rampup(0.3, 0.3) == 1.0
+    assert sigmoid_rampup(0.1, 0.3) < sigmoid_rampup(0.2, 0.3) < 1.0

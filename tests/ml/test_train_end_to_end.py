@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from ml.config import make_config
+from ml.infer import predict
+from ml.train import Progress, TrainingCancelled, train
+
+
+
+@pytest.fixture(scope="module")
+def data(cells):
+    x, y = cells(60, size=32, seed=0)
+    test_x, test_y = cells(20, size=32, seed=1)
+    rng = np.random.default_rng(0)
+    labelled = np.concatenate([rng.choice(np.flatnonzero(y.numpy() == c), 4, replace=False) for c in range(5)])
+    unlabelled = np.setdiff1d(np.arange(len(y)), labelled)
+    return x[labelled], y[labelled], x[unlabelled], y[unlabelled], test_x, test_y
+
+
+def test_mean_teacher_lp_learns_synthetic_cells(data, class_names):
+    xl, yl, xu, yu, test_x, test_y = data
+    seen: list[Progress] = []
+    # a couple of hundred steps leave the teacher unsure: a looser entropy threshold and a
+    # gentler consistency weight than the paper's make the funnel non-empty in this short run
+    config = make_config(
+        "tiny", "mean-teacher+lp", epochs=10, round_epochs=3, steps_per_epoch=20, lr=0.02,
+        consistency_weight=1.0, entropy_threshold=0.1,
+    )
+    result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y, progress=seen.append)
+    assert result.metrics["accuracy"] > 0.6  # chance is 0.2
+    acc = (predict(result.checkpoint, test_x).labels == test_y.numpy()).mean()
+    assert acc == pytest.approx(result.metrics["accuracy"])
+    funnel = result.metrics["funnel"]
+    assert funnel["unlabelled"] == len(xu) and funnel["set1"] >= funnel["set2"] > 0
+    pl = result.pseudo_labels
+    assert (pl.label[pl.accepted] == yu.numpy()[pl.accepted]).mean() > 0.8
+    assert [h["epoch"] for h in result.history] == list(range(1, 14))
+    assert {p.phase for p in seen} >= {"train (round 1/2)", "pseudo-label", "train (round 2/2)"}
+    assert seen[-1].epoch == seen[-1].epochs == 13
+    assert result.checkpoint["train_config"]["method"] == "mean-teacher+lp"
+
+
+def test_supervised_and_warm_start(data, class_names):
+    xl, yl, xu, yu, test_x, test_y = data
+    config = make_config("tiny", "supervised", epochs=4, steps_per_epoch=20)
+    first = train(config, xl, yl, None, class_names, val_x=test_x, val_y=test_y)
+    assert first.metrics["accuracy"] > 0.5
+    assert first.metrics["funnel"] is None
+    # a warm start from the checkpoint begins where the first run ended
+    again = train(make_config("tiny", "supervised", epochs=1, steps_per_epoch=1, lr=1e-6), xl, yl, None, class_names,
+                  val_x=test_x, val_y=test_y, init_checkpoint=first.checkpoint)
+    assert again.metrics["accuracy"] == pytest.approx(first.metrics["accuracy"], abs=0.05)
+
+
+def test_fixmatch_runs(data, class_names):
+    xl, yl, xu, yu, test_x, test_y = data
+    config = make_config("tiny", "fixmatch", epochs=4, steps_per_epoch=20)
+    result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y)
+    assert result.metrics["accuracy"] > 0.4
+    assert result.images_per_second > 0
+
+
+def test_should_stop_cancels(data, class_names):
+    xl, yl, xu, _, _, _ = data
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(TrainingCancelled):
+        train(make_config("tiny", "mean-teacher"), xl, yl, xu, class_names, should_stop=stop)
+    assert calls["n"] == 4
