@@ -42,6 +42,9 @@ def bench_active(
         int | None, typer.Option("--pool-limit", help="use at most this many train images (quick runs)")
     ] = None,
     test_limit: Annotated[int | None, typer.Option("--test-limit", help="at most this many test images")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="training config override key=value (JSON value), repeatable")
+    ] = None,
 ) -> dict:
     """Simulate active labelling with STRATEGY; report test accuracy after each round."""
     if strategy not in STRATEGIES:
@@ -60,6 +63,7 @@ def bench_active(
     from worker.scoring import rank_for_queue
 
     started = time.perf_counter()
+    extra = _parse_overrides(overrides)
     rng = np.random.default_rng(seed)
     train_set = load_manifest_split(data, "train", MODEL_SIZE)  # 64 px, like the stored cells
     test_set = load_manifest_split(data, "test", MODEL_SIZE, class_names=train_set.class_names)
@@ -77,7 +81,7 @@ def bench_active(
     labelled = np.concatenate(
         [rng.choice(np.flatnonzero(y_pool == c), initial_per_class, replace=False) for c in range(n_classes)]
     )
-    first = make_config(profile, method, seed=seed, **({"epochs": epochs} if epochs else {}))
+    first = make_config(profile, method, **{"seed": seed, **extra, **({"epochs": epochs} if epochs else {})})
     size = first.image_size
     x_pool_small, x_test_small = resize(x_pool, size), resize(x_test, size)
     rounds: list[dict] = []
@@ -93,6 +97,7 @@ def bench_active(
         "step": step,
         "initial_per_class": initial_per_class,
         "warm_fraction": warm_fraction,
+        "overrides": extra,
         "n_pool": int(len(y_pool)),
         "n_test": int(len(y_test)),
         "class_names": names,
@@ -102,17 +107,17 @@ def bench_active(
     while True:
         round_started = time.perf_counter()
         per_class = int(np.bincount(y_pool[labelled], minlength=n_classes).min())
-        overrides = {"seed": seed + len(rounds), "entropy_threshold": entropy_threshold_for(max(per_class, 1))}
+        overrides = {
+            "entropy_threshold": entropy_threshold_for(max(per_class, 1)),
+            **extra,
+            "seed": seed + len(rounds),
+        }
         if checkpoint is None:
-            config = make_config(profile, method, **overrides, **({"epochs": epochs} if epochs else {}))
-        else:
-            config = make_config(
-                profile,
-                method,
-                **overrides,
-                epochs=max(1, round(first.epochs * warm_fraction)),
-                round_epochs=max(1, round(first.round_epochs * warm_fraction)),
-            )
+            overrides["epochs"] = first.epochs
+        else:  # a warm-started round is shorter, as a lab's retrain on top of the last model
+            overrides["epochs"] = max(1, round(first.epochs * warm_fraction))
+            overrides["round_epochs"] = max(1, round(first.round_epochs * warm_fraction))
+        config = make_config(profile, method, **overrides)
         unlabelled = np.setdiff1d(np.arange(len(y_pool)), labelled)
         t_lab, t_unl = torch.from_numpy(np.sort(labelled)), torch.from_numpy(unlabelled)
         result = train(
@@ -172,6 +177,20 @@ def bench_active(
         out["comparison"] = summary
         _write_json(json_out, out)
         typer.echo(f"wrote {json_out} and {plot}")
+    return out
+
+
+def _parse_overrides(pairs: list[str] | None) -> dict:
+    """``key=value`` pairs; values are read as JSON (numbers, true/false, null), else strings."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {pair!r}: expected key=value")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
     return out
 
 
