@@ -108,6 +108,7 @@ def ssl(
     per_class = None if labels_per_class.strip().lower() == "all" else int(labels_per_class)
     extra = _parse_overrides(overrides)
     extra.setdefault("entropy_threshold", entropy_threshold_for(per_class))
+    extra.setdefault("eval_every", 4)
     config = make_config(profile, method, seed=seed, **extra)
     device = default_device()
 
@@ -130,6 +131,8 @@ def ssl(
 
         def on_progress(p: Progress) -> None:
             info = f"{p.phase} epoch {p.epoch}/{p.epochs} step {p.step}/{p.steps} loss {p.loss:.3f}"
+            if p.val_accuracy is not None:
+                info += f" monitor acc {p.val_accuracy:.3f}"
             if p.funnel:
                 info += f" funnel {p.funnel}"
             bar.update(task, total=p.epochs, completed=p.epoch - 1 + (p.step / p.steps if p.steps else 1), info=info)
@@ -138,12 +141,17 @@ def ssl(
                 elapsed = time.perf_counter() - started
                 typer.echo(f"[{elapsed:6.0f} s] {info}", err=True)
 
+        # The learning curve is read on 500 unlabelled train cells (their labels never reach
+        # training); the test split is touched only once, after training.
+        monitor = np.random.default_rng(seed).permutation(rest)[:500]
         result = train(
             config,
             train_set.x[labelled],
             train_set.y[labelled],
             train_set.x[unlabelled],
             train_set.class_names,
+            val_x=train_set.x[monitor],
+            val_y=train_set.y[monitor],
             progress=on_progress,
         )
     train_seconds = time.perf_counter() - started - load_seconds
@@ -160,6 +168,16 @@ def ssl(
 
         accepted = np.zeros(len(truth), dtype=bool)
         accepted[pl.accepted] = True
+        per_class = {}
+        for c, name in enumerate(train_set.class_names):
+            of_class = truth == c
+            per_class[name] = {
+                "unlabelled": int(of_class.sum()),
+                "set1": int((of_class & (pl.outcome != "rejected")).sum()),
+                "accepted": int((of_class & accepted).sum()),
+                "accepted_as_class": int((accepted & (pl.label == c)).sum()),
+                "precision": accuracy_of(accepted & (pl.label == c)),
+            }
         pseudo = {
             "funnel": pl.funnel,
             "set1_accuracy": accuracy_of(pl.outcome != "rejected"),
@@ -167,6 +185,7 @@ def ssl(
             "accepted": int(accepted.sum()),
             "accepted_accuracy": accuracy_of(accepted),
             "coverage": float(accepted.mean()) if len(accepted) else 0.0,
+            "per_class": per_class,
         }
     if checkpoint_out is not None:
         from ml.checkpoint import save_checkpoint
@@ -195,6 +214,7 @@ def ssl(
         "train_seconds": train_seconds,
         "load_seconds": load_seconds,
         "images_per_second": result.images_per_second,
+        "monitor_accuracy": (result.metrics or {}).get("accuracy"),
         "device": _device_name(device),
         "torch": torch.__version__,
         "config": asdict(config),

@@ -62,6 +62,7 @@ class TrainConfig:
     lp_neighbors: int = 8
     lp_confidence: float = 0.8
     lp_alpha: float = 0.2
+    pseudo_min_class_fraction: float = 0.0  # 0: the paper's filter; see ml.pseudo.filter_pseudo_labels
     # FixMatch
     fixmatch_threshold: float = 0.95
     fixmatch_weight: float = 1.0

@@ -79,16 +79,29 @@ def filter_pseudo_labels(
     n_neighbors: int = 8,
     confidence_threshold: float = 0.8,
     alpha: float = 0.2,
+    min_class_fraction: float = 0.0,
 ) -> PseudoLabels:
     """Entropy filter (set 1) and, with ``use_propagation``, label propagation (set 2).
 
     Set 2 keeps the set-1 cells whose propagated confidence is >= ``confidence_threshold``
-    and whose propagated label agrees with the model's."""
+    and whose propagated label agrees with the model's.
+
+    ``min_class_fraction`` (0 = the paper's filter) guards the classes the model is least
+    sure of: if fewer than that fraction of the cells predicted as a class pass the entropy
+    threshold, its lowest-entropy cells up to that fraction enter set 1 anyway, and label
+    propagation has the last word on them."""
     probs = np.asarray(probs, dtype=np.float64)
     n = len(probs)
     label = probs.argmax(axis=1).astype(np.int64)
     confidence = probs.max(axis=1).astype(np.float32)
-    set1 = entropy_mask(probs, entropy_threshold)
+    h = entropy(probs)
+    set1 = h <= entropy_threshold
+    if min_class_fraction > 0:
+        for c in np.unique(label):
+            members = np.flatnonzero(label == c)
+            quota = int(np.ceil(min_class_fraction * len(members)))
+            if set1[members].sum() < quota:
+                set1[members[np.argsort(h[members], kind="stable")[:quota]]] = True
     outcome = np.where(set1, PASSED_ENTROPY, REJECTED).astype(object)
     funnel: dict = {"unlabelled": int(n), "set1": int(set1.sum()), "set2": None}
     if use_propagation:

@@ -411,4 +411,5 @@ def pseudo_label(
         n_neighbors=config.lp_neighbors,
         confidence_threshold=config.lp_confidence,
         alpha=config.lp_alpha,
+        min_class_fraction=config.pseudo_min_class_fraction,
     )

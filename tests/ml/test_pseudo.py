@@ -76,3 +76,14 @@ def test_filter_without_propagation_uses_set1():
     assert out.funnel == {"unlabelled": 2, "set1": 1, "set2": None}
     assert out.accepted.tolist() == [0]
     assert out.outcome.tolist() == ["passed_entropy", "rejected"]
+
+
+def test_min_class_fraction_admits_the_least_uncertain_of_a_shy_class():
+    sure = [0.9999, 0.0001 / 2, 0.0001 / 2]
+    probs = np.array([sure] * 6 + [[0.2, 0.7, 0.1], [0.1, 0.6, 0.3], [0.3, 0.4, 0.3], [0.05, 0.9, 0.05]])
+    plain = filter_pseudo_labels(probs, entropy_threshold=0.01, use_propagation=False)
+    assert plain.funnel["set1"] == 6
+    guarded = filter_pseudo_labels(probs, entropy_threshold=0.01, use_propagation=False, min_class_fraction=0.5)
+    # class 1 has 4 predicted cells, none under the threshold: its 2 least uncertain enter set 1
+    assert guarded.funnel["set1"] == 8
+    assert sorted(np.flatnonzero(guarded.outcome == "passed_entropy")[6:].tolist()) == [6, 9]
