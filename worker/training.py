@@ -45,6 +45,7 @@ class RunReporter:
         self.run_id = run_id
         self.extra = dict(extra or {})
         self.history: dict[int, dict] = {}
+        self.last: dict = {}
         self._last_check = 0.0
         self._cancelled = False
         self._stop = threading.Event()
@@ -67,31 +68,32 @@ class RunReporter:
                 log.exception("heartbeat of run %s failed", self.run_id)
 
     def note(self, phase: str, **values: object) -> None:
-        """Record a phase outside the training loop (loading, saving)."""
+        """Record a phase outside the training loop (loading, saving, done)."""
+        fraction = values.pop("fraction", self.last.get("fraction", 0.0))
         self.extra.update(values)
-        self._write({"phase": phase, "fraction": values.get("fraction", 0.0)})
+        self._write({**self.last, "phase": phase, "fraction": fraction})
 
     def progress(self, p: Progress) -> None:
+        """The ``ml.train`` progress callback (about every 2 s, and at each epoch's end)."""
         if p.epoch and p.phase.startswith("train"):
             self.history[p.epoch] = {"epoch": p.epoch, "loss": p.loss, "val_accuracy": p.val_accuracy}
         fraction = ((p.epoch - 1) + (p.step / p.steps if p.steps else 1.0)) / max(p.epochs, 1)
         if p.phase == "evaluate":
             fraction = 0.99
-        self._write(
-            {
-                "epoch": p.epoch,
-                "epochs": p.epochs,
-                "step": p.step,
-                "steps": p.steps,
-                "loss": float(p.loss) if p.loss == p.loss else None,
-                "val_accuracy": p.val_accuracy,
-                "funnel": p.funnel,
-                "phase": p.phase,
-                "round": p.round,
-                "rounds": p.rounds,
-                "fraction": round(min(max(fraction, 0.0), 1.0), 4),
-            }
-        )
+        self.last = {
+            "epoch": p.epoch,
+            "epochs": p.epochs,
+            "step": p.step,
+            "steps": p.steps,
+            "loss": float(p.loss) if p.loss == p.loss else None,
+            "val_accuracy": p.val_accuracy,
+            "funnel": p.funnel,
+            "phase": p.phase,
+            "round": p.round,
+            "rounds": p.rounds,
+            "fraction": round(min(max(fraction, 0.0), 1.0), 4),
+        }
+        self._write(self.last)
 
     def _write(self, values: dict) -> None:
         progress = {**self.extra, **values, "history": [self.history[k] for k in sorted(self.history)]}
@@ -146,17 +148,14 @@ def snapshot_labels(*, session) -> tuple[list[int], list[int], list[str]]:  # ty
     names = [name for name in ordered_class_names(session=session) if counts.get(name)]
     if len(names) < 2:
         raise NotEnoughLabels(
-            "training needs expert labels of at least two classes; "
-            f"labelled so far: {dict(counts) or 'nothing'}"
+            f"training needs expert labels of at least two classes; labelled so far: {dict(counts) or 'nothing'}"
         )
     index = {name: i for i, name in enumerate(names)}
     cell_ids = sorted(labels)
     return cell_ids, [index[labels[c]] for c in cell_ids], names
 
 
-def _train_and_register(
-    run_id: int, method: str, profile: str, params: dict, reporter: RunReporter
-) -> int | None:
+def _train_and_register(run_id: int, method: str, profile: str, params: dict, reporter: RunReporter) -> int | None:
     """Train, save the artefact, register the version; returns its id when auto-promoted."""
     reporter.note("loading cells")
     with session_scope() as session:
@@ -164,15 +163,11 @@ def _train_and_register(
         unlabelled_ids = service.unlabelled_cell_ids(session=session)
         if len(unlabelled_ids) > MAX_UNLABELLED_FOR_TRAINING:
             rng = np.random.default_rng(run_id)
-            unlabelled_ids = sorted(
-                rng.choice(unlabelled_ids, MAX_UNLABELLED_FOR_TRAINING, replace=False).tolist()
-            )
+            unlabelled_ids = sorted(rng.choice(unlabelled_ids, MAX_UNLABELLED_FOR_TRAINING, replace=False).tolist())
         x_all = load_inputs(session, cell_ids)
         x_unlabelled = load_inputs(session, unlabelled_ids)
         active = service.active_model(session=session)
-        active_info = (
-            (active.id, active.artefact_path, list(active.class_names), active.metrics) if active else None
-        )
+        active_info = (active.id, active.artefact_path, list(active.class_names), active.metrics) if active else None
 
     train_idx, val_idx = stratified_split(y, seed=run_id)
     y_all = torch.tensor(y, dtype=torch.long)
@@ -204,15 +199,11 @@ def _train_and_register(
         "n_val": int(len(val_idx)),
         "n_unlabelled": int(len(x_unlabelled)),
         "per_class_train": {names[c]: int(n) for c, n in sorted(per_class_train.items())},
-        "per_class_val": {
-            names[c]: int(n) for c, n in sorted(Counter(np.asarray(y)[val_idx].tolist()).items())
-        },
+        "per_class_val": {names[c]: int(n) for c, n in sorted(Counter(np.asarray(y)[val_idx].tolist()).items())},
         "warm_started_from": warm_from,
         "entropy_threshold": config.entropy_threshold,
     }
-    reporter.note(
-        "training", **{k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from")}
-    )
+    reporter.note("training", **{k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from")})
     t_train = torch.from_numpy(train_idx)
     t_val = torch.from_numpy(val_idx)
     result = train(
@@ -261,4 +252,5 @@ def _train_and_register(
     except BaseException:
         artefact.unlink(missing_ok=True)  # no artefact without its model version
         raise
+    reporter.note("done", fraction=1.0)
     return promoted_id

@@ -186,8 +186,12 @@ def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run
 
 def _models_context(session: Session) -> dict:
     versions = service.list_models(session=session)
+    compared = versions[:4] + [v for v in versions[4:] if v.is_active]
+    compared_classes = list(dict.fromkeys(name for v in compared for name in v.class_names))
     return {
         "versions": versions,
+        "compared": compared,
+        "compared_classes": compared_classes,
         "pseudo_counts": {
             v.id: service.pseudo_label_counts(session=session, model_id=v.id) for v in versions[:6]
         },
