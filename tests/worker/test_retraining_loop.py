@@ -139,7 +139,9 @@ def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: 
         assert session.scalar(select(func.count(ModelVersion.id))) == 0
         assert session.scalar(select(func.count(TrainingRun.id)).where(TrainingRun.status == "running")) == 0
     # and a new run can start
-    assert client.post("/api/v1/training-runs", json=TINY, headers=admin).status_code == 202
+    again = client.post("/api/v1/training-runs", json=long_run, headers=admin)
+    assert again.status_code == 202
+    client.post(f"/api/v1/training-runs/{again.json()['id']}/cancel", headers=admin)
 
 
 def test_redis_down_refuses_retrain_but_labelling_goes_on(
@@ -172,15 +174,16 @@ def test_filesystem_broker_and_sqlite_without_redis(tmp_path: Path, start_worker
     start_worker_fs()
     with TestClient(create_app()) as client:
         admin = token_headers(client, "expert")
-        run_id = client.post("/api/v1/training-runs", json={**TINY, "method": "supervised"}, headers=admin).json()["id"]
+        run = {**TINY, "method": "supervised", "auto_promote": True}
+        run_id = client.post("/api/v1/training-runs", json=run, headers=admin).json()["id"]
         body = wait_for(
             lambda: (b := run_status(client, admin, run_id))["status"] in ("succeeded", "failed") and b,
             120,
             message="the run over the filesystem broker",
         )
         assert body["status"] == "succeeded", body["error"]
-        model_id = body["model_version_id"]
-        assert client.post(f"/api/v1/models/{model_id}/promote", headers=admin).status_code == 200
+        (model,) = client.get("/api/v1/models", headers=admin).json()
+        assert model["id"] == body["model_version_id"] and model["is_active"]  # auto-promoted: no model yet
         wait_for(
             lambda: client.get("/api/v1/models", headers=admin).json()[0]["scoring"]["status"] == "ready",
             90,

@@ -96,3 +96,26 @@ def test_web_process_imports_no_torch() -> None:
 
     code = "import sys, app.main, app.training.routes, app.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_promote_and_roll_back_keep_one_active_model(pg_db_url: str) -> None:
+    from app.models import ModelVersion
+
+    admin_id = make_user("root", role="admin")
+    with session_scope() as session:
+        run = TrainingRun(status="succeeded", method="supervised", profile="tiny", params={}, created_by=admin_id)
+        session.add(run)
+        session.flush()
+        ids = [
+            service.register_model_version(
+                session=session, run_id=run.id, artefact_path=f"/x/{i}.pt", class_names=["a", "b"], metrics=None
+            ).id
+            for i in range(2)
+        ]
+    for model_id in (ids[0], ids[1], ids[0]):  # promote, promote the newer, roll back
+        with session_scope() as session:
+            service.promote(session=session, model_id=model_id)
+        with session_scope() as session:
+            active = session.query(ModelVersion).filter(ModelVersion.is_active.is_(True)).all()
+            assert [v.id for v in active] == [model_id]
+            assert active[0].scoring_status == "queued" and active[0].promoted_at is not None
