@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from app import db
 from app.settings import get_settings
 
 PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DATA_TABLES = ("labels", "queue_entries", "cells", "imports", "login_failures", "users")
+KEPT_TABLES = {"classes", "alembic_version"}
 
 
 def create_pg_database(name: str) -> str:
@@ -48,13 +49,11 @@ def reset_caches() -> None:
 
 
 def empty_tables(url: str) -> None:
+    """Empty a PostgreSQL test database (TRUNCATE fires no row trigger, so append-only labels go too)."""
     engine = db.make_engine(url)
+    tables = [name for name in inspect(engine).get_table_names() if name not in KEPT_TABLES]
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE"))
-        else:
-            for table in DATA_TABLES:
-                conn.execute(text(f"DELETE FROM {table}"))
+        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
     engine.dispose()
 
 
@@ -76,10 +75,16 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
-def any_db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def any_db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """Each test runs on real PostgreSQL and on the embedded SQLite default."""
-    url = request.getfixturevalue("pg_url" if request.param == "postgres" else "sqlite_template")
-    empty_tables(url)
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        empty_tables(url)
+    else:  # a fresh copy of the migrated file
+        template = Path(request.getfixturevalue("sqlite_template").split("///", 1)[1])
+        copy = tmp_path / "leukolab.db"
+        shutil.copyfile(template, copy)
+        url = f"sqlite:///{copy}"
     use_database(url, monkeypatch)
     yield url
     reset_caches()

@@ -74,3 +74,24 @@ def test_production_refuses_default_secret() -> None:
         Settings(mode="production", secret_key="short")
     assert Settings(mode="production", secret_key="x" * 40).secret_key == "x" * 40
     assert Settings(mode="dev").secret_key == DEV_SECRET_KEY
+
+
+def test_database_refuses_to_change_or_delete_labels(any_db_url: str) -> None:
+    from sqlalchemy import delete, update
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db import session_scope
+    from app.labelling.service import add_label
+    from app.models import Label, User
+    from tests.app.factories import make_cells, make_user
+
+    make_user("ana")
+    (cell_id,) = make_cells(1)
+    with session_scope() as session:
+        user = session.scalar(select(User))
+        label_id = add_label(session=session, user=user, cell_id=cell_id, value="monocyte").id
+    for statement in (update(Label).values(value="basophil"), delete(Label)):
+        with pytest.raises(DBAPIError, match="append-only"), session_scope() as session:
+            session.execute(statement)
+    with session_scope() as session:
+        assert session.get(Label, label_id).value == "monocyte"
