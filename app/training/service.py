@@ -115,12 +115,19 @@ def request_cancel(*, session: Session, run_id: int) -> TrainingRun:
 def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S) -> int:
     """Mark failed the running runs whose worker stopped writing heartbeats; return how many."""
     cutoff = utcnow() - timedelta(seconds=timeout_s)
-    result = session.execute(
-        update(TrainingRun)
-        .where(
-            TrainingRun.status == "running",
-            func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
+    stale = list(
+        session.scalars(
+            select(TrainingRun.id).where(
+                TrainingRun.status == "running",
+                func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
+            )
         )
+    )
+    if not stale:  # the common case writes nothing (pages poll this every second)
+        return 0
+    session.execute(
+        update(TrainingRun)
+        .where(TrainingRun.id.in_(stale), TrainingRun.status == "running")
         .values(
             status="failed",
             finished_at=utcnow(),
@@ -128,7 +135,7 @@ def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S)
             "start a new run",
         )
     )
-    return result.rowcount or 0
+    return len(stale)
 
 
 def fail_orphaned_runs(*, session: Session, reason: str) -> list[int]:
