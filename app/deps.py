@@ -45,7 +45,9 @@ def get_db() -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+# scope="function": the commit runs before the response is sent, so a 2xx means the row is stored.
+# (With the default scope FastAPI would send the response first and a failed commit would go unnoticed.)
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 
 async def check_csrf(request: Request) -> None:

@@ -181,3 +181,25 @@ def test_concurrent_next_never_shares_a_cell(pg_db_url: str) -> None:
             with ThreadPoolExecutor(max_workers=20) as pool:
                 got = list(pool.map(ask, users))
             assert len(set(got)) == len(got) == 20
+
+
+def test_label_is_committed_before_it_is_acknowledged(any_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that fails must not be answered with 201: the browser then keeps the label and retries."""
+    from sqlalchemy.orm import Session
+
+    make_user("ana")
+    (cell_id,) = make_cells(1)
+
+    def failing_commit(self: Session) -> None:
+        raise RuntimeError("database went away")
+
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        headers = token_headers(client, "ana")
+        with monkeypatch.context() as patch:
+            patch.setattr(Session, "commit", failing_commit)
+            failed = client.post(f"/api/v1/cells/{cell_id}/labels", json={"label": "basophil"}, headers=headers)
+        assert failed.status_code == 500
+        with session_scope() as session:
+            assert session.scalar(select(func.count(Label.id))) == 0
+        retried = client.post(f"/api/v1/cells/{cell_id}/labels", json={"label": "basophil"}, headers=headers)
+        assert retried.status_code == 201
