@@ -7,6 +7,8 @@ would come too late, a worker could look for a row it cannot see yet).
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
@@ -22,6 +24,13 @@ from app.training.schemas import ModelOut, QueueEntryOut, RunAccepted, RunCreate
 
 api = APIRouter(prefix="/api/v1", tags=["training"])
 pages = APIRouter(include_in_schema=False)
+# Postgres serialises "is a run active? then create one" with an advisory lock (see the service);
+# SQLite (one web process in the demo) with this lock.
+_sqlite_start_lock = threading.Lock()
+
+
+def _start_lock(session: Session) -> AbstractContextManager:
+    return _sqlite_start_lock if session.get_bind().dialect.name == "sqlite" else nullcontext()
 
 
 # --- actions shared by the API and the pages ---------------------------------------------------
@@ -30,11 +39,12 @@ pages = APIRouter(include_in_schema=False)
 def start_run(session: Session, user: User, body: RunCreate) -> int:
     """Create a queued run, commit, then enqueue it; 503 (run marked failed) if the broker is down."""
     broker.check_broker()
-    run = service.create_run(
-        session=session, user=user, method=body.method, profile=body.profile, params=body.params()
-    )
-    run_id = run.id
-    session.commit()
+    with _start_lock(session):
+        run = service.create_run(
+            session=session, user=user, method=body.method, profile=body.profile, params=body.params()
+        )
+        run_id = run.id
+        session.commit()
     try:
         broker.enqueue(broker.TASK_RETRAIN, run_id)
     except ServiceUnavailable as error:
@@ -49,7 +59,12 @@ def promote_model(session: Session, model_id: int) -> None:
     broker.check_broker()
     service.promote(session=session, model_id=model_id)
     session.commit()
-    broker.enqueue(broker.TASK_SCORE_ALL, model_id)
+    try:
+        broker.enqueue(broker.TASK_SCORE_ALL, model_id)
+    except ServiceUnavailable:
+        service.finish_scoring(session=session, model_id=model_id, status="failed")
+        session.commit()
+        raise
 
 
 # --- API ---------------------------------------------------------------------------------------

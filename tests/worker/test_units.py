@@ -119,3 +119,22 @@ def test_promote_and_roll_back_keep_one_active_model(pg_db_url: str) -> None:
             active = session.query(ModelVersion).filter(ModelVersion.is_active.is_(True)).all()
             assert [v.id for v in active] == [model_id]
             assert active[0].scoring_status == "queued" and active[0].promoted_at is not None
+
+
+def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.app.test_api import token_headers
+
+    make_user("root", role="admin")
+    headers = token_headers(client, "root")
+    body = {"method": "supervised", "profile": "tiny"}
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(
+            pool.map(lambda _: client.post("/api/v1/training-runs", json=body, headers=headers).status_code, range(4))
+        )
+    assert codes == [202, 409, 409, 409]
+    runs = client.get("/api/v1/training-runs", headers=headers).json()
+    assert [run["status"] for run in runs] == ["queued"]
+    bad = client.post("/api/v1/training-runs", json={"method": "magic", "profile": "tiny"}, headers=headers)
+    assert bad.status_code == 422 and "mean-teacher+lp" in bad.json()["allowed"]
