@@ -95,10 +95,49 @@ def _class_names(url: str) -> list[str]:
     return names
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_server(
+    database_url: str, *, workers: int = 1, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> tuple[subprocess.Popen, str]:
+    """Start the app under uvicorn on a free port and wait until /readyz answers 200."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **(env or {}), "LEUKOLAB_DATABASE_URL": database_url},
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"the server did not become ready in {timeout_s:.0f} s")
 
 
 async def _drive(base: str, users: int, seconds: float, classes: list[str], think_s: float) -> dict:
@@ -190,37 +229,11 @@ def labelling_command(
         database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DB}"
     _fill(database_url, cells, users)
 
-    port = _free_port()
-    env = {**os.environ, "LEUKOLAB_DATABASE_URL": database_url}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--workers",
-            str(server_workers),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise typer.Exit(2)
+        server, base = start_server(database_url, workers=server_workers)
+    except RuntimeError as error:
+        raise typer.Exit(2) from error
+    try:
         classes = _class_names(database_url)
         typer.echo(f"driving {base} with {users} labellers for {seconds:.0f} s")
         result = asyncio.run(_drive(base, users, seconds, classes, think_ms / 1000))

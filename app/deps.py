@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app import security
-from app.db import get_sessionmaker
+from app.db import session_scope
 from app.errors import Forbidden, Unauthenticated
 from app.models import User
 
@@ -34,15 +34,8 @@ _bearer = HTTPBearer(auto_error=False)
 
 def get_db() -> Iterator[Session]:
     """The request owns the transaction: commit on success, roll back on error."""
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": the commit runs before the response is sent, so a 2xx means the row is stored.
