@@ -63,11 +63,11 @@ def worker_command(
     if not names or unknown:
         raise typer.BadParameter(f"unknown queues {sorted(unknown)}: use train and/or score")
     _wait_for_migrations()
-    from worker.runtime import device_name
+    from worker.runtime import device_name, fork_safe_device_name
 
-    log.info(
-        "leukolab worker: queues %s, concurrency %s, device %s", ",".join(names), concurrency, device_name()
-    )
+    # A prefork pool's children must find CUDA uninitialised, so only a solo worker probes it here.
+    described = device_name() if concurrency == 1 else fork_safe_device_name()
+    log.info("leukolab worker: queues %s, concurrency %s, device %s", ",".join(names), concurrency, described)
     if "train" in names:
         reconcile_runs()
     from worker.celery_app import celery_app

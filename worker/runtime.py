@@ -24,3 +24,10 @@ def device_name() -> str:
     if current.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(current)})"
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def fork_safe_device_name() -> str:
+    """What ``device()`` will pick, without initialising CUDA (prefork children need it untouched)."""
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.device_count()} device(s); chosen per worker process)"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
