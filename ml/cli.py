@@ -156,6 +156,12 @@ def ssl(
         )
     train_seconds = time.perf_counter() - started - load_seconds
     predictions = predict(result.checkpoint, test_set.x)
+    from ml.checkpoint import load_model
+
+    student_monitor = None
+    if len(monitor):
+        student_preds = predict(load_model(result.checkpoint, which="student"), train_set.x[monitor]).labels
+        student_monitor = float((student_preds == train_set.y[monitor].numpy()).mean())
     metrics = classification_metrics(test_set.y.numpy(), predictions.labels, train_set.class_names)
 
     pseudo = None
@@ -215,6 +221,7 @@ def ssl(
         "load_seconds": load_seconds,
         "images_per_second": result.images_per_second,
         "monitor_accuracy": (result.metrics or {}).get("accuracy"),
+        "student_monitor_accuracy": student_monitor,
         "device": _device_name(device),
         "torch": torch.__version__,
         "config": asdict(config),

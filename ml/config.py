@@ -45,6 +45,7 @@ class TrainConfig:
     # unlabelled pool (semi-supervised) or the labelled pool (supervised).
     epochs: int = 20
     round_epochs: int = 10  # epochs of each later round (warm-started, new cosine cycle)
+    round_lr_scale: float = 0.2  # peak learning rate of later rounds, as a fraction of lr
     steps_per_epoch: int | None = None
     rounds: int | None = None  # None: the method's default (METHOD_SPECS)
     batch_size: int = 40

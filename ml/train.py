@@ -299,8 +299,11 @@ def train(
         n_unl = config.batch_size - config.labelled_per_batch if use_unlabelled else 0
         labelled_sampler = BalancedLabelledSampler(pool_y, generator)
         unlabelled_sampler = UnlabelledSampler(len(xu_all), generator)
+        # later rounds restart the cosine cycle (SGDR) from a lower peak: they fine-tune a
+        # trained model, and a full-height restart throws away much of what round 1 learned
+        base_lr = config.lr if round_index == 1 else config.lr * config.round_lr_scale
         optimizer = torch.optim.SGD(
-            student.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+            student.parameters(), lr=base_lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
         )
         warmup = int(config.warmup_fraction * total_steps)
         phase = f"train (round {round_index}/{rounds})"
@@ -314,7 +317,7 @@ def train(
                     raise TrainingCancelled()
                 round_step = epoch * steps_per_epoch + step
                 for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(round_step, total_steps, config.lr, warmup)
+                    group["lr"] = cosine_lr(round_step, total_steps, base_lr, warmup)
                 ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if round_index == 1 else 1.0
                 li = label_idx[step * n_lab : (step + 1) * n_lab]
                 xl, yl = pool_x[li], pool_y[li]
