@@ -104,5 +104,6 @@ class Augmenter:
         x = x.float()
         x = translate(x, int(round(1.5 * self.translate_fraction * x.shape[-1])), gen)
         x = flips_and_rotations(x, True, True, True, gen)
-        x = colour_jitter(x, 0.4, gen)
+        # Stain colour separates basophils from lymphocytes: jitter it only mildly.
+        x = colour_jitter(x, 0.2, gen)
         return cutout(x, x.shape[-1] // 4, gen)
