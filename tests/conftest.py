@@ -14,6 +14,16 @@ from sqlalchemy import inspect, text
 from app import db
 from app.settings import get_settings
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KEPT_TABLES = {"classes", "alembic_version"}
@@ -97,3 +107,24 @@ def pg_db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     use_database(pg_url, monkeypatch)
     yield pg_url
     reset_caches()
+
+
+# One Playwright instance for the whole session: a second sync_playwright() inside the first fails.
+@pytest.fixture(scope="session")
+def browser():  # type: ignore[no-untyped-def]
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):  # type: ignore[no-untyped-def]
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    context.close()

@@ -22,7 +22,6 @@ from app.labelling.service import add_label
 from app.models import Cell, User
 from tests.app.factories import make_user
 from tests.app.imagegen import make_cell_image
-from tests.browser.conftest import browser, page  # noqa: F401 - fixtures for the page test
 from tests.conftest import use_database
 
 ROOT = Path(__file__).resolve().parents[2]
