@@ -174,10 +174,10 @@ def ssl(
 
         accepted = np.zeros(len(truth), dtype=bool)
         accepted[pl.accepted] = True
-        per_class = {}
+        funnel_by_class = {}
         for c, name in enumerate(train_set.class_names):
             of_class = truth == c
-            per_class[name] = {
+            funnel_by_class[name] = {
                 "unlabelled": int(of_class.sum()),
                 "set1": int((of_class & (pl.outcome != "rejected")).sum()),
                 "accepted": int((of_class & accepted).sum()),
@@ -191,7 +191,7 @@ def ssl(
             "accepted": int(accepted.sum()),
             "accepted_accuracy": accuracy_of(accepted),
             "coverage": float(accepted.mean()) if len(accepted) else 0.0,
-            "per_class": per_class,
+            "per_class": funnel_by_class,
         }
     if checkpoint_out is not None:
         from ml.checkpoint import save_checkpoint

@@ -37,6 +37,7 @@ TARGETS = {
     ("supervised", "all"): 99.0,
 }
 TARGET_BEST_20 = 97.5
+RESULTS_DIR = "docs/results"
 TARGET_100 = 98.8
 
 
@@ -113,7 +114,7 @@ def render(groups: dict, plot_name: str) -> str:
         "",
         "## Accuracy",
         "",
-        "| method | labels/class | profile | seeds | accuracy % | macro-F1 | wall s | pseudo-labels kept | pseudo-label accuracy % | paper % |",
+        "| method | labels/class | profile | seeds | accuracy % | macro-F1 % | wall s | pseudo-labels kept | pseudo-label accuracy % | paper % |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     order = sorted(groups, key=lambda k: (k[2], k[0], _key_labels(k[1])))
@@ -130,7 +131,7 @@ def render(groups: dict, plot_name: str) -> str:
         paper_s = f"{paper:.1f}" if paper is not None else "–"
         f1_s = f1 if f1 == "–" else f1.replace(" ± ", " ± ")
         lines.append(
-            f"| {method} | {n} | {profile} | {seeds} | {acc} | {f1_s} (%) | {wall} | {kept} | {pacc} | {paper_s} |"
+            f"| {method} | {n} | {profile} | {seeds} | {acc} | {f1_s} | {wall} | {kept} | {pacc} | {paper_s} |"
         )
     lines += [
         "",
@@ -208,6 +209,27 @@ def render(groups: dict, plot_name: str) -> str:
         else:
             lines.append(f"- {method} @ {n} ({acc:.1f} %) beats supervised @ {n} ({sup:.1f} %): {'yes' if acc > sup else 'NO'}")
 
+    ablations = sorted((Path(RESULTS_DIR) / "ablations").glob("*.json"))
+    if ablations:
+        lines += [
+            "",
+            "## Ablations",
+            "",
+            "Single runs with one setting changed (`docs/results/ablations/`).",
+            "",
+            "| method | labels/class | seed | change | accuracy % | macro-F1 % | pseudo-labels kept | kept accuracy % |",
+            "|---|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for path in ablations:
+            r = json.loads(path.read_text())
+            p = r.get("pseudo_labels") or {}
+            kept = f"{100 * p['coverage']:.1f} %" if p else "–"
+            ka = f"{100 * p['accepted_accuracy']:.1f}" if p.get("accepted_accuracy") is not None else "–"
+            lines.append(
+                f"| {r['method']} | {r['labels_per_class']} | {r['seed']} | {r.get('note', path.stem)} | "
+                f"{100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | {kept} | {ka} |"
+            )
+
     missing = []
     for method, n in REQUIRED:
         runs = groups.get((method, n, "cpu"), [])
@@ -224,6 +246,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("docs/results"))
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
     args = parser.parse_args()
+    global RESULTS_DIR
+    RESULTS_DIR = str(args.results)
     groups = load_runs(args.results)
     plot_path = args.results / "accuracy_vs_labels.png"
     plot(groups, plot_path)
