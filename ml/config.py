@@ -17,13 +17,17 @@ METHODS: tuple[str, ...] = (
     "mean-teacher+lp",  # Table 3 D: the paper's method
     "fixmatch",
     "fixmatch+lp",
+    # The abstract's pipeline: a supervised model pre-trained on the labels pseudo-labels the
+    # rest (entropy filter + label propagation); a mean teacher is then trained on both.
+    "lp+mean-teacher",
 )
 DEFAULT_METHOD = "mean-teacher+lp"
 PROFILES: tuple[str, ...] = ("paper", "cpu", "tiny")
 
-# How each method trains: the per-step algorithm, which pseudo-label filter runs between
-# rounds (None, "entropy" or "lp" = entropy then label propagation), and how many rounds.
-METHOD_SPECS: dict[str, tuple[str, str | None, int]] = {
+# How each method trains: the per-step algorithm of round 1, which pseudo-label filter runs
+# between rounds (None, "entropy" or "lp" = entropy then label propagation), how many rounds,
+# and (optionally) the algorithm of the later rounds.
+METHOD_SPECS: dict[str, tuple] = {
     "supervised": ("supervised", None, 1),
     "pseudo-single": ("supervised", "entropy", 2),
     "label-propagation": ("supervised", "lp", 2),
@@ -31,6 +35,7 @@ METHOD_SPECS: dict[str, tuple[str, str | None, int]] = {
     "mean-teacher+lp": ("mean-teacher", "lp", 2),
     "fixmatch": ("fixmatch", None, 1),
     "fixmatch+lp": ("fixmatch", "lp", 2),
+    "lp+mean-teacher": ("supervised", "lp", 2, "mean-teacher"),
 }
 
 
@@ -82,6 +87,11 @@ class TrainConfig:
     @property
     def algorithm(self) -> str:
         return METHOD_SPECS[self.method][0]
+
+    @property
+    def later_algorithm(self) -> str:
+        spec = METHOD_SPECS[self.method]
+        return spec[3] if len(spec) > 3 else spec[0]
 
     @property
     def pseudo_filter(self) -> str | None:

@@ -259,13 +259,11 @@ def train(
         p.requires_grad_(False)
     teacher.eval()
 
-    algorithm = ALGORITHMS[config.algorithm](
-        config, student, teacher, Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
-    )
+    augmenter = Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
+    algorithm = ALGORITHMS[config.algorithm](config, student, teacher, augmenter)
     xl_all = labelled_x.to(device)
     yl_all = labelled_y.to(device)
     xu_all = unlabelled_x.to(device)
-    use_unlabelled = algorithm.uses_unlabelled and len(xu_all) > 0
     rounds = config.n_rounds if (config.pseudo_filter and len(xu_all)) else 1
 
     history: list[dict] = []
@@ -287,6 +285,10 @@ def train(
     epoch_offset = 0
     for round_index in range(1, rounds + 1):
         epochs = config.epochs if round_index == 1 else config.round_epochs
+        if round_index == 2 and config.later_algorithm != config.algorithm:
+            algorithm = ALGORITHMS[config.later_algorithm](config, student, teacher, augmenter)
+            teacher.load_state_dict(student.state_dict())  # the new teacher starts as the student
+        use_unlabelled = algorithm.uses_unlabelled and len(xu_all) > 0
         if config.steps_per_epoch:
             steps_per_epoch = config.steps_per_epoch
         elif use_unlabelled:
@@ -318,7 +320,8 @@ def train(
                 round_step = epoch * steps_per_epoch + step
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(round_step, total_steps, base_lr, warmup)
-                ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if round_index == 1 else 1.0
+                first_round_of_kind = round_index == 1 or (round_index == 2 and config.later_algorithm != config.algorithm)
+                ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if first_round_of_kind else 1.0
                 li = label_idx[step * n_lab : (step + 1) * n_lab]
                 xl, yl = pool_x[li], pool_y[li]
                 xu = xu_all[unlabelled_sampler.draw(n_unl).to(device)] if n_unl else xu_all[:0]

@@ -72,3 +72,16 @@ def test_should_stop_cancels(data, class_names):
     with pytest.raises(TrainingCancelled):
         train(make_config("tiny", "mean-teacher"), xl, yl, xu, class_names, should_stop=stop)
     assert calls["n"] == 4
+
+
+def test_lp_then_mean_teacher_switches_algorithm(data, class_names):
+    xl, yl, xu, yu, test_x, test_y = data
+    config = make_config("tiny", "lp+mean-teacher", epochs=6, round_epochs=2, steps_per_epoch=20, lr=0.02,
+                         consistency_weight=1.0, entropy_threshold=0.1)
+    assert (config.algorithm, config.later_algorithm, config.n_rounds) == ("supervised", "mean-teacher", 2)
+    result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y)
+    assert result.metrics["accuracy"] > 0.6
+    assert result.metrics["funnel"]["set2"] > 0
+    # the final algorithm is a mean teacher: the checkpoint's teacher is the EMA, not the student
+    student, teacher = result.checkpoint["student"], result.checkpoint["teacher"]
+    assert any(not torch.equal(student[k], teacher[k]) for k in student if student[k].is_floating_point())
