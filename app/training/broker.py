@@ -33,9 +33,9 @@ BROKER_CHECK_TIMEOUT_S = 1.0
 VISIBILITY_TIMEOUT_S = 12 * 3600
 
 
-def filesystem_folders(broker_dir: Path) -> tuple[Path, Path]:
-    """The message folder and the processed folder of the filesystem transport."""
-    return broker_dir / "queue", broker_dir / "processed"
+def filesystem_folders(broker_dir: Path) -> tuple[Path, Path, Path]:
+    """The message, processed and control (exchange table) folders of the filesystem transport."""
+    return broker_dir / "queue", broker_dir / "processed", broker_dir / "control"
 
 
 def celery_config(settings: Settings) -> dict:
@@ -62,12 +62,13 @@ def celery_config(settings: Settings) -> dict:
             "socket_timeout": 5,
         }
     else:
-        queue, processed = filesystem_folders(Path(settings.broker_dir).resolve())
+        queue, processed, control = filesystem_folders(Path(settings.broker_dir).resolve())
         config["broker_url"] = "filesystem://"
         config["broker_transport_options"] = {
             "data_folder_in": str(queue),
             "data_folder_out": str(queue),
             "processed_folder": str(processed),
+            "control_folder": str(control),  # kombu's default is ./control in the working directory
             "store_processed": False,
         }
     return config
