@@ -226,6 +226,13 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
     metrics["method"], metrics["profile"] = method, profile
     metrics["wall_seconds"] = round(result.wall_seconds, 2)
     metrics["device"] = device_name()
+    if active_info is not None and len(val_idx):
+        reporter.note("evaluating the active model on the same validation cells")
+        truth = [names[int(c)] for c in y_all[t_val]]
+        metrics["baseline"] = {
+            "model_version": active_info[0],
+            "accuracy": _accuracy_of(active_info[1], active_info[2], x_all[t_val], truth),
+        }
 
     reporter.note("saving", fraction=1.0)
     artefact = (Path(get_settings().artefact_dir) / f"run-{run_id}.pt").resolve()
@@ -243,14 +250,39 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
                 metrics=metrics,
             )
             service.finish_run(session=session, run_id=run_id, status="succeeded", metrics=metrics)
-            if params.get("auto_promote"):
-                current = service.active_model(session=session)
-                new_acc, old_acc = service.validation_accuracy(version), service.validation_accuracy(current)
-                if current is None or (new_acc is not None and (old_acc is None or new_acc > old_acc)):
-                    service.promote(session=session, model_id=version.id)
-                    promoted_id = version.id
+            if params.get("auto_promote") and _beats_active(session, metrics):
+                service.promote(session=session, model_id=version.id)
+                promoted_id = version.id
     except BaseException:
         artefact.unlink(missing_ok=True)  # no artefact without its model version
         raise
     reporter.note("done", fraction=1.0)
     return promoted_id
+
+
+def _accuracy_of(artefact_path: str, class_names: list[str], x: torch.Tensor, truth: list[str]) -> float | None:
+    """Accuracy of a stored model on ``x`` (64 px cells) against class names ``truth``."""
+    from ml.checkpoint import load_model
+    from ml.infer import predict
+
+    try:
+        model = load_model(load_checkpoint(artefact_path), which="teacher", device=device())
+    except (OSError, ValueError, RuntimeError) as error:
+        log.warning("could not load the active model for the baseline: %s", error)
+        return None
+    predicted = predict(model, resize(x, model.config.image_size)).labels
+    return float(np.mean([class_names[int(p)] == t for p, t in zip(predicted, truth, strict=True)]))
+
+
+def _beats_active(session, metrics: dict) -> bool:  # type: ignore[no-untyped-def]
+    """Auto-promote rule: better validation accuracy than the active model, measured on this
+    run's own validation cells when possible (the stored accuracies used different ones)."""
+    current = service.active_model(session=session)
+    if current is None:
+        return True
+    new = metrics.get("accuracy")
+    baseline = metrics.get("baseline") or {}
+    old = baseline.get("accuracy") if baseline.get("model_version") == current.id else None
+    if old is None:
+        old = service.validation_accuracy(current)
+    return new is not None and (old is None or new > old)

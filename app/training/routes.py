@@ -48,7 +48,7 @@ def start_run(session: Session, user: User, body: RunCreate) -> int:
     try:
         broker.enqueue(broker.TASK_RETRAIN, run_id)
     except ServiceUnavailable as error:
-        service.finish_run(session=session, run_id=run_id, status="failed", error=error.message)
+        service.finish_run(session=session, run_id=run_id, status="failed", error=error.message, from_status="queued")
         session.commit()
         raise
     return run_id
@@ -207,9 +207,7 @@ def _models_context(session: Session) -> dict:
         "versions": versions,
         "compared": compared,
         "compared_classes": compared_classes,
-        "pseudo_counts": {
-            v.id: service.pseudo_label_counts(session=session, model_id=v.id) for v in versions[:6]
-        },
+        "pseudo_counts": {v.id: service.pseudo_label_counts(session=session, model_id=v.id) for v in versions[:6]},
         "scoring_active": any(
             v.is_active and v.scoring_status in ("queued", "scoring", "refreshing") for v in versions
         ),
@@ -231,9 +229,7 @@ def models_promote(request: Request, session: SessionDep, admin: AdminUser, mode
         error, status_code = exc.message, exc.status_code
     if error is None:
         return RedirectResponse("/admin/models", status_code=303)
-    return render(
-        request, "admin/models.html", {**_models_context(session), "error": error}, status_code=status_code
-    )
+    return render(request, "admin/models.html", {**_models_context(session), "error": error}, status_code=status_code)
 
 
 @pages.get("/admin/models/{model_id}/confusion.png")
@@ -242,8 +238,6 @@ def confusion_image(session: SessionDep, admin: AdminUser, model_id: int) -> Res
     version = service.get_model(session=session, model_id=model_id)
     confusion = (version.metrics or {}).get("confusion")
     if not confusion:
-        raise NotFound(
-            f"model version {model_id} has no validation confusion matrix (too few labels to hold out)"
-        )
+        raise NotFound(f"model version {model_id} has no validation confusion matrix (too few labels to hold out)")
     png = plots.confusion_png(confusion, list(version.class_names), title=f"model v{version.id}")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -25,8 +25,10 @@ from app.models import (
     utcnow,
 )
 
-# A running run whose worker has not written for this long is considered lost (killed worker).
-HEARTBEAT_TIMEOUT_S = 120
+# A running run whose worker has not written for this long is considered lost. A killed train
+# worker is caught sooner, by the next worker's start-up; this catches a worker that never comes
+# back, with room for a healthy one starved of CPU.
+HEARTBEAT_TIMEOUT_S = 300
 RUN_LOCK_KEY = 4_000_004  # Postgres advisory lock serialising "is a run active? then create one"
 SCORE_CHUNK = 512
 QUEUE_SIZE = 250  # queue entries written after scoring; beyond them, labelling falls back to random
@@ -45,10 +47,7 @@ def active_run(*, session: Session) -> TrainingRun | None:
     """The queued or running run, if any (after failing runs whose worker was lost)."""
     expire_stale_runs(session=session)
     return session.scalar(
-        select(TrainingRun)
-        .where(TrainingRun.status.in_(ACTIVE_RUN_STATUSES))
-        .order_by(TrainingRun.id)
-        .limit(1)
+        select(TrainingRun).where(TrainingRun.status.in_(ACTIVE_RUN_STATUSES)).order_by(TrainingRun.id).limit(1)
     )
 
 
@@ -57,20 +56,15 @@ def create_run(*, session: Session, user: User, method: str, profile: str, param
     from ml.config import METHODS, PROFILES  # ml.config imports no torch
 
     if method not in METHODS:
-        raise InvalidInput(
-            f"unknown method {method!r}: use one of {', '.join(METHODS)}", allowed=list(METHODS)
-        )
+        raise InvalidInput(f"unknown method {method!r}: use one of {', '.join(METHODS)}", allowed=list(METHODS))
     if profile not in PROFILES:
-        raise InvalidInput(
-            f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}", allowed=list(PROFILES)
-        )
+        raise InvalidInput(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}", allowed=list(PROFILES))
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RUN_LOCK_KEY})
     running = active_run(session=session)
     if running is not None:
         raise Conflict(
-            f"training run #{running.id} is already {running.status}: "
-            "wait for it to finish or cancel it first",
+            f"training run #{running.id} is already {running.status}: wait for it to finish or cancel it first",
             run_id=running.id,
         )
     run = TrainingRun(
@@ -131,8 +125,7 @@ def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S)
         .values(
             status="failed",
             finished_at=utcnow(),
-            error=f"the worker stopped sending heartbeats for over {timeout_s} s (killed or lost); "
-            "start a new run",
+            error=f"the worker stopped sending heartbeats for over {timeout_s} s (killed or lost); start a new run",
         )
     )
     return len(stale)
@@ -173,19 +166,32 @@ def heartbeat(*, session: Session, run_id: int) -> None:
 
 
 def cancel_requested(*, session: Session, run_id: int) -> bool:
-    return bool(session.scalar(select(TrainingRun.cancel_requested).where(TrainingRun.id == run_id)))
+    """True when an admin asked to cancel, or the run is no longer running (e.g. failed as lost)."""
+    row = session.execute(
+        select(TrainingRun.cancel_requested, TrainingRun.status).where(TrainingRun.id == run_id)
+    ).one_or_none()
+    return row is None or bool(row[0]) or row[1] != "running"
 
 
 def finish_run(
-    *, session: Session, run_id: int, status: str, error: str | None = None, metrics: dict | None = None
+    *,
+    session: Session,
+    run_id: int,
+    status: str,
+    error: str | None = None,
+    metrics: dict | None = None,
+    from_status: str = "running",
 ) -> None:
-    """Record a run's end: succeeded, failed (with its error) or cancelled."""
+    """Record the end of a run that is ``from_status``: succeeded, failed (with its error) or
+    cancelled. A run that left that status meanwhile (failed as lost) keeps its own."""
     values: dict = {"status": status, "finished_at": utcnow(), "heartbeat_at": utcnow()}
     if error is not None:
         values["error"] = error
     if metrics is not None:
         values["metrics"] = metrics
-    session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
+    session.execute(
+        update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == from_status).values(**values)
+    )
 
 
 def run_view(run: TrainingRun) -> dict:
@@ -312,9 +318,7 @@ def add_scored(*, session: Session, model_id: int, count: int) -> tuple[int, int
 def store_predictions(*, session: Session, model_id: int, rows: Sequence[dict]) -> None:
     """Replace this model's predictions for the cells in ``rows`` (dicts of Prediction columns)."""
     cell_ids = [row["cell_id"] for row in rows]
-    session.execute(
-        delete(Prediction).where(Prediction.model_version_id == model_id, Prediction.cell_id.in_(cell_ids))
-    )
+    session.execute(delete(Prediction).where(Prediction.model_version_id == model_id, Prediction.cell_id.in_(cell_ids)))
     session.execute(
         Prediction.__table__.insert(),
         [{**row, "model_version_id": model_id, "created_at": utcnow()} for row in rows],
@@ -323,9 +327,7 @@ def store_predictions(*, session: Session, model_id: int, rows: Sequence[dict]) 
 
 def finish_scoring(*, session: Session, model_id: int, status: str = "ready") -> None:
     session.execute(
-        update(ModelVersion)
-        .where(ModelVersion.id == model_id)
-        .values(scoring_status=status, scored_at=utcnow())
+        update(ModelVersion).where(ModelVersion.id == model_id).values(scoring_status=status, scored_at=utcnow())
     )
 
 
@@ -360,9 +362,7 @@ def replace_queue(*, session: Session, items: Iterable[QueueItem]) -> int:
             entry.priority, entry.reason, entry.detail = item.priority, item.reason, item.detail
         else:
             session.add(
-                QueueEntry(
-                    cell_id=item.cell_id, priority=item.priority, reason=item.reason, detail=item.detail
-                )
+                QueueEntry(cell_id=item.cell_id, priority=item.priority, reason=item.reason, detail=item.detail)
             )
         written += 1
     session.flush()

@@ -106,6 +106,18 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
     assert training_page.status_code == 200 and f"Run #{run_id}" in training_page.text
     assert client.get("/admin/models", headers=cyto).status_code == 403
 
+    # a second run warm-starts from the active model and measures it on its own validation cells
+    second = client.post("/api/v1/training-runs", json={**TINY, "method": "supervised"}, headers=admin).json()["id"]
+    body = wait_for(
+        lambda: (b := run_status(client, admin, second))["status"] in ("succeeded", "failed") and b,
+        120,
+        message="the second run",
+    )
+    assert body["status"] == "succeeded", body["error"]
+    assert body["metrics"]["data"]["warm_started_from"] == model_id
+    assert body["metrics"]["baseline"]["model_version"] == model_id
+    assert 0.0 <= body["metrics"]["baseline"]["accuracy"] <= 1.0
+
 
 def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     insert_cells({name: 5 for name in CLASSES}, unlabelled=15)

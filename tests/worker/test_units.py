@@ -138,3 +138,29 @@ def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:  # typ
     assert [run["status"] for run in runs] == ["queued"]
     bad = client.post("/api/v1/training-runs", json={"method": "magic", "profile": "tiny"}, headers=headers)
     assert bad.status_code == 422 and "mean-teacher+lp" in bad.json()["allowed"]
+
+
+def test_a_run_failed_as_lost_stops_its_worker_and_keeps_its_status(pg_db_url: str) -> None:
+    admin_id = make_user("root", role="admin")
+    with session_scope() as session:
+        old = utcnow() - timedelta(seconds=service.HEARTBEAT_TIMEOUT_S + 5)
+        run = TrainingRun(
+            status="running",
+            method="supervised",
+            profile="tiny",
+            params={},
+            created_by=admin_id,
+            started_at=old,
+            heartbeat_at=old,
+        )
+        session.add(run)
+        session.flush()
+        run_id = run.id
+        assert not service.cancel_requested(session=session, run_id=run_id)
+    with session_scope() as session:
+        assert service.expire_stale_runs(session=session) == 1
+    with session_scope() as session:
+        assert service.cancel_requested(session=session, run_id=run_id)  # the worker's should_stop says stop
+        service.finish_run(session=session, run_id=run_id, status="cancelled")
+    with session_scope() as session:
+        assert service.get_run(session=session, run_id=run_id).status == "failed"
