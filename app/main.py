@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from app.db import ROOT, check_migrated
+from app.deps import CurrentUser
 from app.errors import LeukolabError, Unauthenticated
 from app.settings import get_settings
 
@@ -48,6 +50,11 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         version="0.1.0",
         description="Active labelling of white blood cells with a semi-supervised CNN.",
         lifespan=lifespan,
+        # The API documentation needs a login like every other page (see below), and its assets
+        # are vendored under static/ so it works without internet.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.add_middleware(
         SessionMiddleware,
@@ -68,6 +75,20 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     for module in (users_routes, labelling_routes, cells_routes, training_routes):
         app.include_router(module.api)
         app.include_router(module.pages)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(user: CurrentUser) -> dict:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs(user: CurrentUser) -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="leukolab API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

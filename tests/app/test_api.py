@@ -203,3 +203,47 @@ def test_label_is_committed_before_it_is_acknowledged(any_db_url: str, monkeypat
             assert session.scalar(select(func.count(Label.id))) == 0
         retried = client.post(f"/api/v1/cells/{cell_id}/labels", json={"label": "basophil"}, headers=headers)
         assert retried.status_code == 201
+
+
+PUBLIC_PATHS = {"/login", "/healthz", "/readyz", "/api/v1/auth/token"}
+
+
+def test_every_route_needs_a_login_except_login_and_health(client: TestClient) -> None:
+    """Walk the app's routes: anonymous callers get 401 (API) or a redirect to the login page."""
+    from fastapi.routing import APIRoute
+
+    from app.cells import routes as cells
+    from app.labelling import routes as labelling
+    from app.training import routes as training
+    from app.users import routes as users
+
+    routes = [
+        route for module in (users, labelling, cells, training) for route in (*module.api.routes, *module.pages.routes)
+    ]
+    checked = 0
+    for route in routes:
+        if not isinstance(route, APIRoute) or route.path in PUBLIC_PATHS:
+            continue
+        path = re.sub(r"\{[^}]+\}", "1", route.path)
+        for method in route.methods - {"HEAD", "OPTIONS"}:
+            response = client.request(method, path, headers={"accept": "text/html"}, follow_redirects=False)
+            if path.startswith("/api/"):
+                assert response.status_code == 401, (method, path, response.status_code)
+            else:
+                assert response.status_code in (303, 401, 403), (method, path, response.status_code)
+                if response.status_code == 303:
+                    assert response.headers["location"].startswith("/login")
+            checked += 1
+    assert checked >= 20
+    assert client.get("/openapi.json").status_code == 401
+    assert client.get("/docs", headers={"accept": "text/html"}, follow_redirects=False).status_code == 303
+
+
+def test_api_docs_are_served_offline_to_a_logged_in_user(client: TestClient) -> None:
+    make_user("ana")
+    headers = token_headers(client, "ana")
+    spec = client.get("/openapi.json", headers=headers).json()
+    assert "/api/v1/cells/{cell_id}/labels" in spec["paths"] and "/api/v1/queue/next" in spec["paths"]
+    docs = client.get("/docs", headers=headers)
+    assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text
+    assert client.get("/static/swagger-ui/swagger-ui-bundle.js").status_code == 200
