@@ -117,8 +117,14 @@ def render(groups: dict, plot_name: str) -> str:
         "- cpu profile (`ml.config`): the paper's network at quarter width (channels 16…128, classifier",
         "  256 wide), 64 px input, batches of 40 (20 labelled, class-balanced with replacement; 20",
         "  unlabelled without replacement), SGD Nesterov lr 0.05, weight decay 5e-5, cosine schedule.",
-        "  Semi-supervised methods: round 1 of 1,200 steps, then pseudo-labels, then round 2 of 800 steps",
-        "  warm-started with a cosine restart at 0.2 × lr. Supervised: 2,000 steps.",
+        "  `mean-teacher+lp` and `fixmatch`: round 1 of 1,200 steps; `supervised` and the supervised",
+        "  pre-training of `lp+mean-teacher` and `label-propagation`: 2,000 steps (cheaper steps, same wall",
+        "  budget). Then pseudo-labels, then round 2 of 800 steps, warm-started with a cosine restart at",
+        "  0.2 × lr (`lp+mean-teacher`: round 2 is a mean teacher whose teacher starts as the pre-trained net).",
+        "- Methods: `mean-teacher+lp` trains a mean teacher from the start, pseudo-labels with its teacher",
+        "  and trains the mean teacher again (Table 3 D as the issue describes it); `lp+mean-teacher` follows",
+        "  the paper's abstract: a VGG pre-trained on the labels only pseudo-labels the rest (entropy",
+        "  filter + label propagation), then a mean teacher is trained on labels and pseudo-labels.",
         "- Mean teacher: EMA 0.97 over parameters and BatchNorm buffers, β = 10 with a sigmoid ramp-up over",
         "  the first 30 % of round 1, teacher under no_grad on its own augmentation of the batch.",
         "- Augmentation: random translation (±12.5 %), horizontal and vertical flips and transposition",
@@ -248,6 +254,31 @@ def render(groups: dict, plot_name: str) -> str:
                 f"| {r['method']} | {r['labels_per_class']} | {r['seed']} | {r.get('note', path.stem)} | "
                 f"{100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | {kept} | {ka} |"
             )
+
+    lines += [
+        "",
+        "## What the runs showed, and what was tried",
+        "",
+        "- Round 2 first restarted the cosine schedule at the full lr 0.05; that undid much of round 1",
+        "  (the learning curve on held-aside train cells fell from 95 % to 67 % mid-round). Later rounds now",
+        "  restart at 0.2 × lr.",
+        "- With the paper's entropy threshold alone, the mean teacher's set 1 held 2 of 894 lymphocytes at",
+        "  20 labels/class, and the next round learned lymphocytes from 20 cells; the per-class guard",
+        "  (`pseudo_min_class_fraction=0.5`) fixed the coverage (487 lymphocytes) but not the accuracy.",
+        "- On this budget a mean teacher trained from the start (`mean-teacher+lp`) is weaker than plain",
+        "  supervised training: β = 10 consistency slows learning from 20 labelled cells per batch, and its",
+        "  errors (monocytes taken for basophils or lymphocytes) become pseudo-labels. Pre-training",
+        "  supervised and then training the mean teacher on the pseudo-labels (`lp+mean-teacher`, the",
+        "  abstract's pipeline) is the best method here at 20 labels/class.",
+        "- fixmatch: with a strong view of colour jitter 0.4 it confirmed its own mistakes (lymphocytes taken",
+        "  for basophils, 63 %); with milder jitter it reaches about the supervised figure.",
+        "- Label propagation rarely overrules the network (set 1 → set 2 loses under 1 % of cells, except at",
+        "  10 labels/class and in `lp+mean-teacher`); the pseudo-labels it keeps are 96–99.8 % correct.",
+        "- Throughput: on this CPU the network's arithmetic dominates a training step, so decoding once and",
+        "  batching augmentation gain little over the DataLoader reference; the 3× target is not met.",
+        "  bf16 autocast on this CPU (AVX-512 BF16) ran a training step about 1.5× faster in a quick test,",
+        "  but training on CPU stays in float32 (bf16 is used on CUDA only).",
+    ]
 
     missing = []
     for method, n in REQUIRED:
