@@ -140,7 +140,7 @@ def start_server(
     raise RuntimeError(f"the server did not become ready in {timeout_s:.0f} s")
 
 
-async def _drive(base: str, users: int, seconds: float, classes: list[str], think_s: float) -> dict:
+async def _drive(base: str, users: int, seconds: float, classes: list[str], think_s: float, warmup_s: float) -> dict:
     import httpx
 
     next_latency: list[float] = []
@@ -154,7 +154,8 @@ async def _drive(base: str, users: int, seconds: float, classes: list[str], thin
             response = await client.post("/api/v1/auth/token", data={"username": f"bench{i}", "password": PASSWORD})
             response.raise_for_status()
             tokens.append(response.json()["access_token"])
-        deadline = time.perf_counter() + seconds
+        measure_from = time.perf_counter() + warmup_s  # connections, pools and caches warm up first
+        deadline = measure_from + seconds
 
         async def timed(method: str, url: str, latencies: list[float], **kwargs):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
@@ -163,7 +164,8 @@ async def _drive(base: str, users: int, seconds: float, classes: list[str], thin
             except httpx.HTTPError as error:
                 errors.append(f"{url.split('/')[-1]}: {error.__class__.__name__}")
                 return None
-            latencies.append(time.perf_counter() - started)
+            if started >= measure_from:
+                latencies.append(time.perf_counter() - started)
             return response
 
         async def labeller(token: str) -> None:
@@ -189,7 +191,7 @@ async def _drive(base: str, users: int, seconds: float, classes: list[str], thin
 
         started = time.perf_counter()
         await asyncio.gather(*(labeller(token) for token in tokens))
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - max(started, measure_from)
     return {
         "next": _percentiles(next_latency),
         "label": _percentiles(label_latency),
@@ -213,6 +215,7 @@ def labelling_command(
         float,
         typer.Option(help="mean pause between seeing a cell and labelling it; 0 drives the server flat out"),
     ] = 250.0,
+    warmup_s: Annotated[float, typer.Option(help="seconds of driving before latencies are recorded")] = 3.0,
 ) -> None:
     """Drive the web server with concurrent labellers and report latency percentiles and lost labels."""
     from sqlalchemy import func, select
@@ -236,7 +239,7 @@ def labelling_command(
     try:
         classes = _class_names(database_url)
         typer.echo(f"driving {base} with {users} labellers for {seconds:.0f} s")
-        result = asyncio.run(_drive(base, users, seconds, classes, think_ms / 1000))
+        result = asyncio.run(_drive(base, users, seconds, classes, think_ms / 1000, warmup_s))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -253,6 +256,7 @@ def labelling_command(
         users=users,
         seconds=seconds,
         think_ms=think_ms,
+        warmup_s=warmup_s,
         server_workers=server_workers,
     )
     json_out.parent.mkdir(parents=True, exist_ok=True)
