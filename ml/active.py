@@ -90,11 +90,7 @@ def k_center_greedy(
     n = min(n, len(x))
     if n <= 0:
         return np.empty(0, dtype=np.int64)
-    distance = (
-        _min_sq_distances(x, _unit(centres))
-        if centres is not None and len(centres)
-        else np.full(len(x), np.inf)
-    )
+    distance = _min_sq_distances(x, _unit(centres)) if centres is not None and len(centres) else np.full(len(x), np.inf)
     weight = np.ones(len(x)) if weights is None else np.maximum(np.asarray(weights, dtype=np.float64), 1e-6)
     taken = np.zeros(len(x), dtype=bool)
     chosen: list[int] = []
@@ -124,9 +120,7 @@ def balanced_quotas(available: dict[int, int], n: int) -> dict[int, int]:
     return quotas
 
 
-def _reason(
-    i: int, high_entropy: set[int], low_margin: set[int], outcomes: np.ndarray | None, default: str
-) -> str:
+def _reason(i: int, high_entropy: set[int], low_margin: set[int], outcomes: np.ndarray | None, default: str) -> str:
     if i in high_entropy:
         return HIGH_ENTROPY
     if i in low_margin:

@@ -11,7 +11,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -86,17 +86,18 @@ def ssl(
     method: Annotated[str, typer.Option("--method", help=f"one of {', '.join(METHODS)}")] = DEFAULT_METHOD,
     profile: Annotated[str, typer.Option("--profile", help=f"one of {', '.join(PROFILES)}")] = "cpu",
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the results here")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
     test_dir: Annotated[
-        Optional[Path], typer.Option("--test-dir", help="evaluate on this ImageFolder instead of the test split")
+        Path | None, typer.Option("--test-dir", help="evaluate on this ImageFolder instead of the test split")
     ] = None,
-    checkpoint_out: Annotated[Optional[Path], typer.Option("--checkpoint", help="also save the checkpoint")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="config override key=value")] = None,
+    checkpoint_out: Annotated[Path | None, typer.Option("--checkpoint", help="also save the checkpoint")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="config override key=value")] = None,
 ) -> dict:
     """Train METHOD with N labels per class from the train split; evaluate on the test split."""
     import numpy as np
     import torch
-    from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
 
     from ml.config import entropy_threshold_for, make_config
     from ml.data import default_device, load_image_folder, load_manifest_split, split_labelled
@@ -187,7 +188,9 @@ def ssl(
         pseudo = {
             "funnel": pl.funnel,
             "set1_accuracy": accuracy_of(pl.outcome != "rejected"),
-            "set2_accuracy": accuracy_of(pl.outcome == "passed_propagation") if pl.funnel.get("set2") is not None else None,
+            "set2_accuracy": accuracy_of(pl.outcome == "passed_propagation")
+            if pl.funnel.get("set2") is not None
+            else None,
             "accepted": int(accepted.sum()),
             "accepted_accuracy": accuracy_of(accepted),
             "coverage": float(accepted.mean()) if len(accepted) else 0.0,
@@ -228,7 +231,9 @@ def ssl(
         "history": result.history,
     }
     print_table5([(f"{method} @{labels_per_class}/class", metrics)])
-    summary = f"accuracy {100 * out['accuracy']:.2f} %  macro-F1 {out['macro_f1']:.4f}  wall {out['wall_seconds']:.0f} s"
+    summary = (
+        f"accuracy {100 * out['accuracy']:.2f} %  macro-F1 {out['macro_f1']:.4f}  wall {out['wall_seconds']:.0f} s"
+    )
     if pseudo:
         summary += f"  pseudo-labels {pseudo['funnel']} accepted accuracy {pseudo['accepted_accuracy']}"
     typer.echo(summary)
@@ -239,12 +244,14 @@ def ssl(
 
 
 def throughput(
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the results here")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="an ImageFolder; default: generated images")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="an ImageFolder; default: generated images")] = None,
     profile: Annotated[str, typer.Option("--profile")] = "cpu",
     steps: Annotated[int, typer.Option("--steps", help="timed training steps per loop")] = 40,
     images: Annotated[int, typer.Option("--images", help="images to load for the leukolab loop")] = 2000,
-    reference_workers: Annotated[int, typer.Option("--reference-workers", help="DataLoader workers of the reference")] = 0,
+    reference_workers: Annotated[
+        int, typer.Option("--reference-workers", help="DataLoader workers of the reference")
+    ] = 0,
 ) -> dict:
     """Training and inference images/s: leukolab's loop against torchvision ImageFolder +
     DataLoader + per-image PIL transforms, same model, same process."""

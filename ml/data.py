@@ -47,9 +47,7 @@ def read_manifest(root: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def load_manifest_split(
-    root: str | Path, split: str, size: int, class_names: list[str] | None = None
-) -> ImageSet:
+def load_manifest_split(root: str | Path, split: str, size: int, class_names: list[str] | None = None) -> ImageSet:
     """The rows of ``root/MANIFEST.csv`` whose split is ``split``. Classes sort by name,
     as in torchvision's ImageFolder, unless ``class_names`` is given."""
     rows = read_manifest(root)
@@ -78,7 +76,9 @@ def load_image_folder(root: str | Path, size: int, class_names: list[str] | None
                 files.append(p)
                 labels.append(i)
     x = load_images(files, size)
-    return ImageSet(x, torch.tensor(labels, dtype=torch.long), list(class_names), [str(f.relative_to(root)) for f in files])
+    return ImageSet(
+        x, torch.tensor(labels, dtype=torch.long), list(class_names), [str(f.relative_to(root)) for f in files]
+    )
 
 
 def split_labelled(y: torch.Tensor, per_class: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,5 +34,7 @@ def model_input(image: Image.Image, size: int = MODEL_SIZE) -> np.ndarray:
     """Return the model's ``size``×``size``×3 uint8 input derived from ``image``."""
     square = display_image(image)
     if square.width != size:
-        square = square.resize((size, size), Image.Resampling.LANCZOS if square.width > size else Image.Resampling.BICUBIC)
+        square = square.resize(
+            (size, size), Image.Resampling.LANCZOS if square.width > size else Image.Resampling.BICUBIC
+        )
     return np.asarray(square, dtype=np.uint8)

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,7 +75,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     t_params = [p for p in teacher.parameters()]
     s_params = [p.detach() for p in student.parameters()]
     torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
-    for t_buf, s_buf in zip(teacher.buffers(), student.buffers()):
+    for t_buf, s_buf in zip(teacher.buffers(), student.buffers(), strict=True):
         if t_buf.dtype.is_floating_point:
             t_buf.lerp_(s_buf, 1.0 - decay)
         else:
@@ -232,7 +231,9 @@ def train(
 ) -> TrainResult:
     """Train ``config.method`` on uint8 images; see the module docstring."""
     started = time.perf_counter()
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny weights late in training otherwise slow CPUs badly
     torch.manual_seed(config.seed)
@@ -320,8 +321,12 @@ def train(
                 round_step = epoch * steps_per_epoch + step
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(round_step, total_steps, base_lr, warmup)
-                first_round_of_kind = round_index == 1 or (round_index == 2 and config.later_algorithm != config.algorithm)
-                ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if first_round_of_kind else 1.0
+                first_round_of_kind = round_index == 1 or (
+                    round_index == 2 and config.later_algorithm != config.algorithm
+                )
+                ramp = (
+                    sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if first_round_of_kind else 1.0
+                )
                 li = label_idx[step * n_lab : (step + 1) * n_lab]
                 xl, yl = pool_x[li], pool_y[li]
                 xu = xu_all[unlabelled_sampler.draw(n_unl).to(device)] if n_unl else xu_all[:0]
@@ -337,14 +342,25 @@ def train(
                 if step % 10 == 0:
                     report(
                         Progress(
-                            epoch_offset + epoch + 1, total_epochs, step + 1, steps_per_epoch,
-                            float(loss.detach()), last_val, funnel, phase, round_index, rounds,
+                            epoch_offset + epoch + 1,
+                            total_epochs,
+                            step + 1,
+                            steps_per_epoch,
+                            float(loss.detach()),
+                            last_val,
+                            funnel,
+                            phase,
+                            round_index,
+                            rounds,
                         )
                     )
             train_seconds += time.perf_counter() - epoch_started
             epoch_loss = float(torch.stack(losses).mean()) if losses else float("nan")
-            if val_x is not None and val_y is not None and len(val_x) and (
-                (epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == epochs
+            if (
+                val_x is not None
+                and val_y is not None
+                and len(val_x)
+                and ((epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == epochs)
             ):
                 last_val = _accuracy(algorithm.eval_model, val_x, val_y)
                 student.train()
@@ -353,15 +369,28 @@ def train(
             )
             report(
                 Progress(
-                    epoch_offset + epoch + 1, total_epochs, steps_per_epoch, steps_per_epoch,
-                    epoch_loss, last_val, funnel, phase, round_index, rounds,
+                    epoch_offset + epoch + 1,
+                    total_epochs,
+                    steps_per_epoch,
+                    steps_per_epoch,
+                    epoch_loss,
+                    last_val,
+                    funnel,
+                    phase,
+                    round_index,
+                    rounds,
                 ),
                 force=True,
             )
         epoch_offset += epochs
 
         if round_index < rounds:
-            report(Progress(epoch_offset, total_epochs, 0, 0, epoch_loss, last_val, funnel, "pseudo-label", round_index, rounds), True)
+            report(
+                Progress(
+                    epoch_offset, total_epochs, 0, 0, epoch_loss, last_val, funnel, "pseudo-label", round_index, rounds
+                ),
+                True,
+            )
             pseudo = pseudo_label(algorithm.eval_model, config, xl_all, yl_all, xu_all)
             funnel = pseudo.funnel
             accepted = torch.from_numpy(pseudo.accepted).to(device)
@@ -371,7 +400,12 @@ def train(
 
     metrics = None
     if val_x is not None and val_y is not None and len(val_x):
-        report(Progress(epoch_offset, total_epochs, 0, 0, history[-1]["loss"] if history else 0.0, last_val, funnel, "evaluate"), True)
+        report(
+            Progress(
+                epoch_offset, total_epochs, 0, 0, history[-1]["loss"] if history else 0.0, last_val, funnel, "evaluate"
+            ),
+            True,
+        )
         preds = predict(algorithm.eval_model, val_x).labels
         metrics = classification_metrics(val_y.cpu().numpy(), preds, class_names)
     if metrics is not None or funnel is not None:
@@ -401,7 +435,11 @@ def train(
 
 
 def pseudo_label(
-    model: nn.Module, config: TrainConfig, labelled_x: torch.Tensor, labelled_y: torch.Tensor, unlabelled_x: torch.Tensor
+    model: nn.Module,
+    config: TrainConfig,
+    labelled_x: torch.Tensor,
+    labelled_y: torch.Tensor,
+    unlabelled_x: torch.Tensor,
 ) -> PseudoLabels:
     """Predict the unlabelled pool and filter: entropy (set 1), then propagation (set 2)."""
     unl = predict(model, unlabelled_x)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ml.augment import Augmenter, colour_jitter, cutout, flips_and_rotations, translate
-from ml.config import METHODS, DEFAULT_METHOD, make_config
+from ml.config import DEFAULT_METHOD, METHODS, make_config
 from ml.metrics import classification_metrics
 
 
@@ -21,7 +21,7 @@ def test_flips_preserve_content():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     out = flips_and_rotations(x, True, True, True, torch.Generator().manual_seed(1))
     assert out.shape == x.shape
-    for a, b in zip(out, x):
+    for a, b in zip(out, x, strict=True):
         assert torch.equal(a.sort(dim=-1).values.sum(), b.sort(dim=-1).values.sum())
         assert torch.equal(torch.sort(a.flatten()).values, torch.sort(b.flatten()).values)
     assert torch.equal(flips_and_rotations(x, False, False, False), x)
@@ -51,7 +51,13 @@ def test_make_config():
     assert DEFAULT_METHOD in METHODS
     cfg = make_config("cpu", "mean-teacher+lp", seed=3)
     assert cfg.seed == 3 and cfg.algorithm == "mean-teacher" and cfg.pseudo_filter == "lp" and cfg.n_rounds == 2
-    assert (cfg.batch_size, cfg.labelled_per_batch, cfg.lr, cfg.weight_decay, cfg.ema_decay) == (40, 20, 0.05, 5e-5, 0.97)
+    assert (cfg.batch_size, cfg.labelled_per_batch, cfg.lr, cfg.weight_decay, cfg.ema_decay) == (
+        40,
+        20,
+        0.05,
+        5e-5,
+        0.97,
+    )
     paper = make_config("paper")
     assert paper.width == 1.0 and paper.image_size == 64 and paper.epochs == 180
     assert make_config("cpu", "supervised").n_rounds == 1

@@ -15,14 +15,18 @@ def _checkpoint():
     config = ModelConfig(n_classes=5, width=0.125, image_size=32, mean=(120.0, 110.0, 100.0), std=(50.0, 40.0, 30.0))
     student = build_model(config)
     teacher = build_model(config)
-    return make_checkpoint(
-        student=student,
-        teacher=teacher,
-        model_config=config,
-        train_config=make_config("tiny"),
-        class_names=["a", "b", "c", "d", "e"],
-        metrics={"accuracy": 0.5},
-    ), teacher.eval(), student.eval()
+    return (
+        make_checkpoint(
+            student=student,
+            teacher=teacher,
+            model_config=config,
+            train_config=make_config("tiny", "mean-teacher+lp"),
+            class_names=["a", "b", "c", "d", "e"],
+            metrics={"accuracy": 0.5},
+        ),
+        teacher.eval(),
+        student.eval(),
+    )
 
 
 def test_checkpoint_round_trip(tmp_path):

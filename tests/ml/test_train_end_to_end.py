@@ -7,7 +7,6 @@ from ml.infer import predict
 from ml.train import Progress, TrainingCancelled, train
 
 
-
 @pytest.fixture(scope="module")
 def data(cells):
     x, y = cells(60, size=32, seed=0)
@@ -24,8 +23,14 @@ def test_mean_teacher_lp_learns_synthetic_cells(data, class_names):
     # a couple of hundred steps leave the teacher unsure: a looser entropy threshold and a
     # gentler consistency weight than the paper's make the funnel non-empty in this short run
     config = make_config(
-        "tiny", "mean-teacher+lp", epochs=10, round_epochs=3, steps_per_epoch=20, lr=0.02,
-        consistency_weight=1.0, entropy_threshold=0.1,
+        "tiny",
+        "mean-teacher+lp",
+        epochs=10,
+        round_epochs=3,
+        steps_per_epoch=20,
+        lr=0.02,
+        consistency_weight=1.0,
+        entropy_threshold=0.1,
     )
     result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y, progress=seen.append)
     assert result.metrics["accuracy"] > 0.6  # chance is 0.2
@@ -48,8 +53,16 @@ def test_supervised_and_warm_start(data, class_names):
     assert first.metrics["accuracy"] > 0.5
     assert first.metrics["funnel"] is None
     # a warm start from the checkpoint begins where the first run ended
-    again = train(make_config("tiny", "supervised", epochs=1, steps_per_epoch=1, lr=1e-6), xl, yl, None, class_names,
-                  val_x=test_x, val_y=test_y, init_checkpoint=first.checkpoint)
+    again = train(
+        make_config("tiny", "supervised", epochs=1, steps_per_epoch=1, lr=1e-6),
+        xl,
+        yl,
+        None,
+        class_names,
+        val_x=test_x,
+        val_y=test_y,
+        init_checkpoint=first.checkpoint,
+    )
     assert again.metrics["accuracy"] == pytest.approx(first.metrics["accuracy"], abs=0.05)
 
 
@@ -76,8 +89,16 @@ def test_should_stop_cancels(data, class_names):
 
 def test_lp_then_mean_teacher_switches_algorithm(data, class_names):
     xl, yl, xu, yu, test_x, test_y = data
-    config = make_config("tiny", "lp+mean-teacher", epochs=6, round_epochs=2, steps_per_epoch=20, lr=0.02,
-                         consistency_weight=1.0, entropy_threshold=0.1)
+    config = make_config(
+        "tiny",
+        "lp+mean-teacher",
+        epochs=6,
+        round_epochs=2,
+        steps_per_epoch=20,
+        lr=0.02,
+        consistency_weight=1.0,
+        entropy_threshold=0.1,
+    )
     assert (config.algorithm, config.later_algorithm, config.n_rounds) == ("supervised", "mean-teacher", 2)
     result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y)
     assert result.metrics["accuracy"] > 0.6
