@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app.errors import InvalidInput, NotFound
-from app.models import UNSURE, Cell, CellClass, Label, QueueEntry, User, utcnow
+from app.models import UNSURE, Cell, CellClass, Label, QueueEntry, User, as_utc, utcnow
 from app.settings import get_settings
 
 # Queue entries that only hold a lease, as opposed to the ones the active model put in the queue.
@@ -139,15 +139,9 @@ def renew_lease(*, session: Session, user: User, cell_id: int) -> datetime:
         session.add(
             QueueEntry(cell_id=cell_id, priority=0.0, reason="unlabelled", leased_to=user.id, lease_until=until)
         )
-    elif entry.leased_to in (None, user.id) or _aware(entry.lease_until) <= now:
+    elif entry.leased_to in (None, user.id) or entry.lease_until is None or as_utc(entry.lease_until) <= now:
         entry.leased_to, entry.lease_until = user.id, until
     return until
-
-
-def _aware(moment: datetime | None) -> datetime:
-    if moment is None:
-        return datetime.min.replace(tzinfo=UTC)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def get_cell(*, session: Session, cell_id: int) -> Cell:
@@ -175,15 +169,20 @@ def add_label(*, session: Session, user: User, cell_id: int, value: str, source:
     return label
 
 
+def _not_undone():  # type: ignore[no-untyped-def]
+    """The condition that no undo row cancels ``Label``."""
+    undo = aliased(Label)
+    return ~exists(select(undo.id).where(undo.undoes_id == Label.id))
+
+
 def undo_last(*, session: Session, user: User) -> Label:
     """Record an undo of ``user``'s newest standing label and lease that cell back to them."""
-    undo = aliased(Label)
     last = session.scalar(
         select(Label)
         .where(
             Label.user_id == user.id,
             Label.kind == "label",
-            ~exists(select(undo.id).where(undo.undoes_id == Label.id)),
+            _not_undone(),
         )
         .order_by(Label.id.desc())
         .limit(1)
@@ -206,12 +205,9 @@ def undo_last(*, session: Session, user: User) -> Label:
 
 def _standing_label_id(session: Session, cell_id: int) -> int | None:
     """The newest label of ``cell_id`` that no undo row cancels."""
-    undo = aliased(Label)
     return session.scalar(
         select(Label.id)
-        .where(
-            Label.cell_id == cell_id, Label.kind == "label", ~exists(select(undo.id).where(undo.undoes_id == Label.id))
-        )
+        .where(Label.cell_id == cell_id, Label.kind == "label", _not_undone())
         .order_by(Label.id.desc())
         .limit(1)
     )
@@ -226,14 +222,13 @@ def current_labels(*, session: Session) -> dict[int, str]:
 def labels_today(*, session: Session, user: User) -> int:
     """How many of ``user``'s labels given since midnight (UTC) still stand."""
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    undo = aliased(Label)
     return session.scalar(
         select(func.count(Label.id)).where(
             Label.user_id == user.id,
             Label.kind == "label",
             Label.source == "manual",
             Label.created_at >= midnight,
-            ~exists(select(undo.id).where(undo.undoes_id == Label.id)),
+            _not_undone(),
         )
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -22,6 +22,7 @@ from app.models import (
     QueueEntry,
     TrainingRun,
     User,
+    as_utc,
     utcnow,
 )
 
@@ -32,12 +33,6 @@ HEARTBEAT_TIMEOUT_S = 300
 RUN_LOCK_KEY = 4_000_004  # Postgres advisory lock serialising "is a run active? then create one"
 SCORE_CHUNK = 512
 QUEUE_SIZE = 250  # queue entries written after scoring; beyond them, labelling falls back to random
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -385,7 +380,7 @@ def queue_view(*, session: Session, limit: int = 100) -> list[dict]:
             "priority": entry.priority,
             "reason": entry.reason,
             "detail": entry.detail,
-            "leased": entry.leased_to is not None and (_aware(entry.lease_until) or now) > now,
+            "leased": entry.leased_to is not None and (as_utc(entry.lease_until) or now) > now,
         }
         for entry in rows
     ]
