@@ -28,6 +28,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_has_bf16() -> bool:
+    """True where oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(device: torch.device, cpu_bf16: bool = True):
+    """bf16 autocast: always on CUDA; on the CPU where it is native and ``cpu_bf16`` is set
+    (about 1.8× faster training on an AVX-512 BF16 core; see docs/results.md)."""
+    enabled = device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_bf16())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def _load_one(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as image:
         return model_input(image, size)

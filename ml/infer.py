@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ml.data import autocast
+
 
 @dataclass
 class Predictions:
@@ -27,10 +29,27 @@ def _as_model(model_or_checkpoint) -> nn.Module:
     return load_model(model_or_checkpoint, which="teacher")
 
 
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th (0-7) of the eight symmetries of the square: flips and a transpose."""
+    if k & 4:
+        x = x.transpose(-1, -2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x
+
+
 @torch.inference_mode()
-def predict(model_or_checkpoint, x: torch.Tensor, batch_size: int = 256) -> Predictions:
-    """Run the model (or a checkpoint dict's teacher) over uint8 images N×3×S×S."""
+def predict(model_or_checkpoint, x: torch.Tensor, batch_size: int = 256, tta: bool | None = None) -> Predictions:
+    """Run the model (or a checkpoint dict's teacher) over uint8 images N×3×S×S.
+
+    With ``tta`` (default: the model config's ``tta``), the class probabilities and features
+    are averaged over the eight symmetries of the square; a cell has no orientation."""
     model = _as_model(model_or_checkpoint)
+    if tta is None:
+        tta = bool(getattr(model.config, "tta", False))
+    views = range(8) if tta and x.shape[-1] == x.shape[-2] else range(1)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -38,11 +57,15 @@ def predict(model_or_checkpoint, x: torch.Tensor, batch_size: int = 256) -> Pred
     try:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(device, non_blocking=True)
-            batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits, features = model.forward_with_features(batch)
-            probs.append(torch.softmax(logits.float(), dim=1).cpu())
-            feats.append(features.float().cpu())
+            p_sum, f_sum = 0.0, 0.0
+            for k in views:
+                view = dihedral(batch, k).contiguous(memory_format=torch.channels_last)
+                with autocast(device):
+                    logits, features = model.forward_with_features(view)
+                p_sum = p_sum + torch.softmax(logits.float(), dim=1)
+                f_sum = f_sum + features.float()
+            probs.append((p_sum / len(views)).cpu())
+            feats.append((f_sum / len(views)).cpu())
     finally:
         model.train(was_training)
     n_classes = model.config.n_classes

@@ -25,6 +25,7 @@ class ModelConfig:
     dropout: float = 0.2
     hidden: int = 1024  # classifier width at width 1.0 (Table 1)
     attention_reduction: int = 8
+    tta: bool = False  # ml.infer.predict averages the eight symmetries of the square
     mean: tuple[float, float, float] = (0.5 * 255, 0.5 * 255, 0.5 * 255)
     std: tuple[float, float, float] = (0.25 * 255, 0.25 * 255, 0.25 * 255)
 

@@ -21,6 +21,7 @@ from torch import nn
 from ml.augment import Augmenter
 from ml.checkpoint import make_checkpoint, model_config_of
 from ml.config import TrainConfig
+from ml.data import autocast
 from ml.infer import predict
 from ml.metrics import classification_metrics
 from ml.model import ModelConfig, build_model
@@ -185,6 +186,7 @@ def _model_config(config: TrainConfig, n_classes: int, mean, std) -> ModelConfig
         width=config.width,
         image_size=config.image_size,
         dropout=config.dropout,
+        tta=config.tta,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
     )
@@ -212,7 +214,7 @@ def _load_init(model: nn.Module, state: dict) -> None:
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    preds = predict(model, x).labels
+    preds = predict(model, x, tta=False).labels  # a learning curve: one view is enough
     return float((preds == y.cpu().numpy()).mean())
 
 
@@ -249,16 +251,21 @@ def train(
     else:
         mean, std = _channel_stats(labelled_x, unlabelled_x)
         model_config = _model_config(config, n_classes, mean, std)
-    student = build_model(model_config)
-    if init_checkpoint is not None:
-        _load_init(student, init_checkpoint["student"])
-    student = student.to(device).to(memory_format=torch.channels_last)
-    teacher = copy.deepcopy(student)
-    if init_checkpoint is not None:
-        _load_init(teacher, init_checkpoint["teacher"])
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    teacher.eval()
+
+    def fresh_models(init: dict | None) -> tuple[nn.Module, nn.Module]:
+        student = build_model(model_config)
+        if init is not None:
+            _load_init(student, init["student"])
+        student = student.to(device).to(memory_format=torch.channels_last)
+        teacher = copy.deepcopy(student)
+        if init is not None:
+            _load_init(teacher, init["teacher"])
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.eval()
+        return student, teacher
+
+    student, teacher = fresh_models(init_checkpoint)
 
     augmenter = Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
     algorithm = ALGORITHMS[config.algorithm](config, student, teacher, augmenter)
@@ -286,7 +293,11 @@ def train(
     epoch_offset = 0
     for round_index in range(1, rounds + 1):
         epochs = config.epochs if round_index == 1 else config.round_epochs
-        if round_index == 2 and config.later_algorithm != config.algorithm:
+        reinit = round_index > 1 and config.round_reinit
+        if reinit:
+            student, teacher = fresh_models(None)
+            algorithm = ALGORITHMS[config.later_algorithm](config, student, teacher, augmenter)
+        elif round_index == 2 and config.later_algorithm != config.algorithm:
             algorithm = ALGORITHMS[config.later_algorithm](config, student, teacher, augmenter)
             teacher.load_state_dict(student.state_dict())  # the new teacher starts as the student
         use_unlabelled = algorithm.uses_unlabelled and len(xu_all) > 0
@@ -304,7 +315,7 @@ def train(
         unlabelled_sampler = UnlabelledSampler(len(xu_all), generator)
         # later rounds restart the cosine cycle (SGDR) from a lower peak: they fine-tune a
         # trained model, and a full-height restart throws away much of what round 1 learned
-        base_lr = config.lr if round_index == 1 else config.lr * config.round_lr_scale
+        base_lr = config.lr if (round_index == 1 or reinit) else config.lr * config.round_lr_scale
         optimizer = torch.optim.SGD(
             student.parameters(), lr=base_lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
         )
@@ -321,8 +332,8 @@ def train(
                 round_step = epoch * steps_per_epoch + step
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(round_step, total_steps, base_lr, warmup)
-                first_round_of_kind = round_index == 1 or (
-                    round_index == 2 and config.later_algorithm != config.algorithm
+                first_round_of_kind = (
+                    round_index == 1 or reinit or (round_index == 2 and config.later_algorithm != config.algorithm)
                 )
                 ramp = (
                     sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if first_round_of_kind else 1.0
@@ -330,7 +341,7 @@ def train(
                 li = label_idx[step * n_lab : (step + 1) * n_lab]
                 xl, yl = pool_x[li], pool_y[li]
                 xu = xu_all[unlabelled_sampler.draw(n_unl).to(device)] if n_unl else xu_all[:0]
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with autocast(device, config.cpu_bf16):
                     loss, n_images = algorithm.train_step(xl, yl, xu, ramp)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,41 @@ def test_package_import_does_not_load_torch():
 def test_unknown_arch_rejected():
     with pytest.raises(ValueError):
         build_model(ModelConfig(arch="alexnet"))
+
+
+class _QuadrantNet(torch.nn.Module):
+    """Logits are the brightness of the image's left, right, top and bottom halves and its
+    top-left quarter: a model that sees orientation, unlike a cell's class."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = ModelConfig(n_classes=5, image_size=32)
+        self.feature_dim = 5
+        self.scale = torch.nn.Parameter(torch.tensor(0.05))
+
+    def forward_with_features(self, x):
+        g = x.float().mean(dim=1)
+        h = g.shape[-1] // 2
+        parts = [g[:, :, :h], g[:, :, h:], g[:, :h, :], g[:, h:, :], g[:, :h, :h]]
+        logits = torch.stack([p.mean(dim=(1, 2)) for p in parts], dim=1) * self.scale
+        return logits, logits
+
+
+def test_tta_predictions_do_not_depend_on_orientation():
+    from ml.infer import dihedral, predict
+
+    net = _QuadrantNet()
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    x[:, :, :, :12] //= 4  # dark on the left: not symmetric
+    views = [dihedral(x, k) for k in range(8)]
+    assert len({v.numpy().tobytes() for v in views}) == 8  # eight distinct symmetries
+    turned = x.transpose(-1, -2).flip(-1)  # a 90 degree rotation
+    plain, plain_turned = predict(net, x, tta=False), predict(net, turned, tta=False)
+    assert np.abs(plain.probs - plain_turned.probs).max() > 0.1
+    averaged, averaged_turned = predict(net, x, tta=True), predict(net, turned, tta=True)
+    np.testing.assert_allclose(averaged.probs, averaged_turned.probs, atol=1e-5)
+    np.testing.assert_allclose(averaged.features, averaged_turned.features, atol=1e-4)
+    np.testing.assert_allclose(averaged.probs.sum(axis=1), 1.0, atol=1e-5)
+    # the model config's flag is the default
+    net.config.tta = True
+    np.testing.assert_allclose(predict(net, x).probs, averaged.probs, atol=1e-6)

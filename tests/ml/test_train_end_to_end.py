@@ -68,7 +68,7 @@ def test_supervised_and_warm_start(data, class_names):
 
 def test_fixmatch_runs(data, class_names):
     xl, yl, xu, yu, test_x, test_y = data
-    config = make_config("tiny", "fixmatch", epochs=4, steps_per_epoch=20)
+    config = make_config("tiny", "fixmatch", epochs=8, steps_per_epoch=20)
     result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y)
     assert result.metrics["accuracy"] > 0.4
     assert result.images_per_second > 0
@@ -106,3 +106,33 @@ def test_lp_then_mean_teacher_switches_algorithm(data, class_names):
     # the final algorithm is a mean teacher: the checkpoint's teacher is the EMA, not the student
     student, teacher = result.checkpoint["student"], result.checkpoint["teacher"]
     assert any(not torch.equal(student[k], teacher[k]) for k in student if student[k].is_floating_point())
+
+
+def test_round_reinit_trains_later_rounds_from_scratch(data, class_names, monkeypatch):
+    import ml.train
+
+    xl, yl, xu, yu, test_x, test_y = data
+    built = []
+    real_build = ml.train.build_model
+
+    def counting_build(model_config):
+        built.append(model_config)
+        return real_build(model_config)
+
+    monkeypatch.setattr(ml.train, "build_model", counting_build)
+    config = make_config(
+        "tiny",
+        "label-propagation",
+        epochs=4,
+        round_epochs=4,
+        steps_per_epoch=20,
+        entropy_threshold=0.1,
+        round_reinit=True,
+    )
+    result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y)
+    assert len(built) == 2  # round 2 starts from a fresh network, not round 1's
+    assert [h["round"] for h in result.history] == [1] * 4 + [2] * 4
+    assert result.metrics["funnel"]["set2"] > 0
+    assert result.metrics["accuracy"] > 0.6
+    # bf16 autocast (where the CPU has it) leaves the weights in float32
+    assert all(v.dtype == torch.float32 for v in result.checkpoint["student"].values() if v.is_floating_point())
