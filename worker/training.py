@@ -174,8 +174,10 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
     per_class_train = Counter(np.asarray(y)[train_idx].tolist())
     overrides: dict = {"seed": run_id}
     if params.get("epochs"):
-        overrides["epochs"] = int(params["epochs"])
-        overrides["round_epochs"] = max(1, int(params["epochs"]) // 2)
+        epochs = int(params["epochs"])
+        overrides["epochs"] = epochs
+        # a round retrained from scratch needs the full length; a warm-started one half of it
+        overrides["round_epochs"] = epochs if make_config(profile, method).round_reinit else max(1, epochs // 2)
     overrides["entropy_threshold"] = params.get("entropy_threshold") or entropy_threshold_for(
         int(np.median(list(per_class_train.values())))
     )
