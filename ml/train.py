@@ -2,8 +2,9 @@
 
 A round trains the student (and its EMA teacher) for a cosine cycle of the learning rate;
 between rounds the teacher pseudo-labels the unlabelled pool (entropy filter, then label
-propagation) and the accepted cells join the labelled pool of the next round (SGDR-style
-warm restart). Data stay on the device as uint8; augmentation is batched.
+propagation) and the accepted cells join the labelled pool of the next round, which either
+fine-tunes the model (SGDR-style warm restart) or, with ``round_reinit``, trains a fresh one.
+Data stay on the device as uint8; augmentation is batched; bf16 autocast where it is native.
 """
 
 from __future__ import annotations
@@ -313,8 +314,9 @@ def train(
         n_unl = config.batch_size - config.labelled_per_batch if use_unlabelled else 0
         labelled_sampler = BalancedLabelledSampler(pool_y, generator)
         unlabelled_sampler = UnlabelledSampler(len(xu_all), generator)
-        # later rounds restart the cosine cycle (SGDR) from a lower peak: they fine-tune a
-        # trained model, and a full-height restart throws away much of what round 1 learned
+        # warm-started later rounds restart the cosine cycle (SGDR) from a lower peak: they
+        # fine-tune a trained model, and a full-height restart throws away much of what round 1
+        # learned; a re-initialised round trains from scratch at the full rate
         base_lr = config.lr if (round_index == 1 or reinit) else config.lr * config.round_lr_scale
         optimizer = torch.optim.SGD(
             student.parameters(), lr=base_lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay

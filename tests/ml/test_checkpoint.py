@@ -51,6 +51,18 @@ def test_checkpoint_round_trip(tmp_path):
     assert pred.probs.shape == (6, 5) and pred.probs.dtype == np.float32
     assert np.allclose(pred.probs.sum(1), 1, atol=1e-5)
     assert pred.features.shape == (6, model.feature_dim)
+    assert model.config.tta is False
+
+
+def test_checkpoint_keeps_test_time_averaging(tmp_path):
+    ckpt, teacher, _ = _checkpoint()
+    ckpt["model_config"]["tta"] = True
+    save_checkpoint(tmp_path / "m.pt", ckpt)
+    model = load_model(load_checkpoint(tmp_path / "m.pt"))
+    assert model.config.tta is True
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    # the checkpoint's predictions are the eight-view average, not the single view
+    np.testing.assert_allclose(predict(model, x).probs, predict(teacher, x, tta=True).probs, atol=1e-5)
 
 
 def test_save_replaces_atomically(tmp_path):
