@@ -56,6 +56,9 @@ class TrainConfig:
     # Later rounds start from a fresh initialisation at the full learning rate (self-training
     # as in Noisy Student) instead of fine-tuning the previous round's model.
     round_reinit: bool = False
+    # Later rounds: the share of each labelled half-batch drawn from the true labels (the rest
+    # from the pseudo-labels), or None to sample labels and pseudo-labels as one pool.
+    true_label_share: float | None = None
     steps_per_epoch: int | None = None
     rounds: int | None = None  # None: the method's default (METHOD_SPECS)
     batch_size: int = 40

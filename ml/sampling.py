@@ -46,3 +46,32 @@ class UnlabelledSampler:
             self._pos += take
             k -= take
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+class PoolSampler:
+    """Labelled indices into the pool ``[true labels; pseudo-labels]``, class-balanced.
+
+    With ``true_share`` (0-1), that fraction of every batch comes from the true labels and
+    the rest from the pseudo-labels, each part class-balanced on its own; the entropy filter
+    keeps the easy cells, so pooling them lets a few thousand easy pseudo-labels outvote the
+    hard labelled cells. ``None`` samples the pool as one set."""
+
+    def __init__(
+        self, true_y: torch.Tensor, pseudo_y: torch.Tensor, true_share: float | None, generator: torch.Generator
+    ):
+        self.n_true = len(true_y)
+        self.true_share = true_share if (true_share is not None and len(pseudo_y)) else None
+        if self.true_share is None:
+            self.pool = BalancedLabelledSampler(torch.cat([true_y.cpu(), pseudo_y.cpu()]), generator)
+        else:
+            self.true = BalancedLabelledSampler(true_y, generator)
+            self.pseudo = BalancedLabelledSampler(pseudo_y, generator)
+
+    def draw(self, steps: int, per_step: int) -> torch.Tensor:
+        """``steps * per_step`` indices, laid out batch after batch."""
+        if self.true_share is None:
+            return self.pool.draw(steps * per_step)
+        k = min(max(round(self.true_share * per_step), 1), per_step - 1)
+        true_idx = self.true.draw(steps * k).view(steps, k)
+        pseudo_idx = self.pseudo.draw(steps * (per_step - k)).view(steps, per_step - k) + self.n_true
+        return torch.cat([true_idx, pseudo_idx], dim=1).reshape(-1)

@@ -27,7 +27,7 @@ from ml.infer import predict
 from ml.metrics import classification_metrics
 from ml.model import ModelConfig, build_model
 from ml.pseudo import PseudoLabels, filter_pseudo_labels
-from ml.sampling import BalancedLabelledSampler, UnlabelledSampler
+from ml.sampling import PoolSampler, UnlabelledSampler
 
 PROGRESS_INTERVAL_S = 2.0
 
@@ -312,7 +312,7 @@ def train(
         total_steps = epochs * steps_per_epoch
         n_lab = config.labelled_per_batch if use_unlabelled else config.batch_size
         n_unl = config.batch_size - config.labelled_per_batch if use_unlabelled else 0
-        labelled_sampler = BalancedLabelledSampler(pool_y, generator)
+        labelled_sampler = PoolSampler(yl_all, pool_y[len(yl_all) :], config.true_label_share, generator)
         unlabelled_sampler = UnlabelledSampler(len(xu_all), generator)
         # warm-started later rounds restart the cosine cycle (SGDR) from a lower peak: they
         # fine-tune a trained model, and a full-height restart throws away much of what round 1
@@ -325,7 +325,7 @@ def train(
         phase = f"train (round {round_index}/{rounds})"
         student.train()
         for epoch in range(epochs):
-            label_idx = labelled_sampler.draw(steps_per_epoch * n_lab).to(device)
+            label_idx = labelled_sampler.draw(steps_per_epoch, n_lab).to(device)
             losses = []
             epoch_started = time.perf_counter()
             for step in range(steps_per_epoch):

@@ -24,3 +24,23 @@ def test_unlabelled_sampler_without_replacement():
     assert sorted(first_pass.tolist()) == list(range(100))
     second = sampler.draw(30)
     assert len(second) == 30 and len(set(second.tolist())) == 30
+
+
+def test_pool_sampler_keeps_a_share_of_true_labels_in_every_batch():
+    from ml.sampling import PoolSampler
+
+    true_y = torch.tensor([0, 0, 1, 1, 2])  # 5 true labels
+    pseudo_y = torch.tensor([0] * 300 + [1] * 100 + [2] * 20)  # 420 pseudo-labels, imbalanced
+    sampler = PoolSampler(true_y, pseudo_y, 0.5, torch.Generator().manual_seed(0))
+    idx = sampler.draw(200, 20).view(200, 20)
+    assert (idx[:, :10] < 5).all() and (idx[:, 10:] >= 5).all()  # 10 true, then 10 pseudo, per batch
+    pool_y = torch.cat([true_y, pseudo_y])
+    for part in (idx[:, :10], idx[:, 10:]):  # each part is class-balanced on its own
+        counts = torch.bincount(pool_y[part.reshape(-1)], minlength=3).double() / part.numel()
+        assert torch.allclose(counts, torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.04)
+    # without a share, labels and pseudo-labels are one pool: true labels are a sliver of it
+    pooled = PoolSampler(true_y, pseudo_y, None, torch.Generator().manual_seed(0)).draw(200, 20)
+    assert (pooled < 5).float().mean() < 0.2
+    # no pseudo-labels yet (round 1): the share does not apply
+    first = PoolSampler(true_y, pseudo_y[:0], 0.5, torch.Generator().manual_seed(0)).draw(10, 20)
+    assert (first < 5).all()
