@@ -3,7 +3,8 @@
 The reference is the textbook pipeline: ``ImageFolder`` + ``DataLoader`` + per-image PIL
 transforms (resize, random translation, flips), an NCHW model in float32. leukolab decodes
 the images once into a uint8 tensor (timed separately, as ``decode_seconds``), augments whole
-batches on tensors and runs the model channels_last under bf16 autocast (on CUDA, and on CPUs with native bf16).
+batches on tensors and runs the model channels_last, under bf16 autocast on CUDA. On a CPU with
+native bf16 it also times the loop with ``cpu_bf16`` (faster, but off by default: see ml.config).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def measure(
 
     from ml.augment import Augmenter
     from ml.config import make_config
-    from ml.data import autocast, default_device, load_image_folder
+    from ml.data import autocast, cpu_has_bf16, default_device, load_image_folder
     from ml.infer import predict
     from ml.model import ModelConfig, build_model
 
@@ -78,16 +79,20 @@ def measure(
     augment = Augmenter(config.translate, config.hflip, config.vflip, config.rot90)
     gen = torch.Generator().manual_seed(0)
 
-    def our_step() -> None:
+    def our_step(cpu_bf16: bool) -> None:
         idx = torch.randint(0, len(y_all), (batch,), generator=gen).to(device)
         x = augment.weak(x_all[idx]).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
+        with autocast(device, cpu_bf16):
             loss = F.cross_entropy(ours(x).float(), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    our_train = batch * steps / _sync(_timed, our_step, steps, device)
+    # as configured (float32 on the CPU by default), and with bf16 where this CPU has it
+    our_train = batch * steps / _sync(_timed, lambda: our_step(config.cpu_bf16), steps, device)
+    our_train_bf16 = None
+    if device.type == "cpu" and cpu_has_bf16() and not config.cpu_bf16:
+        our_train_bf16 = batch * steps / _sync(_timed, lambda: our_step(True), steps, device)
     n_infer = min(len(x_all), 2048)
     infer_start = time.perf_counter()
     predict(ours, x_all[:n_infer], batch_size=256)
@@ -144,6 +149,9 @@ def measure(
         "train": {"leukolab": our_train, "reference": ref_train},
         "inference": {"leukolab": our_infer, "reference": ref_infer},
         "train_speedup": our_train / ref_train,
+        "train_bf16": None
+        if our_train_bf16 is None
+        else {"leukolab": our_train_bf16, "speedup": our_train_bf16 / ref_train, "cpu_bf16": True},
         "inference_speedup": our_infer / ref_infer,
         "device": _device_name(device),
         "torch": torch.__version__,

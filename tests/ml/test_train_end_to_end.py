@@ -128,11 +128,12 @@ def test_round_reinit_trains_later_rounds_from_scratch(data, class_names, monkey
         steps_per_epoch=20,
         entropy_threshold=0.1,
         round_reinit=True,
+        cpu_bf16=True,
     )
     result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y)
     assert len(built) == 2  # round 2 starts from a fresh network, not round 1's
     assert [h["round"] for h in result.history] == [1] * 4 + [2] * 4
     assert result.metrics["funnel"]["set2"] > 0
     assert result.metrics["accuracy"] > 0.6
-    # bf16 autocast (where the CPU has it) leaves the weights in float32
+    # training under bf16 autocast (where the CPU has it) leaves the weights in float32
     assert all(v.dtype == torch.float32 for v in result.checkpoint["student"].values() if v.is_floating_point())
