@@ -93,7 +93,7 @@ class TrainConfig:
     tta: bool = False
     seed: int = 0
     # bf16 autocast for training on CPUs with native bf16 (it is always on with CUDA). Off by
-    # default: about 1.8x faster here, but supervised @20 seed 1 fell from 95.4 to 92.5 %.
+    # default: 1.5-1.8x faster here, but supervised @20 seed 1 fell from 95.4 to 92.5 %.
     cpu_bf16: bool = False
     eval_every: int = 1  # epochs between validation passes, when validation data is given
     extra: dict = field(default_factory=dict)

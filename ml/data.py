@@ -36,9 +36,9 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def autocast(device: torch.device, cpu_bf16: bool = True):
+def autocast(device: torch.device, cpu_bf16: bool = False):
     """bf16 autocast: always on CUDA; on the CPU where it is native and ``cpu_bf16`` is set
-    (about 1.8× faster training on an AVX-512 BF16 core; see docs/results.md)."""
+    (1.5-1.8× faster training on an AVX-512 BF16 core, at some accuracy: docs/results.md)."""
     enabled = device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_bf16())
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 

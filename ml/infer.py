@@ -60,7 +60,7 @@ def predict(model_or_checkpoint, x: torch.Tensor, batch_size: int = 256, tta: bo
             p_sum, f_sum = 0.0, 0.0
             for k in views:
                 view = dihedral(batch, k).contiguous(memory_format=torch.channels_last)
-                with autocast(device, cpu_bf16=False):  # bf16 on CUDA; float32 on the CPU
+                with autocast(device):  # bf16 on CUDA; float32 on the CPU
                     logits, features = model.forward_with_features(view)
                 p_sum = p_sum + torch.softmax(logits.float(), dim=1)
                 f_sum = f_sum + features.float()
