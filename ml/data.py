@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
-    """True where oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
+    """True where oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX); asked once, as
+    ``autocast`` runs on every training step."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

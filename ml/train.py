@@ -295,10 +295,13 @@ def train(
     for round_index in range(1, rounds + 1):
         epochs = config.epochs if round_index == 1 else config.round_epochs
         reinit = round_index > 1 and config.round_reinit
+        switches = round_index == 2 and config.later_algorithm != config.algorithm
+        # beta ramps up again whenever the round's model starts afresh (new network or algorithm)
+        ramps_up = round_index == 1 or reinit or switches
         if reinit:
             student, teacher = fresh_models(None)
             algorithm = ALGORITHMS[config.later_algorithm](config, student, teacher, augmenter)
-        elif round_index == 2 and config.later_algorithm != config.algorithm:
+        elif switches:
             algorithm = ALGORITHMS[config.later_algorithm](config, student, teacher, augmenter)
             teacher.load_state_dict(student.state_dict())  # the new teacher starts as the student
         use_unlabelled = algorithm.uses_unlabelled and len(xu_all) > 0
@@ -334,12 +337,7 @@ def train(
                 round_step = epoch * steps_per_epoch + step
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(round_step, total_steps, base_lr, warmup)
-                first_round_of_kind = (
-                    round_index == 1 or reinit or (round_index == 2 and config.later_algorithm != config.algorithm)
-                )
-                ramp = (
-                    sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if first_round_of_kind else 1.0
-                )
+                ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if ramps_up else 1.0
                 li = label_idx[step * n_lab : (step + 1) * n_lab]
                 xl, yl = pool_x[li], pool_y[li]
                 xu = xu_all[unlabelled_sampler.draw(n_unl).to(device)] if n_unl else xu_all[:0]

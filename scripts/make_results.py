@@ -107,10 +107,15 @@ def plot(groups: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _ordered(groups: dict) -> list[tuple]:
+    """Group keys by profile, method, then labels per class ("all" last)."""
+    return sorted(groups, key=lambda k: (k[2], k[0], _key_labels(k[1])))
+
+
 def accuracy_rows(groups: dict) -> list[str]:
     """One table row per (method, labels per class, profile): mean ± sd over the seeds."""
     rows = []
-    for method, n, profile in sorted(groups, key=lambda k: (k[2], k[0], _key_labels(k[1]))):
+    for method, n, profile in _ordered(groups):
         runs = groups[(method, n, profile)]
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         acc = _mean_sd([100 * r["accuracy"] for r in runs])
@@ -192,7 +197,7 @@ def render(groups: dict, plot_name: str) -> str:
         ACCURACY_HEADER,
         ACCURACY_RULE,
     ]
-    order = sorted(groups, key=lambda k: (k[2], k[0], _key_labels(k[1])))
+    order = _ordered(groups)
     lines += accuracy_rows(groups)
     lines += [
         "",

@@ -38,21 +38,27 @@ def test_cells_to_tensor_and_resize() -> None:
     assert resize(x[:0], 32).shape == (0, 3, 32, 32)
 
 
-def test_stale_running_runs_are_failed_and_free_the_slot(pg_db_url: str) -> None:
+def _insert_stale_running_run() -> int:
+    """A run left ``running`` whose last heartbeat is older than the timeout; returns its id."""
     admin_id = make_user("root", role="admin")
     with session_scope() as session:
         old = utcnow() - timedelta(seconds=service.HEARTBEAT_TIMEOUT_S + 5)
-        session.add(
-            TrainingRun(
-                status="running",
-                method="supervised",
-                profile="tiny",
-                params={},
-                created_by=admin_id,
-                started_at=old,
-                heartbeat_at=old,
-            )
+        run = TrainingRun(
+            status="running",
+            method="supervised",
+            profile="tiny",
+            params={},
+            created_by=admin_id,
+            started_at=old,
+            heartbeat_at=old,
         )
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def test_stale_running_runs_are_failed_and_free_the_slot(pg_db_url: str) -> None:
+    _insert_stale_running_run()
     with session_scope() as session:
         assert service.active_run(session=session) is None
         (run,) = service.list_runs(session=session)
@@ -141,21 +147,8 @@ def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:  # typ
 
 
 def test_a_run_failed_as_lost_stops_its_worker_and_keeps_its_status(pg_db_url: str) -> None:
-    admin_id = make_user("root", role="admin")
+    run_id = _insert_stale_running_run()
     with session_scope() as session:
-        old = utcnow() - timedelta(seconds=service.HEARTBEAT_TIMEOUT_S + 5)
-        run = TrainingRun(
-            status="running",
-            method="supervised",
-            profile="tiny",
-            params={},
-            created_by=admin_id,
-            started_at=old,
-            heartbeat_at=old,
-        )
-        session.add(run)
-        session.flush()
-        run_id = run.id
         assert not service.cancel_requested(session=session, run_id=run_id)
     with session_scope() as session:
         assert service.expire_stale_runs(session=session) == 1
