@@ -164,6 +164,10 @@ def ssl(
         student_preds = predict(load_model(result.checkpoint, which="student"), train_set.x[monitor]).labels
         student_monitor = float((student_preds == train_set.y[monitor].numpy()).mean())
     metrics = classification_metrics(test_set.y.numpy(), predictions.labels, train_set.class_names)
+    # With TTA, the same checkpoint's single-view accuracy: a paired measure of what TTA adds.
+    single_view = None
+    if config.tta:
+        single_view = float((predict(result.checkpoint, test_set.x, tta=False).labels == test_set.y.numpy()).mean())
 
     pseudo = None
     if result.pseudo_labels is not None:
@@ -215,6 +219,7 @@ def ssl(
         "test": str(test_dir) if test_dir is not None else "manifest test split",
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
+        "single_view_accuracy": single_view,
         "per_class": metrics["per_class"],
         "confusion": metrics["confusion"],
         "class_names": train_set.class_names,

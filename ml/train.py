@@ -103,6 +103,7 @@ def sigmoid_rampup(fraction: float, length: float) -> float:
 
 
 class Algorithm:
+    name = ""  # the key in ALGORITHMS
     uses_unlabelled = True
     teacher_labels = True  # pseudo-label (and evaluate) with the teacher rather than the student
 
@@ -128,6 +129,7 @@ def _cl(x: torch.Tensor) -> torch.Tensor:
 class Supervised(Algorithm):
     """Cross-entropy on labelled (and pseudo-labelled) cells only: the paper's models A/B."""
 
+    name = "supervised"
     uses_unlabelled = False
     teacher_labels = False
 
@@ -139,6 +141,8 @@ class Supervised(Algorithm):
 class MeanTeacher(Algorithm):
     """α·CE(labelled) + β·MSE(softmax student, softmax teacher) over the whole batch; the
     teacher sees its own augmentation of the same cells, under no_grad."""
+
+    name = "mean-teacher"
 
     def train_step(self, xl, yl, xu, ramp):
         x = torch.cat([xl, xu])
@@ -152,6 +156,8 @@ class MeanTeacher(Algorithm):
 
 class FixMatch(Algorithm):
     """CE(labelled, weak) + λ·CE(unlabelled strong, argmax of weak) where max prob ≥ τ."""
+
+    name = "fixmatch"
 
     def train_step(self, xl, yl, xu, ramp):
         weak_l = self.augment.weak(xl)
@@ -170,11 +176,53 @@ class FixMatch(Algorithm):
         return loss, nl + 2 * nu
 
 
-ALGORITHMS: dict[str, type[Algorithm]] = {
-    "supervised": Supervised,
-    "mean-teacher": MeanTeacher,
-    "fixmatch": FixMatch,
-}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (Supervised, MeanTeacher, FixMatch)}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One cosine cycle of the learning rate with one algorithm."""
+
+    round: int
+    algorithm: str
+    epochs: int
+    lr: float
+    fresh: bool = False  # train new networks rather than go on with the previous stage's
+    ramps_up: bool = True  # beta ramps up from 0 (the model has not been trained for consistency)
+    pseudo_label_after: bool = False
+    phase: str = "train"
+
+
+def training_stages(config: TrainConfig, rounds: int) -> list[Stage]:
+    """The stages of a run: an optional supervised pre-training of the mean teacher's student,
+    round 1, then ``rounds - 1`` rounds after pseudo-labelling.
+
+    Warm-started stages restart the cosine cycle (SGDR) from a lower peak: they fine-tune a
+    trained model, and a full-height restart throws away much of what it learned. A
+    re-initialised round trains from scratch at the full rate. Beta ramps up again whenever a
+    stage's model starts afresh: a new network, or a switch of algorithm."""
+    warm_lr = config.lr * config.round_lr_scale
+    stages: list[Stage] = []
+    pretrain = config.pretrain_epochs if config.algorithm == "mean-teacher" else 0
+    if pretrain:
+        stages.append(Stage(1, "supervised", pretrain, config.lr, phase="pre-train"))
+    stages.append(
+        Stage(1, config.algorithm, config.epochs, warm_lr if pretrain else config.lr, pseudo_label_after=rounds > 1)
+    )
+    for index in range(2, rounds + 1):
+        fresh = config.round_reinit
+        stages.append(
+            Stage(
+                index,
+                config.later_algorithm,
+                config.round_epochs,
+                config.lr if fresh else warm_lr,
+                fresh=fresh,
+                ramps_up=fresh or config.later_algorithm != stages[-1].algorithm,
+                pseudo_label_after=index < rounds,
+            )
+        )
+    return stages
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -269,11 +317,12 @@ def train(
     student, teacher = fresh_models(init_checkpoint)
 
     augmenter = Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
-    algorithm = ALGORITHMS[config.algorithm](config, student, teacher, augmenter)
     xl_all = labelled_x.to(device)
     yl_all = labelled_y.to(device)
     xu_all = unlabelled_x.to(device)
     rounds = config.n_rounds if (config.pseudo_filter and len(xu_all)) else 1
+    stages = training_stages(config, rounds)
+    algorithm = ALGORITHMS[stages[0].algorithm](config, student, teacher, augmenter)
 
     history: list[dict] = []
     funnel: dict | None = None
@@ -290,19 +339,15 @@ def train(
             progress(p)
 
     pool_x, pool_y = xl_all, yl_all
-    total_epochs = config.epochs + (rounds - 1) * config.round_epochs
+    total_epochs = sum(stage.epochs for stage in stages)
     epoch_offset = 0
-    for round_index in range(1, rounds + 1):
-        epochs = config.epochs if round_index == 1 else config.round_epochs
-        reinit = round_index > 1 and config.round_reinit
-        switches = round_index == 2 and config.later_algorithm != config.algorithm
-        # beta ramps up again whenever the round's model starts afresh (new network or algorithm)
-        ramps_up = round_index == 1 or reinit or switches
-        if reinit:
+    for stage in stages:
+        round_index, epochs = stage.round, stage.epochs
+        if stage.fresh:
             student, teacher = fresh_models(None)
-            algorithm = ALGORITHMS[config.later_algorithm](config, student, teacher, augmenter)
-        elif switches:
-            algorithm = ALGORITHMS[config.later_algorithm](config, student, teacher, augmenter)
+            algorithm = ALGORITHMS[stage.algorithm](config, student, teacher, augmenter)
+        elif stage.algorithm != algorithm.name:
+            algorithm = ALGORITHMS[stage.algorithm](config, student, teacher, augmenter)
             teacher.load_state_dict(student.state_dict())  # the new teacher starts as the student
         use_unlabelled = algorithm.uses_unlabelled and len(xu_all) > 0
         if config.steps_per_epoch:
@@ -317,15 +362,12 @@ def train(
         n_unl = config.batch_size - config.labelled_per_batch if use_unlabelled else 0
         labelled_sampler = PoolSampler(yl_all, pool_y[len(yl_all) :], config.true_label_share, generator)
         unlabelled_sampler = UnlabelledSampler(len(xu_all), generator)
-        # warm-started later rounds restart the cosine cycle (SGDR) from a lower peak: they
-        # fine-tune a trained model, and a full-height restart throws away much of what round 1
-        # learned; a re-initialised round trains from scratch at the full rate
-        base_lr = config.lr if (round_index == 1 or reinit) else config.lr * config.round_lr_scale
+        base_lr = stage.lr
         optimizer = torch.optim.SGD(
             student.parameters(), lr=base_lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
         )
         warmup = int(config.warmup_fraction * total_steps)
-        phase = f"train (round {round_index}/{rounds})"
+        phase = f"{stage.phase} (round {round_index}/{rounds})"
         student.train()
         for epoch in range(epochs):
             label_idx = labelled_sampler.draw(steps_per_epoch, n_lab).to(device)
@@ -337,7 +379,7 @@ def train(
                 round_step = epoch * steps_per_epoch + step
                 for group in optimizer.param_groups:
                     group["lr"] = cosine_lr(round_step, total_steps, base_lr, warmup)
-                ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if ramps_up else 1.0
+                ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if stage.ramps_up else 1.0
                 li = label_idx[step * n_lab : (step + 1) * n_lab]
                 xl, yl = pool_x[li], pool_y[li]
                 xu = xu_all[unlabelled_sampler.draw(n_unl).to(device)] if n_unl else xu_all[:0]
@@ -376,7 +418,13 @@ def train(
                 last_val = _accuracy(algorithm.eval_model, val_x, val_y)
                 student.train()
             history.append(
-                {"epoch": epoch_offset + epoch + 1, "round": round_index, "loss": epoch_loss, "val_accuracy": last_val}
+                {
+                    "epoch": epoch_offset + epoch + 1,
+                    "round": round_index,
+                    "algorithm": stage.algorithm,
+                    "loss": epoch_loss,
+                    "val_accuracy": last_val,
+                }
             )
             report(
                 Progress(
@@ -395,7 +443,7 @@ def train(
             )
         epoch_offset += epochs
 
-        if round_index < rounds:
+        if stage.pseudo_label_after:
             report(
                 Progress(
                     epoch_offset, total_epochs, 0, 0, epoch_loss, last_val, funnel, "pseudo-label", round_index, rounds
