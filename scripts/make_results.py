@@ -2,7 +2,9 @@
 
 Usage: python scripts/make_results.py [--results docs/results] [--out docs/results.md]
 Each JSON is the output of ``leukolab bench ssl ... --json``; runs are grouped by
-(method, labels per class, profile) and reported as mean ± sd over seeds.
+(method, labels per class, profile, set-up) and reported as mean ± sd over seeds. The set-up
+is what a run's resolved config changed from the profile's current config for its method
+(empty: the current profile), so runs of an earlier profile stay apart and say how they differ.
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ml.config import TrainConfig, make_config  # noqa: E402  (no torch: cheap to import)
 
 # Song & Wang 2024, Table 4 (accuracy %, their private data, 64 px, 180 epochs)
 PAPER_TABLE4 = {
@@ -42,10 +49,12 @@ TARGET_100 = 98.8
 
 
 ACCURACY_HEADER = (
-    "| method | labels/class | profile | seeds | accuracy % | macro-F1 % | wall s | pseudo-labels kept "
-    "| pseudo-label accuracy % | paper % |"
+    "| method | labels/class | profile | seeds | accuracy % | single view % | macro-F1 % | wall s "
+    "| pseudo-labels kept | pseudo-label accuracy % | paper % |"
 )
-ACCURACY_RULE = "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"
+ACCURACY_RULE = "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"
+# Config fields that a benchmark sets per run, or that do not change what is trained
+_PER_RUN_FIELDS = {"method", "profile", "seed", "entropy_threshold", "eval_every", "extra"}
 
 
 def _key_labels(value):
@@ -60,14 +69,65 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def _matters(key: str, config: TrainConfig) -> bool:
+    """Whether config field ``key`` can change what ``config.method`` trains."""
+    algorithms = {config.algorithm, config.later_algorithm}
+    if config.pseudo_filter is None and (
+        key.startswith(("round_", "pseudo_", "lp_")) or key in {"rounds", "true_label_share"}
+    ):
+        return False
+    if key == "pretrain_epochs":
+        return config.algorithm == "mean-teacher"
+    if key.startswith("fixmatch_"):
+        return "fixmatch" in algorithms
+    if key in {"ema_decay", "consistency_weight", "consistency_rampup"}:
+        return "mean-teacher" in algorithms
+    return not (key == "labelled_per_batch" and algorithms == {"supervised"})
+
+
+def setup_of(run: dict) -> str:
+    """The settings where ``run``'s config differs from its profile's current config ("" if none)."""
+    try:
+        resolved = make_config(run["profile"], run["method"])
+    except ValueError:
+        return "unknown profile or method"
+    current = asdict(resolved)
+    defaults = asdict(TrainConfig())
+    config = run.get("config", {})
+    changed = []
+    for key, value in current.items():
+        if key in _PER_RUN_FIELDS or not _matters(key, resolved):
+            continue
+        used = config.get(key, defaults[key])  # fields added later were at their default then
+        if used != value:
+            changed.append(f"{key}={used}")
+    return ", ".join(changed)
+
+
 def load_runs(folder: Path) -> dict:
+    """Runs grouped by (method, labels per class, profile, set-up)."""
     groups: dict = defaultdict(list)
     for path in sorted(folder.glob("*.json")):
         run = json.loads(path.read_text())
         if "accuracy" not in run or "method" not in run:
             continue
-        groups[(run["method"], run["labels_per_class"], run["profile"])].append(run)
+        groups[(run["method"], run["labels_per_class"], run["profile"], setup_of(run))].append(run)
     return groups
+
+
+def current_groups(groups: dict) -> dict:
+    """One group per (method, labels, profile): the current set-up's where it was run, else the
+    most recent other set-up's (by file order, which is by name; earlier profiles sort first)."""
+    chosen: dict = {}
+    for key in _ordered(groups):
+        method, n, profile, setup = key
+        if (method, n, profile) not in chosen or setup == "":
+            chosen[(method, n, profile)] = key
+    return {short: groups[key] for short, key in chosen.items()}
+
+
+def _profile_label(profile: str, setup: str) -> str:
+    return f"{profile} ({setup})" if setup else profile
 
 
 def plot(groups: dict, out: Path) -> None:
@@ -76,6 +136,7 @@ def plot(groups: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups = current_groups(groups)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = sorted({m for (m, n, p) in groups if n != "all"})
     for method in methods:
@@ -108,17 +169,19 @@ def plot(groups: dict, out: Path) -> None:
 
 
 def _ordered(groups: dict) -> list[tuple]:
-    """Group keys by profile, method, then labels per class ("all" last)."""
-    return sorted(groups, key=lambda k: (k[2], k[0], _key_labels(k[1])))
+    """Group keys by profile, method, labels per class ("all" last), then the current set-up last."""
+    return sorted(groups, key=lambda k: (k[2], k[0], _key_labels(k[1]), k[3] == "", k[3]))
 
 
 def accuracy_rows(groups: dict) -> list[str]:
-    """One table row per (method, labels per class, profile): mean ± sd over the seeds."""
+    """One table row per (method, labels per class, profile, set-up): mean ± sd over the seeds."""
     rows = []
-    for method, n, profile in _ordered(groups):
-        runs = groups[(method, n, profile)]
+    for key in _ordered(groups):
+        method, n, profile, setup = key
+        runs = groups[key]
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         acc = _mean_sd([100 * r["accuracy"] for r in runs])
+        single = _mean_sd([100 * r["single_view_accuracy"] for r in runs if r.get("single_view_accuracy") is not None])
         f1 = _mean_sd([100 * r["macro_f1"] for r in runs])
         wall = _mean_sd([r["wall_seconds"] for r in runs])
         pls = [r["pseudo_labels"] for r in runs if r.get("pseudo_labels")]
@@ -128,7 +191,10 @@ def accuracy_rows(groups: dict) -> list[str]:
             pacc = _mean_sd([100 * p["accepted_accuracy"] for p in pls if p.get("accepted_accuracy") is not None])
         paper = PAPER_TABLE5.get((method, n)) or PAPER_TABLE4.get(method, {}).get(n if n == "all" else int(n))
         paper_s = f"{paper:.1f}" if paper is not None else "–"
-        rows.append(f"| {method} | {n} | {profile} | {seeds} | {acc} | {f1} | {wall} | {kept} | {pacc} | {paper_s} |")
+        label = _profile_label(profile, setup)
+        rows.append(
+            f"| {method} | {n} | {label} | {seeds} | {acc} | {single} | {f1} | {wall} | {kept} | {pacc} | {paper_s} |"
+        )
     return rows
 
 
@@ -213,11 +279,11 @@ def render(groups: dict, plot_name: str) -> str:
         "Unlabelled cells → set 1 (teacher entropy ≤ threshold) → set 2 (label propagation agrees with",
         "confidence ≥ 0.8); accuracy is against the true labels of the unlabelled cells (benchmark only).",
         "",
-        "| method | labels/class | seed | unlabelled | set 1 | set 2 | set 1 accuracy % | kept accuracy % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | labels/class | profile | seed | unlabelled | set 1 | set 2 | set 1 accuracy % | kept accuracy % |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for method, n, profile in order:
-        for r in sorted(groups[(method, n, profile)], key=lambda r: r["seed"]):
+    for method, n, profile, setup in order:
+        for r in sorted(groups[(method, n, profile, setup)], key=lambda r: r["seed"]):
             p = r.get("pseudo_labels")
             if not p:
                 continue
@@ -225,25 +291,35 @@ def render(groups: dict, plot_name: str) -> str:
             s1 = f"{100 * p['set1_accuracy']:.1f}" if p.get("set1_accuracy") is not None else "–"
             ka = f"{100 * p['accepted_accuracy']:.1f}" if p.get("accepted_accuracy") is not None else "–"
             set2 = f["set2"] if f.get("set2") is not None else "–"
-            lines.append(f"| {method} | {n} | {r['seed']} | {f['unlabelled']} | {f['set1']} | {set2} | {s1} | {ka} |")
+            lines.append(
+                f"| {method} | {n} | {_profile_label(profile, setup)} | {r['seed']} | {f['unlabelled']} | {f['set1']} "
+                f"| {set2} | {s1} | {ka} |"
+            )
 
     lines += ["", "## Per class (seed 0), shaped like the paper's Table 5", ""]
-    for method, n, profile in order:
-        runs = [r for r in groups[(method, n, profile)] if r["seed"] == 0] or groups[(method, n, profile)][:1]
+    chosen = current_groups(groups)
+    for method, n, profile in sorted(chosen, key=lambda k: (k[2], k[0], _key_labels(k[1]))):
+        runs = [r for r in chosen[(method, n, profile)] if r["seed"] == 0] or chosen[(method, n, profile)][:1]
         r = runs[0]
         names = list(r["per_class"])
         header = "| class | precision | recall | F1 | support |"
-        title = f"**{method}, {n} labels/class, {profile}, seed {r['seed']}** (accuracy {100 * r['accuracy']:.1f} %)"
+        label = _profile_label(profile, setup_of(r))
+        title = f"**{method}, {n} labels/class, {label}, seed {r['seed']}** (accuracy {100 * r['accuracy']:.1f} %)"
         lines += [title, "", header, "|---|---:|---:|---:|---:|"]
         for name in names:
             pc = r["per_class"][name]
             lines.append(f"| {name} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |")
         lines.append("")
 
-    lines += ["## Targets (cpu profile)", ""]
+    lines += [
+        "## Targets (cpu profile)",
+        "",
+        "Each row's figure is its current set-up's where that was run, else the latest earlier set-up's.",
+        "",
+    ]
 
     def mean_acc(method, n, profile="cpu"):
-        runs = groups.get((method, n, profile))
+        runs = chosen.get((method, n, profile))
         return statistics.mean(100 * r["accuracy"] for r in runs) if runs else None
 
     for (method, n), target in TARGETS.items():
@@ -252,7 +328,7 @@ def render(groups: dict, plot_name: str) -> str:
         shown = "–" if acc is None else f"{acc:.1f}"
         lines.append(f"- {method} @ {n}: target ≥ {target} %, got {shown} % — {verdict}")
     best20 = max(
-        ((mean_acc(m, 20), m) for (m, n, p) in groups if n == 20 and p == "cpu" and m != "supervised"),
+        ((mean_acc(m, 20), m) for (m, n, p) in chosen if n == 20 and p == "cpu" and m != "supervised"),
         default=(None, None),
     )
     if best20[0] is None:
@@ -262,13 +338,13 @@ def render(groups: dict, plot_name: str) -> str:
         lines.append(
             f"- best method @ 20 ({best20[1]}): target ≥ {TARGET_BEST_20} %, got {best20[0]:.1f} % — {verdict}"
         )
-    best100 = max(((mean_acc(m, 100), m) for (m, n, p) in groups if n == 100 and p == "cpu"), default=(None, None))
+    best100 = max(((mean_acc(m, 100), m) for (m, n, p) in chosen if n == 100 and p == "cpu"), default=(None, None))
     if best100[0] is None:
         lines.append(f"- @ 100: target ≥ {TARGET_100} % — missing")
     else:
         verdict = "met" if best100[0] >= TARGET_100 else "MISSED"
         lines.append(f"- best @ 100 ({best100[1]}): target ≥ {TARGET_100} %, got {best100[0]:.1f} % — {verdict}")
-    for method, n, p in order:
+    for method, n, p in sorted(chosen, key=lambda k: (k[2], k[0], _key_labels(k[1]))):
         if method == "supervised" or n == "all" or p != "cpu":
             continue
         sup = mean_acc("supervised", n)
@@ -352,11 +428,11 @@ def render(groups: dict, plot_name: str) -> str:
 
     missing = []
     for method, n in REQUIRED:
-        runs = groups.get((method, n, "cpu"), [])
+        runs = groups.get((method, n, "cpu", ""), [])
         seeds = {r["seed"] for r in runs}
         lack = sorted({0, 1, 2} - seeds)
         if lack:
-            missing.append(f"- {method} @ {n}: seeds {', '.join(map(str, lack))} not run")
+            missing.append(f"- {method} @ {n}: seeds {', '.join(map(str, lack))} not run with the current profile")
     lines += ["", "## Missing runs", ""] + (missing or ["- none"])
     return "\n".join(lines) + "\n"
 

@@ -176,8 +176,11 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
     if params.get("epochs"):
         epochs = int(params["epochs"])
         overrides["epochs"] = epochs
+        base = make_config(profile, method)
         # a round retrained from scratch needs the full length; a warm-started one half of it
-        overrides["round_epochs"] = epochs if make_config(profile, method).round_reinit else max(1, epochs // 2)
+        overrides["round_epochs"] = epochs if base.round_reinit else max(1, epochs // 2)
+        if base.pretrain_epochs:  # the student's supervised pre-training scales with round 1
+            overrides["pretrain_epochs"] = epochs
     overrides["entropy_threshold"] = params.get("entropy_threshold") or entropy_threshold_for(
         int(np.median(list(per_class_train.values())))
     )

@@ -6,6 +6,7 @@ class, plus seeded noise, so two calls with different seeds never give the same 
 
 from __future__ import annotations
 
+import csv
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from io import BytesIO
@@ -73,6 +74,26 @@ def make_imagefolder(
             for index in range(per_class)
         ]
     return files
+
+
+def make_manifest_dataset(
+    root: Path,
+    classes: Sequence[str] = ("basophil", "eosinophil", "lymphocyte"),
+    train_per_class: int = 16,
+    test_per_class: int = 4,
+) -> Path:
+    """An ImageFolder of 48 px cells with a PBC-style MANIFEST.csv (file, label, split)."""
+    rows = []
+    for c, name in enumerate(classes):
+        for i in range(train_per_class + test_per_class):
+            file = f"{name}/{name}_{i:03d}.png"
+            write_image(root / file, make_cell_image(1000 * c + i, 48, c))
+            rows.append({"file": file, "label": name, "split": "train" if i < train_per_class else "test"})
+    with (root / "MANIFEST.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
 
 
 def make_flat_folder(

@@ -67,3 +67,34 @@ def test_make_config():
         make_config("huge")
     with pytest.raises(ValueError):
         make_config("cpu", nonsense=1)
+
+
+def test_training_stages_pretrain_then_fine_tune():
+    from ml.train import training_stages
+
+    cfg = make_config("tiny", "mean-teacher+lp", pretrain_epochs=3, epochs=2, round_epochs=1, lr=0.1)
+    stages = training_stages(cfg, cfg.n_rounds)
+    assert [(s.round, s.algorithm, s.epochs) for s in stages] == [
+        (1, "supervised", 3),
+        (1, "mean-teacher", 2),
+        (2, "mean-teacher", 1),
+    ]
+    # the pre-training runs the full cosine cycle; what follows fine-tunes it from a lower peak
+    assert [s.lr for s in stages] == pytest.approx([0.1, 0.1 * cfg.round_lr_scale, 0.1 * cfg.round_lr_scale])
+    # beta ramps up when the mean teacher starts, not again in the warm round 2
+    assert [s.ramps_up for s in stages[1:]] == [True, False]
+    assert [s.pseudo_label_after for s in stages] == [False, True, False]
+    # without pseudo-label rounds there is nothing after round 1 to label for
+    assert [s.pseudo_label_after for s in training_stages(cfg, 1)] == [False, False]
+
+
+def test_training_stages_pretrain_only_for_the_mean_teacher():
+    from ml.train import training_stages
+
+    for method in ("fixmatch", "supervised", "lp+mean-teacher"):
+        cfg = make_config("tiny", method, pretrain_epochs=3)
+        assert training_stages(cfg, cfg.n_rounds)[0].phase == "train"
+    plain = make_config("tiny", "mean-teacher+lp")
+    assert plain.pretrain_epochs == 0 and training_stages(plain, 2)[0].algorithm == "mean-teacher"
+    cpu = make_config("cpu", "mean-teacher+lp")
+    assert (cpu.pretrain_epochs, cpu.epochs) == (12, 8)

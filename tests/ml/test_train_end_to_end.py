@@ -108,6 +108,26 @@ def test_lp_then_mean_teacher_switches_algorithm(data, class_names):
     assert any(not torch.equal(student[k], teacher[k]) for k in student if student[k].is_floating_point())
 
 
+def test_pretrained_mean_teacher_starts_from_the_supervised_student(data, class_names):
+    xl, yl, xu, yu, test_x, test_y = data
+    config = make_config(
+        "tiny",
+        "mean-teacher+lp",
+        pretrain_epochs=4,
+        epochs=2,
+        round_epochs=1,
+        steps_per_epoch=20,
+        consistency_weight=1.0,
+        entropy_threshold=0.1,
+    )
+    result = train(config, xl, yl, xu, class_names, val_x=test_x, val_y=test_y)
+    assert [(h["round"], h["algorithm"]) for h in result.history] == [(1, "supervised")] * 4 + [
+        (1, "mean-teacher")
+    ] * 2 + [(2, "mean-teacher")]
+    assert result.metrics["accuracy"] > 0.6
+    assert result.metrics["funnel"]["set2"] > 0
+
+
 def test_round_reinit_trains_later_rounds_from_scratch(data, class_names, monkeypatch):
     import ml.train
 

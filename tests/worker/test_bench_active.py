@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from app.cli import app
-from tests.app.imagegen import make_cell_image, write_image
-
-CLASSES = ("basophil", "eosinophil", "lymphocyte")
-
-
-def make_manifest_dataset(root: Path, train_per_class: int = 16, test_per_class: int = 4) -> Path:
-    rows = []
-    for c, name in enumerate(CLASSES):
-        for i in range(train_per_class + test_per_class):
-            file = f"{name}/{name}_{i:03d}.png"
-            write_image(root / file, make_cell_image(1000 * c + i, 48, c))
-            rows.append({"file": file, "label": name, "split": "train" if i < train_per_class else "test"})
-    with (root / "MANIFEST.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "label", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+from tests.app.imagegen import make_manifest_dataset
 
 
 def test_bench_active_writes_rounds_and_a_plot(tmp_path: Path) -> None:
