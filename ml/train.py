@@ -1,7 +1,8 @@
 """Training: one shared loop, one small class per algorithm, rounds of pseudo-labelling.
 
-A round trains the student (and its EMA teacher) for a cosine cycle of the learning rate;
-between rounds the teacher pseudo-labels the unlabelled pool (entropy filter, then label
+A run is a list of stages (``training_stages``), each a cosine cycle of the learning rate with
+one algorithm: optionally a supervised pre-training of a mean teacher's student, then a stage per
+round. Between rounds the teacher pseudo-labels the unlabelled pool (entropy filter, then label
 propagation) and the accepted cells join the labelled pool of the next round, which either
 fine-tunes the model (SGDR-style warm restart) or, with ``round_reinit``, trains a fresh one.
 Data stay on the device as uint8; augmentation is batched; bf16 autocast where it is native.
