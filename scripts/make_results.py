@@ -337,7 +337,8 @@ def render(groups: dict, plot_name: str) -> str:
         """Which runs a figure stands on, where that is not seeds 0-2 of the current profile."""
         runs = chosen.get((method, n, profile)) or []
         seeds = sorted(r["seed"] for r in runs)
-        parts = [f"seeds {','.join(map(str, seeds))}"] if seeds != [0, 1, 2] else []
+        word = "seed" if len(seeds) == 1 else "seeds"
+        parts = [f"{word} {','.join(map(str, seeds))}"] if seeds != [0, 1, 2] else []
         parts += ["earlier profile"] if any(setup_of(r) for r in runs) else []
         return f" [{'; '.join(parts)}]" if parts else ""
 
