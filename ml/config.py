@@ -21,8 +21,9 @@ METHODS: tuple[str, ...] = (
     # rest (entropy filter + label propagation); a mean teacher is then trained on both.
     "lp+mean-teacher",
 )
-# The product's default: the best method at 20 labels per class on PBC (docs/results.md:
-# 95.9 ± 1.1 % over seeds 0-1, against 94.7 % supervised and 89.0 % for the paper's ordering).
+# The product's default: the best method at 20 labels per class on PBC, with the smallest spread
+# over seeds (docs/results.md: 96.1 ± 0.8 % over seeds 0-2, against 94.4 % supervised and
+# 95.2 ± 1.2 % for the paper's mean-teacher+lp with a pre-trained student).
 DEFAULT_METHOD = "lp+mean-teacher"
 PROFILES: tuple[str, ...] = ("paper", "cpu", "tiny")
 
@@ -125,9 +126,10 @@ _PROFILE_DEFAULTS: dict[str, dict] = {
     "paper": dict(
         width=1.0, image_size=64, epochs=180, round_epochs=180, steps_per_epoch=None, vflip=False, rot90=False
     ),
-    # This 2-core machine: a quarter-width net and a fixed step budget (about 6-9 minutes on one
-    # thread), predicting over the eight symmetries of the square (the model trains on all of
-    # them). docs/results.md has the variants without TTA and with bf16 and fresh later rounds.
+    # This 2-core machine: a quarter-width net and a fixed step budget, predicting over the eight
+    # symmetries of the square (the model trains on all of them). One thread ran a run in 5-11
+    # minutes on a CPU with AVX-512 BF16, and in 21-45 on a Zen 1 EPYC (AVX2). docs/results.md has
+    # the variants without TTA and with bf16 and fresh later rounds.
     "cpu": dict(
         width=0.25,
         image_size=64,
