@@ -136,24 +136,42 @@ def plot(groups: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = current_groups(groups)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = sorted({m for (m, n, p) in groups if n != "all"})
-    for method in methods:
-        points = sorted(
-            (int(n), [100 * r["accuracy"] for r in runs])
-            for (m, n, _profile), runs in groups.items()
-            if m == method and n != "all"
+    methods = sorted({m for (m, n, p, setup) in groups if n != "all"})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, method in enumerate(methods):
+        # the current profile solid; earlier profiles' runs dotted with open markers
+        for current in (True, False):
+            points = sorted(
+                (int(n), [100 * r["accuracy"] for r in runs])
+                for (m, n, _profile, setup), runs in groups.items()
+                if m == method and n != "all" and (setup == "") == current
+            )
+            if not points:
+                continue
+            means = [statistics.mean(v) for _, v in points]
+            sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in points]
+            ax.errorbar(
+                [x for x, _ in points],
+                means,
+                yerr=sds,
+                marker="o",
+                capsize=3,
+                color=colours[index % len(colours)],
+                linestyle="-" if current else ":",
+                markerfacecolor=None if current else "white",
+                label=f"leukolab {method}" + ("" if current else ", earlier profile"),
+            )
+    for index, (method, table) in enumerate(PAPER_TABLE4.items(), start=len(methods)):
+        ax.plot(
+            list(table),
+            list(table.values()),
+            linestyle="--",
+            marker="x",
+            color=colours[index % len(colours)],
+            label=f"paper {method} (Table 4)",
         )
-        if not points:
-            continue
-        xs = [x for x, _ in points]
-        means = [statistics.mean(v) for _, v in points]
-        sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in points]
-        ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=f"leukolab {method} (PBC, cpu)")
-    for method, table in PAPER_TABLE4.items():
-        ax.plot(list(table), list(table.values()), linestyle="--", marker="x", label=f"paper {method} (Table 4)")
-    for (method, n, _profile), runs in groups.items():
+    for (method, n, _profile), runs in current_groups(groups).items():
         if n == "all":
             acc = statistics.mean(100 * r["accuracy"] for r in runs)
             ax.axhline(acc, color="grey", linestyle=":", label=f"leukolab {method}, all labels")
