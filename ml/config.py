@@ -22,8 +22,8 @@ METHODS: tuple[str, ...] = (
     "lp+mean-teacher",
 )
 # The product's default: the best method at 20 labels per class on PBC, with the smallest spread
-# over seeds (docs/results.md: 96.1 ± 0.8 % over seeds 0-2, against 94.4 % supervised and
-# 95.2 ± 1.2 % for the paper's mean-teacher+lp with a pre-trained student).
+# over seeds (docs/results.md: 96.1 ± 0.8 % over seeds 0-2 of the earlier cpu profile, against
+# 94.4 % supervised and 95.2 ± 1.2 % for the paper's mean-teacher+lp with a pre-trained student).
 DEFAULT_METHOD = "lp+mean-teacher"
 PROFILES: tuple[str, ...] = ("paper", "cpu", "tiny")
 
