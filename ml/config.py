@@ -113,6 +113,11 @@ class TrainConfig:
         return spec[3] if len(spec) > 3 else spec[0]
 
     @property
+    def pretrains_student(self) -> bool:
+        """Whether ``pretrain_epochs`` applies: only a mean teacher's round 1 is pre-trained."""
+        return self.algorithm == "mean-teacher"
+
+    @property
     def pseudo_filter(self) -> str | None:
         return METHOD_SPECS[self.method][1]
 
@@ -143,16 +148,15 @@ _PROFILE_DEFAULTS: dict[str, dict] = {
     "tiny": dict(width=0.125, image_size=32, epochs=3, round_epochs=2, steps_per_epoch=15),
 }
 
-# Supervised training sees only 40 labelled images per step and no teacher forward pass, so
-# the same wall-clock budget buys it more steps.
-_SUPERVISED_OVERRIDES: dict[str, dict] = {
-    "cpu": dict(epochs=20),
-}
-# From scratch, a mean teacher's round 1 fits 20 labels a step too slowly for this budget: it
-# ended at 87-88 % (20 labels/class) where supervised training reached 95 %. On the CPU its
-# student is pre-trained on the labels first, then fine-tuned as a mean teacher.
-_MEAN_TEACHER_OVERRIDES: dict[str, dict] = {
-    "cpu": dict(pretrain_epochs=12, epochs=8),
+# Profile settings by the algorithm of a method's round 1.
+_ROUND1_OVERRIDES: dict[str, dict[str, dict]] = {
+    # Supervised training sees only 40 labelled images per step and no teacher forward pass,
+    # so the same wall-clock budget buys it more steps.
+    "supervised": {"cpu": dict(epochs=20)},
+    # From scratch, a mean teacher's round 1 fits 20 labels a step too slowly for this budget:
+    # it ended at 87-88 % (20 labels/class) where supervised training reached 95 %. On the CPU
+    # its student is pre-trained on the labels first, then fine-tuned as a mean teacher.
+    "mean-teacher": {"cpu": dict(pretrain_epochs=12, epochs=8)},
 }
 
 
@@ -174,11 +178,7 @@ def make_config(profile: str, method: str = DEFAULT_METHOD, **overrides) -> Trai
     if method not in METHOD_SPECS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     values = dict(_PROFILE_DEFAULTS[profile])
-    first = METHOD_SPECS[method][0]
-    if first == "supervised":
-        values.update(_SUPERVISED_OVERRIDES.get(profile, {}))
-    elif first == "mean-teacher":
-        values.update(_MEAN_TEACHER_OVERRIDES.get(profile, {}))
+    values.update(_ROUND1_OVERRIDES.get(METHOD_SPECS[method][0], {}).get(profile, {}))
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(overrides) - known
     if unknown:

@@ -204,7 +204,7 @@ def training_stages(config: TrainConfig, rounds: int) -> list[Stage]:
     stage's model starts afresh: a new network, or a switch of algorithm."""
     warm_lr = config.lr * config.round_lr_scale
     stages: list[Stage] = []
-    pretrain = config.pretrain_epochs if config.algorithm == "mean-teacher" else 0
+    pretrain = config.pretrain_epochs if config.pretrains_student else 0
     if pretrain:
         stages.append(Stage(1, "supervised", pretrain, config.lr, phase="pre-train"))
     stages.append(

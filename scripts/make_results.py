@@ -77,7 +77,7 @@ def _matters(key: str, config: TrainConfig) -> bool:
     ):
         return False
     if key == "pretrain_epochs":
-        return config.algorithm == "mean-teacher"
+        return config.pretrains_student
     if key.startswith("fixmatch_"):
         return "fixmatch" in algorithms
     if key in {"ema_decay", "consistency_weight", "consistency_rampup"}:
