@@ -63,7 +63,11 @@ def _device_name(device) -> str:
 
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {_cpu_model()}, {torch.get_num_threads()} threads"
+    from ml.data import cpu_has_bf16
+
+    # Two CPUs with one model name can differ 4x per step: name the vector unit too.
+    isa = "AVX-512 BF16" if cpu_has_bf16() else "no native bf16"
+    return f"cpu: {_cpu_model()} ({isa}), {torch.get_num_threads()} threads"
 
 
 def print_table5(rows: list[tuple[str, dict]]) -> None:
