@@ -216,6 +216,30 @@ def accuracy_rows(groups: dict) -> list[str]:
     return rows
 
 
+def _cpu_of(run: dict) -> str:
+    """The run's CPU as its JSON names it; runs before the vector unit was recorded say so."""
+    device = run.get("device", "?")
+    if device.startswith("cpu:") and "(" not in device:
+        return "cpu, vector unit not recorded"
+    return device.rsplit(",", 1)[0]  # drop the thread count: every grid run used one thread
+
+
+def run_time_rows(groups: dict) -> list[str]:
+    """Minutes per run of the current profile, by method, labels and CPU: the 15-minute budget."""
+    lines = ["| method | labels/class | CPU | runs | minutes, mean | minutes, max |", "|---|---:|---|---:|---:|---:|"]
+    for method, n, profile, setup in _ordered(groups):
+        if profile != "cpu" or setup:
+            continue
+        by_cpu: dict = defaultdict(list)
+        for run in groups[(method, n, profile, setup)]:
+            by_cpu[_cpu_of(run)].append(run["wall_seconds"] / 60)
+        for cpu, minutes in sorted(by_cpu.items()):
+            lines.append(
+                f"| {method} | {n} | {cpu} | {len(minutes)} | {sum(minutes) / len(minutes):.1f} | {max(minutes):.1f} |"
+            )
+    return lines
+
+
 def variant_sections(results: Path) -> list[str]:
     """A table per folder of docs/results/variants/: its README, then its runs as above."""
     lines: list[str] = []
@@ -284,9 +308,10 @@ def render(groups: dict, plot_name: str) -> str:
         "  rounds).",
         "- Runs used one CPU thread each, two at a time (`scripts/bench_grid`), on the shared 2-core",
         "  development machine, so wall times include waiting for the other run. The machine changed",
-        "  between sessions: the earlier profile's runs had a CPU with AVX-512 BF16; the current",
-        "  profile's runs an AMD EPYC (Zen 1, AVX2), about 4× slower per step. Compare wall times only",
-        "  within one CPU (the JSON's `device`).",
+        "  between sessions, and two CPUs named AMD EPYC differed 4× per step: one with AVX-512 BF16,",
+        "  one (Zen 1) with AVX2 only. The JSON's `device` names the vector unit since 2026-11-26; the",
+        "  current profile's runs without it (\"vector unit not recorded\") ran on the Zen 1, and the",
+        "  earlier profile's on a CPU with AVX-512 BF16. Compare wall times only within one CPU.",
         "",
         "## Accuracy",
         "",
@@ -296,6 +321,10 @@ def render(groups: dict, plot_name: str) -> str:
     order = _ordered(groups)
     lines += accuracy_rows(groups)
     lines += [
+        "",
+        "Run time of the current profile by CPU (one thread per run, two runs at a time):",
+        "",
+        *run_time_rows(groups),
         "",
         f"![accuracy against labels per class]({plot_name})",
         "",
