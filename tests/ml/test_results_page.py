@@ -1,0 +1,91 @@
+"""scripts/make_results.py: runs grouped by set-up, and the run-time table by CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from ml.config import make_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+FAST = "cpu: AMD EPYC (AVX-512 BF16), 1 threads"
+UNRECORDED = "cpu: AMD EPYC, 1 threads"
+
+
+@pytest.fixture()
+def results_script():
+    spec = importlib.util.spec_from_file_location("make_results", ROOT / "scripts" / "make_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(method: str, n, seed: int, accuracy: float, wall: float, device: str, **config) -> dict:
+    per_class = {c: {"precision": accuracy, "recall": accuracy, "f1": accuracy, "support": 200} for c in CLASSES}
+    return {
+        "method": method,
+        "labels_per_class": n,
+        "profile": "cpu",
+        "seed": seed,
+        "accuracy": accuracy,
+        "macro_f1": accuracy,
+        "single_view_accuracy": accuracy - 0.01,
+        "wall_seconds": wall,
+        "device": device,
+        "per_class": per_class,
+        "class_names": CLASSES,
+        "pseudo_labels": None,
+        "config": asdict(make_config("cpu", method, **config)),
+    }
+
+
+def _write(folder: Path, runs: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        name = f"{run['method']}_{run['labels_per_class']}_cpu_s{run['seed']}_{run['wall_seconds']:.0f}.json"
+        (folder / name).write_text(json.dumps(run))
+
+
+def test_runs_group_by_setup_and_time_by_cpu(results_script, tmp_path):
+    _write(
+        tmp_path,
+        [
+            _run("supervised", 20, 0, 0.95, 600, FAST),
+            _run("supervised", 20, 1, 0.93, 1800, UNRECORDED),
+            _run("supervised", 20, 2, 0.90, 300, FAST, tta=False),  # an earlier profile's run
+        ],
+    )
+    groups = results_script.load_runs(tmp_path)
+    assert sorted(groups) == [("supervised", 20, "cpu", ""), ("supervised", 20, "cpu", "tta=False")]
+    assert sorted(r["seed"] for r in groups[("supervised", 20, "cpu", "")]) == [0, 1]
+
+    rows = results_script.run_time_rows(groups)
+    # the current profile only, one row per CPU, in minutes; the earlier profile's run is not timed here
+    assert rows[2:] == [
+        "| supervised | 20 | cpu, vector unit not recorded | 1 | 30.0 | 30.0 |",
+        "| supervised | 20 | cpu: AMD EPYC (AVX-512 BF16) | 1 | 10.0 | 10.0 |",
+    ]
+
+
+def test_page_reports_mean_sd_and_missing_seeds(results_script, tmp_path):
+    _write(
+        tmp_path,
+        [
+            _run("supervised", "all", 0, 0.99, 900, FAST),
+            _run("supervised", "all", 1, 0.97, 900, FAST),
+            _run("supervised", 20, 0, 0.90, 300, FAST, tta=False),
+        ],
+    )
+    results_script.RESULTS_DIR = str(tmp_path)
+    page = results_script.render(results_script.load_runs(tmp_path), "plot.png")
+    assert "| supervised | all | cpu | 0,1 | 98.0 ± 1.4 | 97.0 ± 1.4 |" in page
+    assert "| supervised | 20 | cpu (tta=False) | 0 | 90.0 |" in page
+    missing = page.split("## Missing runs", 1)[1]
+    assert "supervised @ all: seeds 2 not run with the current profile" in missing
+    # the earlier profile's run does not count for the current profile
+    assert "supervised @ 20: seeds 0, 1, 2 not run" in missing
