@@ -310,7 +310,7 @@ def render(groups: dict, plot_name: str) -> str:
         "  development machine, so wall times include waiting for the other run. The machine changed",
         "  between sessions, and two CPUs named AMD EPYC differed 4× per step: one with AVX-512 BF16,",
         "  one (Zen 1) with AVX2 only. The JSON's `device` names the vector unit since 2026-11-26; the",
-        "  current profile's runs without it (\"vector unit not recorded\") ran on the Zen 1, and the",
+        '  current profile\'s runs without it ("vector unit not recorded") ran on the Zen 1, and the',
         "  earlier profile's on a CPU with AVX-512 BF16. Compare wall times only within one CPU.",
         "",
         "## Accuracy",
