@@ -22,8 +22,8 @@ METHODS: tuple[str, ...] = (
     "lp+mean-teacher",
 )
 # The product's default: the best method at 20 labels per class on PBC, with the smallest spread
-# over seeds (docs/results.md: 96.1 ± 0.8 % over seeds 0-2 of the earlier cpu profile, against
-# 94.4 % supervised and 95.2 ± 1.2 % for the paper's mean-teacher+lp with a pre-trained student).
+# over seeds (docs/results.md, cpu profile, seeds 0-2: 95.8 ± 0.6 %, against 94.7 ± 0.6 %
+# supervised and 95.2 ± 1.2 % for the paper's mean-teacher+lp with a pre-trained student).
 DEFAULT_METHOD = "lp+mean-teacher"
 PROFILES: tuple[str, ...] = ("paper", "cpu", "tiny")
 
@@ -132,9 +132,9 @@ _PROFILE_DEFAULTS: dict[str, dict] = {
         width=1.0, image_size=64, epochs=180, round_epochs=180, steps_per_epoch=None, vflip=False, rot90=False
     ),
     # This 2-core machine: a quarter-width net and a fixed step budget, predicting over the eight
-    # symmetries of the square (the model trains on all of them). One thread ran a run in 5-11
-    # minutes on a CPU with AVX-512 BF16, and in 21-45 on a Zen 1 EPYC (AVX2). docs/results.md has
-    # the variants without TTA and with bf16 and fresh later rounds.
+    # symmetries of the square (the model trains on all of them). With one thread per run and two
+    # runs at a time, a run took 7-16 minutes on an EPYC with AVX-512 BF16 and 21-45 on a Zen 1
+    # EPYC (AVX2). docs/results.md has the variants without TTA and with bf16 and fresh later rounds.
     "cpu": dict(
         width=0.25,
         image_size=64,
