@@ -18,6 +18,9 @@ import typer
 from ml.config import DEFAULT_METHOD, METHODS, PROFILES
 
 PAPER_TABLE5_ORDER = ("neutrophil", "monocyte", "basophil", "eosinophil", "lymphocyte")
+# The vector unit a CPU device string names in brackets (with native bf16, without): two CPUs
+# with one model name can differ 4x per step. scripts/make_results.py reads it back.
+CPU_VECTOR_UNITS = ("AVX-512 BF16", "no native bf16")
 
 
 def _parse_overrides(pairs: list[str] | None) -> dict:
@@ -65,9 +68,8 @@ def _device_name(device) -> str:
         return f"cuda: {torch.cuda.get_device_name(device)}"
     from ml.data import cpu_has_bf16
 
-    # Two CPUs with one model name can differ 4x per step: name the vector unit too.
-    isa = "AVX-512 BF16" if cpu_has_bf16() else "no native bf16"
-    return f"cpu: {_cpu_model()} ({isa}), {torch.get_num_threads()} threads"
+    unit = CPU_VECTOR_UNITS[0] if cpu_has_bf16() else CPU_VECTOR_UNITS[1]
+    return f"cpu: {_cpu_model()} ({unit}), {torch.get_num_threads()} threads"
 
 
 def print_table5(rows: list[tuple[str, dict]]) -> None:

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ml.cli import CPU_VECTOR_UNITS  # noqa: E402  (torch only inside its commands)
 from ml.config import TrainConfig, make_config  # noqa: E402  (no torch: cheap to import)
 
 # Song & Wang 2024, Table 4 (accuracy %, their private data, 64 px, 180 epochs)
@@ -219,7 +220,8 @@ def accuracy_rows(groups: dict) -> list[str]:
 def _cpu_of(run: dict) -> str:
     """The run's CPU as its JSON names it; runs before the vector unit was recorded say so."""
     device = run.get("device", "?")
-    if device.startswith("cpu:") and "(" not in device:
+    # match the unit itself: model names carry brackets too ("Intel(R) Xeon(R)")
+    if device.startswith("cpu:") and not any(f"({unit})" in device for unit in CPU_VECTOR_UNITS):
         return "cpu, vector unit not recorded"
     return device.rsplit(",", 1)[0]  # drop the thread count: every grid run used one thread
 
@@ -235,7 +237,7 @@ def run_time_rows(groups: dict) -> list[str]:
             by_cpu[_cpu_of(run)].append(run["wall_seconds"] / 60)
         for cpu, minutes in sorted(by_cpu.items()):
             lines.append(
-                f"| {method} | {n} | {cpu} | {len(minutes)} | {sum(minutes) / len(minutes):.1f} | {max(minutes):.1f} |"
+                f"| {method} | {n} | {cpu} | {len(minutes)} | {statistics.mean(minutes):.1f} | {max(minutes):.1f} |"
             )
     return lines
 

@@ -57,17 +57,18 @@ def test_runs_group_by_setup_and_time_by_cpu(results_script, tmp_path):
         [
             _run("supervised", 20, 0, 0.95, 600, FAST),
             _run("supervised", 20, 1, 0.93, 1800, UNRECORDED),
+            _run("supervised", 20, 3, 0.94, 1200, "cpu: Intel(R) Xeon(R) Gold, 1 threads"),  # brackets, no unit
             _run("supervised", 20, 2, 0.90, 300, FAST, tta=False),  # an earlier profile's run
         ],
     )
     groups = results_script.load_runs(tmp_path)
     assert sorted(groups) == [("supervised", 20, "cpu", ""), ("supervised", 20, "cpu", "tta=False")]
-    assert sorted(r["seed"] for r in groups[("supervised", 20, "cpu", "")]) == [0, 1]
+    assert sorted(r["seed"] for r in groups[("supervised", 20, "cpu", "")]) == [0, 1, 3]
 
     rows = results_script.run_time_rows(groups)
     # the current profile only, one row per CPU, in minutes; the earlier profile's run is not timed here
     assert rows[2:] == [
-        "| supervised | 20 | cpu, vector unit not recorded | 1 | 30.0 | 30.0 |",
+        "| supervised | 20 | cpu, vector unit not recorded | 2 | 25.0 | 30.0 |",
         "| supervised | 20 | cpu: AMD EPYC (AVX-512 BF16) | 1 | 10.0 | 10.0 |",
     ]
 
