@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -109,7 +110,17 @@ def serve(
         db.check_migrated()
     except LeukolabError as error:
         raise fail(error.message, 1) from None
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True)
+    # X-Forwarded-* headers are believed only from the proxies listed in FORWARDED_ALLOW_IPS (none by default):
+    # the client address they give is what login throttling counts by (docs/deploy.md, "TLS").
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", ""),
+    )
 
 
 def _register_commands_from_other_modules() -> None:

@@ -63,9 +63,9 @@ async def current_user(
 ) -> User:
     """The user of a bearer token or of the session cookie (then CSRF-checked)."""
     if bearer is not None:
-        user_id = security.read_token(bearer.credentials)
+        user_id, session_version = security.read_token(bearer.credentials)
     else:
-        user_id = request.session.get("uid")
+        user_id, session_version = request.session.get("uid"), request.session.get("sv")
         if user_id is None:
             raise Unauthenticated("log in first")
         await check_csrf(request)
@@ -73,6 +73,9 @@ async def current_user(
     if user is None or not user.is_active:
         request.session.pop("uid", None)
         raise Unauthenticated("this account no longer exists or is deactivated")
+    if session_version != user.session_version:  # logged out, password changed or deactivated since
+        request.session.pop("uid", None)
+        raise Unauthenticated("this session or token has ended: log in again")
     # A plain snapshot for templates: the ORM row expires if the request's transaction rolls back.
     request.state.user = UserView(id=user.id, username=user.username, role=user.role)
     return user

@@ -8,14 +8,15 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from app.db import ROOT, check_migrated
 from app.deps import CurrentUser
-from app.errors import LeukolabError, Unauthenticated
-from app.settings import get_settings
+from app.errors import LeukolabError, TooManyRequests, Unauthenticated
+from app.headers import SecurityHeadersMiddleware, csp_nonce
+from app.settings import get_settings, signing_key
 
 log = logging.getLogger("leukolab")
 
@@ -33,6 +34,8 @@ async def _leukolab_error(request: Request, error: LeukolabError) -> Response:
 
         return render(request, "error.html", {"error": error}, status_code=error.status_code)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthenticated) else None
+    if isinstance(error, TooManyRequests) and "retry_after" in error.detail:
+        headers = {"Retry-After": str(error.detail["retry_after"])}
     return JSONResponse({"detail": error.message, **error.detail}, status_code=error.status_code, headers=headers)
 
 
@@ -58,12 +61,13 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     )
     app.add_middleware(
         SessionMiddleware,
-        secret_key=settings.secret_key,
+        secret_key=signing_key(settings),
         session_cookie="leukolab_session",
         max_age=settings.session_max_age_s,
         same_site="lax",
         https_only=settings.cookie_secure,
     )
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: error pages and static files get the headers too
     app.add_exception_handler(LeukolabError, _leukolab_error)  # type: ignore[arg-type]
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
@@ -81,14 +85,17 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         return app.openapi()
 
     @app.get("/docs", include_in_schema=False)
-    def api_docs(user: CurrentUser) -> Response:
-        return get_swagger_ui_html(
+    def api_docs(request: Request, user: CurrentUser) -> Response:
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="leukolab API",
             swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger-ui/swagger-ui.css",
             swagger_favicon_url="/static/favicon.svg",
         )
+        # The Content-Security-Policy runs inline scripts only with this request's nonce.
+        body = page.body.decode().replace("<script>", f'<script nonce="{csp_nonce(request.state)}">')
+        return HTMLResponse(body)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
 from app import security
-from app.deps import AdminUser, SessionDep, check_csrf
-from app.errors import LeukolabError, Unauthenticated
+from app.deps import AdminUser, CurrentUser, SessionDep, check_csrf
+from app.errors import LeukolabError, TooManyRequests, Unauthenticated
+from app.models import User
 from app.templating import render
 from app.users import service
-from app.users.schemas import Token, UserCreate, UserOut
+from app.users.schemas import PasswordChange, Token, UserCreate, UserOut
 
 api = APIRouter(prefix="/api/v1", tags=["users"])
 pages = APIRouter(include_in_schema=False)
 
 
-def _remote(request: Request) -> str | None:
-    return request.client.host if request.client else None
+def _remote(request: Request) -> str:
+    return security.client_address(request.client.host if request.client else None)
+
+
+def _start_session(request: Request, user: User) -> None:
+    request.session.clear()
+    request.session["uid"] = user.id
+    request.session["sv"] = user.session_version
+    security.csrf_token(request.session)
 
 
 @api.post("/auth/token", response_model=Token)
@@ -33,7 +41,23 @@ def token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordR
     except Unauthenticated:
         session.commit()  # keep the failure for throttling
         raise
-    return Token(access_token=security.issue_token(user_id=user.id))
+    return Token(access_token=security.issue_token(user_id=user.id, session_version=user.session_version))
+
+
+@api.post("/auth/logout-everywhere", status_code=204)
+def logout_everywhere_api(user: CurrentUser) -> Response:
+    """End every session and token of the calling user, this token included."""
+    service.end_sessions(user=user)
+    return Response(status_code=204)
+
+
+@api.post("/auth/password", response_model=Token)
+def change_password_api(user: CurrentUser, session: SessionDep, body: PasswordChange) -> Token:
+    """Change one's own password; every other session and token ends, and a fresh token is returned."""
+    service.change_password(
+        session=session, user=user, current_password=body.current_password, new_password=body.new_password
+    )
+    return Token(access_token=security.issue_token(user_id=user.id, session_version=user.session_version))
 
 
 @api.get("/users", response_model=list[UserOut])
@@ -53,7 +77,7 @@ def deactivate_user(session: SessionDep, admin: AdminUser, user_id: int):  # typ
 
 @pages.get("/login")
 def login_page(request: Request, next: str = "/label"):  # type: ignore[no-untyped-def]
-    return render(request, "login.html", {"next": next, "error": None})
+    return render(request, "login.html", {"next": next, "error": None, "username": ""})
 
 
 @pages.post("/login", dependencies=[Depends(check_csrf)])
@@ -68,16 +92,58 @@ def login(
         user = service.authenticate(session=session, username=username, password=password, remote=_remote(request))
     except LeukolabError as error:
         session.commit()
-        return render(request, "login.html", {"next": next, "error": error.message}, status_code=error.status_code)
-    request.session.clear()
-    request.session["uid"] = user.id
-    security.csrf_token(request.session)
+        response = render(
+            request,
+            "login.html",
+            {"next": next, "error": error.message, "username": username.replace("\x00", "")[:256]},
+            status_code=error.status_code,
+        )
+        if isinstance(error, TooManyRequests) and "retry_after" in error.detail:
+            response.headers["Retry-After"] = str(error.detail["retry_after"])
+        return response
+    _start_session(request, user)
     target = next if next.startswith("/") and not next.startswith("//") else "/label"
     return RedirectResponse(target, status_code=303)
 
 
 @pages.post("/logout", dependencies=[Depends(check_csrf)])
-def logout(request: Request):  # type: ignore[no-untyped-def]
+def logout(request: Request, session: SessionDep):  # type: ignore[no-untyped-def]
+    """Log out. The cookie is signed, not stored, so a saved copy is ended by bumping the session version:
+    this ends the user's sessions and tokens everywhere."""
+    user = session.get(User, request.session.get("uid") or 0)
+    if user is not None and request.session.get("sv") == user.session_version:
+        service.end_sessions(user=user)
+    request.session.clear()
+    return RedirectResponse(request.url_for("login_page"), status_code=303)
+
+
+@pages.get("/account")
+def account_page(request: Request, user: CurrentUser):  # type: ignore[no-untyped-def]
+    return render(request, "account.html", {"error": None, "done": False})
+
+
+@pages.post("/account/password")
+def account_password(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    current_password: Annotated[str, Form()],
+    new_password: Annotated[str, Form()],
+):  # type: ignore[no-untyped-def]
+    """Change one's own password: other sessions and tokens end, this browser stays logged in."""
+    try:
+        service.change_password(
+            session=session, user=user, current_password=current_password, new_password=new_password
+        )
+    except LeukolabError as error:
+        return render(request, "account.html", {"error": error.message, "done": False}, status_code=error.status_code)
+    request.session["sv"] = user.session_version
+    return render(request, "account.html", {"error": None, "done": True})
+
+
+@pages.post("/account/logout-everywhere")
+def account_logout_everywhere(request: Request, user: CurrentUser):  # type: ignore[no-untyped-def]
+    service.end_sessions(user=user)
     request.session.clear()
     return RedirectResponse(request.url_for("login_page"), status_code=303)
 

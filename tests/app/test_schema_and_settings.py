@@ -73,7 +73,12 @@ def test_production_refuses_default_secret() -> None:
     with pytest.raises(ValidationError, match="at least 32"):
         Settings(mode="production", secret_key="short")
     assert Settings(mode="production", secret_key="x" * 40).secret_key == "x" * 40
-    assert Settings(mode="dev").secret_key == DEV_SECRET_KEY
+    with pytest.raises(ValidationError, match="LEUKOLAB_SECRET_KEY"):
+        Settings(mode="production", _env_file=None)
+    # Dev mode leaves the key unset (a generated key file is used) and refuses the public constant too.
+    assert Settings(mode="dev", _env_file=None).secret_key is None
+    with pytest.raises(ValidationError, match="public dev constant"):
+        Settings(mode="dev", secret_key=DEV_SECRET_KEY)
 
 
 def test_database_refuses_to_change_or_delete_labels(any_db_url: str) -> None:
