@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 
 class LeukolabError(Exception):
     """Base of every error leukolab raises on purpose."""
@@ -46,3 +48,52 @@ class ServiceUnavailable(LeukolabError):
 
 class DatabaseNotMigrated(ServiceUnavailable):
     """The schema is missing or behind; the message says what to run."""
+
+
+class RequestTooLarge(LeukolabError):
+    status_code = 413
+
+
+# --- how errors look in the OpenAPI schema ------------------------------------------------------
+
+ERROR_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Not logged in, or the token is invalid or expired",
+    403: "Not allowed: admins only, or a missing CSRF token",
+    404: "No such row",
+    409: "Conflicts with the current state",
+    413: "The request body is over the size limit",
+    422: "Invalid input: `detail` says what is wrong; `errors` lists each field for request validation",
+    429: "Too many failed attempts: try again later",
+    503: "A service this needs (database, task broker) is unavailable",
+}
+
+
+class ErrorOut(BaseModel):
+    """Every error: ``detail`` is a message a person can act on; some errors add fields (``allowed``...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(ErrorOut):
+    """A 422: ``detail`` is one line; request validation also lists each field in ``errors``."""
+
+    errors: list[FieldError] | None = None
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting the error ``statuses`` a route can answer with."""
+    return {
+        status: {"model": ValidationErrorOut if status == 422 else ErrorOut, "description": ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }

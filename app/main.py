@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -14,8 +17,9 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from app.db import ROOT, check_migrated
 from app.deps import CurrentUser
-from app.errors import LeukolabError, TooManyRequests, Unauthenticated
+from app.errors import InvalidInput, LeukolabError, TooManyRequests, Unauthenticated, responses
 from app.headers import SecurityHeadersMiddleware, csp_nonce
+from app.limits import BodyLimitMiddleware
 from app.settings import get_settings, signing_key
 
 log = logging.getLogger("leukolab")
@@ -39,6 +43,40 @@ async def _leukolab_error(request: Request, error: LeukolabError) -> Response:
     return JSONResponse({"detail": error.message, **error.detail}, status_code=error.status_code, headers=headers)
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with everything JSON cannot hold (NaN, infinities, bytes, exceptions) made a string."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def _field_errors(error: RequestValidationError) -> list[dict]:
+    return [
+        {key: _json_safe(item[key]) for key in ("loc", "msg", "type", "input", "ctx") if key in item}
+        for item in error.errors()
+    ]
+
+
+def _one_line(errors: list[dict]) -> str:
+    shown = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in errors[:5])
+    more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+    return f"invalid request: {shown}{more}"
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    """A 422 like every other error: ``detail`` a string, plus the field ``errors`` (JSON-safe even for NaN)."""
+    errors = _field_errors(error)
+    return await _leukolab_error(request, InvalidInput(_one_line(errors), errors=errors))
+
+
 def create_app(*, check_schema: bool = True) -> FastAPI:
     settings = get_settings()
 
@@ -59,6 +97,12 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+    # Added before the session middleware, so it runs after it and sees a cookie login.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(
         SessionMiddleware,
         secret_key=signing_key(settings),
@@ -69,6 +113,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     )
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: error pages and static files get the headers too
     app.add_exception_handler(LeukolabError, _leukolab_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
     from app.cells import routes as cells_routes
@@ -102,7 +147,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses=responses(503))
     def readyz() -> Response:
         """The database is reachable and migrated."""
         try:

@@ -37,7 +37,15 @@ class Settings(BaseSettings):
     login_lockout_s: int = 300  # the longest lock
     login_window_s: int = 3600  # failures older than this are forgotten
     max_upload_bytes: int = 2 * 1024**3
+    max_request_bytes: int = Field(default=1024**2, description="body limit of every request but an upload")
     max_image_pixels: int = 50_000_000
+    # One import decodes at most this many pixels in all (10,000 cells of 575×575 px is 3.3 G).
+    max_import_pixels: int = 4_000_000_000
+    # ...and at most this many per byte of what was uploaded or read, plus a small allowance:
+    # stained cells take about 1 byte per pixel as PNG and 0.1 as JPEG; a decompression bomb
+    # (a blank 49-megapixel PNG is 47 kB, and a zip shrinks it to 400 bytes) takes far fewer.
+    max_import_pixels_per_byte: int = 200
+    min_image_side: int = Field(default=8, description="images smaller than this (px) cannot hold a cell")
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

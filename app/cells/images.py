@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ml.images import display_image, model_input
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+# Pillow's modes for unsigned 16-bit grey pixels (a 16-bit PNG or TIFF).
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class UnreadableImage(Exception):
@@ -47,8 +50,19 @@ def _other_format(fp: BinaryIO) -> str | None:
         return None
 
 
-def open_image(fp: BinaryIO, *, max_pixels: int) -> Image.Image:
-    """Open and fully decode an accepted image from ``fp``, or raise ``UnreadableImage``."""
+def declared_size(fp: BinaryIO) -> tuple[int, int] | None:
+    """The width and height an accepted image's header declares, decoding no pixel; None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(fp, formats=ACCEPTED_FORMATS) as image:
+                return image.size
+    except Exception:  # noqa: BLE001 - open_image names the problem later
+        return None
+
+
+def open_image(fp: BinaryIO, *, max_pixels: int, min_side: int = 1) -> Image.Image:
+    """Open and fully decode an accepted image from ``fp`` as 8-bit pixels, or raise ``UnreadableImage``."""
     # The size is checked from the header before any pixel is decoded. Pillow's own bomb
     # check is global state; its warning is ours to judge, its error is still a bomb.
     with warnings.catch_warnings():
@@ -75,7 +89,13 @@ def open_image(fp: BinaryIO, *, max_pixels: int) -> Image.Image:
             f"over the limit of {_megapixels(max_pixels)}"
         )
     if width == 0 or height == 0:
+        image.close()
         raise UnreadableImage(f"empty image ({width}×{height} px)")
+    if min(width, height) < min_side:
+        image.close()
+        raise UnreadableImage(
+            f"too small to hold a cell: {width}×{height} px (each side must be at least {min_side} px)"
+        )
     try:
         image.load()
     except OSError as exc:
@@ -84,7 +104,41 @@ def open_image(fp: BinaryIO, *, max_pixels: int) -> Image.Image:
         raise UnreadableImage(f"corrupt {image.format} data: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise many types on bad data
         raise UnreadableImage(f"corrupt {image.format} data ({exc.__class__.__name__}: {exc})") from exc
-    return image
+    return _to_8bit(image)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8-bit pixels: 16-bit grey scaled from its full range, float grey from 0–1.
+
+    Pillow's own conversion would clip 16-bit values at 255 (a white image) and truncate
+    floats of 0–1 to 0 (a black one). Other 32-bit pixels have no known range: refused.
+    """
+    mode = image.mode
+    if mode in _UINT16_MODES or (mode == "I" and image.format == "PNG"):
+        pixels = np.asarray(image).astype(np.uint32)
+        if pixels.max() > 65535:
+            raise UnreadableImage(f"{image.format} with pixel values over 65535 (mode {mode})")
+        converted = Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8))
+    elif mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all():
+            raise UnreadableImage(f"floating-point {image.format} with NaN or infinite pixels")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0 or high > 1:
+            raise UnreadableImage(
+                f"floating-point {image.format} with values from {low:g} to {high:g}: only 0–1 can be "
+                "converted; export it as 8- or 16-bit"
+            )
+        converted = Image.fromarray(np.rint(pixels * 255).astype(np.uint8))
+    elif mode in ("I", "I;32", "I;16S") or mode.startswith(("I;32", "F;")):
+        raise UnreadableImage(
+            f"{image.format} with 32-bit or signed integer pixels (mode {mode}) has no known brightness range; "
+            "export it as 8- or 16-bit"
+        )
+    else:
+        return image
+    image.close()
+    return converted
 
 
 def pixel_sha256(image: Image.Image) -> str:

@@ -27,7 +27,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.cells.images import PreparedImage, UnreadableImage, open_image, pixel_sha256, prepare_image
+from app.cells.images import (
+    PreparedImage,
+    UnreadableImage,
+    declared_size,
+    open_image,
+    pixel_sha256,
+    prepare_image,
+)
 from app.errors import Conflict, InvalidInput
 from app.models import Cell, CellClass, ImportBatch, Label, User
 from app.settings import get_settings
@@ -39,6 +46,8 @@ ZIP_EXPANSION_LIMIT = 4
 _IN_MEMORY_ENTRY_BYTES = 32 * 1024**2
 _MESSAGE_REJECTIONS = 20
 _PREPARE_THREADS = min(4, os.cpu_count() or 1)
+# Pixels any import may declare on top of its per-byte allowance, so a few small files never trip it.
+_PIXEL_ALLOWANCE = 10_000_000
 
 # Files that operating systems and archivers leave behind: ignored without a word.
 _IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
@@ -105,6 +114,26 @@ class Candidate:
     open: Callable[[], AbstractContextManager[BinaryIO]] = field(repr=False, compare=False)
 
 
+def printable_name(text: str) -> str:
+    """``text`` as valid UTF-8 without NUL: undecodable bytes of a file name shown as ``\\xff``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # os.walk's names keep undecodable bytes this way
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+_NOT_UTF8 = "its name is not valid UTF-8 (the bytes are shown as \\xNN): rename it and import again"
+
+
 def _is_ignored(parts: Sequence[str]) -> bool:
     return any(part.startswith(".") or part.lower() in _IGNORED_NAMES for part in parts)
 
@@ -137,6 +166,7 @@ def _scan_entries(
     labelled: bool,
     class_names: Sequence[str],
     max_pixels: int,
+    min_side: int = 1,
     progress: Progress | None = None,
     total_steps: int | None = None,
 ) -> tuple[list[Candidate], list[Rejection]]:
@@ -162,7 +192,7 @@ def _scan_entries(
             if entry.size == 0:
                 raise UnreadableImage("empty file (0 bytes)")
             with entry.open() as fp:
-                image = open_image(fp, max_pixels=max_pixels)
+                image = open_image(fp, max_pixels=max_pixels, min_side=min_side)
                 sha256 = pixel_sha256(image)
                 width, height = image.size
                 image.close()
@@ -203,6 +233,9 @@ def _folder_entries(path: Path) -> tuple[list[_Entry], list[Rejection], list[str
         here = Path(dirpath)
         relative_dir = here.relative_to(root).parts
         dirnames[:] = sorted(d for d in dirnames if not _is_ignored([d]))
+        for dirname in [d for d in dirnames if not _is_utf8(d)]:
+            dirnames.remove(dirname)  # not descended into: one rejection for the folder
+            rejections.append(Rejection(printable_name("/".join((*relative_dir, dirname)) + "/"), _NOT_UTF8))
         for dirname in dirnames:
             full = here / dirname
             # os.walk does not follow links; one out of the folder is refused, one inside is redundant.
@@ -213,6 +246,9 @@ def _folder_entries(path: Path) -> tuple[list[_Entry], list[Rejection], list[str
             parts = (*relative_dir, filename)
             name = "/".join(parts)
             if _is_ignored(parts):
+                continue
+            if not _is_utf8(filename):
+                rejections.append(Rejection(printable_name(name), _NOT_UTF8))
                 continue
             full = here / filename
             if full.is_symlink() and not full.resolve().is_relative_to(root):
@@ -310,11 +346,11 @@ def _check_user(session: Session, user_id: int | None, labelled: bool) -> None:
         raise InvalidInput(f"no user with id {user_id}")
 
 
-def _prepare(candidate: Candidate, *, max_pixels: int) -> PreparedImage:
+def _prepare(candidate: Candidate, *, max_pixels: int, min_side: int) -> PreparedImage:
     """Decode ``candidate`` again and derive its display and model copies; it must not have changed."""
     try:
         with candidate.open() as fp:
-            image = open_image(fp, max_pixels=max_pixels)
+            image = open_image(fp, max_pixels=max_pixels, min_side=min_side)
             prepared = prepare_image(image)
             image.close()
     except Exception as exc:  # noqa: BLE001 - the first pass decoded it, so it changed since
@@ -333,6 +369,7 @@ def _write(
     user_id: int | None,
     source: str,
     max_pixels: int,
+    min_side: int,
     skipped: list[str],
     progress: Progress | None,
     done: int,
@@ -353,7 +390,7 @@ def _write(
     session.flush()
 
     label_count = 0
-    prepare = partial(_prepare, max_pixels=max_pixels)
+    prepare = partial(_prepare, max_pixels=max_pixels, min_side=min_side)
     # Pillow releases the GIL while decoding, resizing and compressing, so threads use every core.
     with ThreadPoolExecutor(max_workers=_PREPARE_THREADS) as workers:
         try:
@@ -410,6 +447,42 @@ def _write(
     )
 
 
+def _check_pixel_budget(entries: Sequence[_Entry], *, source: str, max_pixels: int) -> None:
+    """Refuse, before decoding any pixel, an import whose headers declare more pixels than it may decode.
+
+    One import may decode at most ``max_import_pixels`` in all, and at most
+    ``max_import_pixels_per_byte`` per byte of its image files (plus a small allowance): a few
+    bytes that unpack to many megapixels are a decompression bomb. Files over the per-image
+    limit are left out: the scan refuses each of them by name.
+    """
+    settings = get_settings()
+    declared: list[tuple[int, str, int, int]] = []
+    for entry in entries:
+        try:
+            with entry.open() as fp:
+                size = declared_size(fp)
+        except Exception:  # noqa: BLE001 - the scan names unreadable files
+            size = None
+        if size is not None and 0 < size[0] * size[1] <= max_pixels:
+            declared.append((size[0] * size[1], entry.name, *size))
+    pixels = sum(item[0] for item in declared)
+    file_bytes = sum(entry.size for entry in entries)
+    budget = min(settings.max_import_pixels, settings.max_import_pixels_per_byte * file_bytes + _PIXEL_ALLOWANCE)
+    if pixels <= budget:
+        return
+    largest = ", ".join(f"{name} ({width}×{height} px)" for _, name, width, height in sorted(declared)[::-1][:3])
+    raise ImportRefused(
+        [
+            Rejection(
+                source,
+                f"decompression bomb: the images declare {pixels / 1e6:,.1f} MP in all from {file_bytes:,} bytes, "
+                f"over this import's limit of {budget / 1e6:,.1f} MP (at most {settings.max_import_pixels / 1e6:,.0f} "
+                f"MP, and {settings.max_import_pixels_per_byte} px per byte of image files); largest: {largest}",
+            )
+        ]
+    )
+
+
 def _run_import(
     *,
     session: Session,
@@ -421,18 +494,21 @@ def _run_import(
     source: str,
     progress: Progress | None,
 ) -> ImportSummary:
-    max_pixels = get_settings().max_image_pixels
+    settings = get_settings()
+    max_pixels, min_side = settings.max_image_pixels, settings.min_image_side
     class_names = _class_names(session)
     entries = _strip_wrapper(entries, {name.lower(): name for name in class_names})
     if labelled is None:
         labelled = looks_labelled(entries, class_names)
     _check_user(session, user_id, labelled)
+    _check_pixel_budget(entries, source=source, max_pixels=max_pixels)
     total = 2 * len(entries)  # each file is read twice: checked, then written
     candidates, problems = _scan_entries(
         entries,
         labelled=labelled,
         class_names=class_names,
         max_pixels=max_pixels,
+        min_side=min_side,
         progress=progress,
         total_steps=total,
     )
@@ -448,6 +524,7 @@ def _run_import(
         user_id=user_id,
         source=source,
         max_pixels=max_pixels,
+        min_side=min_side,
         skipped=skipped,
         progress=progress,
         done=len(entries),
@@ -476,7 +553,7 @@ def import_folder(
     """Import every image below ``path`` (class sub-folders as labels when ``labelled``), all or nothing."""
     path = Path(path)
     if not path.is_dir():
-        raise InvalidInput(f"{path}: not a folder")
+        raise InvalidInput(f"{printable_name(str(path))}: not a folder")
     entries, rejections, skipped = _folder_entries(path)
     return _run_import(
         session=session,
@@ -485,7 +562,7 @@ def import_folder(
         skipped=skipped,
         labelled=labelled,
         user_id=user_id,
-        source=str(path.resolve()),
+        source=printable_name(str(path.resolve())),
         progress=progress,
     )
 
@@ -511,19 +588,31 @@ def import_zip(
     max_bytes = max_bytes if max_bytes is not None else get_settings().max_upload_bytes
     if isinstance(file, (str, Path)):
         path = Path(file)
-        name = name or path.name
+        name = printable_name(name or path.name)
         if not path.is_file():
-            raise InvalidInput(f"{path}: not a file")
+            raise InvalidInput(f"{printable_name(str(path))}: not a file")
         size = path.stat().st_size
     else:
-        name = name or Path(str(getattr(file, "name", "") or "upload.zip")).name
+        name = printable_name(name or Path(str(getattr(file, "name", "") or "upload.zip")).name)
         size = _stream_size(file)
     if size > max_bytes:
         too_big = Rejection(name, f"the zip is {size:,} bytes, over the limit of {max_bytes:,} bytes")
         raise ImportRefused([too_big])
     try:
         archive = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except UnicodeDecodeError as exc:  # an entry flagged UTF-8 (bit 11) with a name that is not
+        raw = exc.object if isinstance(exc.object, bytes) else b""
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise ImportRefused(
+            [
+                Rejection(
+                    f"{name}: {shown}",
+                    "the zip marks this entry's name as UTF-8 but it is not valid UTF-8 (the bytes are shown "
+                    "as \\xNN); rename the file and make the zip again",
+                )
+            ]
+        ) from exc
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise ImportRefused([Rejection(name, f"not a zip file ({exc})")]) from exc
     with archive:
         unpacked = sum(info.file_size for info in archive.infolist())

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from app.cells.importer import ImportRefused, import_zip
 from app.deps import AdminUser, SessionDep
-from app.errors import InvalidInput
+from app.errors import InvalidInput, responses
 from app.settings import get_settings
 from app.templating import render
 
@@ -23,7 +23,7 @@ def _check_size(upload: UploadFile) -> None:
         raise InvalidInput(f"{upload.filename}: the zip is {upload.size} bytes, over the {limit}-byte limit")
 
 
-@api.post("/imports", status_code=201)
+@api.post("/imports", status_code=201, responses=responses(400, 401, 403, 409, 413, 422))
 def api_import(
     session: SessionDep, admin: AdminUser, file: Annotated[UploadFile, File()], labelled: bool | None = None
 ) -> dict:

@@ -10,12 +10,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from app.deps import CurrentUser, SessionDep
+from app.errors import responses
 from app.labelling import service
 from app.labelling.schemas import ClassOut, LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
 from app.models import UNSURE
+from app.params import DbId, QueryIds
 from app.templating import render
 
-api = APIRouter(prefix="/api/v1", tags=["labelling"])
+api = APIRouter(prefix="/api/v1", tags=["labelling"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
 KEYMAP = json.loads((Path(__file__).resolve().parents[2] / "static" / "keymap.json").read_text())
 
@@ -25,7 +27,7 @@ def queue_next(
     request: Request,
     session: SessionDep,
     user: CurrentUser,
-    exclude: Annotated[list[int], Query(description="cell ids already on screen")] = [],  # noqa: B006
+    exclude: Annotated[QueryIds, Query(description="cell ids already on screen")] = [],  # noqa: B006
 ):  # type: ignore[no-untyped-def]
     """Lease the next cell to label: queue first, then unlabelled cells at random. 204 when none is left."""
     lease = service.next_cell(session=session, user=user, exclude=exclude)
@@ -41,28 +43,32 @@ def queue_next(
     )
 
 
-@api.post("/cells/{cell_id}/lease")
-def renew_lease(session: SessionDep, user: CurrentUser, cell_id: int) -> dict:
+@api.post("/cells/{cell_id}/lease", responses=responses(403, 404))
+def renew_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> dict:
     """Keep ``cell_id`` leased to the caller while it is on screen."""
     return {"cell_id": cell_id, "lease_until": service.renew_lease(session=session, user=user, cell_id=cell_id)}
 
 
-@api.post("/cells/{cell_id}/labels", response_model=LabelOut, status_code=201)
-def add_label(session: SessionDep, user: CurrentUser, cell_id: int, body: LabelIn) -> LabelOut:
+@api.post("/cells/{cell_id}/labels", response_model=LabelOut, status_code=201, responses=responses(400, 403, 404, 413))
+def add_label(session: SessionDep, user: CurrentUser, cell_id: DbId, body: LabelIn) -> LabelOut:
     """Label a cell with a class name or ``unsure``. 422 lists the allowed names."""
     label = service.add_label(session=session, user=user, cell_id=cell_id, value=body.label)
     return LabelOut(id=label.id, cell_id=cell_id, label=label.value, user=user.username, created_at=label.created_at)
 
 
-@api.post("/labels/undo", response_model=UndoOut)
+@api.post("/labels/undo", response_model=UndoOut, responses=responses(403, 404))
 def undo(session: SessionDep, user: CurrentUser) -> UndoOut:
     """Undo the caller's newest label (recorded as a row); the cell is leased back to them."""
     label = service.undo_last(session=session, user=user)
     return UndoOut(undone_label_id=label.id, cell_id=label.cell_id, label=label.value)
 
 
-@api.get("/cells/{cell_id}/image", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def cell_image(session: SessionDep, user: CurrentUser, cell_id: int) -> Response:
+@api.get(
+    "/cells/{cell_id}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **responses(404)},
+)
+def cell_image(session: SessionDep, user: CurrentUser, cell_id: DbId) -> Response:
     """The cell's display pixels as PNG."""
     cell = service.get_cell(session=session, cell_id=cell_id)
     return Response(cell.display_png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

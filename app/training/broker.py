@@ -96,7 +96,7 @@ def client() -> Celery:
     return _client(settings.redis_url, str(settings.broker_dir))
 
 
-def check_broker() -> None:
+def check_broker(*, blocked: str = "training cannot start now") -> None:
     """Raise ``ServiceUnavailable`` unless the broker answers within a second."""
     settings = get_settings()
     if not settings.redis_url:
@@ -111,7 +111,7 @@ def check_broker() -> None:
         ).ping()
     except redis.RedisError as error:
         raise ServiceUnavailable(
-            f"the task broker (Redis) is unreachable, so training cannot start now: {error}. "
+            f"the task broker (Redis) is unreachable, so {blocked}: {error}. "
             "Labelling goes on; try again once Redis is back."
         ) from error
 
@@ -127,6 +127,4 @@ def enqueue(task: str, *args: object) -> None:
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         )
     except Exception as error:  # noqa: BLE001 - kombu raises many kinds of connection errors
-        raise ServiceUnavailable(
-            f"could not enqueue {task}: the task broker is unreachable ({error})"
-        ) from error
+        raise ServiceUnavailable(f"could not enqueue {task}: the task broker is unreachable ({error})") from error

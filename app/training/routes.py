@@ -16,13 +16,14 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
 from app.deps import AdminUser, CurrentUser, SessionDep
-from app.errors import LeukolabError, NotFound, ServiceUnavailable
+from app.errors import LeukolabError, NotFound, ServiceUnavailable, responses
 from app.models import ACTIVE_RUN_STATUSES, User
+from app.params import DbId
 from app.templating import render
 from app.training import broker, plots, service
 from app.training.schemas import ModelOut, QueueEntryOut, RunAccepted, RunCreate, RunOut
 
-api = APIRouter(prefix="/api/v1", tags=["training"])
+api = APIRouter(prefix="/api/v1", tags=["training"], responses=responses(401, 403, 422))
 pages = APIRouter(include_in_schema=False)
 # Postgres serialises "is a run active? then create one" with an advisory lock (see the service);
 # SQLite (one web process in the demo) with this lock.
@@ -56,7 +57,7 @@ def start_run(session: Session, user: User, body: RunCreate) -> int:
 
 def promote_model(session: Session, model_id: int) -> None:
     """Activate a model version, commit, then enqueue the scoring of the unlabelled cells."""
-    broker.check_broker()
+    broker.check_broker(blocked="the model cannot be promoted now (its scoring could not start)")
     service.promote(session=session, model_id=model_id)
     session.commit()
     try:
@@ -70,7 +71,7 @@ def promote_model(session: Session, model_id: int) -> None:
 # --- API ---------------------------------------------------------------------------------------
 
 
-@api.post("/training-runs", response_model=RunAccepted, status_code=202)
+@api.post("/training-runs", response_model=RunAccepted, status_code=202, responses=responses(400, 409, 413, 503))
 def create_training_run(session: SessionDep, admin: AdminUser, body: RunCreate) -> RunAccepted:
     """Start a retrain: 202 with its id; 409 while another run is queued or running; 503 without a broker."""
     return RunAccepted(id=start_run(session, admin, body), status="queued")
@@ -81,15 +82,15 @@ def list_training_runs(session: SessionDep, admin: AdminUser) -> list[dict]:
     return [service.run_view(run) for run in service.list_runs(session=session)]
 
 
-@api.get("/training-runs/{run_id}", response_model=RunOut)
-def get_training_run(session: SessionDep, admin: AdminUser, run_id: int) -> dict:
+@api.get("/training-runs/{run_id}", response_model=RunOut, responses=responses(404))
+def get_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> dict:
     """A run's status (queued|running|succeeded|failed|cancelled), progress, metrics and error."""
     service.expire_stale_runs(session=session)
     return service.run_view(service.get_run(session=session, run_id=run_id))
 
 
-@api.post("/training-runs/{run_id}/cancel", response_model=RunOut)
-def cancel_training_run(session: SessionDep, admin: AdminUser, run_id: int) -> dict:
+@api.post("/training-runs/{run_id}/cancel", response_model=RunOut, responses=responses(404, 409))
+def cancel_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> dict:
     """Cancel a queued run now, or ask a running one to stop at its next step."""
     return service.run_view(service.request_cancel(session=session, run_id=run_id))
 
@@ -99,8 +100,8 @@ def list_model_versions(session: SessionDep, admin: AdminUser) -> list[dict]:
     return [service.model_view(version) for version in service.list_models(session=session)]
 
 
-@api.post("/models/{model_id}/promote", response_model=ModelOut)
-def promote_model_version(session: SessionDep, admin: AdminUser, model_id: int) -> dict:
+@api.post("/models/{model_id}/promote", response_model=ModelOut, responses=responses(404, 503))
+def promote_model_version(session: SessionDep, admin: AdminUser, model_id: DbId) -> dict:
     """Make a version active (an older one: roll back); its scoring of unlabelled cells starts."""
     promote_model(session, model_id)
     return service.model_view(service.get_model(session=session, model_id=model_id))
@@ -188,7 +189,7 @@ def training_start(
 
 
 @pages.post("/admin/training/runs/{run_id}/cancel")
-def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run_id: int):  # type: ignore[no-untyped-def]
+def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run_id: DbId):  # type: ignore[no-untyped-def]
     error = None
     try:
         service.request_cancel(session=session, run_id=run_id)
@@ -220,7 +221,7 @@ def models_page(request: Request, session: SessionDep, admin: AdminUser):  # typ
 
 
 @pages.post("/admin/models/{model_id}/promote")
-def models_promote(request: Request, session: SessionDep, admin: AdminUser, model_id: int):  # type: ignore[no-untyped-def]
+def models_promote(request: Request, session: SessionDep, admin: AdminUser, model_id: DbId):  # type: ignore[no-untyped-def]
     error, status_code = None, 200
     try:
         promote_model(session, model_id)
@@ -233,7 +234,7 @@ def models_promote(request: Request, session: SessionDep, admin: AdminUser, mode
 
 
 @pages.get("/admin/models/{model_id}/confusion.png")
-def confusion_image(session: SessionDep, admin: AdminUser, model_id: int) -> Response:
+def confusion_image(session: SessionDep, admin: AdminUser, model_id: DbId) -> Response:
     """The model's validation confusion matrix as a heatmap."""
     version = service.get_model(session=session, model_id=model_id)
     confusion = (version.metrics or {}).get("confusion")

@@ -10,13 +10,14 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from app import security
 from app.deps import AdminUser, CurrentUser, SessionDep, check_csrf
-from app.errors import LeukolabError, TooManyRequests, Unauthenticated
+from app.errors import LeukolabError, TooManyRequests, Unauthenticated, responses
 from app.models import User
+from app.params import DbId
 from app.templating import render
 from app.users import service
 from app.users.schemas import PasswordChange, Token, UserCreate, UserOut
 
-api = APIRouter(prefix="/api/v1", tags=["users"])
+api = APIRouter(prefix="/api/v1", tags=["users"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
 
 
@@ -31,7 +32,7 @@ def _start_session(request: Request, user: User) -> None:
     security.csrf_token(request.session)
 
 
-@api.post("/auth/token", response_model=Token)
+@api.post("/auth/token", response_model=Token, responses=responses(400, 413, 429))
 def token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
     """Exchange a user name and password for a bearer token."""
     try:
@@ -60,18 +61,18 @@ def change_password_api(user: CurrentUser, session: SessionDep, body: PasswordCh
     return Token(access_token=security.issue_token(user_id=user.id, session_version=user.session_version))
 
 
-@api.get("/users", response_model=list[UserOut])
+@api.get("/users", response_model=list[UserOut], responses=responses(403))
 def list_users(session: SessionDep, admin: AdminUser) -> list:
     return service.list_users(session=session)
 
 
-@api.post("/users", response_model=UserOut, status_code=201)
+@api.post("/users", response_model=UserOut, status_code=201, responses=responses(400, 403, 409, 413))
 def create_user(session: SessionDep, admin: AdminUser, body: UserCreate):  # type: ignore[no-untyped-def]
     return service.create_user(session=session, user_create=body)
 
 
-@api.post("/users/{user_id}/deactivate", response_model=UserOut)
-def deactivate_user(session: SessionDep, admin: AdminUser, user_id: int):  # type: ignore[no-untyped-def]
+@api.post("/users/{user_id}/deactivate", response_model=UserOut, responses=responses(403, 404, 409))
+def deactivate_user(session: SessionDep, admin: AdminUser, user_id: DbId):  # type: ignore[no-untyped-def]
     return service.set_active(session=session, user_id=user_id, active=False, acting_user=admin)
 
 
@@ -177,7 +178,7 @@ def users_create(
 
 @pages.post("/admin/users/{user_id}/active")
 def users_set_active(
-    request: Request, session: SessionDep, admin: AdminUser, user_id: int, active: Annotated[bool, Form()]
+    request: Request, session: SessionDep, admin: AdminUser, user_id: DbId, active: Annotated[bool, Form()]
 ):  # type: ignore[no-untyped-def]
     error = None
     try:

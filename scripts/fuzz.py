@@ -1,0 +1,206 @@
+"""Fuzz the API with schemathesis against a live server on PostgreSQL; write a summary JSON.
+
+Run through ``scripts/fuzz`` (see there). The gate is the suite's (tests/app/test_fuzz.py): no 5xx,
+no undocumented status, no response body or content type other than documented. Other checks'
+findings are recorded too, but do not fail the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "positive_data_acceptance",
+]
+# What the first four checks report; any of these fails the run.
+GATE_FAILURES = {
+    "ServerError",
+    "ContentTypeServerError",
+    "UndefinedStatusCode",
+    "MissingContentType",
+    "UndefinedContentType",
+    "MalformedMediaType",
+    "JsonSchemaError",
+    "MalformedJson",
+    "ContentDeserializationError",
+    "DiscriminatorMismatch",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _prepare_database(name: str) -> str:
+    """A fresh migrated database with an admin, a cytologist and some cells; its URL."""
+    from tests.conftest import create_pg_database
+
+    url = create_pg_database(name)
+    os.environ["LEUKOLAB_DATABASE_URL"] = url
+    from app import db
+    from tests.app.factories import make_cells, make_user
+
+    db.upgrade(url)
+    make_user("root", role="admin")
+    make_user("cyto")
+    make_cells(20)
+    db.get_engine().dispose()
+    return url
+
+
+def _wait_until_up(base: str, server: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the server did not start within {timeout_s} s")
+
+
+def _summarise(report: dict, *, wanted_examples: int, seconds: float, returncode: int) -> dict:
+    """The headline numbers of a schemathesis JSON run report, split into the gate and the rest."""
+    gate: dict[str, int] = {}
+    other: dict[str, int] = {}
+    operations: dict[str, list[str]] = {}
+    for failure in report.get("failures", []):
+        kind = failure.get("type", "?")
+        (gate if kind in GATE_FAILURES else other)[kind] = failure.get("count", 1)
+        operations[kind] = failure.get("operations", [])
+    cases = report.get("test_cases", {}).get("generated", 0)
+    return {
+        "cases": cases,
+        "examples_per_operation": wanted_examples,
+        "operations_tested": report.get("operations", {}).get("tested", 0),
+        "gate_failures": gate,  # server errors, undocumented statuses, schema or content-type mismatches
+        "other_failures": other,  # e.g. RejectedPositiveData: a schema-valid request refused
+        "failing_operations": operations,
+        "errors": len(report.get("errors", [])),
+        "complete": report.get("complete", False),
+        "passed": bool(cases) and not gate and not report.get("errors") and report.get("complete", False),
+        "schemathesis_exit_code": returncode,
+        "seconds": round(seconds, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=1100, help="max examples per operation and phase")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", default="1")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fuzz.json")
+    args = parser.parse_args()
+
+    import schemathesis
+
+    name = f"leukolab_fuzz_{os.getpid()}"
+    url = _prepare_database(name)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    work = Path(tempfile.mkdtemp(prefix="leukolab-fuzz-"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LEUKOLAB_DATABASE_URL": url,
+        "LEUKOLAB_BROKER_DIR": str(work / "broker"),
+        "LEUKOLAB_ARTEFACT_DIR": str(work / "artefacts"),
+    }
+    env.pop("LEUKOLAB_REDIS_URL", None)  # the filesystem broker: training runs queue without Redis
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    started = time.monotonic()
+    try:
+        _wait_until_up(base, server)
+        token = httpx.post(f"{base}/api/v1/auth/token", data={"username": "root", "password": "correct-horse-battery"})
+        token.raise_for_status()
+        auth = f"Authorization: Bearer {token.json()['access_token']}"
+        report_path = work / "report.json"
+        command = [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "run",
+            f"{base}/openapi.json",
+            "--header",
+            auth,
+            "--checks",
+            ",".join(CHECKS),
+            "--max-examples",
+            str(args.examples),
+            "--seed",
+            str(args.seed),
+            "--workers",
+            args.workers,
+            "--no-shrink",
+            "--continue-on-failure",
+            "--suppress-health-check",
+            "all",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report_path),
+        ]
+        print("$", " ".join(c if not c.startswith("Authorization") else "Authorization: Bearer ..." for c in command))
+        run = subprocess.run(command, cwd=work, env=env)
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        summary = _summarise(
+            report, wanted_examples=args.examples, seconds=time.monotonic() - started, returncode=run.returncode
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        from tests.conftest import drop_pg_database
+
+        drop_pg_database(name)
+    summary = {
+        **summary,
+        "schemathesis": schemathesis.__version__,
+        "seed": args.seed,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"raw report: {report_path}")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
