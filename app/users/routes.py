@@ -45,14 +45,14 @@ def token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordR
     return Token(access_token=security.issue_token(user_id=user.id, session_version=user.session_version))
 
 
-@api.post("/auth/logout-everywhere", status_code=204)
+@api.post("/auth/logout-everywhere", status_code=204, responses=responses(403))
 def logout_everywhere_api(user: CurrentUser) -> Response:
     """End every session and token of the calling user, this token included."""
     service.end_sessions(user=user)
     return Response(status_code=204)
 
 
-@api.post("/auth/password", response_model=Token)
+@api.post("/auth/password", response_model=Token, responses=responses(400, 403, 413))
 def change_password_api(user: CurrentUser, session: SessionDep, body: PasswordChange) -> Token:
     """Change one's own password; every other session and token ends, and a fresh token is returned."""
     service.change_password(
