@@ -24,6 +24,7 @@ from ml.augment import Augmenter
 from ml.checkpoint import make_checkpoint, model_config_of
 from ml.config import TrainConfig
 from ml.data import autocast
+from ml.device import pick_device
 from ml.infer import predict
 from ml.metrics import classification_metrics
 from ml.model import ModelConfig, build_model
@@ -283,9 +284,7 @@ def train(
 ) -> TrainResult:
     """Train ``config.method`` on uint8 images; see the module docstring."""
     started = time.perf_counter()
-    device = (
-        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = torch.device(device) if device is not None else pick_device()
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny weights late in training otherwise slow CPUs badly
     torch.manual_seed(config.seed)

@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ml.cli import CPU_VECTOR_UNITS  # noqa: E402  (torch only inside its commands)
 from ml.config import TrainConfig, make_config  # noqa: E402  (no torch: cheap to import)
+from ml.device import CPU_VECTOR_UNITS  # noqa: E402  (torch only inside its functions)
 
 # Song & Wang 2024, Table 4 (accuracy %, their private data, 64 px, 180 epochs)
 PAPER_TABLE4 = {
