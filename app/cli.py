@@ -126,18 +126,17 @@ def serve(
 def _register_commands_from_other_modules() -> None:
     from app.bench import labelling_command
     from app.cells.cli import import_command
-    from ml import cli as ml_cli
-    from worker import bench as worker_bench
+    from bench import cli as bench_cli
     from worker import cli as worker_cli
 
     app.command("import", help="Import a folder or .zip of cell images; class sub-folders with --labelled.")(
         import_command
     )
     bench_app.command("labelling")(labelling_command)
-    bench_app.command("ssl")(ml_cli.ssl)
-    bench_app.command("throughput")(ml_cli.throughput)
+    bench_app.command("ssl")(bench_cli.ssl)
+    bench_app.command("throughput")(bench_cli.throughput)
     app.command("worker")(worker_cli.worker_command)
-    bench_app.command("active")(worker_bench.bench_active)
+    bench_app.command("active")(bench_cli.bench_active)
 
 
 _register_commands_from_other_modules()

@@ -1,6 +1,7 @@
 """Which unlabelled cells an expert should label next: pure numpy selection functions.
 
-``select_for_labelling`` is what the product's queue and ``leukolab bench active`` both use.
+``rank_for_queue`` (pseudo-label filters, then ``select_for_labelling``) is what the product's
+queue and ``leukolab bench active`` both use.
 Strategies:
 
 - ``random``: a uniform sample (the benchmark's baseline).
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml.pseudo import REJECTED, entropy
+from ml.config import TrainConfig
+from ml.pseudo import REJECTED, PseudoLabels, entropy, filter_pseudo_labels
 
 STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "margin", "diverse")
 DEFAULT_STRATEGY = "diverse"
@@ -208,3 +210,40 @@ def _diverse(
         order.extend(sorted(layer, key=lambda i: -score[i]))
         rank += 1
     return np.asarray(order[:n], dtype=np.int64)
+
+
+def rank_for_queue(
+    probs: np.ndarray,
+    features: np.ndarray,
+    labelled_features: np.ndarray | None,
+    labelled_y: np.ndarray,
+    config: TrainConfig,
+    n: int,
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    seed: int = 0,
+) -> tuple[Selection, PseudoLabels]:
+    """The queue's order: the pseudo-label filters of ``config`` (entropy, then label propagation
+    against the labelled cells' features), then ``select_for_labelling``."""
+    use_lp = labelled_features is not None and len(set(np.asarray(labelled_y).tolist())) >= 2
+    pseudo = filter_pseudo_labels(
+        probs,
+        features,
+        labelled_features if use_lp else None,
+        labelled_y if use_lp else None,
+        entropy_threshold=config.entropy_threshold,
+        use_propagation=use_lp,
+        n_neighbors=config.lp_neighbors,
+        confidence_threshold=config.lp_confidence,
+        alpha=config.lp_alpha,
+    )
+    selection = select_for_labelling(
+        probs,
+        features,
+        n,
+        strategy=strategy,
+        outcomes=pseudo.outcome,
+        labelled_features=labelled_features,
+        seed=seed,
+    )
+    return selection, pseudo

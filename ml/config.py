@@ -185,3 +185,34 @@ def make_config(profile: str, method: str = DEFAULT_METHOD, **overrides) -> Trai
         raise ValueError(f"unknown config fields: {sorted(unknown)}")
     values.update(overrides)
     return replace(TrainConfig(), method=method, profile=profile, **values)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``key=value`` settings (a CLI's ``--set``) as TrainConfig field values, validated by
+    pydantic against the field types: ``none``/``null`` for None, ``true``/``false`` for bools.
+    Raises ValueError naming the setting that is wrong."""
+    from pydantic import TypeAdapter, ValidationError
+
+    known = {f.name for f in fields(TrainConfig)}
+    raw: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected key=value")
+        if key not in known:
+            raise ValueError(f"--set {pair!r}: unknown config field {key!r}")
+        raw[key] = None if value.strip().lower() in ("none", "null") else value.strip()
+    try:
+        config = TypeAdapter(TrainConfig).validate_python(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in error.errors())
+        raise ValueError(f"--set: {problems}") from None
+    return {key: getattr(config, key) for key in raw}
+
+
+def config_from_dict(values: dict | None) -> TrainConfig:
+    """The TrainConfig a checkpoint stored (``asdict``); fields it lacks keep their defaults and
+    fields this version no longer has are dropped."""
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in (values or {}).items() if k in known})

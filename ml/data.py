@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import csv
-import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from ml.device import cpu_has_bf16
 from ml.images import model_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -23,20 +24,6 @@ class ImageSet:
     y: torch.Tensor  # int64 N
     class_names: list[str]
     files: list[str]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """True where oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX); asked once, as
-    ``autocast`` runs on every training step."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def autocast(device: torch.device, cpu_bf16: bool = False):
@@ -113,3 +100,11 @@ def split_labelled(y: torch.Tensor, per_class: int | None, seed: int) -> tuple[n
     labelled = np.sort(np.concatenate(chosen))
     rest = np.setdiff1d(np.arange(len(y)), labelled)
     return labelled, rest
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 images to the model's ``size`` (the tiny profile trains at 32 px; cells are 64)."""
+    if x.shape[-1] == size or len(x) == 0:
+        return x if len(x) else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)

@@ -24,6 +24,7 @@ from ml.augment import Augmenter
 from ml.checkpoint import make_checkpoint, model_config_of
 from ml.config import TrainConfig
 from ml.data import autocast
+from ml.device import pick_device
 from ml.infer import predict
 from ml.metrics import classification_metrics
 from ml.model import ModelConfig, build_model
@@ -268,6 +269,234 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((preds == y.cpu().numpy()).mean())
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    device = torch.device(device) if device is not None else pick_device()
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # tiny weights late in training otherwise slow CPUs badly
+    return device
+
+
+def _steps_per_epoch(config: TrainConfig, use_unlabelled: bool, n_unlabelled: int, n_pool: int) -> int:
+    """``config.steps_per_epoch``, else one pass over the unlabelled (or the labelled) pool."""
+    if config.steps_per_epoch:
+        return max(1, config.steps_per_epoch)
+    if use_unlabelled:
+        return max(1, math.ceil(n_unlabelled / max(1, config.batch_size - config.labelled_per_batch)))
+    return max(1, math.ceil(n_pool / config.batch_size))
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """A stage's learning rate (warm-up, then cosine) and consistency ramp by step."""
+
+    stage: Stage
+    steps_per_epoch: int
+    warmup: int
+    rampup: float
+
+    def at(self, round_step: int) -> tuple[float, float]:
+        total = self.stage.epochs * self.steps_per_epoch
+        lr = cosine_lr(round_step, total, self.stage.lr, self.warmup)
+        ramp = sigmoid_rampup(round_step / total, self.rampup) if self.stage.ramps_up else 1.0
+        return lr, ramp
+
+
+class _Run:
+    """One call of ``train``: the networks, the pools and the counters its stages share."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model_config: ModelConfig,
+        device: torch.device,
+        data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        validation: tuple[torch.Tensor, torch.Tensor] | None,
+        init_checkpoint: dict | None,
+        progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        self.config, self.model_config, self.device = config, model_config, device
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.student, self.teacher = self.fresh_models(init_checkpoint)
+        self.augmenter = Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
+        self.xl_all, self.yl_all, self.xu_all = (t.to(device) for t in data)
+        self.pool_x, self.pool_y = self.xl_all, self.yl_all  # labels, then accepted pseudo-labels
+        self.validation = validation
+        self.rounds = config.n_rounds if (config.pseudo_filter and len(self.xu_all)) else 1
+        self.stages = training_stages(config, self.rounds)
+        self.total_epochs = sum(stage.epochs for stage in self.stages)
+        self.algorithm = ALGORITHMS[self.stages[0].algorithm](config, self.student, self.teacher, self.augmenter)
+        self._progress, self._should_stop = progress, should_stop
+        self.history: list[dict] = []
+        self.funnel: dict | None = None
+        self.pseudo: PseudoLabels | None = None
+        self.images_seen, self.train_seconds, self.global_step, self.epoch_offset = 0, 0.0, 0, 0
+        self.last_val: float | None = None
+        self.last_loss = 0.0
+        self._last_report = 0.0
+
+    def fresh_models(self, init: dict | None) -> tuple[nn.Module, nn.Module]:
+        student = build_model(self.model_config)
+        if init is not None:
+            _load_init(student, init["student"])
+        student = student.to(self.device).to(memory_format=torch.channels_last)
+        teacher = copy.deepcopy(student)
+        if init is not None:
+            _load_init(teacher, init["teacher"])
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.eval()
+        return student, teacher
+
+    def report(self, force: bool = False, **fields: object) -> None:
+        """Call ``progress`` at most every PROGRESS_INTERVAL_S seconds (always when ``force``)."""
+        now = time.perf_counter()
+        if self._progress is not None and (force or now - self._last_report >= PROGRESS_INTERVAL_S):
+            self._last_report = now
+            values = {"epochs": self.total_epochs, "val_accuracy": self.last_val, "funnel": self.funnel}
+            self._progress(Progress(**{**values, **fields}))
+
+    def start_stage(self, stage: Stage) -> None:
+        """New networks for a fresh stage; a new algorithm (its teacher a copy of the student)."""
+        if stage.fresh:
+            self.student, self.teacher = self.fresh_models(None)
+            self.algorithm = ALGORITHMS[stage.algorithm](self.config, self.student, self.teacher, self.augmenter)
+        elif stage.algorithm != self.algorithm.name:
+            self.algorithm = ALGORITHMS[stage.algorithm](self.config, self.student, self.teacher, self.augmenter)
+            self.teacher.load_state_dict(self.student.state_dict())
+
+    def run_stage(self, stage: Stage) -> None:
+        """One cosine cycle of ``stage.epochs`` epochs, then pseudo-labels if the stage asks."""
+        config = self.config
+        self.start_stage(stage)
+        use_unlabelled = self.algorithm.uses_unlabelled and len(self.xu_all) > 0
+        steps = _steps_per_epoch(config, use_unlabelled, len(self.xu_all), len(self.pool_x))
+        n_lab = config.labelled_per_batch if use_unlabelled else config.batch_size
+        n_unl = config.batch_size - config.labelled_per_batch if use_unlabelled else 0
+        yl = self.yl_all
+        labelled_sampler = PoolSampler(yl, self.pool_y[len(yl) :], config.true_label_share, self.generator)
+        unlabelled_sampler = UnlabelledSampler(len(self.xu_all), self.generator)
+        optimizer = torch.optim.SGD(
+            self.student.parameters(),
+            lr=stage.lr,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
+        warmup = int(config.warmup_fraction * (stage.epochs * steps))
+        schedule = _Schedule(stage, steps, warmup, config.consistency_rampup)
+        phase = f"{stage.phase} (round {stage.round}/{self.rounds})"
+        unlabelled = (lambda: unlabelled_sampler.draw(n_unl).to(self.device)) if n_unl else None
+        self.student.train()
+        for epoch in range(stage.epochs):
+            label_idx = labelled_sampler.draw(steps, n_lab).to(self.device)
+            self.run_epoch(stage, epoch, phase, optimizer, schedule, label_idx, n_lab, unlabelled)
+        self.epoch_offset += stage.epochs
+        if stage.pseudo_label_after:
+            self.pseudo_label_pool(stage)
+
+    def run_epoch(
+        self,
+        stage: Stage,
+        epoch: int,
+        phase: str,
+        optimizer: torch.optim.Optimizer,
+        schedule: _Schedule,
+        label_idx: torch.Tensor,
+        n_lab: int,
+        unlabelled: Callable[[], torch.Tensor] | None,
+    ) -> None:
+        """One epoch of steps, then the validation accuracy (every ``eval_every`` epochs)."""
+        config, steps = self.config, schedule.steps_per_epoch
+        epoch_number = self.epoch_offset + epoch + 1
+        losses = []
+        epoch_started = time.perf_counter()
+        for step in range(steps):
+            if self._should_stop is not None and self._should_stop():
+                raise TrainingCancelled()
+            lr, ramp = schedule.at(epoch * steps + step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            li = label_idx[step * n_lab : (step + 1) * n_lab]
+            xu = self.xu_all[unlabelled()] if unlabelled is not None else self.xu_all[:0]
+            with autocast(self.device, config.cpu_bf16):
+                loss, n_images = self.algorithm.train_step(self.pool_x[li], self.pool_y[li], xu, ramp)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ema_update(self.teacher, self.student, config.ema_decay)
+            self.global_step += 1
+            self.images_seen += n_images
+            losses.append(loss.detach())
+            if step % 10 == 0:
+                self.report(
+                    epoch=epoch_number,
+                    step=step + 1,
+                    steps=steps,
+                    loss=float(loss.detach()),
+                    phase=phase,
+                    round=stage.round,
+                    rounds=self.rounds,
+                )
+        self.train_seconds += time.perf_counter() - epoch_started
+        self.last_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+        if self.validation is not None and ((epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == stage.epochs):
+            self.last_val = _accuracy(self.algorithm.eval_model, *self.validation)
+            self.student.train()
+        self.history.append(
+            {
+                "epoch": epoch_number,
+                "round": stage.round,
+                "algorithm": stage.algorithm,
+                "loss": self.last_loss,
+                "val_accuracy": self.last_val,
+            }
+        )
+        self.report(
+            force=True,
+            epoch=epoch_number,
+            step=steps,
+            steps=steps,
+            loss=self.last_loss,
+            phase=phase,
+            round=stage.round,
+            rounds=self.rounds,
+        )
+
+    def pseudo_label_pool(self, stage: Stage) -> None:
+        """The eval model pseudo-labels the unlabelled pool; the accepted cells join the labels."""
+        self.report(
+            force=True,
+            epoch=self.epoch_offset,
+            step=0,
+            steps=0,
+            loss=self.last_loss,
+            phase="pseudo-label",
+            round=stage.round,
+            rounds=self.rounds,
+        )
+        self.pseudo = pseudo_label(self.algorithm.eval_model, self.config, self.xl_all, self.yl_all, self.xu_all)
+        self.funnel = self.pseudo.funnel
+        accepted = torch.from_numpy(self.pseudo.accepted).to(self.device)
+        self.pool_x = torch.cat([self.xl_all, self.xu_all[accepted]])
+        self.pool_y = torch.cat([self.yl_all, torch.from_numpy(self.pseudo.label).to(self.device)[accepted]])
+        self.student.train()
+
+    def final_metrics(self, class_names: list[str]) -> dict | None:
+        """Validation metrics of the eval model (with the last funnel), if there is validation data."""
+        metrics = None
+        if self.validation is not None:
+            loss = self.history[-1]["loss"] if self.history else 0.0
+            self.report(force=True, epoch=self.epoch_offset, step=0, steps=0, loss=loss, phase="evaluate")
+            val_x, val_y = self.validation
+            preds = predict(self.algorithm.eval_model, val_x).labels
+            metrics = classification_metrics(val_y.cpu().numpy(), preds, class_names)
+        if metrics is not None or self.funnel is not None:
+            metrics = dict(metrics or {})
+            metrics["funnel"] = self.funnel
+        return metrics
+
+
 def train(
     config: TrainConfig,
     labelled_x: torch.Tensor,
@@ -283,214 +512,49 @@ def train(
 ) -> TrainResult:
     """Train ``config.method`` on uint8 images; see the module docstring."""
     started = time.perf_counter()
-    device = (
-        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # tiny weights late in training otherwise slow CPUs badly
+    device = _device(device)
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    n_classes = len(class_names)
     if unlabelled_x is None:
         unlabelled_x = labelled_x[:0]
-    labelled_y = labelled_y.long()
-
     if init_checkpoint is not None:
         model_config = model_config_of(init_checkpoint)
-        model_config.n_classes = n_classes
+        model_config.n_classes = len(class_names)
     else:
         mean, std = _channel_stats(labelled_x, unlabelled_x)
-        model_config = _model_config(config, n_classes, mean, std)
-
-    def fresh_models(init: dict | None) -> tuple[nn.Module, nn.Module]:
-        student = build_model(model_config)
-        if init is not None:
-            _load_init(student, init["student"])
-        student = student.to(device).to(memory_format=torch.channels_last)
-        teacher = copy.deepcopy(student)
-        if init is not None:
-            _load_init(teacher, init["teacher"])
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        teacher.eval()
-        return student, teacher
-
-    student, teacher = fresh_models(init_checkpoint)
-
-    augmenter = Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
-    xl_all = labelled_x.to(device)
-    yl_all = labelled_y.to(device)
-    xu_all = unlabelled_x.to(device)
-    rounds = config.n_rounds if (config.pseudo_filter and len(xu_all)) else 1
-    stages = training_stages(config, rounds)
-    algorithm = ALGORITHMS[stages[0].algorithm](config, student, teacher, augmenter)
-
-    history: list[dict] = []
-    funnel: dict | None = None
-    pseudo: PseudoLabels | None = None
-    images_seen, train_seconds, global_step = 0, 0.0, 0
-    last_report = 0.0
-    last_val: float | None = None
-
-    def report(p: Progress, force: bool = False) -> None:
-        nonlocal last_report
-        now = time.perf_counter()
-        if progress is not None and (force or now - last_report >= PROGRESS_INTERVAL_S):
-            last_report = now
-            progress(p)
-
-    pool_x, pool_y = xl_all, yl_all
-    total_epochs = sum(stage.epochs for stage in stages)
-    epoch_offset = 0
-    for stage in stages:
-        round_index, epochs = stage.round, stage.epochs
-        if stage.fresh:
-            student, teacher = fresh_models(None)
-            algorithm = ALGORITHMS[stage.algorithm](config, student, teacher, augmenter)
-        elif stage.algorithm != algorithm.name:
-            algorithm = ALGORITHMS[stage.algorithm](config, student, teacher, augmenter)
-            teacher.load_state_dict(student.state_dict())  # the new teacher starts as the student
-        use_unlabelled = algorithm.uses_unlabelled and len(xu_all) > 0
-        if config.steps_per_epoch:
-            steps_per_epoch = config.steps_per_epoch
-        elif use_unlabelled:
-            steps_per_epoch = math.ceil(len(xu_all) / max(1, config.batch_size - config.labelled_per_batch))
-        else:
-            steps_per_epoch = math.ceil(len(pool_x) / config.batch_size)
-        steps_per_epoch = max(1, steps_per_epoch)
-        total_steps = epochs * steps_per_epoch
-        n_lab = config.labelled_per_batch if use_unlabelled else config.batch_size
-        n_unl = config.batch_size - config.labelled_per_batch if use_unlabelled else 0
-        labelled_sampler = PoolSampler(yl_all, pool_y[len(yl_all) :], config.true_label_share, generator)
-        unlabelled_sampler = UnlabelledSampler(len(xu_all), generator)
-        base_lr = stage.lr
-        optimizer = torch.optim.SGD(
-            student.parameters(), lr=base_lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
-        )
-        warmup = int(config.warmup_fraction * total_steps)
-        phase = f"{stage.phase} (round {round_index}/{rounds})"
-        student.train()
-        for epoch in range(epochs):
-            label_idx = labelled_sampler.draw(steps_per_epoch, n_lab).to(device)
-            losses = []
-            epoch_started = time.perf_counter()
-            for step in range(steps_per_epoch):
-                if should_stop is not None and should_stop():
-                    raise TrainingCancelled()
-                round_step = epoch * steps_per_epoch + step
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(round_step, total_steps, base_lr, warmup)
-                ramp = sigmoid_rampup(round_step / total_steps, config.consistency_rampup) if stage.ramps_up else 1.0
-                li = label_idx[step * n_lab : (step + 1) * n_lab]
-                xl, yl = pool_x[li], pool_y[li]
-                xu = xu_all[unlabelled_sampler.draw(n_unl).to(device)] if n_unl else xu_all[:0]
-                with autocast(device, config.cpu_bf16):
-                    loss, n_images = algorithm.train_step(xl, yl, xu, ramp)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                ema_update(teacher, student, config.ema_decay)
-                global_step += 1
-                images_seen += n_images
-                losses.append(loss.detach())
-                if step % 10 == 0:
-                    report(
-                        Progress(
-                            epoch_offset + epoch + 1,
-                            total_epochs,
-                            step + 1,
-                            steps_per_epoch,
-                            float(loss.detach()),
-                            last_val,
-                            funnel,
-                            phase,
-                            round_index,
-                            rounds,
-                        )
-                    )
-            train_seconds += time.perf_counter() - epoch_started
-            epoch_loss = float(torch.stack(losses).mean()) if losses else float("nan")
-            if (
-                val_x is not None
-                and val_y is not None
-                and len(val_x)
-                and ((epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == epochs)
-            ):
-                last_val = _accuracy(algorithm.eval_model, val_x, val_y)
-                student.train()
-            history.append(
-                {
-                    "epoch": epoch_offset + epoch + 1,
-                    "round": round_index,
-                    "algorithm": stage.algorithm,
-                    "loss": epoch_loss,
-                    "val_accuracy": last_val,
-                }
-            )
-            report(
-                Progress(
-                    epoch_offset + epoch + 1,
-                    total_epochs,
-                    steps_per_epoch,
-                    steps_per_epoch,
-                    epoch_loss,
-                    last_val,
-                    funnel,
-                    phase,
-                    round_index,
-                    rounds,
-                ),
-                force=True,
-            )
-        epoch_offset += epochs
-
-        if stage.pseudo_label_after:
-            report(
-                Progress(
-                    epoch_offset, total_epochs, 0, 0, epoch_loss, last_val, funnel, "pseudo-label", round_index, rounds
-                ),
-                True,
-            )
-            pseudo = pseudo_label(algorithm.eval_model, config, xl_all, yl_all, xu_all)
-            funnel = pseudo.funnel
-            accepted = torch.from_numpy(pseudo.accepted).to(device)
-            pool_x = torch.cat([xl_all, xu_all[accepted]])
-            pool_y = torch.cat([yl_all, torch.from_numpy(pseudo.label).to(device)[accepted]])
-            student.train()
-
-    metrics = None
-    if val_x is not None and val_y is not None and len(val_x):
-        report(
-            Progress(
-                epoch_offset, total_epochs, 0, 0, history[-1]["loss"] if history else 0.0, last_val, funnel, "evaluate"
-            ),
-            True,
-        )
-        preds = predict(algorithm.eval_model, val_x).labels
-        metrics = classification_metrics(val_y.cpu().numpy(), preds, class_names)
-    if metrics is not None or funnel is not None:
-        metrics = dict(metrics or {})
-        metrics["funnel"] = funnel
-
-    student.eval()
+        model_config = _model_config(config, len(class_names), mean, std)
+    validation = (val_x, val_y) if val_x is not None and val_y is not None and len(val_x) else None
+    run = _Run(
+        config,
+        model_config,
+        device,
+        (labelled_x, labelled_y.long(), unlabelled_x),
+        validation,
+        init_checkpoint,
+        progress,
+        should_stop,
+    )
+    for stage in run.stages:
+        run.run_stage(stage)
+    metrics = run.final_metrics(class_names)
+    run.student.eval()
     checkpoint = make_checkpoint(
-        student=student,
-        teacher=teacher if algorithm.teacher_labels else student,
+        student=run.student,
+        teacher=run.teacher if run.algorithm.teacher_labels else run.student,
         model_config=model_config,
         train_config=config,
         class_names=class_names,
         metrics=metrics,
-        history=history,
-        step=global_step,
+        history=run.history,
+        step=run.global_step,
     )
     return TrainResult(
         checkpoint=checkpoint,
         metrics=metrics,
-        history=history,
-        pseudo_labels=pseudo,
+        history=run.history,
+        pseudo_labels=run.pseudo,
         wall_seconds=time.perf_counter() - started,
-        images_per_second=images_seen / train_seconds if train_seconds else 0.0,
-        funnel=funnel,
+        images_per_second=run.images_seen / run.train_seconds if run.train_seconds else 0.0,
+        funnel=run.funnel,
     )
 
 

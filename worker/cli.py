@@ -50,9 +50,9 @@ def reconcile_runs() -> list[int]:
 
 
 def worker_command(
-    queues: Annotated[
-        str, typer.Option(help="comma-separated queues: train (one GPU worker), score (any number)")
-    ] = ("train,score"),
+    queues: Annotated[str, typer.Option(help="comma-separated queues: train (one GPU worker), score (any number)")] = (
+        "train,score"
+    ),
     concurrency: Annotated[int, typer.Option(help="parallel tasks; keep 1 for a train worker")] = 1,
     loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
@@ -63,7 +63,7 @@ def worker_command(
     if not names or unknown:
         raise typer.BadParameter(f"unknown queues {sorted(unknown)}: use train and/or score")
     _wait_for_migrations()
-    from worker.runtime import device_name, fork_safe_device_name
+    from ml.device import device_name, fork_safe_device_name
 
     # A prefork pool's children must find CUDA uninitialised, so only a solo worker probes it here.
     described = device_name() if concurrency == 1 else fork_safe_device_name()

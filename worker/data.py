@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,23 +29,11 @@ def load_inputs(session: Session, cell_ids: Sequence[int], chunk: int = 2000) ->
     ids = list(cell_ids)
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
-        by_id.update(
-            session.execute(select(Cell.id, Cell.model_input).where(Cell.id.in_(part))).tuples().all()
-        )
+        by_id.update(session.execute(select(Cell.id, Cell.model_input).where(Cell.id.in_(part))).tuples().all())
     return cells_to_tensor([by_id[i] for i in ids])
 
 
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize uint8 images to the model's ``size`` (the tiny profile trains at 32 px; cells are 64)."""
-    if x.shape[-1] == size or len(x) == 0:
-        return x if len(x) else torch.empty(0, 3, size, size, dtype=torch.uint8)
-    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8)
-
-
-def stratified_split(
-    y: Sequence[int], seed: int, val_fraction: float = VAL_FRACTION
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: Sequence[int], seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, validation): about ``val_fraction`` of each class held out, but a class
     with fewer than 3 labels stays whole in training, and at least one label per class trains."""
     y = np.asarray(y, dtype=np.int64)

@@ -8,30 +8,33 @@ from collections.abc import Sequence
 
 import numpy as np
 from sqlalchemy import select, update
+from torch import nn
 
 from app.db import session_scope
 from app.labelling.service import current_labels
 from app.models import Cell, ModelVersion, Prediction
 from app.training import broker, service
-from ml.active import Selection, margin, select_for_labelling
+from ml.active import margin, rank_for_queue
 from ml.checkpoint import load_checkpoint, load_model
+from ml.config import TrainConfig, config_from_dict
+from ml.data import resize
+from ml.device import pick_device
 from ml.infer import predict
-from ml.pseudo import PASSED_ENTROPY, REJECTED, PseudoLabels, entropy, filter_pseudo_labels
-from worker.data import load_inputs, resize
-from worker.runtime import device
+from ml.pseudo import PASSED_ENTROPY, REJECTED, entropy, entropy_mask
+from worker.data import load_inputs
 
 log = logging.getLogger("leukolab.worker")
 MAX_LABELLED_FOR_PROPAGATION = 5000
-_models: dict[str, tuple[float, object, dict]] = {}
+_models: dict[str, tuple[float, nn.Module, dict]] = {}
 
 
-def model_of(path: str):  # type: ignore[no-untyped-def]
+def model_of(path: str) -> tuple[nn.Module, dict]:
     """The teacher network of a checkpoint and the checkpoint, cached per file and mtime."""
     mtime = os.path.getmtime(path)
     cached = _models.get(path)
     if cached is None or cached[0] != mtime:
         checkpoint = load_checkpoint(path)
-        model = load_model(checkpoint, which="teacher", device=device())
+        model = load_model(checkpoint, which="teacher", device=pick_device())
         _models.clear()  # one model at a time is plenty for a worker
         _models[path] = (
             mtime,
@@ -42,8 +45,8 @@ def model_of(path: str):  # type: ignore[no-untyped-def]
     return model, meta
 
 
-def _train_config(meta: dict) -> dict:
-    return meta.get("train_config") or {}
+def _train_config(meta: dict) -> TrainConfig:
+    return config_from_dict(meta.get("train_config"))
 
 
 def score_all(model_id: int) -> int:
@@ -74,14 +77,15 @@ def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
         path, names = version.artefact_path, list(version.class_names)
         x = load_inputs(session, cell_ids)
     model, meta = model_of(path)
-    threshold = float(_train_config(meta).get("entropy_threshold", 0.01))
+    threshold = _train_config(meta).entropy_threshold
     predictions = predict(model, resize(x, model.config.image_size))
     probs = predictions.probs.astype(np.float64)
     ent, mar = entropy(probs), margin(probs)
+    passed = entropy_mask(probs, threshold)
     predicted = probs.argmax(axis=1)
     rows = []
     for i, cell_id in enumerate(cell_ids):
-        outcome = PASSED_ENTROPY if ent[i] <= threshold else REJECTED
+        outcome = PASSED_ENTROPY if passed[i] else REJECTED
         rows.append(
             {
                 "cell_id": int(cell_id),
@@ -101,43 +105,6 @@ def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
     if total and done - len(rows) < total <= done:
         broker.enqueue(broker.TASK_REFRESH_QUEUE, model_id)
     return len(rows)
-
-
-def rank_for_queue(
-    probs: np.ndarray,
-    features: np.ndarray,
-    labelled_features: np.ndarray | None,
-    labelled_y: np.ndarray,
-    config: dict,
-    n: int,
-    *,
-    strategy: str = "diverse",
-    seed: int = 0,
-) -> tuple[Selection, PseudoLabels]:
-    """The queue's order: pseudo-label filters (entropy, then label propagation against the
-    labelled cells' features), then ``ml.active`` selection. ``leukolab bench active`` runs this too."""
-    use_lp = labelled_features is not None and len(set(np.asarray(labelled_y).tolist())) >= 2
-    pseudo = filter_pseudo_labels(
-        probs,
-        features,
-        labelled_features if use_lp else None,
-        labelled_y if use_lp else None,
-        entropy_threshold=float(config.get("entropy_threshold", 0.01)),
-        use_propagation=use_lp,
-        n_neighbors=int(config.get("lp_neighbors", 8)),
-        confidence_threshold=float(config.get("lp_confidence", 0.8)),
-        alpha=float(config.get("lp_alpha", 0.2)),
-    )
-    selection = select_for_labelling(
-        probs,
-        features,
-        n,
-        strategy=strategy,
-        outcomes=pseudo.outcome,
-        labelled_features=labelled_features,
-        seed=seed,
-    )
-    return selection, pseudo
 
 
 def refresh_queue(model_id: int) -> int:

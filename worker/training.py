@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.labelling.service import class_names as ordered_class_names
@@ -21,9 +22,10 @@ from app.settings import get_settings
 from app.training import broker, service
 from ml.checkpoint import load_checkpoint, model_config_of, save_checkpoint
 from ml.config import entropy_threshold_for, make_config
+from ml.data import resize
+from ml.device import device_name, pick_device
 from ml.train import Progress, TrainingCancelled, train
-from worker.data import load_inputs, resize, stratified_split
-from worker.runtime import device, device_name
+from worker.data import load_inputs, stratified_split
 
 log = logging.getLogger("leukolab.worker")
 
@@ -140,7 +142,7 @@ def run_retrain(run_id: int) -> str:
     return "succeeded"
 
 
-def snapshot_labels(*, session) -> tuple[list[int], list[int], list[str]]:  # type: ignore[no-untyped-def]
+def snapshot_labels(*, session: Session) -> tuple[list[int], list[int], list[str]]:
     """(cell ids, class indices, class names): the standing expert labels, ``unsure`` left out.
     The model learns the classes, in display order, that have at least one label."""
     labels = {cell_id: value for cell_id, value in current_labels(session=session).items() if value != UNSURE}
@@ -222,7 +224,7 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         init_checkpoint=init,
         progress=reporter.progress,
         should_stop=reporter.should_stop,
-        device=device(),
+        device=pick_device(),
     )
     metrics = dict(result.metrics or {})
     metrics.setdefault("accuracy", None)
@@ -271,7 +273,7 @@ def _accuracy_of(artefact_path: str, class_names: list[str], x: torch.Tensor, tr
     from ml.infer import predict
 
     try:
-        model = load_model(load_checkpoint(artefact_path), which="teacher", device=device())
+        model = load_model(load_checkpoint(artefact_path), which="teacher", device=pick_device())
     except (OSError, ValueError, RuntimeError) as error:
         log.warning("could not load the active model for the baseline: %s", error)
         return None
@@ -279,7 +281,7 @@ def _accuracy_of(artefact_path: str, class_names: list[str], x: torch.Tensor, tr
     return float(np.mean([class_names[int(p)] == t for p, t in zip(predicted, truth, strict=True)]))
 
 
-def _beats_active(session, metrics: dict) -> bool:  # type: ignore[no-untyped-def]
+def _beats_active(session: Session, metrics: dict) -> bool:
     """Auto-promote rule: better validation accuracy than the active model, measured on this
     run's own validation cells when possible (the stored accuracies used different ones)."""
     current = service.active_model(session=session)

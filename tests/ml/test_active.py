@@ -15,8 +15,11 @@ from ml.active import (
     k_center_greedy,
     margin,
     normalised_entropy,
+    rank_for_queue,
     select_for_labelling,
 )
+from ml.config import make_config
+from ml.pseudo import PASSED_ENTROPY, REJECTED
 
 
 def test_margin_and_entropy() -> None:
@@ -95,3 +98,19 @@ def test_empty_and_small_pools() -> None:
     assert len(select_for_labelling(probs[:0], np.ones((0, 2)), 5)) == 0
     with pytest.raises(ValueError):
         select_for_labelling(probs, None, 1, strategy="nope")
+
+
+def test_rank_for_queue_filters_with_the_training_config() -> None:
+    rng = np.random.default_rng(0)
+    confident = np.tile([0.999, 0.0005, 0.0005], (6, 1))  # entropy about 0.009 nats
+    unsure = rng.dirichlet([1.0, 1.0, 1.0], size=6)
+    probs = np.concatenate([confident, unsure])
+    features = rng.normal(size=(12, 4))
+    strict = make_config("tiny", entropy_threshold=0.001)
+    loose = make_config("tiny", entropy_threshold=0.05)
+    _, pseudo = rank_for_queue(probs, features, None, np.zeros(0, dtype=np.int64), strict, 4)
+    assert set(pseudo.outcome.tolist()) == {REJECTED}
+    selection, pseudo = rank_for_queue(probs, features, None, np.zeros(0, dtype=np.int64), loose, 4)
+    assert pseudo.outcome[:6].tolist() == [PASSED_ENTROPY] * 6
+    assert set(pseudo.outcome[6:].tolist()) == {REJECTED}
+    assert len(selection) == 4 and set(selection.indices.tolist()) <= set(range(6, 12))  # the unsure first

@@ -17,14 +17,37 @@ def test_translate_shifts_each_sample_by_its_own_offset():
     assert torch.equal(translate(x, 0), x)
 
 
-def test_flips_preserve_content():
-    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+def _symmetries(img: torch.Tensor) -> list[torch.Tensor]:
+    """The eight symmetries of the square: four rotations, each with and without a flip."""
+    rotations = [torch.rot90(img, k, dims=(-2, -1)) for k in range(4)]
+    return rotations + [r.flip(-1) for r in rotations]
+
+
+def _which(out: torch.Tensor, img: torch.Tensor) -> int:
+    matches = [k for k, s in enumerate(_symmetries(img)) if torch.equal(out, s)]
+    assert len(matches) == 1, "the output is not one symmetry of its input"
+    return matches[0]
+
+
+def test_flips_and_rotations_apply_a_symmetry_per_sample():
+    # a 4×4 ramp with distinct pixels: each symmetry of the square gives a different image
+    img = torch.arange(3 * 4 * 4, dtype=torch.float32).view(3, 4, 4)
+    x = img.expand(64, 3, 4, 4).clone()
     out = flips_and_rotations(x, True, True, True, torch.Generator().manual_seed(1))
     assert out.shape == x.shape
-    for a, b in zip(out, x, strict=True):
-        assert torch.equal(a.sort(dim=-1).values.sum(), b.sort(dim=-1).values.sum())
-        assert torch.equal(torch.sort(a.flatten()).values, torch.sort(b.flatten()).values)
+    chosen = [_which(o, img) for o in out]
+    assert len(set(chosen)) == 8  # 64 draws of three coins reach every symmetry
     assert torch.equal(flips_and_rotations(x, False, False, False), x)
+
+
+@pytest.mark.parametrize(("hflip", "vflip", "allowed"), [(True, False, {0, 4}), (False, True, {0, 6})])
+def test_a_single_flip_flips_about_half_the_samples(hflip, vflip, allowed):
+    img = torch.arange(3 * 4 * 4, dtype=torch.float32).view(3, 4, 4)
+    x = img.expand(64, 3, 4, 4).clone()
+    out = flips_and_rotations(x, hflip, vflip, False, torch.Generator().manual_seed(2))
+    chosen = [_which(o, img) for o in out]
+    assert set(chosen) == allowed  # identity, or exactly that flip
+    assert 16 <= sum(k != 0 for k in chosen) <= 48
 
 
 def test_strong_augmentation_range():

@@ -51,7 +51,8 @@ def test_resnet50_option():
 
 
 def test_package_import_does_not_load_torch():
-    code = "import sys, ml, ml.images, ml.config, ml.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    modules = "ml, ml.images, ml.config, ml.device, ml.cli, bench.cli"
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

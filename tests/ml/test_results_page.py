@@ -82,11 +82,31 @@ def test_page_reports_mean_sd_and_missing_seeds(results_script, tmp_path):
             _run("supervised", 20, 0, 0.90, 300, FAST, tta=False),
         ],
     )
-    results_script.RESULTS_DIR = str(tmp_path)
-    page = results_script.render(results_script.load_runs(tmp_path), "plot.png")
+    page = results_script.render(results_script.load_runs(tmp_path), "plot.png", tmp_path)
     assert "| supervised | all | cpu | 0,1 | 98.0 ± 1.4 | 97.0 ± 1.4 |" in page
     assert "| supervised | 20 | cpu (tta=False) | 0 | 90.0 |" in page
     missing = page.split("## Missing runs", 1)[1]
     assert "supervised @ all: seeds 2 not run with the current profile" in missing
     # the earlier profile's run does not count for the current profile
     assert "supervised @ 20: seeds 0, 1, 2 not run" in missing
+    assert "## Throughput" not in page and page.endswith("current profile\n")
+
+
+def test_page_ends_with_the_throughput_run_when_there_is_one(results_script, tmp_path):
+    _write(tmp_path, [_run("supervised", "all", seed, 0.99, 900, FAST) for seed in (0, 1, 2)])
+    throughput = {
+        "device": FAST,
+        "train": {"leukolab": 332.4, "reference": 226.0},
+        "train_speedup": 1.47,
+        "inference": {"leukolab": 647.6, "reference": 357.2},
+        "train_bf16": {"leukolab": 580.2, "speedup": 2.56},
+    }
+    page = results_script.render(results_script.load_runs(tmp_path), "plot.png", tmp_path, throughput)
+    assert page.endswith(
+        "\n## Throughput\n\n"
+        f"`leukolab bench throughput` on {FAST}: training 332 img/s (reference 226 img/s, 1.5×), inference "
+        "648 img/s (reference 357 img/s). The reference is torchvision ImageFolder + DataLoader + per-image "
+        "PIL transforms, same model, same process.\n"
+        "\nWith bf16 training on this CPU (`cpu_bf16`, off by default): 580 img/s, 2.6× the reference.\n"
+    )
+    assert "- supervised @ all: target ≥ 99.0 %, got 99.0 % — met" in page

@@ -14,8 +14,9 @@ from app.db import session_scope
 from app.models import TrainingRun, utcnow
 from app.settings import Settings
 from app.training import broker, service
+from ml.data import resize
 from tests.app.factories import make_user
-from worker.data import cells_to_tensor, resize, stratified_split
+from worker.data import cells_to_tensor, stratified_split
 
 
 def test_stratified_split_holds_out_a_fifth_and_keeps_rare_classes_whole() -> None:

@@ -3,7 +3,7 @@ the cytologist.
 
 Start from 2 labels per class of the train split. Each round trains (warm-started from the
 previous round's model, as a lab would retrain), scores the unlabelled pool, runs the same
-pseudo-label filters and selection as the queue refresh (``worker.scoring.rank_for_queue``), and
+pseudo-label filters and selection as the queue refresh (``ml.active.rank_for_queue``), and
 "labels" the first ``step`` cells the queue would show, until ``budget`` labels are spent.
 Accuracy on the test split is recorded after every round; a PNG plots accuracy against labels
 for every strategy whose JSON lies beside ``--json``.
@@ -52,18 +52,22 @@ def bench_active(
     import numpy as np
     import torch
 
-    from ml.config import entropy_threshold_for, make_config
-    from ml.data import load_manifest_split
+    from ml.active import rank_for_queue
+    from ml.checkpoint import load_model
+    from ml.config import entropy_threshold_for, make_config, parse_overrides
+    from ml.data import load_manifest_split, resize
+    from ml.device import device_name, pick_device
     from ml.images import MODEL_SIZE
     from ml.infer import predict
     from ml.metrics import classification_metrics
     from ml.train import train
-    from worker.data import resize
-    from worker.runtime import device, device_name
-    from worker.scoring import rank_for_queue
 
     started = time.perf_counter()
-    extra = _parse_overrides(overrides)
+    try:
+        extra = parse_overrides(overrides)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    device = pick_device()
     rng = np.random.default_rng(seed)
     train_set = load_manifest_split(data, "train", MODEL_SIZE)  # 64 px, like the stored cells
     test_set = load_manifest_split(data, "test", MODEL_SIZE, class_names=train_set.class_names)
@@ -101,7 +105,7 @@ def bench_active(
         "n_pool": int(len(y_pool)),
         "n_test": int(len(y_test)),
         "class_names": names,
-        "device": device_name(),
+        "device": device_name(device),
         "rounds": rounds,
     }
     while True:
@@ -127,10 +131,10 @@ def bench_active(
             x_pool_small[t_unl],
             names,
             init_checkpoint=checkpoint,
-            device=device(),
+            device=device,
         )
         checkpoint = result.checkpoint
-        model = _load(checkpoint, device())
+        model = load_model(checkpoint, which="teacher", device=device)
         test = predict(model, x_test_small)
         metrics = classification_metrics(y_test, test.labels, names)
         record = {
@@ -150,7 +154,7 @@ def bench_active(
                 scored.features,
                 lab_features,
                 y_pool[np.sort(labelled)],
-                {k: getattr(config, k) for k in ("entropy_threshold", "lp_neighbors", "lp_confidence", "lp_alpha")},
+                config,
                 n,
                 strategy=strategy,
                 seed=seed + len(rounds),
@@ -178,26 +182,6 @@ def bench_active(
         _write_json(json_out, out)
         typer.echo(f"wrote {json_out} and {plot}")
     return out
-
-
-def _parse_overrides(pairs: list[str] | None) -> dict:
-    """``key=value`` pairs; values are read as JSON (numbers, true/false, null), else strings."""
-    out: dict = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {pair!r}: expected key=value")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except ValueError:
-            out[key.strip()] = raw
-    return out
-
-
-def _load(checkpoint: dict, device):  # type: ignore[no-untyped-def]
-    from ml.checkpoint import load_model
-
-    return load_model(checkpoint, which="teacher", device=device)
 
 
 def _write_json(path: Path, payload: dict) -> None:

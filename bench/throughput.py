@@ -5,6 +5,7 @@ transforms (resize, random translation, flips), an NCHW model in float32. leukol
 the images once into a uint8 tensor (timed separately, as ``decode_seconds``), augments whole
 batches on tensors and runs the model channels_last, under bf16 autocast on CUDA. On a CPU with
 native bf16 it also times the loop with ``cpu_bf16`` (faster, but off by default: see ml.config).
+``leukolab bench throughput`` (bench.cli) runs it.
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ def measure(
 
     from ml.augment import Augmenter
     from ml.config import make_config
-    from ml.data import autocast, cpu_has_bf16, default_device, load_image_folder
+    from ml.data import autocast, load_image_folder
+    from ml.device import cpu_has_bf16, device_name, pick_device
     from ml.infer import predict
     from ml.model import ModelConfig, build_model
 
-    device = default_device()
+    device = pick_device()
     config = make_config(profile, "supervised")
     size = config.image_size
     tmp = None
@@ -143,8 +145,6 @@ def measure(
     if tmp is not None:
         tmp.cleanup()
 
-    from ml.cli import _device_name
-
     return {
         "train": {"leukolab": our_train, "reference": ref_train},
         "inference": {"leukolab": our_infer, "reference": ref_infer},
@@ -153,7 +153,7 @@ def measure(
         if our_train_bf16 is None
         else {"leukolab": our_train_bf16, "speedup": our_train_bf16 / ref_train, "cpu_bf16": True},
         "inference_speedup": our_infer / ref_infer,
-        "device": _device_name(device),
+        "device": device_name(device),
         "torch": torch.__version__,
         "model": {"arch": config.arch, "width": config.width, "image_size": size, "batch_size": batch},
         "steps": steps,

@@ -1,0 +1,269 @@
+"""``leukolab bench ssl``: train a method with N labels per class from a MANIFEST's train split
+and evaluate it on the test split; the JSON it writes is what docs/results/*.json hold.
+
+torch is imported inside the functions, so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import numpy as np
+import typer
+
+from ml.config import DEFAULT_METHOD, METHODS, PROFILES, TrainConfig
+
+if TYPE_CHECKING:
+    from ml.data import ImageSet
+    from ml.pseudo import PseudoLabels
+    from ml.train import Progress, TrainResult
+
+PAPER_TABLE5_ORDER = ("neutrophil", "monocyte", "basophil", "eosinophil", "lymphocyte")
+MONITOR_CELLS = 500
+
+
+@dataclass
+class Split:
+    """The benchmark's data: the train split's rows by role, and the test set."""
+
+    train_set: ImageSet
+    test_set: ImageSet
+    labelled: np.ndarray
+    unlabelled: np.ndarray
+    monitor: np.ndarray  # unlabelled train cells whose labels read the learning curve only
+
+
+def print_table5(rows: list[tuple[str, dict]]) -> None:
+    """Print metrics shaped like the paper's Table 5: per class prec/rec/F1, then accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        return
+    names = list(rows[0][1]["per_class"])
+    ordered = [n for n in PAPER_TABLE5_ORDER if n in names] + [n for n in names if n not in PAPER_TABLE5_ORDER]
+    table = Table(title="Comparison (shaped like Song & Wang 2024, Table 5)")
+    table.add_column("Model")
+    for name in ordered:
+        for metric in ("prec", "rec", "F1"):
+            table.add_column(f"{name[:4]} {metric}", justify="right")
+    table.add_column("acc %", justify="right")
+    table.add_column("macro F1", justify="right")
+    for label, metrics in rows:
+        cells = []
+        for name in ordered:
+            pc = metrics["per_class"][name]
+            cells += [f"{pc['precision']:.2f}", f"{pc['recall']:.2f}", f"{pc['f1']:.2f}"]
+        table.add_row(label, *cells, f"{100 * metrics['accuracy']:.1f}", f"{metrics['macro_f1']:.3f}")
+    Console().print(table)
+
+
+def bench_config(
+    profile: str, method: str, seed: int, per_class: int | None, overrides: list[str] | None
+) -> TrainConfig:
+    """The profile's config with ``--set`` overrides; the entropy threshold follows the labels."""
+    from ml.config import entropy_threshold_for, make_config, parse_overrides
+
+    try:
+        extra = parse_overrides(overrides)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    extra.setdefault("entropy_threshold", entropy_threshold_for(per_class))
+    extra.setdefault("eval_every", 4)
+    return make_config(profile, method, seed=seed, **extra)
+
+
+def load_split(data: Path, test_dir: Path | None, config: TrainConfig, per_class: int | None, seed: int) -> Split:
+    """Draw ``per_class`` labels per class from the train split (by ``seed``); the rest is the
+    unlabelled pool when the method uses one."""
+    from ml.data import load_image_folder, load_manifest_split, split_labelled
+
+    train_set = load_manifest_split(data, "train", config.image_size)
+    if test_dir is not None:
+        test_set = load_image_folder(test_dir, config.image_size, class_names=train_set.class_names)
+    else:
+        test_set = load_manifest_split(data, "test", config.image_size, class_names=train_set.class_names)
+    labelled, rest = split_labelled(train_set.y, per_class, seed)
+    uses_unlabelled = config.algorithm != "supervised" or config.pseudo_filter is not None
+    monitor = np.random.default_rng(seed).permutation(rest)[:MONITOR_CELLS]
+    return Split(train_set, test_set, labelled, rest if uses_unlabelled else rest[:0], monitor)
+
+
+def train_with_progress(config: TrainConfig, split: Split, title: str, started: float) -> TrainResult:
+    """Train with a progress bar (a line per epoch where stderr is not a terminal). The learning
+    curve is read on the monitor cells; the test split is touched only once, after training."""
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
+    from ml.train import train
+
+    x, y = split.train_set.x, split.train_set.y
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    with RichProgress(*columns) as bar:
+        task = bar.add_task(title, total=None, info="")
+        last_epoch = {"n": -1}
+
+        def on_progress(p: Progress) -> None:
+            info = f"{p.phase} epoch {p.epoch}/{p.epochs} step {p.step}/{p.steps} loss {p.loss:.3f}"
+            if p.val_accuracy is not None:
+                info += f" monitor acc {p.val_accuracy:.3f}"
+            if p.funnel:
+                info += f" funnel {p.funnel}"
+            bar.update(task, total=p.epochs, completed=p.epoch - 1 + (p.step / p.steps if p.steps else 1), info=info)
+            if not bar.console.is_terminal and (p.epoch != last_epoch["n"] or p.phase != "train"):
+                last_epoch["n"] = p.epoch
+                typer.echo(f"[{time.perf_counter() - started:6.0f} s] {info}", err=True)
+
+        return train(
+            config,
+            x[split.labelled],
+            y[split.labelled],
+            x[split.unlabelled],
+            split.train_set.class_names,
+            val_x=x[split.monitor],
+            val_y=y[split.monitor],
+            progress=on_progress,
+        )
+
+
+def pseudo_label_report(pl: PseudoLabels, truth: np.ndarray, class_names: list[str]) -> dict:
+    """How many unlabelled cells each filter kept, and how many of them were right, per class."""
+
+    def accuracy_of(mask: np.ndarray) -> float | None:
+        return float((pl.label[mask] == truth[mask]).mean()) if mask.any() else None
+
+    accepted = np.zeros(len(truth), dtype=bool)
+    accepted[pl.accepted] = True
+    funnel_by_class = {}
+    for c, name in enumerate(class_names):
+        of_class = truth == c
+        funnel_by_class[name] = {
+            "unlabelled": int(of_class.sum()),
+            "set1": int((of_class & (pl.outcome != "rejected")).sum()),
+            "accepted": int((of_class & accepted).sum()),
+            "accepted_as_class": int((accepted & (pl.label == c)).sum()),
+            "precision": accuracy_of(accepted & (pl.label == c)),
+        }
+    return {
+        "funnel": pl.funnel,
+        "set1_accuracy": accuracy_of(pl.outcome != "rejected"),
+        "set2_accuracy": accuracy_of(pl.outcome == "passed_propagation") if pl.funnel.get("set2") is not None else None,
+        "accepted": int(accepted.sum()),
+        "accepted_accuracy": accuracy_of(accepted),
+        "coverage": float(accepted.mean()) if len(accepted) else 0.0,
+        "per_class": funnel_by_class,
+    }
+
+
+def evaluate(result: TrainResult, config: TrainConfig, split: Split) -> dict:
+    """Test-split metrics; the student's monitor accuracy; with TTA, the same checkpoint's
+    single-view accuracy (a paired measure of what TTA adds)."""
+    from ml.checkpoint import load_model
+    from ml.infer import predict
+    from ml.metrics import classification_metrics
+
+    test_x, test_y = split.test_set.x, split.test_set.y.numpy()
+    predictions = predict(result.checkpoint, test_x)
+    student_monitor = None
+    if len(split.monitor):
+        monitor_x = split.train_set.x[split.monitor]
+        student_preds = predict(load_model(result.checkpoint, which="student"), monitor_x).labels
+        student_monitor = float((student_preds == split.train_set.y[split.monitor].numpy()).mean())
+    single_view = None
+    if config.tta:
+        single_view = float((predict(result.checkpoint, test_x, tta=False).labels == test_y).mean())
+    return {
+        "metrics": classification_metrics(test_y, predictions.labels, split.train_set.class_names),
+        "single_view_accuracy": single_view,
+        "student_monitor_accuracy": student_monitor,
+    }
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def ssl(
+    data: Annotated[Path, typer.Option("--data", help="ImageFolder with MANIFEST.csv (train/test split)")],
+    labels_per_class: Annotated[str, typer.Option("--labels-per-class", help="labelled images per class, or 'all'")],
+    method: Annotated[str, typer.Option("--method", help=f"one of {', '.join(METHODS)}")] = DEFAULT_METHOD,
+    profile: Annotated[str, typer.Option("--profile", help=f"one of {', '.join(PROFILES)}")] = "cpu",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
+    test_dir: Annotated[
+        Path | None, typer.Option("--test-dir", help="evaluate on this ImageFolder instead of the test split")
+    ] = None,
+    checkpoint_out: Annotated[Path | None, typer.Option("--checkpoint", help="also save the checkpoint")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="config override key=value")] = None,
+) -> dict:
+    """Train METHOD with N labels per class from the train split; evaluate on the test split."""
+    import torch
+
+    from ml.device import device_name, pick_device
+
+    started = time.perf_counter()
+    per_class = None if labels_per_class.strip().lower() == "all" else int(labels_per_class)
+    config = bench_config(profile, method, seed, per_class, overrides)
+    device = pick_device()
+    split = load_split(data, test_dir, config, per_class, seed)
+    load_seconds = time.perf_counter() - started
+    result = train_with_progress(config, split, f"{method} @{labels_per_class}", started)
+    train_seconds = time.perf_counter() - started - load_seconds
+    evaluation = evaluate(result, config, split)
+    metrics = evaluation["metrics"]
+    pseudo = None
+    if result.pseudo_labels is not None:
+        truth = split.train_set.y[split.unlabelled].numpy()
+        pseudo = pseudo_label_report(result.pseudo_labels, truth, split.train_set.class_names)
+    if checkpoint_out is not None:
+        from ml.checkpoint import save_checkpoint
+
+        save_checkpoint(checkpoint_out, result.checkpoint)
+    out = {
+        "dataset": str(data),
+        "method": method,
+        "profile": profile,
+        "seed": seed,
+        "labels_per_class": per_class if per_class is not None else "all",
+        "n_labelled": int(len(split.labelled)),
+        "n_unlabelled": int(len(split.unlabelled)),
+        "n_test": int(len(split.test_set.y)),
+        "test": str(test_dir) if test_dir is not None else "manifest test split",
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "single_view_accuracy": evaluation["single_view_accuracy"],
+        "per_class": metrics["per_class"],
+        "confusion": metrics["confusion"],
+        "class_names": split.train_set.class_names,
+        "pseudo_labels": pseudo,
+        "wall_seconds": time.perf_counter() - started,
+        "train_seconds": train_seconds,
+        "load_seconds": load_seconds,
+        "images_per_second": result.images_per_second,
+        "monitor_accuracy": (result.metrics or {}).get("accuracy"),
+        "student_monitor_accuracy": evaluation["student_monitor_accuracy"],
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "config": asdict(config),
+        "history": result.history,
+    }
+    _summarise(out, f"{method} @{labels_per_class}/class", metrics)
+    if json_out is not None:
+        write_json(json_out, out)
+    return out
+
+
+def _summarise(out: dict, label: str, metrics: dict) -> None:
+    print_table5([(label, metrics)])
+    summary = (
+        f"accuracy {100 * out['accuracy']:.2f} %  macro-F1 {out['macro_f1']:.4f}  wall {out['wall_seconds']:.0f} s"
+    )
+    pseudo = out["pseudo_labels"]
+    if pseudo:
+        summary += f"  pseudo-labels {pseudo['funnel']} accepted accuracy {pseudo['accepted_accuracy']}"
+    typer.echo(summary)

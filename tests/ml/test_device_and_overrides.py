@@ -1,0 +1,55 @@
+"""ml.device's name (the one format of bench JSONs and worker runs) and ml.config's --set parser."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from ml.config import config_from_dict, make_config, parse_overrides
+from ml.device import CPU_VECTOR_UNITS, device_name
+
+
+def test_cpu_device_name_is_the_format_the_results_page_reads():
+    name = device_name(torch.device("cpu"))
+    units = "|".join(re.escape(u) for u in CPU_VECTOR_UNITS)
+    assert re.fullmatch(rf"cpu: .+ \(({units})\), {torch.get_num_threads()} threads", name), name
+
+
+def test_set_values_are_validated_against_the_config_field_types():
+    values = parse_overrides(
+        ["epochs=3", "tta=true", "hflip=0", "lr=5e-5", "true_label_share=none", "steps_per_epoch=null", "arch=resnet50"]
+    )
+    assert values == {
+        "epochs": 3,
+        "tta": True,
+        "hflip": False,
+        "lr": 5e-5,
+        "true_label_share": None,
+        "steps_per_epoch": None,
+        "arch": "resnet50",
+    }
+    assert make_config("tiny", **values).epochs == 3
+    assert parse_overrides(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("epochs=many", "epochs='many'"),
+        ("tta=maybe", "tta='maybe'"),
+        ("colour=red", "unknown config field 'colour'"),
+        ("epochs", "expected key=value"),
+    ],
+)
+def test_set_rejects_what_the_config_cannot_hold(pair, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_overrides([pair])
+
+
+def test_a_stored_config_reads_back_with_defaults_for_missing_fields():
+    stored = {"method": "supervised", "entropy_threshold": 0.005, "a_field_removed_since": 1}
+    config = config_from_dict(stored)
+    assert (config.method, config.entropy_threshold, config.lp_neighbors) == ("supervised", 0.005, 8)
+    assert config_from_dict(None).entropy_threshold == make_config("tiny").entropy_threshold
