@@ -116,6 +116,7 @@ def _register_commands_from_other_modules() -> None:
     from app.bench import labelling_command
     from app.cells.cli import import_command
     from ml import cli as ml_cli
+    from ml.locate_bench import locate_command
     from worker import bench as worker_bench
     from worker import cli as worker_cli
 
@@ -125,6 +126,7 @@ def _register_commands_from_other_modules() -> None:
     bench_app.command("labelling")(labelling_command)
     bench_app.command("ssl")(ml_cli.ssl)
     bench_app.command("throughput")(ml_cli.throughput)
+    bench_app.command("locate")(locate_command)
     app.command("worker")(worker_cli.worker_command)
     bench_app.command("active")(worker_bench.bench_active)
 
