@@ -56,8 +56,12 @@ class LocateConfig:
     """Smaller stained components (platelets, stain debris) are not white cells."""
     max_nucleus_um2: float = 90.0
     """A single nucleus is smaller; a bigger component is split or flagged ``merged``."""
-    split_below_solidity: float = 0.60
+    split_above_um2: float = 90.0
+    """Only components bigger than most single nuclei are tried for a split (lobed nuclei stay whole)."""
+    min_split_piece_um2: float = 20.0
+    """Touching nuclei are split only into pieces this big: the lobes of one nucleus are smaller."""
     split_min_distance_um: float = 3.5
+    """Centres of touching nuclei are at least this far apart; lobes of one nucleus are closer."""
     cell_scale: float = 1.25
     """Cell box half-side = ``cell_scale`` x nucleus half-side + ``cell_pad_um``, where the nucleus half-side
     blends its own side with the longer one by ``cell_roundness`` (cells are rounder than their nuclei)."""
@@ -193,6 +197,8 @@ def read_field(
             f"{name} declares more pixels than Pillow will decode safely; process it in tiles (locate_large)"
         ) from None
     except (UnidentifiedImageError, OSError) as error:
+        if _is_tiff(source):  # e.g. 16-bit or float RGB, which Pillow does not decode
+            return _read_tiff(source, config=config, name=name)
         raise NotAnImage(f"{name} is not an image leukolab can read ({error}); upload a JPEG, PNG or TIFF") from None
     with image:
         _check_size(*image.size, config=config, name=name)
@@ -204,7 +210,7 @@ def read_field(
         if image.mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"):
             return _pil_to_rgb(image)
         if image.format == "TIFF":
-            return _read_tiff(source, name=name)
+            return _read_tiff(source, config=config, name=name)
         raise UnsupportedImage(
             f"{name} is a single-channel ({image.mode}) image: the locator finds nuclei by their stain colour, so "
             "it needs a colour (RGB) image; export the field in colour"
@@ -222,12 +228,33 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
         raise NotAnImage(f"the image could not be decoded ({error}); it may be truncated, upload it again") from None
 
 
-def _read_tiff(source: str | Path | bytes, *, name: str) -> np.ndarray:
+def _is_tiff(source: str | Path | bytes) -> bool:
+    if isinstance(source, bytes):
+        head = source[:4]
+    else:
+        with open(source, "rb") as file:
+            head = file.read(4)
+    return head in (b"II*\x00", b"MM\x00*")
+
+
+def _read_tiff(source: str | Path | bytes, *, config: LocateConfig, name: str) -> np.ndarray:
     import tifffile
 
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    with tifffile.TiffFile(stream) as tiff:
-        return as_rgb8(tiff.pages[0].asarray(), name=name)
+    try:
+        with tifffile.TiffFile(stream) as tiff:
+            if len(tiff.pages) > 1:
+                raise UnsupportedImage(
+                    f"{name} has {len(tiff.pages)} pages; the locator reads one field per file: "
+                    "save each page as its own image"
+                )
+            page = tiff.pages[0]
+            shape = page.shape
+            height, width = (shape[1], shape[2]) if len(shape) == 3 and shape[0] in (3, 4) else shape[:2]
+            _check_size(int(width), int(height), config=config, name=name)  # before decoding
+            return as_rgb8(page.asarray(), name=name)
+    except tifffile.TiffFileError as error:
+        raise NotAnImage(f"{name} is a damaged TIFF ({error}); export it again") from None
 
 
 @runtime_checkable
@@ -293,14 +320,18 @@ def nucleus_labels(stain: np.ndarray, config: LocateConfig) -> tuple[np.ndarray,
     """Label the nuclei of a (work-resolution) stain image; also return the labels flagged ``merged``."""
     factor = config.work_factor
     work_px2 = config.px2(1.0) / factor**2
-    mask = stain > config.stain_threshold
-    mask = morphology.remove_small_objects(mask, max_size=max(1, int(config.min_fragment_um2 * work_px2)))
+    stained = stain > config.stain_threshold
+    stained = morphology.remove_small_objects(stained, max_size=max(1, int(config.min_fragment_um2 * work_px2)))
+    stained = ndi.binary_fill_holes(stained)
     radius = max(1, round(config.px(config.lobe_join_um) / factor))
-    mask = ndi.binary_closing(np.pad(mask, radius), morphology.disk(radius))[radius:-radius, radius:-radius]
-    mask = ndi.binary_fill_holes(mask)
-    labels = measure.label(mask)
+    joined = ndi.binary_closing(np.pad(stained, radius), morphology.disk(radius))[radius:-radius, radius:-radius]
+    joined = ndi.binary_fill_holes(joined)
+    labels = measure.label(joined)
     min_area = config.min_nucleus_um2 * work_px2
     max_area = config.max_nucleus_um2 * work_px2
+    min_piece = config.min_split_piece_um2 * work_px2
+    split_above = config.split_above_um2 * work_px2
+    min_distance = max(1, round(config.px(config.split_min_distance_um) / factor))
     out = np.zeros_like(labels)
     merged: set[int] = set()
     next_label = 1
@@ -308,8 +339,8 @@ def nucleus_labels(stain: np.ndarray, config: LocateConfig) -> tuple[np.ndarray,
         if region.area < min_area:
             continue
         pieces = [region.image]
-        if region.area > max_area or region.solidity < config.split_below_solidity:
-            pieces = _split(region.image, config=config, min_area=min_area) or pieces
+        if region.area > split_above:
+            pieces = _split(region.image, min_distance=min_distance, min_piece=min_piece) or pieces
         r0, c0 = region.bbox[:2]
         for piece in pieces:
             rows, cols = np.nonzero(piece)
@@ -320,18 +351,18 @@ def nucleus_labels(stain: np.ndarray, config: LocateConfig) -> tuple[np.ndarray,
     return out, merged
 
 
-def _split(image: np.ndarray, *, config: LocateConfig, min_area: float) -> list[np.ndarray]:
-    """Split touching nuclei by a watershed on the distance transform; [] when no plausible split exists."""
-    distance = ndi.distance_transform_edt(np.pad(image, 1))[1:-1, 1:-1]
-    min_distance = max(1, round(config.px(config.split_min_distance_um) / config.work_factor))
-    peaks = feature.peak_local_max(distance, min_distance=min_distance, labels=image.astype(int), exclude_border=False)
+def _split(joined: np.ndarray, *, min_distance: int, min_piece: float) -> list[np.ndarray]:
+    """Split touching nuclei by a watershed on the distance transform, one marker per distance peak at least
+    ``min_distance`` apart; [] when some piece would not be a plausible nucleus on its own."""
+    distance = ndi.distance_transform_edt(np.pad(joined, 1))[1:-1, 1:-1]
+    peaks = feature.peak_local_max(distance, min_distance=min_distance, labels=joined.astype(int), exclude_border=False)
     if len(peaks) < 2:
         return []
-    markers = np.zeros(image.shape, dtype=np.int32)
+    markers = np.zeros(joined.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    pieces_labels = segmentation.watershed(-distance, markers, mask=image)
-    pieces = [pieces_labels == k for k in range(1, len(peaks) + 1)]
-    if any(piece.sum() < min_area for piece in pieces):
+    pieces_labels = segmentation.watershed(-distance, markers, mask=joined)
+    pieces = [pieces_labels == k for k in range(1, markers.max() + 1)]
+    if any(piece.sum() < min_piece for piece in pieces):
         return []
     return pieces
 
