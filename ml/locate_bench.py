@@ -117,3 +117,24 @@ def locate_command(
         )
         + f" n_fields={report['n_fields']}"
     )
+
+
+def hardest_fields_figure(report: dict, data_dir: Path, out_png: Path, n: int = 6) -> list[str]:
+    """Draw the ``n`` fields with the most errors (then the lowest IoU): true boxes green, found red."""
+    from PIL import Image, ImageDraw
+
+    fields = sorted(report["per_field"], key=lambda f: (-f["errors"], f["min_iou"] if f["min_iou"] is not None else 0))
+    chosen = fields[:n]
+    sheet = Image.new("RGB", (3 * 320, ((len(chosen) + 2) // 3) * 260), "white")
+    for i, entry in enumerate(chosen):
+        image = Image.open(data_dir / "JPEGImages" / entry["field"]).convert("RGB")
+        draw = ImageDraw.Draw(image)
+        for box in entry["truth"]:
+            draw.rectangle(tuple(box), outline=(0, 200, 0), width=5)
+        for box in entry["found"]:
+            draw.rectangle(tuple(box), outline=(230, 0, 0), width=3)
+        draw.text((6, 6), entry["field"], fill=(0, 0, 0))
+        sheet.paste(image.resize((316, 237)), ((i % 3) * 320, (i // 3) * 260))
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_png)
+    return [entry["field"] for entry in chosen]
