@@ -135,6 +135,7 @@ def _register_commands_from_other_modules() -> None:
     bench_app.command("labelling")(labelling_command)
     bench_app.command("ssl")(bench_cli.ssl)
     bench_app.command("throughput")(bench_cli.throughput)
+    bench_app.command("locate")(bench_cli.locate)
     app.command("worker")(worker_cli.worker_command)
     bench_app.command("active")(bench_cli.bench_active)
 

@@ -1,4 +1,4 @@
-"""The benchmark commands: ``leukolab bench ssl|throughput|active`` (the leukolab CLI registers
+"""The benchmark commands: ``leukolab bench ssl|throughput|active|locate`` (the leukolab CLI registers
 them), and ``python -m bench.cli`` to run them without the rest of leukolab.
 
 torch is imported inside the commands, so that importing this module stays cheap.
@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from bench.active import bench_active
+from bench.locate import locate_command as locate
 from bench.ssl import ssl, write_json
 
 
@@ -41,6 +42,7 @@ app = typer.Typer(help="leukolab benchmarks (standalone)", no_args_is_help=True,
 app.command("ssl")(ssl)
 app.command("throughput")(throughput)
 app.command("active")(bench_active)
+app.command("locate")(locate)
 
 
 def main() -> None:
