@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     token_max_age_s: int = 12 * 3600
     lease_seconds: int = 300
+    # Below this the model's suggestion is near chance (six classes: 17 %) and is not shown.
+    suggestion_min_confidence: float = 0.5
+    # How often the labelling page asks again while the queue is empty (it backs off to 6x this).
+    empty_queue_poll_s: float = 10.0
     login_max_failures: int = 5
     login_lockout_s: int = 300
     max_upload_bytes: int = 2 * 1024**3
