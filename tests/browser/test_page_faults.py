@@ -70,6 +70,17 @@ def test_labelling_resumes_after_a_network_drop(live_server: str, page) -> None:
     page.wait_for_function(f"document.getElementById('cell-image').dataset.cellId !== '{first}'")
     page.keyboard.press("2")  # nothing prefetched any more: "loading the next cell…"
     page.wait_for_function("document.getElementById('save-status').dataset.pending === '2'")
+    stored = page.evaluate("JSON.parse(localStorage.getItem('leukolab.outbox.carla')).map((i) => i.key)")
+    assert len(set(stored)) == 2 and all(len(key) == 36 for key in stored)  # one key per label, kept
+    posted = []
+    page.on(
+        "request",
+        lambda request: (
+            posted.append(request.post_data_json["idempotency_key"])
+            if request.method == "POST" and request.url.endswith("/labels")
+            else None
+        ),
+    )
     page.context.set_offline(False)
     page.wait_for_function("document.getElementById('save-status').dataset.pending === '0'", timeout=15_000)
     page.wait_for_function(SHOWN, timeout=15_000)  # the next cell comes without a reload
@@ -80,6 +91,7 @@ def test_labelling_resumes_after_a_network_drop(live_server: str, page) -> None:
     with session_scope() as session:
         values = session.scalars(select(Label.value).where(Label.user_id == carla)).all()
     assert sorted(values) == ["lymphocyte", "monocyte", "neutrophil"]
+    assert posted[:2] == stored  # the retries after the drop resend the keys made when labelling
 
 
 def test_retrain_refusal_stays_after_the_runs_list_refreshes(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
