@@ -134,6 +134,10 @@ def test_an_open_label_page_holds_only_the_leases_it_needs(live_server: str, pag
         assert _live_leases(ann) <= 2  # the cell on screen and one prefetched
         page.reload()
     page.wait_for_function(SHOWN)
+    for _ in range(50):  # the prefetch has landed (one still in flight on leaving is held until it expires)
+        if _live_leases(ann) == 2:
+            break
+        page.wait_for_timeout(100)
     page.goto(f"{live_server}/admin/import")  # leaving the page gives the leases back
     for _ in range(50):
         if _live_leases(ann) == 0:
