@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     token_max_age_s: int = 12 * 3600
     lease_seconds: int = 300
+    # Below this the model's suggestion is near chance (six classes: 17 %) and is not shown.
+    suggestion_min_confidence: float = 0.5
+    # How often the labelling page asks again while the queue is empty (it backs off to 6x this).
+    empty_queue_poll_s: float = 10.0
     login_max_failures: int = 5  # failed logins for one user name before its lock (clients that fail only)
     login_client_max_failures: int = 10  # failed logins from one client address, any names, before its lock
     login_backoff_s: int = 30  # the first lock; each further failure doubles it

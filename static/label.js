@@ -14,6 +14,19 @@
   let outbox = JSON.parse(localStorage.getItem(outboxKey) || "[]");
   let chain = Promise.resolve();  // label posts and undos run one after another, in order
 
+  // One key per label, kept with it in the outbox: a resend after a lost reply is recognised
+  // by the server as the same label, not a second one.
+  function newKey() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const bytes = new Uint8Array(16);
+    (window.crypto || {}).getRandomValues ? crypto.getRandomValues(bytes) : bytes.forEach((_, i) => { bytes[i] = Math.random() * 256; });
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  }
+  for (const item of outbox) item.key ??= newKey();  // labels stored by an older version of this page
+
   async function api(method, url, body) {
     const response = await fetch(url, {
       method,
@@ -51,6 +64,13 @@
     current = cell;
     $("empty").hidden = Boolean(cell) || loading;
     image.hidden = !cell;
+    // The server leaves out suggestions too unsure to help; the one shown also marks its button.
+    const suggested = cell && cell.suggestion ? cell.suggestion.label : null;
+    for (const button of document.querySelectorAll("#buttons button[data-label]")) {
+      const on = button.dataset.label === suggested;
+      button.classList.toggle("suggested", on);
+      if (on) button.title = "the model's suggestion"; else button.removeAttribute("title");
+    }
     if (!cell) {
       delete image.dataset.cellId;
       $("cell-reason").textContent = loading ? "loading the next cell…" : "";
@@ -59,25 +79,49 @@
     }
     image.src = cell.image_url;
     image.dataset.cellId = cell.cell_id;
-    $("cell-reason").textContent = `reason: ${cell.reason}`;
-    $("suggestion").textContent = cell.suggestion
-      ? `model suggests ${cell.suggestion.label} (${Math.round(cell.suggestion.confidence * 100)} %)` : "";
+    $("cell-reason").textContent = `why this cell: ${cell.reason_text || cell.reason}`;
+    $("suggestion").textContent = suggested
+      ? `model suggests ${suggested} (${Math.round(cell.suggestion.confidence * 100)} %)` : "";
+  }
+
+  // While the queue is empty, or the server cannot be reached, ask again later with backoff.
+  let retryTimer = null;
+  let emptyDelay = config.empty_poll_ms;
+  let errorDelay = 2000;
+  function retryLater(empty) {
+    clearTimeout(retryTimer);
+    const delay = empty ? emptyDelay : errorDelay;
+    if (empty) emptyDelay = Math.min(emptyDelay * 1.5, config.empty_poll_ms * 6);
+    else errorDelay = Math.min(errorDelay * 2, 30_000);
+    retryTimer = setTimeout(() => {
+      if (document.hidden) { retryLater(empty); return; }
+      refill();
+      if (empty) refreshStats();
+    }, delay);
   }
 
   // One refill at a time: two in flight could both be handed the same leased cell.
   let refilling = null;
   function refill() {
+    clearTimeout(retryTimer);
     refilling ??= (async () => {
       try {
         while (!current || !upcoming) {
           const cell = await fetchNext();
-          if (!cell) { if (!current) show(null); break; }
+          errorDelay = 2000;
+          if (!cell) {
+            if (!current) { show(null); retryLater(true); }
+            break;
+          }
+          emptyDelay = config.empty_poll_ms;
           if (!current) show(cell);
           else if (cell.cell_id !== current.cell_id) upcoming = cell;
           else break;
         }
       } catch (error) {
-        showError(error.message);
+        // Offline or a server error: keep trying, or the page would wait for a key it ignores.
+        showError(navigator.onLine === false ? "connection lost: labels are kept in this browser and will be sent again" : error.message);
+        retryLater(false);
       } finally {
         refilling = null;
       }
@@ -96,7 +140,7 @@
       const item = outbox[0];
       let response;
       try {
-        response = await api("POST", `/api/v1/cells/${item.cell_id}/labels`, { label: item.label });
+        response = await api("POST", `/api/v1/cells/${item.cell_id}/labels`, { label: item.label, idempotency_key: item.key });
       } catch (error) {
         showError("connection lost: labels are kept in this browser and will be sent again");
         await new Promise((resolve) => setTimeout(resolve, 2000));
@@ -116,14 +160,32 @@
       saveOutbox();
     }
     refreshStats();
+    if (!current || !upcoming) refill();  // a fetch that failed while offline is not waiting any more
+  }
+
+  let toastTimer = null;
+  function toast(message) {
+    const element = $("toast");
+    element.textContent = message;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { element.textContent = ""; }, 2500);
   }
 
   function label(value) {
     if (!current) return;
-    outbox.push({ cell_id: current.cell_id, label: value, at: new Date().toISOString() });
+    outbox.push({ cell_id: current.cell_id, label: value, key: newKey(), at: new Date().toISOString() });
     saveOutbox();
+    toast(value === "unsure" ? `cell ${current.cell_id} marked unsure` : `cell ${current.cell_id} labelled as ${value}`);
     advance();
     chain = chain.then(flush);
+  }
+
+  // Give leases back when they are not needed, so other readers can have those cells.
+  function release(cell, keepalive = false) {
+    if (!cell) return;
+    fetch(`/api/v1/cells/${cell.cell_id}/lease`, {
+      method: "DELETE", credentials: "same-origin", keepalive, headers: { "X-CSRF-Token": config.csrf },
+    }).catch(() => {});
   }
 
   function undo() {
@@ -132,8 +194,12 @@
       const body = await response.json().catch(() => ({}));
       if (!response.ok) { showError(body.detail || `undo: HTTP ${response.status}`); return; }
       showError("");
-      if (current) upcoming = current;  // still leased to me; it comes back after the undone cell
-      show({ cell_id: body.cell_id, image_url: `/api/v1/cells/${body.cell_id}/image`, reason: `undo (was ${body.label})`, suggestion: null });
+      if (current) {  // still leased to me; it comes back after the undone cell
+        if (upcoming && upcoming.cell_id !== current.cell_id) release(upcoming);
+        upcoming = current;
+      }
+      show({ cell_id: body.cell_id, image_url: `/api/v1/cells/${body.cell_id}/image`, reason: "undo", reason_text: `you undid your label ${body.label}`, suggestion: null });
+      toast(`label ${body.label} undone: cell ${body.cell_id} is back`);
       refreshStats();
     });
   }
@@ -147,6 +213,8 @@
       const stats = await response.json();
       $("my-today").textContent = stats.my_today;
       $("queue-size").textContent = stats.queue;
+      $("queue-held").textContent = stats.queue_held;
+      $("queue-held-note").hidden = !stats.queue_held;
       $("cells-total").textContent = stats.cells;
       for (const cell of document.querySelectorAll("#per-class [data-class]")) {
         const name = cell.dataset.class;
@@ -181,8 +249,32 @@
     if (event.target.closest("[data-action=close]")) $("keymap").close();
   });
 
-  setInterval(() => { if (current) api("POST", `/api/v1/cells/${current.cell_id}/lease`); }, 60_000);
-  window.addEventListener("online", () => { chain = chain.then(flush); });
+  // Leases are renewed only while the page is in view; a page hidden for a minute gives them back
+  // and asks again when it is shown, so an idle tab does not keep cells from other readers.
+  setInterval(() => {
+    if (document.hidden) return;
+    for (const cell of [current, upcoming]) if (cell) api("POST", `/api/v1/cells/${cell.cell_id}/lease`).catch(() => {});
+  }, 60_000);
+  let hiddenTimer = null;
+  function releaseAll(keepalive) {
+    release(current, keepalive);
+    release(upcoming, keepalive);
+  }
+  document.addEventListener("visibilitychange", () => {
+    clearTimeout(hiddenTimer);
+    if (document.hidden) {
+      hiddenTimer = setTimeout(() => {
+        if (!document.hidden || refilling) return;
+        releaseAll(false);
+        upcoming = null;
+        show(null, true);
+      }, 60_000);
+    } else if (!current || !upcoming) {
+      refill();
+    }
+  });
+  window.addEventListener("pagehide", () => releaseAll(true));
+  window.addEventListener("online", () => { chain = chain.then(flush); refill(); });
 
   saveOutbox();
   chain = chain.then(flush);

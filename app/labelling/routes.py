@@ -11,10 +11,11 @@ from fastapi.responses import RedirectResponse
 
 from app.deps import CurrentUser, SessionDep
 from app.errors import responses
-from app.labelling import service
+from app.labelling import reasons, service
 from app.labelling.schemas import ClassOut, LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
 from app.models import UNSURE
 from app.params import DbId, QueryIds
+from app.settings import get_settings
 from app.templating import render
 
 api = APIRouter(prefix="/api/v1", tags=["labelling"], responses=responses(401, 422))
@@ -34,10 +35,13 @@ def queue_next(
     if lease is None:
         return Response(status_code=204)
     suggestion = service.suggestion_for(session=session, cell_id=lease.cell_id)
+    if suggestion and suggestion["confidence"] < get_settings().suggestion_min_confidence:
+        suggestion = None  # near chance: shown, it would read as advice
     return NextCell(
         cell_id=lease.cell_id,
         image_url=str(request.url_for("cell_image", cell_id=lease.cell_id).path),
         reason=lease.reason,
+        reason_text=reasons.plain_reason(lease.reason, reasons.top_classes(session=session, cell_id=lease.cell_id)),
         suggestion=Suggestion(**suggestion) if suggestion else None,
         lease_until=lease.lease_until,
     )
@@ -47,6 +51,13 @@ def queue_next(
 def renew_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> dict:
     """Keep ``cell_id`` leased to the caller while it is on screen."""
     return {"cell_id": cell_id, "lease_until": service.renew_lease(session=session, user=user, cell_id=cell_id)}
+
+
+@api.delete("/cells/{cell_id}/lease", status_code=204, responses=responses(403))
+def release_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> Response:
+    """Give back the caller's lease on ``cell_id`` (the page was closed or hidden)."""
+    service.release_lease(session=session, user=user, cell_id=cell_id)
+    return Response(status_code=204)
 
 
 @api.post("/cells/{cell_id}/labels", response_model=LabelOut, status_code=201, responses=responses(400, 403, 404, 413))
@@ -108,5 +119,10 @@ def label_page(request: Request, session: SessionDep, user: CurrentUser):  # typ
     return render(
         request,
         "label.html",
-        {"classes": classes, "keymap": keys, "stats": service.stats(session=session, user=user)},
+        {
+            "classes": classes,
+            "keymap": keys,
+            "stats": service.stats(session=session, user=user),
+            "empty_poll_ms": int(get_settings().empty_queue_poll_s * 1000),
+        },
     )

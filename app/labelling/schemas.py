@@ -14,6 +14,7 @@ class NextCell(BaseModel):
     cell_id: int
     image_url: str
     reason: str
+    reason_text: str = ""
     suggestion: Suggestion | None = None
     lease_until: datetime | None = None
 
@@ -42,6 +43,7 @@ class Stats(BaseModel):
     unsure: int
     per_class: dict[str, int]
     queue: int
+    queue_held: int = 0
     my_today: int | None = None
 
 

@@ -243,21 +243,49 @@ def stats(*, session: Session, user: User | None = None) -> dict:
         ).all()
     )
     per_class = {name: per_value.get(name, 0) for name in class_names(session=session)}
-    queue = session.scalar(
-        select(func.count(QueueEntry.id))
-        .join(Cell, Cell.id == QueueEntry.cell_id)
-        .where(Cell.current_label_id.is_(None), QueueEntry.reason.not_in(LEASE_ONLY_REASONS))
-    )
+    queue, held = queue_counts(session=session, user=user)
     result = {
         "cells": session.scalar(select(func.count(Cell.id))),
         "labelled": sum(per_class.values()),
         "unsure": per_value.get(UNSURE, 0),
         "per_class": per_class,
         "queue": queue,
+        "queue_held": held,
     }
     if user is not None:
         result["my_today"] = labels_today(session=session, user=user)
     return result
+
+
+def queue_counts(*, session: Session, user: User | None = None) -> tuple[int, int]:
+    """Queued unlabelled cells ``user`` can be given, and those leased to other readers now."""
+    now = utcnow()
+    queued = (
+        select(func.count(QueueEntry.id))
+        .join(Cell, Cell.id == QueueEntry.cell_id)
+        .where(Cell.current_label_id.is_(None), QueueEntry.reason.not_in(LEASE_ONLY_REASONS))
+    )
+    if user is None:
+        return session.scalar(queued), 0
+    held_by_others = (QueueEntry.leased_to != user.id) & (QueueEntry.lease_until > now)
+    available = (
+        QueueEntry.leased_to.is_(None)
+        | (QueueEntry.leased_to == user.id)
+        | QueueEntry.lease_until.is_(None)
+        | (QueueEntry.lease_until <= now)
+    )
+    return session.scalar(queued.where(available)), session.scalar(queued.where(held_by_others))
+
+
+def release_lease(*, session: Session, user: User, cell_id: int) -> None:
+    """Give back ``user``'s lease on ``cell_id`` (a page closed or hidden): others may take it now."""
+    entry = session.scalar(select(QueueEntry).where(QueueEntry.cell_id == cell_id, QueueEntry.leased_to == user.id))
+    if entry is None:
+        return
+    if entry.reason in LEASE_ONLY_REASONS:
+        session.delete(entry)
+    else:
+        entry.leased_to, entry.lease_until = None, None
 
 
 def suggestion_for(*, session: Session, cell_id: int) -> dict | None:

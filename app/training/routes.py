@@ -133,6 +133,7 @@ def _training_page(request: Request, session: Session, error: str | None = None,
 
     context = {
         **_runs_context(session),
+        "message_oob": True,  # an htmx answer also replaces the message beside the runs list
         "methods": METHODS,
         "default_method": DEFAULT_METHOD,
         "profiles": PROFILES,
@@ -197,7 +198,7 @@ def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run
         error = exc.message
     if not request.headers.get("hx-request"):
         return RedirectResponse("/admin/training", status_code=303)
-    return render(request, "admin/_runs.html", {**_runs_context(session), "error": error})
+    return render(request, "admin/_runs.html", {**_runs_context(session), "error": error, "message_oob": True})
 
 
 def _models_context(session: Session) -> dict:

@@ -30,6 +30,10 @@ from app.models import (
 # worker is caught sooner, by the next worker's start-up; this catches a worker that never comes
 # back, with room for a healthy one starved of CPU.
 HEARTBEAT_TIMEOUT_S = 300
+# The worker writes a heartbeat every 10 s (worker/training.py, HEARTBEAT_INTERVAL_S) from its own
+# thread. A run asked to cancel that has been silent for this long has no live worker: it ends at
+# once instead of holding the "one active run" slot until HEARTBEAT_TIMEOUT_S.
+CANCEL_SILENCE_S = 30
 RUN_LOCK_KEY = 4_000_004  # Postgres advisory lock serialising "is a run active? then create one"
 SCORE_CHUNK = 512
 QUEUE_SIZE = 250  # queue entries written after scoring; beyond them, labelling falls back to random
@@ -58,10 +62,16 @@ def create_run(*, session: Session, user: User, method: str, profile: str, param
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RUN_LOCK_KEY})
     running = active_run(session=session)
     if running is not None:
-        raise Conflict(
-            f"training run #{running.id} is already {running.status}: wait for it to finish or cancel it first",
-            run_id=running.id,
-        )
+        if running.cancel_requested:
+            message = (
+                f"training run #{running.id} is stopping (cancel requested): start again once it shows cancelled, "
+                f"at most {CANCEL_SILENCE_S} s if its worker is gone"
+            )
+        else:
+            message = (
+                f"training run #{running.id} is already {running.status}: wait for it to finish or cancel it first"
+            )
+        raise Conflict(message, run_id=running.id)
     run = TrainingRun(
         status="queued",
         method=method,
@@ -96,13 +106,49 @@ def request_cancel(*, session: Session, run_id: int) -> TrainingRun:
         run.status, run.finished_at, run.cancel_requested = "cancelled", utcnow(), True
     elif run.status == "running":
         run.cancel_requested = True
+        if _silent_for(run) >= CANCEL_SILENCE_S:
+            # no live worker will ever read the request: a late one finds the run not running and stops
+            run.status, run.finished_at = "cancelled", utcnow()
+            run.error = f"cancelled; its worker had sent no heartbeat for {int(_silent_for(run))} s (killed or lost)"
     else:
         raise Conflict(f"training run #{run.id} has already {run.status}", status=run.status)
     return run
 
 
+def _silent_for(run: TrainingRun) -> float:
+    """Seconds since the run's worker last wrote a heartbeat (or it started, or was created)."""
+    last = as_utc(run.heartbeat_at or run.started_at or run.created_at)
+    return (utcnow() - last).total_seconds() if last else 0.0
+
+
+def end_silent_cancelled_runs(*, session: Session, silence_s: int = CANCEL_SILENCE_S) -> int:
+    """Mark cancelled the running runs asked to cancel whose worker has been silent ``silence_s``."""
+    cutoff = utcnow() - timedelta(seconds=silence_s)
+    silent = list(
+        session.scalars(
+            select(TrainingRun.id).where(
+                TrainingRun.status == "running",
+                TrainingRun.cancel_requested.is_(True),
+                func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
+            )
+        )
+    )
+    if silent:
+        session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id.in_(silent), TrainingRun.status == "running")
+            .values(
+                status="cancelled",
+                finished_at=utcnow(),
+                error=f"cancelled; its worker sent no heartbeat for over {silence_s} s (killed or lost)",
+            )
+        )
+    return len(silent)
+
+
 def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S) -> int:
     """Mark failed the running runs whose worker stopped writing heartbeats; return how many."""
+    end_silent_cancelled_runs(session=session)
     cutoff = utcnow() - timedelta(seconds=timeout_s)
     stale = list(
         session.scalars(

@@ -44,6 +44,7 @@ def test_admin_watches_a_retrain_live(server: str, start_worker, page) -> None: 
     page.wait_for_function("document.querySelector('#runs svg.chart[data-key=loss]').dataset.points > 0")
     assert page.evaluate("window.__sameDocument") is True
 
+    page.once("dialog", lambda dialog: dialog.accept())  # "Cancel run #n?"
     page.click("#runs article.run button.cancel")
     page.wait_for_selector("#runs article.run[data-status=cancelled]", timeout=30_000)
     page.wait_for_selector("#runs[data-polling=no]", timeout=10_000)  # it stops polling when done
