@@ -25,7 +25,7 @@ def test_wrong_password_keeps_the_user_name_and_csp_breaks_nothing(live_server: 
     )
 
     login(page, live_server, "carla", "not-the-password")
-    page.wait_for_selector("p.error")
+    page.wait_for_selector("#login-error")
     assert page.input_value("input[name=username]") == "carla"
     assert page.evaluate("document.activeElement.name") == "password"
     page.fill("input[name=password]", PASSWORD)
