@@ -42,15 +42,29 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, 
 
 
 @db_app.command("check")
-def db_check() -> None:
-    """Exit 0 when the database is reachable and migrated; otherwise say what to run."""
+def db_check(
+    show: Annotated[int, typer.Option(help="list at most this many mismatched cells")] = 20,
+) -> None:
+    """Exit 0 when the database is reachable and migrated and every cell's cached current label
+    equals the one its label rows give; otherwise say what is wrong (exit 1)."""
     from app import db
+    from app.labelling.service import current_label_mismatches
 
     try:
         db.check_migrated()
     except LeukolabError as error:
         raise fail(error.message, 1) from None
-    typer.echo("database ready")
+    with db.session_scope() as session:
+        mismatches = current_label_mismatches(session=session)
+    if mismatches:
+        for mismatch in mismatches[:show]:
+            typer.echo(
+                f"cell {mismatch.cell_id}: current_label_id {mismatch.cached_label_id}, "
+                f"its label rows give {mismatch.standing_label_id}",
+                err=True,
+            )
+        raise fail(f"{len(mismatches)} cells have a current label that disagrees with their label rows", 1)
+    typer.echo("database ready; every cell's current label agrees with its label rows")
 
 
 @users_app.command("create")

@@ -41,22 +41,44 @@ def queue_next(
     )
 
 
-@api.post("/cells/{cell_id}/lease")
+@api.post("/cells/{cell_id}/lease", responses={409: {"description": "another labeller holds the lease"}})
 def renew_lease(session: SessionDep, user: CurrentUser, cell_id: int) -> dict:
-    """Keep ``cell_id`` leased to the caller while it is on screen."""
+    """Keep ``cell_id`` leased to the caller while it is on screen. 409 while someone else holds it."""
     return {"cell_id": cell_id, "lease_until": service.renew_lease(session=session, user=user, cell_id=cell_id)}
 
 
-@api.post("/cells/{cell_id}/labels", response_model=LabelOut, status_code=201)
-def add_label(session: SessionDep, user: CurrentUser, cell_id: int, body: LabelIn) -> LabelOut:
-    """Label a cell with a class name or ``unsure``. 422 lists the allowed names."""
-    label = service.add_label(session=session, user=user, cell_id=cell_id, value=body.label)
-    return LabelOut(id=label.id, cell_id=cell_id, label=label.value, user=user.username, created_at=label.created_at)
+@api.post(
+    "/cells/{cell_id}/labels",
+    response_model=LabelOut,
+    status_code=201,
+    responses={200: {"model": LabelOut, "description": "a retry: the label first stored with this idempotency key"}},
+)
+def add_label(session: SessionDep, user: CurrentUser, cell_id: int, body: LabelIn, response: Response) -> LabelOut:
+    """Label a cell with a class name or ``unsure``. 422 lists the allowed names.
+
+    Send an ``idempotency_key`` to make retries safe: the same key again answers 200 with the first row.
+    """
+    recorded = service.record_label(
+        session=session, user=user, cell_id=cell_id, value=body.label, idempotency_key=body.idempotency_key
+    )
+    if not recorded.created:
+        response.status_code = 200
+    label = recorded.label
+    return LabelOut(
+        id=label.id,
+        cell_id=label.cell_id,
+        label=label.value,
+        user=user.username,
+        created_at=label.created_at,
+        idempotency_key=label.idempotency_key,
+        lease_holder=service.username(session=session, user_id=label.lease_holder_id),
+    )
 
 
-@api.post("/labels/undo", response_model=UndoOut)
+@api.post("/labels/undo", response_model=UndoOut, responses={409: {"description": "a concurrent undo got there first"}})
 def undo(session: SessionDep, user: CurrentUser) -> UndoOut:
-    """Undo the caller's newest label (recorded as a row); the cell is leased back to them."""
+    """Undo the caller's newest label given here (recorded as a row; imported labels are never undone);
+    the cell is leased back to them. 409 when another undo sent at the same moment took that label."""
     label = service.undo_last(session=session, user=user)
     return UndoOut(undone_label_id=label.id, cell_id=label.cell_id, label=label.value)
 
