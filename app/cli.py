@@ -127,7 +127,7 @@ def serve(
 
 
 def _register_commands_from_other_modules() -> None:
-    from app.bench import labelling_command
+    from app.bench import labelling_command, races_command
     from app.cells.cli import import_command
     from ml import cli as ml_cli
     from worker import bench as worker_bench
@@ -137,6 +137,7 @@ def _register_commands_from_other_modules() -> None:
         import_command
     )
     bench_app.command("labelling")(labelling_command)
+    bench_app.command("races")(races_command)
     bench_app.command("ssl")(ml_cli.ssl)
     bench_app.command("throughput")(ml_cli.throughput)
     app.command("worker")(worker_cli.worker_command)

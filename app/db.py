@@ -63,6 +63,8 @@ def after_commit(session: Session, callback: Callable[[], object]) -> None:
     For work that must only happen when the rows it refers to are visible to others, such as
     sending a job to Celery. ``session_scope`` (and so every request) runs the callbacks.
     """
+    if not session.in_transaction():
+        session.begin()  # so that a rollback before any statement still drops the callback
     session.info.setdefault(AFTER_COMMIT, []).append(callback)
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse
 from app.deps import CurrentUser, SessionDep
 from app.labelling import service
 from app.labelling.schemas import ClassOut, LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
-from app.models import UNSURE
+from app.models import UNSURE, as_utc
 from app.templating import render
 
 api = APIRouter(prefix="/api/v1", tags=["labelling"])
@@ -69,7 +69,7 @@ def add_label(session: SessionDep, user: CurrentUser, cell_id: int, body: LabelI
         cell_id=label.cell_id,
         label=label.value,
         user=user.username,
-        created_at=label.created_at,
+        created_at=as_utc(label.created_at),
         idempotency_key=label.idempotency_key,
         lease_holder=service.username(session=session, user_id=label.lease_holder_id),
     )

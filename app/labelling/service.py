@@ -139,8 +139,7 @@ def renew_lease(*, session: Session, user: User, cell_id: int) -> datetime:
     else:
         raise Conflict(
             f"cell {cell_id} is leased to another labeller until {as_utc(entry.lease_until).isoformat()}: "
-            "ask for the next cell instead (labelling it anyway is allowed, and recorded as such)",
-            lease_until=as_utc(entry.lease_until).isoformat(),
+            "ask for the next cell instead (labelling it anyway is allowed, and recorded as such)"
         )
     return until
 
@@ -304,7 +303,7 @@ def undo_last(*, session: Session, user: User) -> Label:
     return last
 
 
-def _standing_label_id(session: Session, cell_id: int) -> int | None:
+def standing_label_id(*, session: Session, cell_id: int) -> int | None:
     """The newest label of ``cell_id`` that no undo row cancels."""
     return session.scalar(
         select(Label.id)
@@ -317,7 +316,7 @@ def _standing_label_id(session: Session, cell_id: int) -> int | None:
 def _refresh_current_label(session: Session, cell_id: int) -> None:
     """Set the cell's cached ``current_label_id`` from its label rows (call with the cell locked)."""
     session.flush()
-    standing = _standing_label_id(session, cell_id)
+    standing = standing_label_id(session=session, cell_id=cell_id)
     session.execute(update(Cell).where(Cell.id == cell_id).values(current_label_id=standing))
 
 
