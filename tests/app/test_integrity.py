@@ -188,9 +188,9 @@ def _sqlite_worker(url: str, user_name: str, cell_ids: list[int], barrier, resul
     engine = db.make_engine(url)
     errors, leased = [], []
 
-    def as_user(work):  # type: ignore[no-untyped-def]
+    def as_user(work, name: str = user_name):  # type: ignore[no-untyped-def]
         with Session(engine) as session, session.begin():
-            return work(session, session.scalar(select(User).where(User.username == user_name)))
+            return work(session, session.scalar(select(User).where(User.username == name)))
 
     try:
         barrier.wait(timeout=30)
@@ -206,6 +206,9 @@ def _sqlite_worker(url: str, user_name: str, cell_ids: list[int], barrier, resul
             )
             if cell_id % 4 == 0:
                 as_user(lambda session, user: undo_last(session=session, user=user))
+        for _ in range(5):  # one user's undos reaching both processes at once (a double click)
+            barrier.wait(timeout=30)
+            as_user(lambda session, user: undo_last(session=session, user=user), name="both")
     except Exception as error:  # noqa: BLE001 - reported to the test
         errors.append(f"{error.__class__.__name__}: {error}")
     engine.dispose()
@@ -218,7 +221,7 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     db.upgrade(url)
     engine = db.make_engine(url)
     with Session(engine) as session, session.begin():
-        for name in ("p1", "p2"):
+        for name in ("p1", "p2", "both"):
             session.add(User(username=name, role="cytologist", password_hash="x", is_active=True))
     with Session(engine) as session, session.begin():
         cells = [
@@ -235,6 +238,9 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
         session.add_all(cells)
         session.flush()
         cell_ids = [cell.id for cell in cells]
+        both = session.scalar(select(User).where(User.username == "both"))
+        for cell_id in cell_ids[12:22]:
+            add_label(session=session, user=both, cell_id=cell_id, value="basophil")
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(2), context.Queue()
     processes = [
@@ -252,7 +258,7 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     with Session(engine) as session:
         assert current_label_mismatches(session=session) == []
         undos = session.scalar(select(func.count(Label.id)).where(Label.kind == "undo"))
-        assert undos == 2 * sum(1 for cell_id in cell_ids[:12] if cell_id % 4 == 0)
+        assert undos == 2 * sum(1 for cell_id in cell_ids[:12] if cell_id % 4 == 0) + 10
     engine.dispose()
 
 
