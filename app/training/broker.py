@@ -127,4 +127,6 @@ def enqueue(task: str, *args: object) -> None:
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         )
     except Exception as error:  # noqa: BLE001 - kombu raises many kinds of connection errors
-        raise ServiceUnavailable(f"could not enqueue {task}: the task broker is unreachable ({error})") from error
+        raise ServiceUnavailable(
+            f"could not enqueue {task}: the task broker is unreachable ({error})"
+        ) from error

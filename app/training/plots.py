@@ -48,13 +48,15 @@ def curve_svg(
             f'<polyline points="{line}" fill="none" stroke="#6a3fb5" stroke-width="2"/>',
             *(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="#6a3fb5"/>' for x, y in points),
             f'<text x="{pad_l - 4}" y="{pad_t + 8}" text-anchor="end" class="chart-tick">{y1:.3g}</text>',
-            f'<text x="{pad_l - 4}" y="{height - pad_b}" text-anchor="end" class="chart-tick">{y0:.3g}</text>',
+            f'<text x="{pad_l - 4}" y="{height - pad_b}" text-anchor="end" '
+            f'class="chart-tick">{y0:.3g}</text>',
             f'<text x="{pad_l}" y="{height - 4}" class="chart-tick">epoch {x0:g}</text>',
             f'<text x="{width - pad_r}" y="{height - 4}" text-anchor="end" class="chart-tick">{x1:g}</text>',
         ]
     else:
         body.append(
-            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="chart-tick">no data yet</text>'
+            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" '
+            'class="chart-tick">no data yet</text>'
         )
     return Markup(
         f'<svg class="chart" data-key="{escape(key)}" data-points="{len(points)}" '
