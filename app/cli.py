@@ -43,15 +43,29 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, 
 
 
 @db_app.command("check")
-def db_check() -> None:
-    """Exit 0 when the database is reachable and migrated; otherwise say what to run."""
+def db_check(
+    show: Annotated[int, typer.Option(help="list at most this many mismatched cells")] = 20,
+) -> None:
+    """Exit 0 when the database is reachable and migrated and every cell's cached current label
+    equals the one its label rows give; otherwise say what is wrong (exit 1)."""
     from app import db
+    from app.labelling.service import current_label_mismatches
 
     try:
         db.check_migrated()
     except LeukolabError as error:
         raise fail(error.message, 1) from None
-    typer.echo("database ready")
+    with db.session_scope() as session:
+        mismatches = current_label_mismatches(session=session)
+    if mismatches:
+        for mismatch in mismatches[:show]:
+            typer.echo(
+                f"cell {mismatch.cell_id}: current_label_id {mismatch.cached_label_id}, "
+                f"its label rows give {mismatch.standing_label_id}",
+                err=True,
+            )
+        raise fail(f"{len(mismatches)} cells have a current label that disagrees with their label rows", 1)
+    typer.echo("database ready; every cell's current label agrees with its label rows")
 
 
 @users_app.command("create")
@@ -124,7 +138,7 @@ def serve(
 
 
 def _register_commands_from_other_modules() -> None:
-    from app.bench import labelling_command
+    from app.bench import labelling_command, races_command
     from app.cells.cli import import_command
     from bench import cli as bench_cli
     from worker import cli as worker_cli
@@ -133,6 +147,7 @@ def _register_commands_from_other_modules() -> None:
         import_command
     )
     bench_app.command("labelling")(labelling_command)
+    bench_app.command("races")(races_command)
     bench_app.command("ssl")(bench_cli.ssl)
     bench_app.command("throughput")(bench_cli.throughput)
     bench_app.command("locate")(bench_cli.locate)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -25,11 +25,20 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None  # pysqlite emits no BEGIN of its own: _begin_immediate does
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged label survives a power cut
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+            # Take SQLite's write lock when the transaction starts, not at its first write: a
+            # deferred transaction that read and then writes after another connection wrote fails
+            # with "database is locked" at once, and two processes on one file could both act on
+            # what they read. IMMEDIATE makes the second writer wait (busy timeout) for the first.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
@@ -45,18 +54,42 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
+AFTER_COMMIT = "leukolab.after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run ``callback`` once ``session``'s transaction has committed (dropped if it rolls back).
+
+    For work that must only happen when the rows it refers to are visible to others, such as
+    sending a job to Celery. ``session_scope`` (and so every request) runs the callbacks.
+    """
+    if not session.in_transaction():
+        session.begin()  # so that a rollback before any statement still drops the callback
+    session.info.setdefault(AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit(session: Session, previous_transaction) -> None:  # type: ignore[no-untyped-def]
+    if previous_transaction.parent is None:  # the whole transaction, not a savepoint
+        session.info.pop(AFTER_COMMIT, None)
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A unit of work outside a request (CLI, tasks): commit on success, roll back on error."""
+    """A unit of work (a request, a CLI command, a task): commit on success, roll back on error,
+    then run the ``after_commit`` callbacks."""
     session = get_sessionmaker()()
     try:
         yield session
         session.commit()
+        callbacks = session.info.pop(AFTER_COMMIT, [])
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
+    for callback in callbacks:
+        callback()
 
 
 def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]

@@ -33,7 +33,8 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def get_db() -> Iterator[Session]:
-    """The request owns the transaction: commit on success, roll back on error."""
+    """The request owns the transaction: commit on success, roll back on error; after the commit,
+    run what the request left for then (``app.db.after_commit``, e.g. sending a job)."""
     with session_scope() as session:
         yield session
 

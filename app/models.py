@@ -131,6 +131,11 @@ class Label(Base):
     undoes_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), unique=True)
     source: Mapped[str] = mapped_column(String(16), default="manual")  # manual | import
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Chosen by the client for each label it sends: a resend after a network error carries the
+    # same key and gets the first row back instead of storing a second one.
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    # Who held a live lease on the cell when someone else labelled it (None: nobody else did).
+    lease_holder_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", name="fk_labels_lease_holder_id_users"))
 
     __table_args__ = (
         CheckConstraint("kind in ('label', 'undo')", name="ck_labels_kind"),
@@ -141,6 +146,7 @@ class Label(Base):
         ),
         Index("ix_labels_user_id_id", "user_id", "id"),
         Index("ix_labels_cell_id_id", "cell_id", "id"),
+        Index("uq_labels_user_idempotency_key", "user_id", "idempotency_key", unique=True),
     )
 
 

@@ -13,7 +13,7 @@ from app.deps import CurrentUser, SessionDep
 from app.errors import responses
 from app.labelling import reasons, service
 from app.labelling.schemas import ClassOut, LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
-from app.models import UNSURE
+from app.models import UNSURE, as_utc
 from app.params import DbId, QueryIds
 from app.settings import get_settings
 from app.templating import render
@@ -47,9 +47,9 @@ def queue_next(
     )
 
 
-@api.post("/cells/{cell_id}/lease", responses=responses(403, 404))
+@api.post("/cells/{cell_id}/lease", responses=responses(403, 404, 409))
 def renew_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> dict:
-    """Keep ``cell_id`` leased to the caller while it is on screen."""
+    """Keep ``cell_id`` leased to the caller while it is on screen. 409 while someone else holds it."""
     return {"cell_id": cell_id, "lease_until": service.renew_lease(session=session, user=user, cell_id=cell_id)}
 
 
@@ -60,16 +60,41 @@ def release_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> Resp
     return Response(status_code=204)
 
 
-@api.post("/cells/{cell_id}/labels", response_model=LabelOut, status_code=201, responses=responses(400, 403, 404, 413))
-def add_label(session: SessionDep, user: CurrentUser, cell_id: DbId, body: LabelIn) -> LabelOut:
-    """Label a cell with a class name or ``unsure``. 422 lists the allowed names."""
-    label = service.add_label(session=session, user=user, cell_id=cell_id, value=body.label)
-    return LabelOut(id=label.id, cell_id=cell_id, label=label.value, user=user.username, created_at=label.created_at)
+@api.post(
+    "/cells/{cell_id}/labels",
+    response_model=LabelOut,
+    status_code=201,
+    responses={
+        200: {"model": LabelOut, "description": "a retry: the label first stored with this idempotency key"},
+        **responses(400, 403, 404, 409, 413),
+    },
+)
+def add_label(session: SessionDep, user: CurrentUser, cell_id: DbId, body: LabelIn, response: Response) -> LabelOut:
+    """Label a cell with a class name or ``unsure``. 422 lists the allowed names.
+
+    Send an ``idempotency_key`` to make retries safe: the same key again answers 200 with the first row.
+    """
+    recorded = service.record_label(
+        session=session, user=user, cell_id=cell_id, value=body.label, idempotency_key=body.idempotency_key
+    )
+    if not recorded.created:
+        response.status_code = 200
+    label = recorded.label
+    return LabelOut(
+        id=label.id,
+        cell_id=label.cell_id,
+        label=label.value,
+        user=user.username,
+        created_at=as_utc(label.created_at),
+        idempotency_key=label.idempotency_key,
+        lease_holder=service.username(session=session, user_id=label.lease_holder_id),
+    )
 
 
-@api.post("/labels/undo", response_model=UndoOut, responses=responses(403, 404))
+@api.post("/labels/undo", response_model=UndoOut, responses=responses(403, 404, 409))
 def undo(session: SessionDep, user: CurrentUser) -> UndoOut:
-    """Undo the caller's newest label (recorded as a row); the cell is leased back to them."""
+    """Undo the caller's newest label given here (recorded as a row; imported labels are never undone);
+    the cell is leased back to them. 409 when another undo sent at the same moment took that label."""
     label = service.undo_last(session=session, user=user)
     return UndoOut(undone_label_id=label.id, cell_id=label.cell_id, label=label.value)
 

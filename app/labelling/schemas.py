@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Suggestion(BaseModel):
@@ -21,6 +21,14 @@ class NextCell(BaseModel):
 
 class LabelIn(BaseModel):
     label: str
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="chosen by the client for each new label (e.g. a UUID) and sent again with every retry of it: "
+        "a retry is answered 200 with the first row, never stored twice",
+    )
 
 
 class LabelOut(BaseModel):
@@ -29,6 +37,10 @@ class LabelOut(BaseModel):
     label: str
     user: str
     created_at: datetime
+    idempotency_key: str | None = None
+    lease_holder: str | None = Field(
+        default=None, description="who held a live lease on the cell when it was labelled, if not the labeller"
+    )
 
 
 class UndoOut(BaseModel):

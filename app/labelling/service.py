@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,14 +12,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from app.errors import InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.models import UNSURE, Cell, CellClass, Label, QueueEntry, User, as_utc, utcnow
 from app.settings import get_settings
 
 # Queue entries that only hold a lease, as opposed to the ones the active model put in the queue.
 LEASE_ONLY_REASONS = ("unlabelled", "undo")
-# SQLite has one writer and no row locks: serialise leasing inside this process instead.
-_sqlite_lease_lock = threading.Lock()
+# Sources of labels given by a person in the labelling page or the API: the only ones undo acts on
+# (an imported label is the import's, not the importing admin's latest click).
+UNDOABLE_SOURCES = ("manual",)
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,11 @@ def _is_postgres(session: Session) -> bool:
 
 
 def next_cell(*, session: Session, user: User, exclude: Collection[int] = ()) -> Lease | None:
-    """Lease the next cell for ``user``: their own live lease, then the queue, then a random unlabelled cell."""
-    if _is_postgres(session):
-        return _next_cell(session, user, exclude)
-    with _sqlite_lease_lock:
-        lease = _next_cell(session, user, exclude)
-        session.commit()  # release SQLite's write lock before the next caller takes ours
-        return lease
+    """Lease the next cell for ``user``: their own live lease, then the queue, then a random unlabelled cell.
 
-
-def _next_cell(session: Session, user: User, exclude: Collection[int]) -> Lease | None:
+    PostgreSQL: row locks with SKIP LOCKED keep two callers off one cell. SQLite: the transaction
+    began with BEGIN IMMEDIATE (``app.db``), so callers, in any process, take turns.
+    """
     now = utcnow()
     until = now + timedelta(seconds=get_settings().lease_seconds)
     postgres = _is_postgres(session)
@@ -130,18 +125,28 @@ def _random_unlabelled_cell(session: Session, exclude: Collection[int], postgres
 
 
 def renew_lease(*, session: Session, user: User, cell_id: int) -> datetime:
-    """Extend ``user``'s lease on ``cell_id`` (taking it if it is free)."""
+    """Extend ``user``'s lease on ``cell_id`` (taking it if it is free); ``Conflict`` while another user holds it."""
+    lock_cell(session=session, cell_id=cell_id)
     now = utcnow()
     until = now + timedelta(seconds=get_settings().lease_seconds)
     entry = session.scalar(select(QueueEntry).where(QueueEntry.cell_id == cell_id))
     if entry is None:
-        get_cell(session=session, cell_id=cell_id)
         session.add(
             QueueEntry(cell_id=cell_id, priority=0.0, reason="unlabelled", leased_to=user.id, lease_until=until)
         )
     elif entry.leased_to in (None, user.id) or entry.lease_until is None or as_utc(entry.lease_until) <= now:
         entry.leased_to, entry.lease_until = user.id, until
+    else:
+        raise Conflict(
+            f"cell {cell_id} is leased to another labeller until {as_utc(entry.lease_until).isoformat()}: "
+            "ask for the next cell instead (labelling it anyway is allowed, and recorded as such)"
+        )
     return until
+
+
+def username(*, session: Session, user_id: int | None) -> str | None:
+    """The name of the user with ``user_id`` (None for None)."""
+    return None if user_id is None else session.scalar(select(User.username).where(User.id == user_id))
 
 
 def get_cell(*, session: Session, cell_id: int) -> Cell:
@@ -152,21 +157,103 @@ def get_cell(*, session: Session, cell_id: int) -> Cell:
     return cell
 
 
-def add_label(*, session: Session, user: User, cell_id: int, value: str, source: str = "manual") -> Label:
+def lock_cell(*, session: Session, cell_id: int) -> None:
+    """Hold ``cell_id``'s row until the transaction ends (``NotFound`` if there is none).
+
+    Everything that changes a cell's labels or lease takes this lock first, so its cached
+    ``current_label_id`` is recomputed by one transaction at a time from committed rows.
+    On SQLite the transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    """
+    query = select(Cell.id).where(Cell.id == cell_id)
+    if _is_postgres(session):
+        query = query.with_for_update()
+    if session.scalar(query) is None:
+        raise NotFound(f"no cell with id {cell_id}")
+
+
+@dataclass(frozen=True)
+class RecordedLabel:
+    label: Label
+    created: bool  # False: a retry with the same idempotency key, answered with the first row
+
+
+def add_label(
+    *,
+    session: Session,
+    user: User,
+    cell_id: int,
+    value: str,
+    source: str = "manual",
+    idempotency_key: str | None = None,
+) -> Label:
     """Append a label row for ``cell_id`` and make it the cell's current label."""
+    return record_label(
+        session=session, user=user, cell_id=cell_id, value=value, source=source, idempotency_key=idempotency_key
+    ).label
+
+
+def record_label(
+    *,
+    session: Session,
+    user: User,
+    cell_id: int,
+    value: str,
+    source: str = "manual",
+    idempotency_key: str | None = None,
+) -> RecordedLabel:
+    """Append a label row for ``cell_id`` (or return the row an earlier try with ``idempotency_key`` stored)."""
     allowed = class_names(session=session)
     if value != UNSURE and value not in allowed:
         raise InvalidInput(
             f"unknown label {value!r}: use one of {', '.join([*allowed, UNSURE])}", allowed=[*allowed, UNSURE]
         )
-    if session.scalar(select(Cell.id).where(Cell.id == cell_id)) is None:
-        raise NotFound(f"no cell with id {cell_id}")
-    label = Label(cell_id=cell_id, user_id=user.id, kind="label", value=value, source=source)
-    session.add(label)
-    session.flush()
-    session.execute(update(Cell).where(Cell.id == cell_id).values(current_label_id=label.id))
+    lock_cell(session=session, cell_id=cell_id)
+    if idempotency_key is not None:  # after the lock: a concurrent try on this cell has committed by now
+        earlier = _label_with_key(session, user, idempotency_key, cell_id=cell_id, value=value)
+        if earlier is not None:
+            return RecordedLabel(earlier, created=False)
+    now = utcnow()
+    holder = session.scalar(
+        select(QueueEntry.leased_to).where(
+            QueueEntry.cell_id == cell_id, QueueEntry.leased_to != user.id, QueueEntry.lease_until > now
+        )
+    )
+    label = Label(
+        cell_id=cell_id,
+        user_id=user.id,
+        kind="label",
+        value=value,
+        source=source,
+        idempotency_key=idempotency_key,
+        lease_holder_id=holder,
+    )
+    if idempotency_key is None:
+        session.add(label)
+    else:
+        try:
+            with session.begin_nested():
+                session.add(label)
+        except IntegrityError:
+            # the same key sent for another cell at the same moment (for this cell the lock serialises)
+            earlier = _label_with_key(session, user, idempotency_key, cell_id=cell_id, value=value)
+            if earlier is None:
+                raise
+            return RecordedLabel(earlier, created=False)
+    _refresh_current_label(session, cell_id)
     session.execute(delete(QueueEntry).where(QueueEntry.cell_id == cell_id))
-    return label
+    return RecordedLabel(label, created=True)
+
+
+def _label_with_key(session: Session, user: User, key: str, *, cell_id: int, value: str) -> Label | None:
+    """``user``'s label stored with idempotency ``key``; ``Conflict`` if that was another cell or value."""
+    earlier = session.scalar(select(Label).where(Label.user_id == user.id, Label.idempotency_key == key))
+    if earlier is not None and (earlier.cell_id, earlier.value) != (cell_id, value):
+        raise Conflict(
+            f"idempotency key {key!r} was already used for label {earlier.id} "
+            f"({earlier.value!r} on cell {earlier.cell_id}): send a new key for a new label",
+            label_id=earlier.id,
+        )
+    return earlier
 
 
 def _not_undone():  # type: ignore[no-untyped-def]
@@ -176,12 +263,17 @@ def _not_undone():  # type: ignore[no-untyped-def]
 
 
 def undo_last(*, session: Session, user: User) -> Label:
-    """Record an undo of ``user``'s newest standing label and lease that cell back to them."""
+    """Record an undo of ``user``'s newest standing label and lease that cell back to them.
+
+    Only labels given in the labelling page or the API count (never imported ones). Undos sent
+    at the same moment undo one label: the others get ``Conflict``.
+    """
     last = session.scalar(
         select(Label)
         .where(
             Label.user_id == user.id,
             Label.kind == "label",
+            Label.source.in_(UNDOABLE_SOURCES),
             _not_undone(),
         )
         .order_by(Label.id.desc())
@@ -189,11 +281,19 @@ def undo_last(*, session: Session, user: User) -> Label:
     )
     if last is None:
         raise NotFound("you have no label left to undo")
-    session.add(Label(cell_id=last.cell_id, user_id=user.id, kind="undo", value=None, undoes_id=last.id))
-    session.flush()
-    session.execute(
-        update(Cell).where(Cell.id == last.cell_id).values(current_label_id=_standing_label_id(session, last.cell_id))
+    lock_cell(session=session, cell_id=last.cell_id)
+    already = Conflict(
+        f"your label {last.id} on cell {last.cell_id} was undone by another request just now: nothing more was undone",
+        label_id=last.id,
     )
+    if session.scalar(select(Label.id).where(Label.undoes_id == last.id)) is not None:
+        raise already
+    try:
+        with session.begin_nested():
+            session.add(Label(cell_id=last.cell_id, user_id=user.id, kind="undo", value=None, undoes_id=last.id))
+    except IntegrityError as error:  # unique undoes_id: a concurrent undo got there first
+        raise already from error
+    _refresh_current_label(session, last.cell_id)
     until = utcnow() + timedelta(seconds=get_settings().lease_seconds)
     entry = session.scalar(select(QueueEntry).where(QueueEntry.cell_id == last.cell_id))
     if entry is None:
@@ -203,7 +303,7 @@ def undo_last(*, session: Session, user: User) -> Label:
     return last
 
 
-def _standing_label_id(session: Session, cell_id: int) -> int | None:
+def standing_label_id(*, session: Session, cell_id: int) -> int | None:
     """The newest label of ``cell_id`` that no undo row cancels."""
     return session.scalar(
         select(Label.id)
@@ -211,6 +311,39 @@ def _standing_label_id(session: Session, cell_id: int) -> int | None:
         .order_by(Label.id.desc())
         .limit(1)
     )
+
+
+def _refresh_current_label(session: Session, cell_id: int) -> None:
+    """Set the cell's cached ``current_label_id`` from its label rows (call with the cell locked)."""
+    session.flush()
+    standing = standing_label_id(session=session, cell_id=cell_id)
+    session.execute(update(Cell).where(Cell.id == cell_id).values(current_label_id=standing))
+
+
+@dataclass(frozen=True)
+class CacheMismatch:
+    cell_id: int
+    cached_label_id: int | None
+    standing_label_id: int | None
+
+
+def current_label_mismatches(*, session: Session, limit: int | None = None) -> list[CacheMismatch]:
+    """Cells whose cached ``current_label_id`` differs from the standing label recomputed from the rows."""
+    standing = (
+        select(Label.cell_id, func.max(Label.id).label("label_id"))
+        .where(Label.kind == "label", _not_undone())
+        .group_by(Label.cell_id)
+        .subquery()
+    )
+    query = (
+        select(Cell.id, Cell.current_label_id, standing.c.label_id)
+        .outerjoin(standing, standing.c.cell_id == Cell.id)
+        .where(Cell.current_label_id.is_distinct_from(standing.c.label_id))
+        .order_by(Cell.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [CacheMismatch(*row) for row in session.execute(query)]
 
 
 def current_labels(*, session: Session) -> dict[int, str]:

@@ -1,20 +1,18 @@
 """Training runs, model versions and the queue: admin pages and API.
 
-Tasks are enqueued only after the commit that creates their rows: these routes call
-``session.commit()`` themselves before ``broker.enqueue`` (the request's own commit at the end
-would come too late, a worker could look for a row it cannot see yet).
+Tasks are sent only after the request's transaction has committed (``app.db.after_commit``):
+a worker must never look for a row it cannot see yet, nor run for a row that was rolled back.
 """
 
 from __future__ import annotations
 
-import threading
-from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
+from app.db import after_commit, session_scope
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import LeukolabError, NotFound, ServiceUnavailable, responses
 from app.models import ACTIVE_RUN_STATUSES, User
@@ -25,46 +23,45 @@ from app.training.schemas import ModelOut, QueueEntryOut, RunAccepted, RunCreate
 
 api = APIRouter(prefix="/api/v1", tags=["training"], responses=responses(401, 403, 422))
 pages = APIRouter(include_in_schema=False)
-# Postgres serialises "is a run active? then create one" with an advisory lock (see the service);
-# SQLite (one web process in the demo) with this lock.
-_sqlite_start_lock = threading.Lock()
-
-
-def _start_lock(session: Session) -> AbstractContextManager:
-    return _sqlite_start_lock if session.get_bind().dialect.name == "sqlite" else nullcontext()
 
 
 # --- actions shared by the API and the pages ---------------------------------------------------
 
 
 def start_run(session: Session, user: User, body: RunCreate) -> int:
-    """Create a queued run, commit, then enqueue it; 503 (run marked failed) if the broker is down."""
+    """Create a queued run; it is sent to the worker once the request commits (503, run failed, if that fails)."""
     broker.check_broker()
-    with _start_lock(session):
-        run = service.create_run(
-            session=session, user=user, method=body.method, profile=body.profile, params=body.params()
-        )
-        run_id = run.id
-        session.commit()
-    try:
-        broker.enqueue(broker.TASK_RETRAIN, run_id)
-    except ServiceUnavailable as error:
-        service.finish_run(session=session, run_id=run_id, status="failed", error=error.message, from_status="queued")
-        session.commit()
-        raise
+    # PostgreSQL: an advisory lock in the service; SQLite: the transaction holds the write lock.
+    run = service.create_run(session=session, user=user, method=body.method, profile=body.profile, params=body.params())
+    run_id = run.id
+    after_commit(session, lambda: _send_run(run_id))
     return run_id
 
 
+def _send_run(run_id: int) -> None:
+    try:
+        broker.enqueue(broker.TASK_RETRAIN, run_id)
+    except ServiceUnavailable as error:
+        with session_scope() as session:  # the request's transaction has committed and closed
+            service.finish_run(
+                session=session, run_id=run_id, status="failed", error=error.message, from_status="queued"
+            )
+        raise
+
+
 def promote_model(session: Session, model_id: int) -> None:
-    """Activate a model version, commit, then enqueue the scoring of the unlabelled cells."""
+    """Activate a model version; its scoring of the unlabelled cells is sent once the request commits."""
     broker.check_broker(blocked="the model cannot be promoted now (its scoring could not start)")
     service.promote(session=session, model_id=model_id)
-    session.commit()
+    after_commit(session, lambda: _send_scoring(model_id))
+
+
+def _send_scoring(model_id: int) -> None:
     try:
         broker.enqueue(broker.TASK_SCORE_ALL, model_id)
     except ServiceUnavailable:
-        service.finish_scoring(session=session, model_id=model_id, status="failed")
-        session.commit()
+        with session_scope() as session:
+            service.finish_scoring(session=session, model_id=model_id, status="failed")
         raise
 
 

@@ -9,6 +9,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
 from app import security
+from app.db import session_scope
 from app.deps import AdminUser, CurrentUser, SessionDep, check_csrf
 from app.errors import LeukolabError, TooManyRequests, Unauthenticated, responses
 from app.models import User
@@ -40,7 +41,11 @@ def token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordR
             session=session, username=form.username, password=form.password, remote=_remote(request)
         )
     except Unauthenticated:
-        session.commit()  # keep the failure for throttling
+        # The request's transaction rolls back with the 401: store the failure (for throttling)
+        # in a short transaction of its own, after letting go of the request's (SQLite's write lock).
+        session.rollback()
+        with session_scope() as failures:
+            security.record_login_failure(session=failures, username=form.username, remote=_remote(request))
         raise
     return Token(access_token=security.issue_token(user_id=user.id, session_version=user.session_version))
 
@@ -91,8 +96,7 @@ def login(
 ):  # type: ignore[no-untyped-def]
     try:
         user = service.authenticate(session=session, username=username, password=password, remote=_remote(request))
-    except LeukolabError as error:
-        session.commit()
+    except LeukolabError as error:  # answered with a page, not raised: the request commits the failure
         response = render(
             request,
             "login.html",
