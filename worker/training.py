@@ -23,6 +23,7 @@ from ml.checkpoint import load_checkpoint, model_config_of, save_checkpoint
 from ml.config import entropy_threshold_for, make_config
 from ml.train import Progress, TrainingCancelled, train
 from worker.data import load_inputs, resize, stratified_split
+from worker.exports import write_registered_exports
 from worker.runtime import device, device_name
 
 log = logging.getLogger("leukolab.worker")
@@ -254,6 +255,7 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
                 class_names=names,
                 metrics=metrics,
             )
+            version_id = version.id
             service.finish_run(session=session, run_id=run_id, status="succeeded", metrics=metrics)
             if params.get("auto_promote") and _beats_active(session, metrics):
                 service.promote(session=session, model_id=version.id)
@@ -261,6 +263,7 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
     except BaseException:
         artefact.unlink(missing_ok=True)  # no artefact without its model version
         raise
+    write_registered_exports(version_id)  # ONNX and TorchScript with their cards, for the Models page
     reporter.note("done", fraction=1.0)
     return promoted_id
 
