@@ -44,7 +44,7 @@ def _model_zip(session: Session, *, format: str, version: int | None) -> Streami
     model = service.select_model_version(session=session, version_id=version)
     files = service.exported_model_files(version=model, format=format)
     return StreamingResponse(
-        service.stream_zip(service.read_files(files)),
+        service.stream_zip(files),
         media_type="application/zip",
         headers=_attachment(f"leukolab-model-v{model.id}-{format}.zip"),
     )

@@ -432,17 +432,25 @@ class _ChunkWriter(io.RawIOBase):
         return data
 
 
-def stream_zip(files: Iterable[tuple[str, bytes]]) -> Iterator[bytes]:
-    """A zip of ``files`` as chunks, one or more per file; PNGs stored, text deflated."""
+def stream_zip(files: Iterable[tuple[str, bytes | Path]], *, piece: int = 1024**2) -> Iterator[bytes]:
+    """A zip of ``files`` as chunks: bytes, or a file read ``piece`` bytes at a time; PNGs stored,
+    the rest deflated."""
     writer = _ChunkWriter()
     with zipfile.ZipFile(writer, "w") as archive:  # unseekable: sizes go in data descriptors
         for name, data in files:
             info = zipfile.ZipInfo(name, date_time=datetime.now().timetuple()[:6])
             info.compress_type = zipfile.ZIP_STORED if name.endswith(".png") else zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
-            chunk = writer.take()
-            if chunk:
+            if isinstance(data, Path):
+                info.file_size = data.stat().st_size  # lets zipfile choose zip64 up front
+                with data.open("rb") as source, archive.open(info, "w") as target:
+                    while block := source.read(piece):
+                        target.write(block)
+                        if chunk := writer.take():
+                            yield chunk
+            else:
+                archive.writestr(info, data)
+            if chunk := writer.take():
                 yield chunk
     yield writer.take()
 
@@ -504,9 +512,3 @@ def exported_model_files(*, version: ModelVersion, format: str) -> list[tuple[st
             f"for an older version run `leukolab export model OUT --format {format} --version {version.id}`"
         )
     return [(path.name, path) for path in files]
-
-
-def read_files(files: list[tuple[str, Path]]) -> Iterator[tuple[str, bytes]]:
-    """``(name, bytes)`` of each file, read as the zip is written."""
-    for name, path in files:
-        yield name, path.read_bytes()

@@ -8,6 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select, update
@@ -291,6 +292,18 @@ def test_admin_zip_download_streams_the_export(pg_db_url: str, tmp_path: Path) -
             pngs = {cell.id: cell.display_png for cell in cells}
         for image in coco["images"]:
             assert archive.read(image["file_name"]) == pngs[image["leukolab"]["cell_id"]]
+
+
+def test_zip_of_a_file_is_read_and_sent_piece_by_piece(tmp_path: Path) -> None:
+    big = tmp_path / "model.onnx"
+    big.write_bytes(np.random.default_rng(0).bytes(2 * 1024**2))  # like weights: barely compressible
+
+    chunks = list(stream_zip([("model.onnx", big), ("card.json", b"{}")], piece=64 * 1024))
+
+    assert len(chunks) >= 8 and max(len(chunk) for chunk in chunks) <= 256 * 1024  # never the whole file at once
+    with zipfile.ZipFile(io.BytesIO(b"".join(chunks))) as archive:
+        assert archive.read("model.onnx") == big.read_bytes() and archive.read("card.json") == b"{}"
+        assert archive.testzip() is None
 
 
 def test_zip_is_written_while_it_is_read() -> None:
