@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,9 +16,11 @@ app = typer.Typer(help="leukolab: active labelling of white blood cells.", no_ar
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_app = typer.Typer(help="Accounts.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (not tests): each writes a JSON report.", no_args_is_help=True)
+export_app = typer.Typer(help="Export labels or a trained model.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(bench_app, name="bench")
+app.add_typer(export_app, name="export")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -135,6 +139,68 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", ""),
     )
+
+
+@export_app.command("labels")
+def export_labels(
+    out: Annotated[Path, typer.Argument(help="a .csv file for csv; an empty or new folder otherwise")],
+    format: Annotated[str, typer.Option("--format", help="csv, imagefolder or coco")] = "csv",
+    pseudo_labels: Annotated[
+        bool, typer.Option("--pseudo-labels", help="add the model's pseudo-labels of cells no expert labelled")
+    ] = False,
+    predictions: Annotated[
+        bool, typer.Option("--predictions", help="add the model's predictions of cells no expert labelled")
+    ] = False,
+    model_version: Annotated[
+        int | None, typer.Option("--model-version", help="whose pseudo-labels/predictions (default: the active)")
+    ] = None,
+) -> None:
+    """Export the expert labels; model labels only with --pseudo-labels/--predictions, marked by origin."""
+    from app.db import session_scope
+    from app.export import service
+
+    if format not in service.LABEL_FORMATS:
+        raise fail(f"unknown format {format!r}; use one of {', '.join(service.LABEL_FORMATS)}")
+    if format != "csv" and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise fail(f"{out} exists and is not an empty folder; {format} writes a folder")
+    try:
+        with session_scope() as session:
+            rows = service.label_rows(
+                session=session, pseudo_labels=pseudo_labels, predictions=predictions, model_version_id=model_version
+            )
+            classes = service.class_names(session=session)
+        marked = pseudo_labels or predictions
+        if format == "csv":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w", newline="", encoding="utf-8") as file:
+                file.writelines(service.csv_chunks(rows, marked=marked))
+        else:
+            service.write_files(service.label_files(rows, format=format, classes=classes, marked=marked), out)
+    except LeukolabError as error:
+        raise fail(error.message) from None
+    origins = ", ".join(f"{n} {o}" for o, n in Counter(row.origin for row in rows).items()) or "nothing"
+    typer.echo(f"exported {len(rows)} labelled cells ({origins}) as {format} to {out}")
+
+
+@export_app.command("model")
+def export_model(
+    out: Annotated[Path, typer.Argument(help="the network's file; the model card goes beside it (NAME.card.json)")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
+    version: Annotated[int | None, typer.Option("--version", help="model version id (default: the active)")] = None,
+) -> None:
+    """Export a model version's network (teacher weights) with its model card (JSON)."""
+    from app.export.service import MODEL_FORMATS
+    from worker.exports import export_version
+
+    if format not in MODEL_FORMATS:
+        raise fail(f"unknown format {format!r}; use one of {', '.join(MODEL_FORMATS)}")
+    try:
+        network, card = export_version(model_id=version, out=out, format=format)
+    except LeukolabError as error:
+        raise fail(error.message) from None
+    except (OSError, ValueError) as error:
+        raise fail(f"cannot export the model: {error}") from None
+    typer.echo(f"wrote {network} and {card}")
 
 
 def _register_commands_from_other_modules() -> None:

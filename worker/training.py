@@ -26,6 +26,7 @@ from ml.data import resize
 from ml.device import device_name, pick_device
 from ml.train import Progress, TrainingCancelled, train
 from worker.data import load_inputs, stratified_split
+from worker.exports import write_registered_exports
 
 log = logging.getLogger("leukolab.worker")
 
@@ -256,6 +257,7 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
                 class_names=names,
                 metrics=metrics,
             )
+            version_id = version.id
             service.finish_run(session=session, run_id=run_id, status="succeeded", metrics=metrics)
             if params.get("auto_promote") and _beats_active(session, metrics):
                 service.promote(session=session, model_id=version.id)
@@ -263,6 +265,7 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
     except BaseException:
         artefact.unlink(missing_ok=True)  # no artefact without its model version
         raise
+    write_registered_exports(version_id)  # ONNX and TorchScript with their cards, for the Models page
     reporter.note("done", fraction=1.0)
     return promoted_id
 

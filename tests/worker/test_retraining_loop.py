@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -63,6 +66,15 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
     assert Path(tmp_path / "artefacts" / f"run-{run_id}.pt").is_file()
     confusion = client.get(f"/admin/models/{model_id}/confusion.png", headers=admin)
     assert confusion.status_code == 200 and confusion.content.startswith(b"\x89PNG")
+
+    def exported() -> bytes | None:  # the worker exports a version just after registering it
+        response = client.get(f"/admin/models/{model_id}/export.zip", params={"format": "onnx"}, headers=admin)
+        return response.content if response.status_code == 200 else None
+
+    with zipfile.ZipFile(io.BytesIO(wait_for(exported, timeout=60, message="the ONNX export"))) as archive:
+        card = json.loads(archive.read(f"model-v{model_id}.card.json"))
+    assert set(card["classes"]) == set(CLASSES) and card["model_version"] == model_id
+    assert card["labels"]["expert"] == 24 and card["labels"]["pseudo"] is not None
 
     promoted = client.post(f"/api/v1/models/{model_id}/promote", headers=admin)
     assert promoted.status_code == 200 and promoted.json()["is_active"]
