@@ -19,3 +19,6 @@ BoundedId = Annotated[int, Field(ge=1, le=MAX_DB_ID)]
 
 QueryIds = Annotated[list[BoundedId], Query(max_length=1000)]
 """A list of ids in the query string (``?exclude=1&exclude=2``)."""
+
+QueryId = Annotated[int, Query(ge=1, le=MAX_DB_ID, description="a database id (1 to 2^31 - 1)")]
+"""One id in the query string."""

@@ -13,6 +13,7 @@ from app.deps import AdminUser, SessionDep
 from app.errors import InvalidInput
 from app.export import service
 from app.export.schemas import LABELS_RESPONSES, MODEL_RESPONSES, LabelFormat, ModelFormat
+from app.params import DbId, QueryId
 from app.templating import render
 
 api = APIRouter(prefix="/api/v1/export", tags=["export"])
@@ -57,7 +58,7 @@ def export_labels(
     format: LabelFormat = "csv",
     pseudo_labels: bool = False,
     predictions: bool = False,
-    model_version: int | None = None,
+    model_version: QueryId | None = None,
 ) -> StreamingResponse:
     """Expert labels as CSV, or an ImageFolder or COCO zip. ``pseudo_labels`` and ``predictions``
     add the model's labels of the cells no expert labelled (the active version unless
@@ -79,7 +80,7 @@ def export_labels(
 
 @api.get("/model", responses=MODEL_RESPONSES, response_class=StreamingResponse)
 def export_model(
-    session: SessionDep, admin: AdminUser, format: ModelFormat = "onnx", version: int | None = None
+    session: SessionDep, admin: AdminUser, format: ModelFormat = "onnx", version: QueryId | None = None
 ) -> StreamingResponse:
     """The network (the active version unless ``version``) and its model card, as a zip."""
     return _model_zip(session, format=format, version=version)
@@ -120,5 +121,5 @@ def _version_field(value: str) -> int | None:
 
 
 @pages.get("/admin/models/{model_id}/export.zip")
-def export_model_page(session: SessionDep, admin: AdminUser, model_id: int, format: ModelFormat = "onnx"):  # type: ignore[no-untyped-def]
+def export_model_page(session: SessionDep, admin: AdminUser, model_id: DbId, format: ModelFormat = "onnx"):  # type: ignore[no-untyped-def]
     return _model_zip(session, format=format, version=model_id)

@@ -11,7 +11,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from compose_project import (
+from pydantic import ValidationError
+
+from app.settings import DEV_SECRET_KEY, Settings
+from tests.deploy.compose_project import (
     COMPOSE_FILE,
     CPU_OVERRIDE_FILE,
     DOCKERFILE,
@@ -27,9 +30,6 @@ from compose_project import (
     service_environment,
     variables_used,
 )
-from pydantic import ValidationError
-
-from app.settings import DEV_SECRET_KEY, Settings
 
 SECRETS = {"POSTGRES_PASSWORD": "0123456789abcdef0123456789abcdef", "LEUKOLAB_SECRET_KEY": "k" * 64}
 APP_SERVICES = ("migrate", "web", "worker", "worker-score")

@@ -30,7 +30,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import numpy as np
 import pytest
-from compose_project import (
+from PIL import Image
+
+from tests.deploy.compose_project import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
     REPO,
@@ -39,7 +41,6 @@ from compose_project import (
     read_env_file,
     service_environment,
 )
-from PIL import Image
 
 PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("LEUKOLAB_TEST_REDIS", "redis://127.0.0.1:6379")

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from compose_project import COMPOSE_FILE, REPO, example_env, load_project
 from PIL import Image
+
+from tests.deploy.compose_project import COMPOSE_FILE, REPO, example_env, load_project
 
 DOCS = REPO / "docs" / "deploy.md"
 SECRETS = {"POSTGRES_PASSWORD": "0123456789abcdef", "LEUKOLAB_SECRET_KEY": "k" * 64}

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models import ModelVersion, Prediction, TrainingRun
+from app.settings import get_settings
 from tests.app.factories import make_user
 from tests.app.test_api import token_headers
 from tests.worker.conftest import CLASSES, insert_cells, wait_for
@@ -105,7 +106,14 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
 
     nxt = client.get("/api/v1/queue/next", headers=cyto).json()
     assert nxt["cell_id"] == queue[0]["cell_id"] and nxt["reason"] == queue[0]["reason"]
-    assert nxt["suggestion"]["label"] in CLASSES and 0 < nxt["suggestion"]["confidence"] <= 1
+    # the suggestion is shown only when the model is confident enough to help
+    if queue[0]["detail"]["confidence"] >= get_settings().suggestion_min_confidence:
+        assert nxt["suggestion"] == {
+            "label": queue[0]["detail"]["predicted"],
+            "confidence": pytest.approx(queue[0]["detail"]["confidence"], abs=1e-3),
+        }
+    else:
+        assert nxt["suggestion"] is None
     # pseudo-labels are not expert labels
     stats = client.get("/api/v1/stats", headers=cyto).json()
     assert stats["labelled"] == 24
