@@ -35,7 +35,7 @@ def _check_size(upload: UploadFile) -> None:
         raise InvalidInput(f"{upload.filename}: the zip is {upload.size} bytes, over the {limit}-byte limit")
 
 
-@api.post("/samples/imports", status_code=201, response_model=FieldImportOut, responses=responses(403, 409, 413))
+@api.post("/samples/imports", status_code=201, response_model=FieldImportOut, responses=responses(400, 403, 409, 413))
 def api_import_fields(
     session: SessionDep,
     admin: AdminUser,
