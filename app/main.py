@@ -119,10 +119,11 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     from app.cells import routes as cells_routes
     from app.export import routes as export_routes
     from app.labelling import routes as labelling_routes
+    from app.samples import routes as samples_routes
     from app.training import routes as training_routes
     from app.users import routes as users_routes
 
-    for module in (users_routes, labelling_routes, cells_routes, training_routes, export_routes):
+    for module in (users_routes, labelling_routes, cells_routes, training_routes, export_routes, samples_routes):
         app.include_router(module.api)
         app.include_router(module.pages)
 

@@ -87,6 +87,40 @@ class ImportBatch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Sample(Base):
+    """One specimen (a slide, a patient's smear): its fields and cells, and its pixel size."""
+
+    __tablename__ = "samples"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(128), unique=True)
+    note: Mapped[str | None] = mapped_column(Text)
+    um_per_px: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class Field(Base):
+    """A smear field image of a sample. Only a display copy is kept (at most ~1600 px on the long side):
+    boxes are in the original's pixels, ``display_scale`` maps them onto the copy."""
+
+    __tablename__ = "fields"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    source_name: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    display_jpeg: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    display_scale: Mapped[float] = mapped_column(Float)  # display px per field px, at most 1
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("imports.id"))
+    cell_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("sample_id", "sha256", name="uq_fields_sample_sha256"),)
+
+
 class Cell(Base):
     __tablename__ = "cells"
 
@@ -106,6 +140,18 @@ class Cell(Base):
     # (No foreign key: labels already points at cells, and the cycle buys nothing.)
     current_label_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Provenance of a cell located in a smear field (issue 11); all NULL for a tile import, which
+    # may still belong to a sample. The box is the cell's, in field pixels, x1/y1 exclusive.
+    sample_id: Mapped[int | None] = mapped_column(ForeignKey("samples.id"), index=True)
+    field_id: Mapped[int | None] = mapped_column(ForeignKey("fields.id"), index=True)
+    box_x0: Mapped[int | None] = mapped_column(Integer)
+    box_y0: Mapped[int | None] = mapped_column(Integer)
+    box_x1: Mapped[int | None] = mapped_column(Integer)
+    box_y1: Mapped[int | None] = mapped_column(Integer)
+    centre_x: Mapped[float | None] = mapped_column(Float)
+    centre_y: Mapped[float | None] = mapped_column(Float)
+    touches_edge: Mapped[bool | None] = mapped_column(Boolean)
+    merged: Mapped[bool | None] = mapped_column(Boolean)
 
     __table_args__ = (
         # "a random unlabelled cell" walks this index from a random point

@@ -173,6 +173,7 @@
 
   function label(value) {
     if (!current) return;
+    $("field-view").close();  // it shows the cell being labelled, which is about to leave
     outbox.push({ cell_id: current.cell_id, label: value, key: newKey(), at: new Date().toISOString() });
     saveOutbox();
     toast(value === "unsure" ? `cell ${current.cell_id} marked unsure` : `cell ${current.cell_id} labelled as ${value}`);
@@ -223,12 +224,38 @@
     }, 300);
   }
 
+  // The cell in its smear field, boxed (cells located in a field; a tile has none).
+  const SVG = "http://www.w3.org/2000/svg";
+  async function showField() {
+    const dialog = $("field-view");
+    if (dialog.open) { dialog.close(); return; }
+    if (!current) return;
+    const response = await api("GET", `/api/v1/cells/${current.cell_id}/field`);
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) { toast(body.detail || `field: HTTP ${response.status}`); return; }
+    const svg = $("field-svg");
+    svg.replaceChildren();
+    svg.setAttribute("viewBox", `0 0 ${body.width} ${body.height}`);
+    const picture = document.createElementNS(SVG, "image");
+    for (const [name, value] of [["href", body.image_url], ["x", 0], ["y", 0], ["width", body.width], ["height", body.height]]) picture.setAttribute(name, value);
+    svg.append(picture);
+    const [x0, y0, x1, y1] = body.cell.box;
+    const rect = document.createElementNS(SVG, "rect");
+    for (const [name, value] of [["x", x0], ["y", y0], ["width", x1 - x0], ["height", y1 - y0], ["class", "box"], ["vector-effect", "non-scaling-stroke"]]) rect.setAttribute(name, value);
+    rect.dataset.cellId = body.cell_id;
+    svg.append(rect);
+    const flags = [body.cell.touches_edge ? "cut by the field edge" : "", body.cell.merged ? "touching cells, not split" : ""].filter(Boolean);
+    $("field-caption").textContent = `sample ${body.sample} · ${body.source_name} · box ${x0},${y0}–${x1},${y1}${flags.length ? " · " + flags.join(", ") : ""}`;
+    dialog.showModal();
+  }
+
   function act(entry) {
     const dialog = $("keymap");
     if (entry.action === "label") label(entry.label);
     else if (entry.action === "undo") undo();
     else if (entry.action === "help") dialog.open ? dialog.close() : dialog.showModal();
-    else if (entry.action === "close") dialog.close();
+    else if (entry.action === "field") showField();
+    else if (entry.action === "close") { dialog.close(); $("field-view").close(); }
   }
 
   document.addEventListener("keydown", (event) => {
@@ -247,6 +274,9 @@
   });
   $("keymap").addEventListener("click", (event) => {
     if (event.target.closest("[data-action=close]")) $("keymap").close();
+  });
+  $("field-view").addEventListener("click", (event) => {
+    if (event.target.closest("[data-action=close]")) $("field-view").close();
   });
 
   // Leases are renewed only while the page is in view; a page hidden for a minute gives them back

@@ -52,12 +52,27 @@ def import_command(
         bool, typer.Option("--labelled", help="class sub-folders are expert labels (an ImageFolder)")
     ] = False,
     as_user: Annotated[str | None, typer.Option("--as-user", help="admin to attribute labels to")] = None,
+    fields: Annotated[
+        bool, typer.Option("--fields", help="whole smear fields: white cells are located, cut out and queued")
+    ] = False,
+    sample: Annotated[
+        str | None, typer.Option("--sample", help="the sample the cells go into (fields: else one per top folder)")
+    ] = None,
+    um_per_px: Annotated[
+        float | None, typer.Option("--um-per-px", help="pixel size of a new sample's fields (default 0.06)")
+    ] = None,
 ) -> None:
     """Import a folder or .zip of cell images, all or nothing; with --labelled, sub-folders are classes."""
     console = Console(stderr=True)
     if not path.exists():
         typer.secho(f"error: {path}: no such file or folder", err=True, fg=typer.colors.RED)
         raise typer.Exit(2)
+    if fields:
+        from app.samples.cli import import_fields
+
+        user_id_for = lambda session: _importing_user(session, as_user, False)  # noqa: E731
+        import_fields(path, sample=sample, um_per_px=um_per_px, user_id_for=user_id_for, console=console)
+        return
     try:
         with (
             session_scope() as session,
@@ -82,6 +97,10 @@ def import_command(
                 )
             else:
                 summary = import_zip(session=session, file=path, labelled=labelled, user_id=user_id, progress=progress)
+            if sample is not None:
+                from app.samples.cli import attach_to_sample
+
+                attach_to_sample(session=session, import_id=summary.import_id, sample=sample, user_id=user_id)
     except ImportRefused as refused:
         for rejection in refused.rejections:
             typer.secho(f"refused: {rejection.file}: {rejection.reason}", err=True, fg=typer.colors.RED)

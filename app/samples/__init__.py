@@ -1,0 +1,1 @@
+"""Samples (specimens), their smear fields and located cells, and the differential count."""
