@@ -100,7 +100,10 @@ def grid_page(
     if cls is not None:
         query = query.where(group_col == cls)
     if sample is not None:
-        query = query.where(Cell.slide == sample)
+        # Materialised first: a sample is a small share of the cells, and walking the whole class index
+        # while filtering by sample is what the planner would otherwise pick (400 ms at 100k cells).
+        in_sample = select(Cell.id.label("id")).where(Cell.slide == sample).cte("in_sample").prefix_with("MATERIALIZED")
+        query = query.join(in_sample, in_sample.c.id == key_cell)
     if after is not None:
         value, conf, cell_id = after
         # a row-value comparison: PostgreSQL walks ix_predictions_review from the cursor on
