@@ -35,7 +35,7 @@ def get_reading_settings(session: SessionDep, admin: AdminUser) -> dict:
     return rules.reading_settings(session=session)
 
 
-@api.put("/settings", response_model=ReadingSettings, responses=responses(413))
+@api.put("/settings", response_model=ReadingSettings, responses=responses(400, 413))
 def put_reading_settings(session: SessionDep, admin: AdminUser, body: ReadingSettings) -> dict:
     """Change the reading settings; they apply to cells read for the first time from now on."""
     return rules.update_reading_settings(
@@ -93,7 +93,7 @@ def adjudication_next(request: Request, session: SessionDep, admin: AdminUser): 
     "/cells/{cell_id}/adjudication",
     response_model=AdjudicationOut,
     status_code=201,
-    responses=responses(404, 409, 413),
+    responses=responses(400, 404, 409, 413),
 )
 def adjudicate(session: SessionDep, admin: AdminUser, cell_id: DbId, body: AdjudicationIn) -> AdjudicationOut:
     """Decide a cell whose readers disagree (or one marked unsure). 409 when there is nothing to decide."""

@@ -35,7 +35,7 @@ def review_page_data(
     return GridPageOut.model_validate(page, from_attributes=True)
 
 
-@api.post("/review/labels", response_model=BulkLabelOut, status_code=201, responses=responses(403, 404, 409, 413))
+@api.post("/review/labels", response_model=BulkLabelOut, status_code=201, responses=responses(400, 403, 404, 409, 413))
 def review_labels(session: SessionDep, user: CurrentUser, body: BulkLabelIn) -> BulkLabelOut:
     """Label many cells as one action (source ``review``): one label row per cell, sharing ``action_id``."""
     result = service.bulk_label(

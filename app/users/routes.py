@@ -81,7 +81,7 @@ def deactivate_user(session: SessionDep, admin: AdminUser, user_id: DbId):  # ty
     return service.set_active(session=session, user_id=user_id, active=False, acting_user=admin)
 
 
-@api.post("/users/{user_id}/password", response_model=UserOut, responses=responses(403, 404, 409, 413))
+@api.post("/users/{user_id}/password", response_model=UserOut, responses=responses(400, 403, 404, 409, 413))
 def reset_password(session: SessionDep, admin: AdminUser, user_id: DbId, body: PasswordReset):  # type: ignore[no-untyped-def]
     """Set another user's password; their sessions and tokens end and they must change it at the next login."""
     return service.reset_password(session=session, user_id=user_id, new_password=body.new_password, acting_user=admin)
