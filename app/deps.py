@@ -12,10 +12,19 @@ from sqlalchemy.orm import Session
 
 from app import security
 from app.db import session_scope
-from app.errors import Forbidden, Unauthenticated
+from app.errors import Forbidden, PasswordChangeRequired, Unauthenticated
 from app.models import User
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# What a user whose password an admin reset may still do: choose a new one, or leave.
+PASSWORD_CHANGE_PATHS = {
+    "/account",
+    "/account/password",
+    "/account/logout-everywhere",
+    "/logout",
+    "/api/v1/auth/password",
+    "/api/v1/auth/logout-everywhere",
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,10 @@ async def current_user(
     if session_version != user.session_version:  # logged out, password changed or deactivated since
         request.session.pop("uid", None)
         raise Unauthenticated("this session or token has ended: log in again")
+    if user.must_change_password and request.url.path not in PASSWORD_CHANGE_PATHS:
+        raise PasswordChangeRequired(
+            "an admin reset your password: choose a new one first (the account page, or POST /api/v1/auth/password)"
+        )
     # A plain snapshot for templates: the ORM row expires if the request's transaction rolls back.
     request.state.user = UserView(id=user.id, username=user.username, role=user.role)
     return user

@@ -38,6 +38,10 @@ class Forbidden(LeukolabError):
     status_code = 403
 
 
+class PasswordChangeRequired(Forbidden):
+    """An admin reset this user's password: they choose their own before anything else."""
+
+
 class TooManyRequests(LeukolabError):
     status_code = 429
 

@@ -17,7 +17,14 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from app.db import ROOT, check_migrated
 from app.deps import CurrentUser
-from app.errors import InvalidInput, LeukolabError, TooManyRequests, Unauthenticated, responses
+from app.errors import (
+    InvalidInput,
+    LeukolabError,
+    PasswordChangeRequired,
+    TooManyRequests,
+    Unauthenticated,
+    responses,
+)
 from app.headers import SecurityHeadersMiddleware, csp_nonce
 from app.limits import BodyLimitMiddleware
 from app.settings import get_settings, signing_key
@@ -34,6 +41,8 @@ async def _leukolab_error(request: Request, error: LeukolabError) -> Response:
         if isinstance(error, Unauthenticated):
             target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
             return RedirectResponse(f"/login?next={target}", status_code=303)
+        if isinstance(error, PasswordChangeRequired):
+            return RedirectResponse("/account", status_code=303)
         from app.templating import render
 
         return render(request, "error.html", {"error": error}, status_code=error.status_code)
@@ -116,14 +125,27 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
+    from app.audit import routes as audit_routes
     from app.cells import routes as cells_routes
+    from app.consensus import routes as consensus_routes
     from app.export import routes as export_routes
     from app.labelling import routes as labelling_routes
+    from app.review import routes as review_routes
     from app.samples import routes as samples_routes
     from app.training import routes as training_routes
     from app.users import routes as users_routes
 
-    for module in (users_routes, labelling_routes, cells_routes, training_routes, export_routes, samples_routes):
+    for module in (
+        users_routes,
+        labelling_routes,
+        cells_routes,
+        training_routes,
+        export_routes,
+        samples_routes,
+        review_routes,
+        consensus_routes,
+        audit_routes,
+    ):
         app.include_router(module.api)
         app.include_router(module.pages)
 

@@ -52,6 +52,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Signed into every session cookie and token; bumping it ends them all (logout, password change, deactivation).
     session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set when an admin resets the password: every page but the account page asks for a new one first.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     __table_args__ = (
         CheckConstraint("role in ('cytologist', 'admin')", name="ck_users_role"),
@@ -138,6 +140,7 @@ class Cell(Base):
     # Cache of the label rows: the newest label of this cell that no undo row points at.
     # Written in the same transaction as the label rows, so it never disagrees with them.
     # (No foreign key: labels already points at cells, and the cycle buys nothing.)
+    # Under double reading it is the consensus: set only once the required readers agree, or an admin adjudicated.
     current_label_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Provenance of a cell located in a smear field (issue 11); all NULL for a tile import, which
@@ -152,8 +155,21 @@ class Cell(Base):
     centre_y: Mapped[float | None] = mapped_column(Float)
     touches_edge: Mapped[bool | None] = mapped_column(Boolean)
     merged: Mapped[bool | None] = mapped_column(Boolean)
+    # How many readers this cell needs (1 or 2), decided at its first read from the settings and kept.
+    readers_required: Mapped[int | None] = mapped_column(Integer)
+    # Caches beside current_label_id, recomputed with it: the reader whose read waits for a second, different
+    # reader; and whether two readers disagree and an admin must decide.
+    first_reader_id: Mapped[int | None] = mapped_column(Integer)
+    awaits_adjudication: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     __table_args__ = (
+        Index(
+            "ix_cells_awaits_adjudication",
+            "id",
+            postgresql_where=text("awaits_adjudication"),
+            sqlite_where=text("awaits_adjudication"),
+        ),
+        Index("ix_cells_slide_id", "slide", "id"),
         # "a random unlabelled cell" walks this index from a random point
         Index(
             "ix_cells_unlabelled_random",
@@ -175,13 +191,20 @@ class Label(Base):
     kind: Mapped[str] = mapped_column(String(8), default="label")
     value: Mapped[str | None] = mapped_column(String(64))  # a class name or "unsure"; None for undo
     undoes_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), unique=True)
-    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual | import
+    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual | import | review | adjudication
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Chosen by the client for each label it sends: a resend after a network error carries the
     # same key and gets the first row back instead of storing a second one.
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
     # Who held a live lease on the cell when someone else labelled it (None: nobody else did).
     lease_holder_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", name="fk_labels_lease_holder_id_users"))
+    # The bulk review action this row belongs to (undone as one); None for single labels.
+    action_id: Mapped[int | None] = mapped_column(
+        ForeignKey("review_actions.id", name="fk_labels_action_id_review_actions"), index=True
+    )
+    # The active model's suggestion when the label was given, for the audit trail (None: there was none).
+    suggested_label: Mapped[str | None] = mapped_column(String(64))
+    suggested_confidence: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         CheckConstraint("kind in ('label', 'undo')", name="ck_labels_kind"),
@@ -194,6 +217,34 @@ class Label(Base):
         Index("ix_labels_cell_id_id", "cell_id", "id"),
         Index("uq_labels_user_idempotency_key", "user_id", "idempotency_key", unique=True),
     )
+
+
+class ReviewAction(Base):
+    """One bulk action of the review grid; its label rows carry its id. ``kind='undo'`` undoes ``undoes_id``."""
+
+    __tablename__ = "review_actions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(8), default="label", server_default="label")
+    undoes_id: Mapped[int | None] = mapped_column(ForeignKey("review_actions.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("kind in ('label', 'undo')", name="ck_review_actions_kind"),
+        Index("ix_review_actions_user_id_id", "user_id", "id"),
+    )
+
+
+class Setting(Base):
+    """An admin setting (``readers_per_cell``, ``double_read_fraction``) as a JSON value."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[object] = mapped_column(JSON)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
 class QueueEntry(Base):
@@ -314,4 +365,5 @@ class Prediction(Base):
             name="ck_predictions_outcome",
         ),
         Index("ix_predictions_cell_id", "cell_id"),
+        Index("ix_predictions_review", "model_version_id", "predicted", "confidence", "cell_id"),
     )

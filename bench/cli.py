@@ -1,5 +1,5 @@
 """The benchmark commands: ``leukolab bench ssl|throughput|active|locate`` (the leukolab CLI registers
-them), and ``python -m bench.cli`` to run them without the rest of leukolab.
+them; ``review`` only here), and ``python -m bench.cli`` to run them without the rest of leukolab.
 
 torch is imported inside the commands, so that importing this module stays cheap.
 """
@@ -14,6 +14,7 @@ import typer
 
 from bench.active import bench_active
 from bench.locate import locate_command as locate
+from bench.review import review_command as review
 from bench.ssl import ssl, write_json
 
 
@@ -43,6 +44,7 @@ app.command("ssl")(ssl)
 app.command("throughput")(throughput)
 app.command("active")(bench_active)
 app.command("locate")(locate)
+app.command("review")(review)
 
 
 def main() -> None:

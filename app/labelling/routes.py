@@ -34,9 +34,8 @@ def queue_next(
     lease = service.next_cell(session=session, user=user, exclude=exclude)
     if lease is None:
         return Response(status_code=204)
-    suggestion = service.suggestion_for(session=session, cell_id=lease.cell_id)
-    if suggestion and suggestion["confidence"] < get_settings().suggestion_min_confidence:
-        suggestion = None  # near chance: shown, it would read as advice
+    # a blind second read gets no suggestion (and never the first label)
+    suggestion = service.shown_suggestion(session=session, cell_id=lease.cell_id)
     return NextCell(
         cell_id=lease.cell_id,
         image_url=str(request.url_for("cell_image", cell_id=lease.cell_id).path),

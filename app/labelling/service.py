@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from app.consensus import rules
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import UNSURE, Cell, CellClass, Label, QueueEntry, User, as_utc, utcnow
 from app.settings import get_settings
@@ -21,6 +22,9 @@ LEASE_ONLY_REASONS = ("unlabelled", "undo")
 # Sources of labels given by a person in the labelling page or the API: the only ones undo acts on
 # (an imported label is the import's, not the importing admin's latest click).
 UNDOABLE_SOURCES = ("manual",)
+# Queued for the second, blind read of a double-read cell: ahead of the model's picks, so reads complete.
+SECOND_READ_REASON = "second read"
+SECOND_READ_PRIORITY = 1e6
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,21 @@ def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def readable_by(user: User):  # type: ignore[no-untyped-def]
+    """The condition that ``user`` may read ``Cell``: no expert label yet, not waiting for an admin,
+    and, if it waits for a second read, ``user`` was not its first reader."""
+    return (
+        Cell.current_label_id.is_(None)
+        & Cell.awaits_adjudication.is_(False)
+        & (Cell.first_reader_id.is_(None) | (Cell.first_reader_id != user.id))
+    )
+
+
+def is_blind_read(*, session: Session, cell_id: int) -> bool:
+    """Whether the next read of ``cell_id`` is a blind second read: no first label, no model suggestion."""
+    return session.scalar(select(Cell.first_reader_id).where(Cell.id == cell_id)) is not None
+
+
 def next_cell(*, session: Session, user: User, exclude: Collection[int] = ()) -> Lease | None:
     """Lease the next cell for ``user``: their own live lease, then the queue, then a random unlabelled cell.
 
@@ -53,7 +72,7 @@ def next_cell(*, session: Session, user: User, exclude: Collection[int] = ()) ->
     now = utcnow()
     until = now + timedelta(seconds=get_settings().lease_seconds)
     postgres = _is_postgres(session)
-    unlabelled = select(Cell.id).where(Cell.id == QueueEntry.cell_id, Cell.current_label_id.is_(None))
+    unlabelled = select(Cell.id).where(Cell.id == QueueEntry.cell_id, readable_by(user))
     excluded = QueueEntry.cell_id.not_in(list(exclude)) if exclude else True
 
     own_query = (
@@ -87,7 +106,7 @@ def next_cell(*, session: Session, user: User, exclude: Collection[int] = ()) ->
         return Lease(entry.cell_id, entry.reason, until)
 
     for _attempt in range(5):
-        cell_id = _random_unlabelled_cell(session, exclude, postgres)
+        cell_id = _random_unlabelled_cell(session, user, exclude, postgres)
         if cell_id is None:
             return None
         values = dict(cell_id=cell_id, priority=0.0, reason="unlabelled", leased_to=user.id, lease_until=until)
@@ -107,10 +126,10 @@ def next_cell(*, session: Session, user: User, exclude: Collection[int] = ()) ->
     return None
 
 
-def _random_unlabelled_cell(session: Session, exclude: Collection[int], postgres: bool) -> int | None:
-    """A random unlabelled cell with no queue entry, found through the indexed ``random_key``."""
+def _random_unlabelled_cell(session: Session, user: User, exclude: Collection[int], postgres: bool) -> int | None:
+    """A random cell ``user`` may read with no queue entry, found through the indexed ``random_key``."""
     in_queue = exists(select(QueueEntry.id).where(QueueEntry.cell_id == Cell.id))
-    base = select(Cell.id).where(Cell.current_label_id.is_(None), ~in_queue)
+    base = select(Cell.id).where(readable_by(user), ~in_queue)
     if exclude:
         base = base.where(Cell.id.not_in(list(exclude)))
     start = random.random()
@@ -186,7 +205,7 @@ def add_label(
     source: str = "manual",
     idempotency_key: str | None = None,
 ) -> Label:
-    """Append a label row for ``cell_id`` and make it the cell's current label."""
+    """Append a label row for ``cell_id`` and recompute the cell's current label."""
     return record_label(
         session=session, user=user, cell_id=cell_id, value=value, source=source, idempotency_key=idempotency_key
     ).label
@@ -200,9 +219,16 @@ def record_label(
     value: str,
     source: str = "manual",
     idempotency_key: str | None = None,
+    action_id: int | None = None,
+    suggestion: dict | None = None,
+    allowed: Collection[str] | None = None,
 ) -> RecordedLabel:
-    """Append a label row for ``cell_id`` (or return the row an earlier try with ``idempotency_key`` stored)."""
-    allowed = class_names(session=session)
+    """Append a label row for ``cell_id`` (or return the row an earlier try with ``idempotency_key`` stored).
+
+    ``suggestion`` is the model's suggestion shown with the cell (looked up when not given); ``allowed``
+    the class names, when the caller already has them (a bulk action).
+    """
+    allowed = list(allowed) if allowed is not None else class_names(session=session)
     if value != UNSURE and value not in allowed:
         raise InvalidInput(
             f"unknown label {value!r}: use one of {', '.join([*allowed, UNSURE])}", allowed=[*allowed, UNSURE]
@@ -226,6 +252,8 @@ def record_label(
         source=source,
         idempotency_key=idempotency_key,
         lease_holder_id=holder,
+        action_id=action_id,
+        **suggestion_columns(session=session, cell_id=cell_id, suggestion=suggestion),
     )
     if idempotency_key is None:
         session.add(label)
@@ -239,9 +267,35 @@ def record_label(
             if earlier is None:
                 raise
             return RecordedLabel(earlier, created=False)
+    rules.decide_readers_required(session=session, cell_id=cell_id)
     _refresh_current_label(session, cell_id)
     session.execute(delete(QueueEntry).where(QueueEntry.cell_id == cell_id))
+    _queue_second_read(session, cell_id)
     return RecordedLabel(label, created=True)
+
+
+def suggestion_columns(*, session: Session, cell_id: int, suggestion: dict | None = None) -> dict:
+    """The label row's ``suggested_label``/``suggested_confidence``: the active model's suggestion at the time."""
+    suggestion = suggestion if suggestion is not None else shown_suggestion(session=session, cell_id=cell_id)
+    if not suggestion:
+        return {"suggested_label": None, "suggested_confidence": None}
+    return {"suggested_label": suggestion["label"], "suggested_confidence": suggestion["confidence"]}
+
+
+def shown_suggestion(*, session: Session, cell_id: int) -> dict | None:
+    """The suggestion a reader sees with ``cell_id``: none on a blind second read, none near chance."""
+    if is_blind_read(session=session, cell_id=cell_id):
+        return None
+    suggestion = suggestion_for(session=session, cell_id=cell_id)
+    if suggestion and suggestion["confidence"] < get_settings().suggestion_min_confidence:
+        return None  # near chance: shown, it would read as advice
+    return suggestion
+
+
+def _queue_second_read(session: Session, cell_id: int) -> None:
+    """Queue a cell that waits for its second read (its first read was just stored)."""
+    if session.scalar(select(Cell.first_reader_id).where(Cell.id == cell_id)) is not None:
+        session.add(QueueEntry(cell_id=cell_id, priority=SECOND_READ_PRIORITY, reason=SECOND_READ_REASON))
 
 
 def _label_with_key(session: Session, user: User, key: str, *, cell_id: int, value: str) -> Label | None:
@@ -314,10 +368,26 @@ def standing_label_id(*, session: Session, cell_id: int) -> int | None:
 
 
 def _refresh_current_label(session: Session, cell_id: int) -> None:
-    """Set the cell's cached ``current_label_id`` from its label rows (call with the cell locked)."""
+    """Set the cell's cached ``current_label_id`` (the consensus under double reading) and its reading
+    state from its label rows (call with the cell locked)."""
     session.flush()
-    standing = standing_label_id(session=session, cell_id=cell_id)
-    session.execute(update(Cell).where(Cell.id == cell_id).values(current_label_id=standing))
+    required = session.scalar(select(Cell.readers_required).where(Cell.id == cell_id))
+    state = rules.consensus(session=session, cell_id=cell_id, readers_required=required)
+    session.execute(
+        update(Cell)
+        .where(Cell.id == cell_id)
+        .values(
+            current_label_id=state.label_id,
+            first_reader_id=state.first_reader_id,
+            awaits_adjudication=state.awaits_adjudication,
+        )
+    )
+
+
+def refresh_current_label(*, session: Session, cell_id: int) -> None:
+    """Recompute ``cell_id``'s current label and reading state (for other domains: adjudication, resolution)."""
+    lock_cell(session=session, cell_id=cell_id)
+    _refresh_current_label(session, cell_id)
 
 
 @dataclass(frozen=True)
@@ -328,26 +398,43 @@ class CacheMismatch:
 
 
 def current_label_mismatches(*, session: Session, limit: int | None = None) -> list[CacheMismatch]:
-    """Cells whose cached ``current_label_id`` differs from the standing label recomputed from the rows."""
+    """Cells whose cached ``current_label_id`` (or reading state) differs from the label recomputed from the rows:
+    the newest standing label for single-read cells, the consensus rule for double-read ones."""
     standing = (
         select(Label.cell_id, func.max(Label.id).label("label_id"))
         .where(Label.kind == "label", _not_undone())
         .group_by(Label.cell_id)
         .subquery()
     )
+    single = func.coalesce(Cell.readers_required, 1) < 2
     query = (
         select(Cell.id, Cell.current_label_id, standing.c.label_id)
         .outerjoin(standing, standing.c.cell_id == Cell.id)
-        .where(Cell.current_label_id.is_distinct_from(standing.c.label_id))
+        .where(
+            single,
+            Cell.current_label_id.is_distinct_from(standing.c.label_id)
+            | Cell.first_reader_id.is_not(None)
+            | Cell.awaits_adjudication.is_(True),
+        )
         .order_by(Cell.id)
     )
-    if limit is not None:
-        query = query.limit(limit)
-    return [CacheMismatch(*row) for row in session.execute(query)]
+    mismatches = [CacheMismatch(*row) for row in session.execute(query)]
+    double_read = session.execute(
+        select(Cell.id, Cell.current_label_id, Cell.first_reader_id, Cell.awaits_adjudication, Cell.readers_required)
+        .where(~single)
+        .order_by(Cell.id)
+    )
+    for cell_id, cached, first_reader, awaits, required in double_read:
+        state = rules.consensus(session=session, cell_id=cell_id, readers_required=required)
+        if (cached, first_reader, bool(awaits)) != (state.label_id, state.first_reader_id, state.awaits_adjudication):
+            mismatches.append(CacheMismatch(cell_id, cached, state.label_id))
+    mismatches.sort(key=lambda mismatch: mismatch.cell_id)
+    return mismatches[:limit] if limit is not None else mismatches
 
 
 def current_labels(*, session: Session) -> dict[int, str]:
-    """Every cell's current expert label value (class name or ``unsure``), by cell id."""
+    """Every cell's current expert label value (class name or ``unsure``), by cell id: under double reading
+    the consensus or adjudicated label; cells waiting for a second read or an adjudication have none."""
     rows = session.execute(select(Cell.id, Label.value).join(Label, Label.id == Cell.current_label_id))
     return {cell_id: value for cell_id, value in rows}
 

@@ -16,7 +16,7 @@ from app.models import User
 from app.params import DbId
 from app.templating import render
 from app.users import service
-from app.users.schemas import PasswordChange, Token, UserCreate, UserOut
+from app.users.schemas import PasswordChange, PasswordReset, Token, UserCreate, UserOut
 
 api = APIRouter(prefix="/api/v1", tags=["users"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
@@ -81,6 +81,12 @@ def deactivate_user(session: SessionDep, admin: AdminUser, user_id: DbId):  # ty
     return service.set_active(session=session, user_id=user_id, active=False, acting_user=admin)
 
 
+@api.post("/users/{user_id}/password", response_model=UserOut, responses=responses(400, 403, 404, 409, 413))
+def reset_password(session: SessionDep, admin: AdminUser, user_id: DbId, body: PasswordReset):  # type: ignore[no-untyped-def]
+    """Set another user's password; their sessions and tokens end and they must change it at the next login."""
+    return service.reset_password(session=session, user_id=user_id, new_password=body.new_password, acting_user=admin)
+
+
 @pages.get("/login")
 def login_page(request: Request, next: str = "/label"):  # type: ignore[no-untyped-def]
     return render(request, "login.html", {"next": next, "error": None, "username": ""})
@@ -108,6 +114,8 @@ def login(
         return response
     _start_session(request, user)
     target = next if next.startswith("/") and not next.startswith("//") else "/label"
+    if user.must_change_password:
+        target = "/account"
     return RedirectResponse(target, status_code=303)
 
 
@@ -124,7 +132,7 @@ def logout(request: Request, session: SessionDep):  # type: ignore[no-untyped-de
 
 @pages.get("/account")
 def account_page(request: Request, user: CurrentUser):  # type: ignore[no-untyped-def]
-    return render(request, "account.html", {"error": None, "done": False})
+    return render(request, "account.html", {"error": None, "done": False, "forced": user.must_change_password})
 
 
 @pages.post("/account/password")
@@ -176,6 +184,19 @@ def users_create(
         error = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in getattr(exc, "errors", lambda: [])()
         ) or str(exc)
+    template = "admin/_users_table.html" if request.headers.get("hx-request") else "admin/users.html"
+    return render(request, template, {"users": service.list_users(session=session), "error": error})
+
+
+@pages.post("/admin/users/{user_id}/password")
+def users_reset_password(
+    request: Request, session: SessionDep, admin: AdminUser, user_id: DbId, new_password: Annotated[str, Form()]
+):  # type: ignore[no-untyped-def]
+    error = None
+    try:
+        service.reset_password(session=session, user_id=user_id, new_password=new_password, acting_user=admin)
+    except LeukolabError as exc:
+        error = exc.message
     template = "admin/_users_table.html" if request.headers.get("hx-request") else "admin/users.html"
     return render(request, template, {"users": service.list_users(session=session), "error": error})
 

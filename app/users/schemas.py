@@ -32,6 +32,12 @@ class PasswordChange(BaseModel):
     _password_ok = field_validator("new_password")(_acceptable_password)
 
 
+class PasswordReset(BaseModel):
+    new_password: str = Field(min_length=8, max_length=256, description="a temporary password to hand over")
+
+    _password_ok = field_validator("new_password")(_acceptable_password)
+
+
 class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -40,6 +46,7 @@ class UserOut(BaseModel):
     role: str
     is_active: bool
     created_at: datetime
+    must_change_password: bool = False
 
 
 class Token(BaseModel):

@@ -69,6 +69,22 @@ def change_password(*, session: Session, user: User, current_password: str, new_
     if problem:
         raise InvalidInput(problem)
     user.password_hash = security.hash_password(new_password)
+    user.must_change_password = False
+    end_sessions(user=user)
+    session.flush()
+    return user
+
+
+def reset_password(*, session: Session, user_id: int, new_password: str, acting_user: User) -> User:
+    """An admin sets another user's password: their sessions end, and they must choose their own at the next login."""
+    user = get_user(session=session, user_id=user_id)
+    if user.id == acting_user.id:
+        raise Conflict("change your own password on the account page (it asks for the current one)")
+    problem = security.password_problem(new_password)
+    if problem:
+        raise InvalidInput(problem)
+    user.password_hash = security.hash_password(new_password)
+    user.must_change_password = True
     end_sessions(user=user)
     session.flush()
     return user

@@ -50,3 +50,31 @@ def get_user(name: str) -> User:
 
     with session_scope() as session:
         return session.scalar(select(User).where(User.username == name))
+
+
+def make_model(predictions: dict[int, tuple[str, float]], class_names: list[str] | None = None) -> int:
+    """An active model version whose predictions are ``{cell_id: (class, confidence)}``."""
+    from app.models import ModelVersion, Prediction
+
+    names = class_names or ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "artefact"]
+    with session_scope() as session:
+        version = ModelVersion(artefact_path="/nonexistent/model.pt", class_names=names, is_active=True)
+        session.add(version)
+        session.flush()
+        for cell_id, (label, confidence) in predictions.items():
+            rest = (1.0 - confidence) / (len(names) - 1)
+            probs = [confidence if name == label else rest for name in names]
+            session.add(
+                Prediction(
+                    model_version_id=version.id,
+                    cell_id=cell_id,
+                    probs=probs,
+                    predicted=label,
+                    confidence=confidence,
+                    entropy=0.5,
+                    margin=0.1,
+                    pseudo_label=None,
+                    filter_outcome="rejected",
+                )
+            )
+        return version.id

@@ -1,0 +1,39 @@
+// Adjudication: one key (a class hotkey) decides the cell shown, then the next case loads.
+(function () {
+  "use strict";
+  const config = JSON.parse(document.getElementById("adjudication-config").textContent);
+  const hotkeys = Object.fromEntries(config.classes.map((c) => [c.hotkey, c.name]));
+  const csrf = (JSON.parse(document.body.getAttribute("hx-headers") || "{}"))["X-CSRF-Token"];
+  const card = document.getElementById("case");
+  const status = document.getElementById("adjudication-status");
+  let busy = false;
+
+  async function decide(label) {
+    if (!card || busy) return;
+    busy = true;
+    status.textContent = "saving…";
+    const response = await fetch(`/api/v1/cells/${card.dataset.cellId}/adjudication`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify({ label }),
+    });
+    if (response.ok) {
+      window.location.reload();
+    } else {
+      const data = await response.json().catch(() => ({}));
+      status.textContent = data.detail || response.statusText;
+      busy = false;
+    }
+  }
+
+  document.addEventListener("keydown", (event) => {
+    if (event.target.closest && event.target.closest("input, select, textarea")) return;
+    const label = hotkeys[event.key];
+    if (!label) return;
+    event.preventDefault();
+    decide(label);
+  });
+  for (const button of document.querySelectorAll("button.decide")) {
+    button.addEventListener("click", () => decide(button.dataset.label));
+  }
+})();
