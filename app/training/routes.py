@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
@@ -105,9 +105,9 @@ def promote_model_version(session: SessionDep, admin: AdminUser, model_id: DbId)
 
 
 @api.get("/queue", response_model=list[QueueEntryOut])
-def queue(session: SessionDep, user: CurrentUser, limit: int = 100) -> list[dict]:
+def queue(session: SessionDep, user: CurrentUser, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
     """The labelling queue, highest priority first, with each entry's reason."""
-    return service.queue_view(session=session, limit=min(max(limit, 1), 1000))
+    return service.queue_view(session=session, limit=limit)
 
 
 # --- pages -------------------------------------------------------------------------------------

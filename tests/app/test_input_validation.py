@@ -271,3 +271,13 @@ def test_an_image_too_small_to_hold_a_cell_is_refused(pg_db_url: str, tmp_path: 
         import_folder(session=session, path=tmp_path / "in", labelled=False, user_id=None)
     assert len(refused.value.rejections) == 1
     assert counts()["cells"] == 0
+
+
+def test_queue_limit_out_of_range_is_refused_not_clamped(client: TestClient) -> None:
+    make_user("cyto")
+    headers = token_headers(client, "cyto")
+    for limit in (0, -1, 1001):
+        response = client.get("/api/v1/queue", params={"limit": limit}, headers=headers)
+        assert response.status_code == 422, (limit, response.text)
+        assert "limit" in response.json()["detail"]
+    assert client.get("/api/v1/queue", params={"limit": 1000}, headers=headers).status_code == 200
