@@ -117,12 +117,13 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
     from app.cells import routes as cells_routes
+    from app.classes import routes as classes_routes
     from app.export import routes as export_routes
     from app.labelling import routes as labelling_routes
     from app.training import routes as training_routes
     from app.users import routes as users_routes
 
-    for module in (users_routes, labelling_routes, cells_routes, training_routes, export_routes):
+    for module in (users_routes, labelling_routes, cells_routes, training_routes, export_routes, classes_routes):
         app.include_router(module.api)
         app.include_router(module.pages)
 

@@ -14,6 +14,7 @@ import typer
 
 from bench.active import bench_active
 from bench.locate import locate_command as locate
+from bench.ood import ood_command as ood
 from bench.ssl import ssl, write_json
 
 
@@ -43,6 +44,7 @@ app.command("ssl")(ssl)
 app.command("throughput")(throughput)
 app.command("active")(bench_active)
 app.command("locate")(locate)
+app.command("ood")(ood)
 
 
 def main() -> None:
