@@ -206,6 +206,7 @@ def export_model(
 def _register_commands_from_other_modules() -> None:
     from app.bench import labelling_command, races_command
     from app.cells.cli import import_command
+    from app.classes.cli import classes_app
     from bench import cli as bench_cli
     from worker import cli as worker_cli
 
@@ -219,6 +220,8 @@ def _register_commands_from_other_modules() -> None:
     bench_app.command("locate")(bench_cli.locate)
     app.command("worker")(worker_cli.worker_command)
     bench_app.command("active")(bench_cli.bench_active)
+    bench_app.command("ood")(bench_cli.ood)
+    app.add_typer(classes_app, name="classes")
 
 
 _register_commands_from_other_modules()

@@ -127,6 +127,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
 
     from app.audit import routes as audit_routes
     from app.cells import routes as cells_routes
+    from app.classes import routes as classes_routes
     from app.consensus import routes as consensus_routes
     from app.export import routes as export_routes
     from app.labelling import routes as labelling_routes
@@ -145,6 +146,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         review_routes,
         consensus_routes,
         audit_routes,
+        classes_routes,
     ):
         app.include_router(module.api)
         app.include_router(module.pages)

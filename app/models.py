@@ -66,15 +66,53 @@ class User(Base):
 
 
 class CellClass(Base):
-    """A label a cytologist can give; ``position`` orders buttons and the model's outputs."""
+    """A label a cytologist can give; ``position`` orders buttons and the model's outputs.
+
+    ``name`` is the class's stable key: label rows, predictions and model versions store it, and
+    it never changes. People see and rename ``display_name`` (see ``app/classes/service.py``).
+    A retired class is hidden from labelling and scoring; its label rows stay."""
 
     __tablename__ = "classes"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(64), unique=True)
     hotkey: Mapped[str] = mapped_column(String(8), unique=True)
     position: Mapped[int] = mapped_column(Integer)
     is_wbc: Mapped[bool] = mapped_column(Boolean, default=True)
+    colour: Mapped[str] = mapped_column(String(7), default="#7f7f7f", server_default="#7f7f7f")
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def is_retired(self) -> bool:
+        return self.retired_at is not None
+
+
+CLASS_ACTIONS = ("add", "rename", "edit", "reorder", "retire", "restore", "merge", "unmerge")
+
+
+class ClassEvent(Base):
+    """The class set's audit log: every add, rename, edit, reorder, retire and merge, with who did it.
+
+    A merge's label rows point here through ``Label.action_id``; ``undoes_id`` marks an undo."""
+
+    __tablename__ = "class_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(16))
+    class_id: Mapped[int] = mapped_column(ForeignKey("classes.id"), index=True)
+    target_class_id: Mapped[int | None] = mapped_column(ForeignKey("classes.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    undoes_id: Mapped[int | None] = mapped_column(ForeignKey("class_events.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(
+            "action in ('add', 'rename', 'edit', 'reorder', 'retire', 'restore', 'merge', 'unmerge')",
+            name="ck_class_events_action",
+        ),
+    )
 
 
 class ImportBatch(Base):
@@ -191,7 +229,7 @@ class Label(Base):
     kind: Mapped[str] = mapped_column(String(8), default="label")
     value: Mapped[str | None] = mapped_column(String(64))  # a class name or "unsure"; None for undo
     undoes_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), unique=True)
-    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual | import | review | adjudication
+    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual | import | review | adjudication | merge
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Chosen by the client for each label it sends: a resend after a network error carries the
     # same key and gets the first row back instead of storing a second one.
@@ -205,6 +243,10 @@ class Label(Base):
     # The active model's suggestion when the label was given, for the audit trail (None: there was none).
     suggested_label: Mapped[str | None] = mapped_column(String(64))
     suggested_confidence: Mapped[float | None] = mapped_column(Float)
+    # The class event (a merge, or its undo) that wrote this row; None for labels people gave.
+    class_event_id: Mapped[int | None] = mapped_column(
+        ForeignKey("class_events.id", name="fk_labels_class_event_id_class_events"), index=True
+    )
 
     __table_args__ = (
         CheckConstraint("kind in ('label', 'undo')", name="ck_labels_kind"),
@@ -328,6 +370,9 @@ class ModelVersion(Base):
     scoring_total: Mapped[int] = mapped_column(Integer, default=0)
     scoring_done: Mapped[int] = mapped_column(Integer, default=0)
     scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # "Unlike any known class": the OOD method the model chose and its threshold (ml.ood).
+    ood_threshold: Mapped[float | None] = mapped_column(Float)
+    ood_method: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         Index(
@@ -356,6 +401,7 @@ class Prediction(Base):
     pseudo_label: Mapped[str | None] = mapped_column(String(64))  # set only when a filter accepted it
     filter_outcome: Mapped[str] = mapped_column(String(24))
     features: Mapped[bytes | None] = mapped_column(LargeBinary)  # float16 penultimate embedding
+    ood_score: Mapped[float | None] = mapped_column(Float)  # higher: less like any known class
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (

@@ -7,9 +7,16 @@ from sqlalchemy.orm import Session
 
 def suggestion_for(*, session: Session, cell_id: int) -> dict | None:
     """The active model's suggestion for ``cell_id``; ``None`` until a model has scored it."""
+    from app.models import ModelVersion
     from app.training.service import prediction_for
 
     prediction = prediction_for(session=session, cell_id=cell_id)
     if prediction is None:
         return None
-    return {"label": prediction.predicted, "confidence": round(float(prediction.confidence), 4)}
+    suggestion = {"label": prediction.predicted, "confidence": round(float(prediction.confidence), 4)}
+    threshold = session.get(ModelVersion, prediction.model_version_id).ood_threshold
+    if prediction.ood_score is not None and threshold is not None:
+        suggestion["ood_score"] = round(float(prediction.ood_score), 4)
+        # Far from everything the model was taught: its class guess would mislead, so it is not shown.
+        suggestion["unlike_known"] = bool(prediction.ood_score > threshold)
+    return suggestion

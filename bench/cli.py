@@ -15,6 +15,7 @@ import typer
 from bench.active import bench_active
 from bench.locate import locate_command as locate
 from bench.review import review_command as review
+from bench.ood import ood_command as ood
 from bench.ssl import ssl, write_json
 
 
@@ -45,6 +46,7 @@ app.command("throughput")(throughput)
 app.command("active")(bench_active)
 app.command("locate")(locate)
 app.command("review")(review)
+app.command("ood")(ood)
 
 
 def main() -> None:

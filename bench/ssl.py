@@ -77,16 +77,73 @@ def bench_config(
     return make_config(profile, method, seed=seed, **extra)
 
 
-def load_split(data: Path, test_dir: Path | None, config: TrainConfig, per_class: int | None, seed: int) -> Split:
-    """Draw ``per_class`` labels per class from the train split (by ``seed``); the rest is the
-    unlabelled pool when the method uses one."""
-    from ml.data import load_image_folder, load_manifest_split, split_labelled
+EXTRA_SPLIT_SEED = 20260501  # fixed: every run and seed tests on the same extra-class cells
+EXTRA_TEST_PER_CLASS = 100
 
-    train_set = load_manifest_split(data, "train", config.image_size)
+
+def extra_class_rows(extra: Path, names: list[str]) -> tuple[list[str], list[str], list[int], list[int]]:
+    """The extra classes' files split by a fixed seed: ``EXTRA_TEST_PER_CLASS`` per class for the
+    test set, the rest for the train split. Returns (train files, test files, train y, test y),
+    y indexing ``names``."""
+    from ml.data import read_manifest
+
+    rows = read_manifest(extra)
+    index = {name: i for i, name in enumerate(names)}
+    rng = np.random.default_rng(EXTRA_SPLIT_SEED)
+    train_files, test_files, train_y, test_y = [], [], [], []
+    for label in sorted({r["label"] for r in rows}):
+        files = sorted(r["file"] for r in rows if r["label"] == label)
+        order = rng.permutation(len(files))
+        for rank, i in enumerate(order):
+            if rank < EXTRA_TEST_PER_CLASS:
+                test_files.append(files[i])
+                test_y.append(index[label])
+            else:
+                train_files.append(files[i])
+                train_y.append(index[label])
+    return train_files, test_files, train_y, test_y
+
+
+def _with_extra(base: ImageSet, extra: Path, files: list[str], y: list[int], size: int) -> ImageSet:
+    import torch
+
+    from ml.data import ImageSet, load_images
+
+    x = load_images([extra / f for f in files], size)
+    return ImageSet(
+        torch.cat([base.x, x]),
+        torch.cat([base.y, torch.tensor(y, dtype=torch.long)]),
+        base.class_names,
+        base.files + [str(extra / f) for f in files],
+    )
+
+
+def load_split(
+    data: Path,
+    test_dir: Path | None,
+    config: TrainConfig,
+    per_class: int | None,
+    seed: int,
+    extra_classes: Path | None = None,
+) -> Split:
+    """Draw ``per_class`` labels per class from the train split (by ``seed``); the rest is the
+    unlabelled pool when the method uses one. ``extra_classes`` (a MANIFEST folder of other
+    classes) adds its classes: ``extra_class_rows`` splits them into test cells and train cells."""
+    from ml.data import load_image_folder, load_manifest_split, read_manifest, split_labelled
+
+    names = None
+    if extra_classes is not None:
+        names = sorted({r["label"] for r in read_manifest(data)} | {r["label"] for r in read_manifest(extra_classes)})
+    train_set = load_manifest_split(data, "train", config.image_size, class_names=names)
     if test_dir is not None:
         test_set = load_image_folder(test_dir, config.image_size, class_names=train_set.class_names)
     else:
         test_set = load_manifest_split(data, "test", config.image_size, class_names=train_set.class_names)
+    if extra_classes is not None:
+        train_files, test_files, train_y, test_y = extra_class_rows(extra_classes, train_set.class_names)
+        train_set = _with_extra(train_set, extra_classes, train_files, train_y, config.image_size)
+        if test_dir is None:
+            test_set = _with_extra(test_set, extra_classes, test_files, test_y, config.image_size)
     labelled, rest = split_labelled(train_set.y, per_class, seed)
     uses_unlabelled = config.algorithm != "supervised" or config.pseudo_filter is not None
     monitor = np.random.default_rng(seed).permutation(rest)[:MONITOR_CELLS]
@@ -200,6 +257,14 @@ def ssl(
     ] = None,
     checkpoint_out: Annotated[Path | None, typer.Option("--checkpoint", help="also save the checkpoint")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="config override key=value")] = None,
+    extra_classes: Annotated[
+        Path | None,
+        typer.Option(
+            "--extra-classes",
+            help="a MANIFEST folder of more classes (e.g. pbc-other): 100 per class to the test set "
+            "by a fixed seed, the rest to the train split",
+        ),
+    ] = None,
 ) -> dict:
     """Train METHOD with N labels per class from the train split; evaluate on the test split."""
     import torch
@@ -210,7 +275,7 @@ def ssl(
     per_class = None if labels_per_class.strip().lower() == "all" else int(labels_per_class)
     config = bench_config(profile, method, seed, per_class, overrides)
     device = pick_device()
-    split = load_split(data, test_dir, config, per_class, seed)
+    split = load_split(data, test_dir, config, per_class, seed, extra_classes)
     load_seconds = time.perf_counter() - started
     result = train_with_progress(config, split, f"{method} @{labels_per_class}", started)
     train_seconds = time.perf_counter() - started - load_seconds
@@ -226,6 +291,7 @@ def ssl(
         save_checkpoint(checkpoint_out, result.checkpoint)
     out = {
         "dataset": str(data),
+        "extra_classes": str(extra_classes) if extra_classes is not None else None,
         "method": method,
         "profile": profile,
         "seed": seed,
@@ -246,6 +312,7 @@ def ssl(
         "load_seconds": load_seconds,
         "images_per_second": result.images_per_second,
         "monitor_accuracy": (result.metrics or {}).get("accuracy"),
+        "ood": (result.metrics or {}).get("ood"),
         "student_monitor_accuracy": evaluation["student_monitor_accuracy"],
         "device": device_name(device),
         "torch": torch.__version__,

@@ -30,6 +30,7 @@ LOW_MARGIN = "low margin"
 REJECTED_BY_FILTERS = "rejected by filters"
 DIVERSE = "diverse"
 RANDOM = "random"
+UNLIKE_ANY_CLASS = "unlike any known class"  # ml.ood: first in the queue, never pseudo-labelled
 
 
 @dataclass
@@ -222,9 +223,16 @@ def rank_for_queue(
     *,
     strategy: str = DEFAULT_STRATEGY,
     seed: int = 0,
+    ood_scores: np.ndarray | None = None,
+    ood_threshold: float | None = None,
 ) -> tuple[Selection, PseudoLabels]:
     """The queue's order: the pseudo-label filters of ``config`` (entropy, then label propagation
-    against the labelled cells' features), then ``select_for_labelling``."""
+    against the labelled cells' features), then ``select_for_labelling``. Cells whose OOD score
+    exceeds ``ood_threshold`` are never pseudo-labelled and come first, most foreign first, with
+    the reason ``unlike any known class``."""
+    unlike = None
+    if ood_scores is not None and ood_threshold is not None:
+        unlike = np.asarray(ood_scores, dtype=np.float64) > ood_threshold
     use_lp = labelled_features is not None and len(set(np.asarray(labelled_y).tolist())) >= 2
     pseudo = filter_pseudo_labels(
         probs,
@@ -236,14 +244,31 @@ def rank_for_queue(
         n_neighbors=config.lp_neighbors,
         confidence_threshold=config.lp_confidence,
         alpha=config.lp_alpha,
+        unlike=unlike,
     )
-    selection = select_for_labelling(
-        probs,
-        features,
-        n,
+    if unlike is None or not unlike.any():
+        selection = select_for_labelling(
+            probs,
+            features,
+            n,
+            strategy=strategy,
+            outcomes=pseudo.outcome,
+            labelled_features=labelled_features,
+            seed=seed,
+        )
+        return selection, pseudo
+    foreign = np.flatnonzero(unlike)
+    foreign = foreign[np.argsort(-np.asarray(ood_scores)[foreign], kind="stable")][:n]
+    rest = np.flatnonzero(~unlike)
+    chosen = select_for_labelling(
+        probs[rest],
+        None if features is None else np.asarray(features)[rest],
+        n - len(foreign),
         strategy=strategy,
-        outcomes=pseudo.outcome,
+        outcomes=pseudo.outcome[rest],
         labelled_features=labelled_features,
         seed=seed,
     )
-    return selection, pseudo
+    order = np.concatenate([foreign, rest[chosen.indices]]).astype(np.int64)
+    reasons = [UNLIKE_ANY_CLASS] * len(foreign) + chosen.reasons
+    return Selection(order, reasons, np.arange(len(order), 0, -1, dtype=np.float64)), pseudo

@@ -101,6 +101,12 @@ class TrainConfig:
     # default: 1.5-1.8x faster here, but supervised @20 seed 1 fell from 95.4 to 92.5 %.
     cpu_bf16: bool = False
     eval_every: int = 1  # epochs between validation passes, when validation data is given
+    # "Unlike any known class" (ml.ood): the method ("auto": chosen on the validation cells by
+    # leaving each known class out in turn), the share of known cells kept below the threshold,
+    # and whether pseudo-labelling skips the pool's cells that score above it.
+    ood_method: str = "auto"
+    ood_target_tpr: float = 0.95
+    ood_filter: bool = True
     extra: dict = field(default_factory=dict)
 
     @property

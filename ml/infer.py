@@ -15,6 +15,7 @@ from ml.data import autocast
 class Predictions:
     probs: np.ndarray  # N×C float32
     features: np.ndarray  # N×D float32
+    logits: np.ndarray | None = None  # N×C float32 (the mean over TTA views); for the OOD score
 
     @property
     def labels(self) -> np.ndarray:
@@ -53,22 +54,25 @@ def predict(model_or_checkpoint, x: torch.Tensor, batch_size: int = 256, tta: bo
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    probs, feats = [], []
+    probs, feats, logit_list = [], [], []
     try:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(device, non_blocking=True)
-            p_sum, f_sum = 0.0, 0.0
+            p_sum, f_sum, l_sum = 0.0, 0.0, 0.0
             for k in views:
                 view = dihedral(batch, k).contiguous(memory_format=torch.channels_last)
                 with autocast(device):  # bf16 on CUDA; float32 on the CPU
                     logits, features = model.forward_with_features(view)
                 p_sum = p_sum + torch.softmax(logits.float(), dim=1)
                 f_sum = f_sum + features.float()
+                l_sum = l_sum + logits.float()
             probs.append((p_sum / len(views)).cpu())
             feats.append((f_sum / len(views)).cpu())
+            logit_list.append((l_sum / len(views)).cpu())
     finally:
         model.train(was_training)
     n_classes = model.config.n_classes
     if not probs:
-        return Predictions(np.zeros((0, n_classes), np.float32), np.zeros((0, model.feature_dim), np.float32))
-    return Predictions(torch.cat(probs).numpy(), torch.cat(feats).numpy())
+        empty = np.zeros((0, n_classes), np.float32)
+        return Predictions(empty, np.zeros((0, model.feature_dim), np.float32), empty)
+    return Predictions(torch.cat(probs).numpy(), torch.cat(feats).numpy(), torch.cat(logit_list).numpy())

@@ -80,6 +80,7 @@ def filter_pseudo_labels(
     confidence_threshold: float = 0.8,
     alpha: float = 0.2,
     min_class_fraction: float = 0.0,
+    unlike: np.ndarray | None = None,
 ) -> PseudoLabels:
     """Entropy filter (set 1) and, with ``use_propagation``, label propagation (set 2).
 
@@ -89,21 +90,28 @@ def filter_pseudo_labels(
     ``min_class_fraction`` (0 = the paper's filter) guards the classes the model is least
     sure of: if fewer than that fraction of the cells predicted as a class pass the entropy
     threshold, its lowest-entropy cells up to that fraction enter set 1 anyway, and label
-    propagation has the last word on them."""
+    propagation has the last word on them.
+
+    ``unlike`` (bool per row) marks cells unlike any known class (``ml.ood``): they are rejected
+    whatever their entropy, so they are never pseudo-labelled; the funnel counts them as ``ood``."""
     probs = np.asarray(probs, dtype=np.float64)
     n = len(probs)
     label = probs.argmax(axis=1).astype(np.int64)
     confidence = probs.max(axis=1).astype(np.float32)
     h = entropy(probs)
     set1 = h <= entropy_threshold
+    foreign = np.zeros(n, dtype=bool) if unlike is None else np.asarray(unlike, dtype=bool)
+    set1 &= ~foreign
     if min_class_fraction > 0:
         for c in np.unique(label):
-            members = np.flatnonzero(label == c)
+            members = np.flatnonzero((label == c) & ~foreign)
             quota = int(np.ceil(min_class_fraction * len(members)))
             if set1[members].sum() < quota:
                 set1[members[np.argsort(h[members], kind="stable")[:quota]]] = True
     outcome = np.where(set1, PASSED_ENTROPY, REJECTED).astype(object)
     funnel: dict = {"unlabelled": int(n), "set1": int(set1.sum()), "set2": None}
+    if unlike is not None:
+        funnel["ood"] = int(foreign.sum())
     if use_propagation:
         if features is None or labelled_features is None or labelled_y is None:
             raise ValueError("label propagation needs features of the unlabelled and labelled cells")

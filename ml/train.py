@@ -28,10 +28,14 @@ from ml.device import pick_device
 from ml.infer import predict
 from ml.metrics import classification_metrics
 from ml.model import ModelConfig, build_model
+from ml.ood import OODScorer, fit_ood
 from ml.pseudo import PseudoLabels, filter_pseudo_labels
 from ml.sampling import PoolSampler, UnlabelledSampler
 
 PROGRESS_INTERVAL_S = 2.0
+# Pseudo-labelling between rounds rejects pool cells scored above the 99th percentile of the
+# labelled cells' own OOD scores (ml.ood).
+PSEUDO_OOD_TPR = 0.99
 
 
 @dataclass
@@ -258,9 +262,25 @@ def _channel_stats(*tensors: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-def _load_init(model: nn.Module, state: dict) -> None:
+def _load_init(model: nn.Module, state: dict, old_names: list[str] | None, new_names: list[str] | None) -> None:
+    """Warm-start ``model`` from ``state``. When the classes changed, the head is new: its rows
+    for the classes the old model knew (by name) start from the old rows, the others fresh;
+    the rest of the network is loaded as it was."""
     own = model.state_dict()
-    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    head = {k for k in own if k.startswith("head.")}
+    same_classes = old_names is not None and new_names is not None and list(old_names) == list(new_names)
+    compatible = {
+        k: v for k, v in state.items() if k in own and own[k].shape == v.shape and (same_classes or k not in head)
+    }
+    if not same_classes and old_names is not None and new_names is not None:
+        old_index = {name: i for i, name in enumerate(old_names)}
+        rows = [(new, old_index[name]) for new, name in enumerate(new_names) if name in old_index]
+        for key in head:
+            if key in state and rows and state[key].shape[1:] == own[key].shape[1:]:
+                merged = own[key].clone()
+                for new, old in rows:
+                    merged[new] = state[key][old]
+                compatible[key] = merged
     model.load_state_dict(compatible, strict=False)
 
 
@@ -314,8 +334,10 @@ class _Run:
         init_checkpoint: dict | None,
         progress: Callable[[Progress], None] | None,
         should_stop: Callable[[], bool] | None,
+        class_names: list[str] | None = None,
     ) -> None:
         self.config, self.model_config, self.device = config, model_config, device
+        self.class_names = class_names
         self.generator = torch.Generator().manual_seed(config.seed)
         self.student, self.teacher = self.fresh_models(init_checkpoint)
         self.augmenter = Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
@@ -337,12 +359,13 @@ class _Run:
 
     def fresh_models(self, init: dict | None) -> tuple[nn.Module, nn.Module]:
         student = build_model(self.model_config)
+        old_names = init.get("class_names") if init is not None else None
         if init is not None:
-            _load_init(student, init["student"])
+            _load_init(student, init["student"], old_names, self.class_names)
         student = student.to(self.device).to(memory_format=torch.channels_last)
         teacher = copy.deepcopy(student)
         if init is not None:
-            _load_init(teacher, init["teacher"])
+            _load_init(teacher, init["teacher"], old_names, self.class_names)
         for p in teacher.parameters():
             p.requires_grad_(False)
         teacher.eval()
@@ -532,11 +555,16 @@ def train(
         init_checkpoint,
         progress,
         should_stop,
+        class_names=list(class_names),
     )
     for stage in run.stages:
         run.run_stage(stage)
     metrics = run.final_metrics(class_names)
     run.student.eval()
+    ood = fit_ood_for(run.algorithm.eval_model, config, run.pool_x, run.pool_y, validation, len(class_names))
+    if ood is not None:
+        metrics = dict(metrics or {})
+        metrics["ood"] = ood.summary()
     checkpoint = make_checkpoint(
         student=run.student,
         teacher=run.teacher if run.algorithm.teacher_labels else run.student,
@@ -547,6 +575,8 @@ def train(
         history=run.history,
         step=run.global_step,
     )
+    if ood is not None:
+        checkpoint["ood"] = ood.state()
     return TrainResult(
         checkpoint=checkpoint,
         metrics=metrics,
@@ -565,10 +595,28 @@ def pseudo_label(
     labelled_y: torch.Tensor,
     unlabelled_x: torch.Tensor,
 ) -> PseudoLabels:
-    """Predict the unlabelled pool and filter: entropy (set 1), then propagation (set 2)."""
+    """Predict the unlabelled pool and filter: entropy (set 1), then propagation (set 2). With
+    ``config.ood_filter``, cells unlike any labelled class never pass (``ml.ood``)."""
     unl = predict(model, unlabelled_x)
     use_lp = config.pseudo_filter == "lp"
-    lab = predict(model, labelled_x) if use_lp else None
+    lab = predict(model, labelled_x) if (use_lp or config.ood_filter) else None
+    unlike = None
+    if config.ood_filter and lab is not None and len(labelled_x) > 1:
+        y = labelled_y.cpu().numpy()
+        # Calibrated on the labelled cells themselves (closer to their own prototypes than new
+        # cells are), so the share kept is set high: this only removes the clearly foreign.
+        scorer = fit_ood(
+            lab.features,
+            y,
+            lab.logits,
+            lab.features,
+            y,
+            int(y.max()) + 1,
+            method="mahalanobis" if config.ood_method == "auto" else config.ood_method,
+            target_tpr=PSEUDO_OOD_TPR,
+            calibrated_on="labelled",
+        )
+        unlike = scorer.is_unlike(scorer.score(unl.logits, unl.features))
     return filter_pseudo_labels(
         unl.probs,
         unl.features,
@@ -580,4 +628,36 @@ def pseudo_label(
         confidence_threshold=config.lp_confidence,
         alpha=config.lp_alpha,
         min_class_fraction=config.pseudo_min_class_fraction,
+        unlike=unlike,
+    )
+
+
+def fit_ood_for(
+    model: nn.Module,
+    config: TrainConfig,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    validation: tuple[torch.Tensor, torch.Tensor] | None,
+    n_classes: int,
+) -> OODScorer | None:
+    """The OOD score of a trained model: reference from its training cells (labels and accepted
+    pseudo-labels), method and threshold from the validation cells (else the training cells)."""
+    if len(train_x) < 2:
+        return None
+    train = predict(model, train_x)
+    if validation is not None:
+        val = predict(model, validation[0])
+        val_y, calibrated_on = validation[1].cpu().numpy(), "validation"
+    else:
+        val, val_y, calibrated_on = train, train_y.cpu().numpy(), "training cells (no validation split)"
+    return fit_ood(
+        train.features,
+        train_y.cpu().numpy(),
+        val.logits,
+        val.features,
+        val_y,
+        n_classes,
+        method=config.ood_method,
+        target_tpr=config.ood_target_tpr,
+        calibrated_on=calibrated_on,
     )

@@ -6,6 +6,10 @@
   const outboxKey = `leukolab.outbox.${config.user}`;
   const $ = (id) => document.getElementById(id);
   const image = $("cell-image");
+  // Each class's colour marks its button (set here: the page's CSP refuses inline styles).
+  for (const button of document.querySelectorAll("#buttons button[data-colour]")) {
+    button.style.borderLeft = `6px solid ${button.dataset.colour}`;
+  }
   const keys = new Map();
   for (const entry of config.keymap) for (const key of entry.keys) keys.set(key, entry);
 
@@ -80,8 +84,10 @@
     image.src = cell.image_url;
     image.dataset.cellId = cell.cell_id;
     $("cell-reason").textContent = `why this cell: ${cell.reason_text || cell.reason}`;
-    $("suggestion").textContent = suggested
-      ? `model suggests ${suggested} (${Math.round(cell.suggestion.confidence * 100)} %)` : "";
+    const names = new Map([...document.querySelectorAll("#buttons button[data-label]")].map((b) => [b.dataset.label, b.textContent.replace(/^\s*\S+\s+/, "")]));
+    $("suggestion").textContent = cell.suggestion && cell.suggestion.unlike_known
+      ? "model: unlike any known class"
+      : suggested ? `model suggests ${names.get(suggested) || suggested} (${Math.round(cell.suggestion.confidence * 100)} %)` : "";
   }
 
   // While the queue is empty, or the server cannot be reached, ask again later with backoff.

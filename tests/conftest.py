@@ -26,7 +26,16 @@ CHROMIUM_ARGS = [
 ]
 PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-KEPT_TABLES = {"classes", "alembic_version"}
+KEPT_TABLES = {"alembic_version"}
+# The classes the migrations seed (0001, colours from 0008); tests that change the class set get them back.
+DEFAULT_CLASSES = [
+    ("neutrophil", "1", "#1f77b4"),
+    ("lymphocyte", "2", "#2ca02c"),
+    ("monocyte", "3", "#9467bd"),
+    ("eosinophil", "4", "#d62728"),
+    ("basophil", "5", "#8c564b"),
+    ("artefact", "0", "#7f7f7f"),
+]
 
 
 def create_pg_database(name: str) -> str:
@@ -59,11 +68,20 @@ def reset_caches() -> None:
 
 
 def empty_tables(url: str) -> None:
-    """Empty a PostgreSQL test database (TRUNCATE fires no row trigger, so append-only labels go too)."""
+    """Empty a PostgreSQL test database (TRUNCATE fires no row trigger, so append-only labels go too),
+    keeping only the seeded classes."""
     engine = db.make_engine(url)
     tables = [name for name in inspect(engine).get_table_names() if name not in KEPT_TABLES]
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        for position, (name, hotkey, colour) in enumerate(DEFAULT_CLASSES):
+            conn.execute(
+                text(
+                    "INSERT INTO classes (name, display_name, hotkey, position, is_wbc, colour) "
+                    "VALUES (:name, :name, :hotkey, :position, :is_wbc, :colour)"
+                ),
+                dict(name=name, hotkey=hotkey, position=position, is_wbc=name != "artefact", colour=colour),
+            )
     engine.dispose()
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy import select, update
 from torch import nn
 
+from app.classes.service import retired_class_names
 from app.db import session_scope
 from app.labelling.service import current_labels
 from app.models import Cell, ModelVersion, Prediction
@@ -20,6 +21,7 @@ from ml.config import TrainConfig, config_from_dict
 from ml.data import resize
 from ml.device import pick_device
 from ml.infer import predict
+from ml.ood import OODScorer
 from ml.pseudo import PASSED_ENTROPY, REJECTED, entropy, entropy_mask
 from worker.data import load_inputs
 
@@ -49,6 +51,16 @@ def _train_config(meta: dict) -> TrainConfig:
     return config_from_dict(meta.get("train_config"))
 
 
+def without_classes(probs: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """``probs`` with the ``columns`` of retired classes set to zero and each row renormalised:
+    no prediction ever names a retired class."""
+    if not len(columns) or len(columns) >= probs.shape[1]:
+        return probs
+    probs = probs.copy()
+    probs[:, list(columns)] = 0.0
+    return probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+
+
 def score_all(model_id: int) -> int:
     """Fan out the scoring of every unlabelled cell in chunks; returns the number of chunks."""
     with session_scope() as session:
@@ -75,13 +87,17 @@ def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
         if version is None or not version.is_active:
             return 0
         path, names = version.artefact_path, list(version.class_names)
+        ood_threshold = version.ood_threshold
+        retired = retired_class_names(session=session)
         x = load_inputs(session, cell_ids)
     model, meta = model_of(path)
     threshold = _train_config(meta).entropy_threshold
     predictions = predict(model, resize(x, model.config.image_size))
-    probs = predictions.probs.astype(np.float64)
+    probs = without_classes(predictions.probs.astype(np.float64), [i for i, n in enumerate(names) if n in retired])
+    ood = OODScorer.from_state(meta["ood"]).score(predictions.logits, predictions.features) if meta.get("ood") else None
+    unlike = (ood > ood_threshold) if ood is not None and ood_threshold is not None else np.zeros(len(probs), bool)
     ent, mar = entropy(probs), margin(probs)
-    passed = entropy_mask(probs, threshold)
+    passed = entropy_mask(probs, threshold) & ~unlike
     predicted = probs.argmax(axis=1)
     rows = []
     for i, cell_id in enumerate(cell_ids):
@@ -97,6 +113,7 @@ def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
                 "pseudo_label": names[predicted[i]] if outcome != REJECTED else None,
                 "filter_outcome": outcome,
                 "features": predictions.features[i].astype(np.float16).tobytes(),
+                "ood_score": float(ood[i]) if ood is not None else None,
             }
         )
     with session_scope() as session:
@@ -115,6 +132,7 @@ def refresh_queue(model_id: int) -> int:
         if version is None or not version.is_active:
             return 0
         path, names = version.artefact_path, list(version.class_names)
+        ood_threshold = version.ood_threshold
         rows = session.execute(
             select(
                 Prediction.id,
@@ -122,6 +140,7 @@ def refresh_queue(model_id: int) -> int:
                 Prediction.probs,
                 Prediction.features,
                 Prediction.confidence,
+                Prediction.ood_score,
             )
             .join(Cell, Cell.id == Prediction.cell_id)
             .where(Prediction.model_version_id == model_id, Cell.current_label_id.is_(None))
@@ -144,8 +163,17 @@ def refresh_queue(model_id: int) -> int:
     features = np.stack([np.frombuffer(r.features, dtype=np.float16) for r in rows]).astype(np.float32)
     labelled_features = predict(model, resize(x_labelled, model.config.image_size)).features if labelled else None
     labelled_y = np.asarray([y for _, y in labelled], dtype=np.int64)
+    ood = np.asarray([r.ood_score if r.ood_score is not None else -np.inf for r in rows], dtype=np.float64)
     selection, pseudo = rank_for_queue(
-        probs, features, labelled_features, labelled_y, config, service.QUEUE_SIZE, seed=model_id
+        probs,
+        features,
+        labelled_features,
+        labelled_y,
+        config,
+        service.QUEUE_SIZE,
+        seed=model_id,
+        ood_scores=ood,
+        ood_threshold=ood_threshold,
     )
     ent, mar = entropy(probs), margin(probs)
     items = [
@@ -160,6 +188,7 @@ def refresh_queue(model_id: int) -> int:
                 "entropy": round(float(ent[i]), 4),
                 "margin": round(float(mar[i]), 4),
                 "filter_outcome": str(pseudo.outcome[i]),
+                "ood_score": round(float(ood[i]), 4) if np.isfinite(ood[i]) else None,
             },
         )
         for i, reason, priority in zip(selection.indices.tolist(), selection.reasons, selection.priorities, strict=True)

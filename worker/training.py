@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
+from app.classes.service import missing_classes
 from app.db import session_scope
 from app.labelling.service import class_names as ordered_class_names
 from app.labelling.service import current_labels
@@ -194,9 +195,9 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
     if params.get("warm_start", True) and active_info is not None:
         checkpoint = load_checkpoint(active_info[1])
         model_config = model_config_of(checkpoint)
+        # Across a class change the network is warm-started and the head rebuilt (ml.train._load_init).
         if (
-            active_info[2] == names
-            and model_config.image_size == config.image_size
+            model_config.image_size == config.image_size
             and model_config.width == config.width
             and model_config.arch == config.arch
         ):
@@ -258,8 +259,12 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
                 metrics=metrics,
             )
             version_id = version.id
+            ood = metrics.get("ood") or {}
+            version.ood_threshold, version.ood_method = ood.get("threshold"), ood.get("method")
             service.finish_run(session=session, run_id=run_id, status="succeeded", metrics=metrics)
-            if params.get("auto_promote") and _beats_active(session, metrics):
+            # a model that lacks a class with expert labels is promoted only by a person who confirms it
+            complete = not missing_classes(session=session, class_names=names)
+            if params.get("auto_promote") and complete and _beats_active(session, metrics):
                 service.promote(session=session, model_id=version.id)
                 promoted_id = version.id
     except BaseException:

@@ -334,7 +334,10 @@ def _known_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
 
 
 def _class_names(session: Session) -> list[str]:
-    return list(session.scalars(select(CellClass.name).order_by(CellClass.position)))
+    """Keys of the classes in use: a labelled import's folder names (retired classes refused)."""
+    return list(
+        session.scalars(select(CellClass.name).where(CellClass.retired_at.is_(None)).order_by(CellClass.position))
+    )
 
 
 def _check_user(session: Session, user_id: int | None, labelled: bool) -> None:

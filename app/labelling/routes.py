@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse
 from app.deps import CurrentUser, SessionDep
 from app.errors import responses
 from app.labelling import reasons, service
-from app.labelling.schemas import ClassOut, LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
+from app.labelling.schemas import LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
 from app.models import UNSURE, as_utc
 from app.params import DbId, QueryIds
 from app.settings import get_settings
@@ -114,11 +114,6 @@ def stats(session: SessionDep, user: CurrentUser) -> dict:
     return service.stats(session=session, user=user)
 
 
-@api.get("/classes", response_model=list[ClassOut])
-def classes(session: SessionDep, user: CurrentUser) -> list:
-    return service.list_classes(session=session)
-
-
 @pages.get("/")
 def home(user: CurrentUser):  # type: ignore[no-untyped-def]
     return RedirectResponse("/label", status_code=303)
@@ -133,7 +128,7 @@ def label_page(request: Request, session: SessionDep, user: CurrentUser):  # typ
                 "keys": [c.hotkey] + (["x"] if c.name == "artefact" else []),
                 "action": "label",
                 "label": c.name,
-                "help": f"label as {c.name}",
+                "help": f"label as {c.display_name}",
             }
             for c in classes
         ),

@@ -8,6 +8,10 @@ from pydantic import BaseModel, Field
 class Suggestion(BaseModel):
     label: str
     confidence: float
+    unlike_known: bool = Field(
+        default=False, description="the cell lies far from every class the model knows ('unlike any known class')"
+    )
+    ood_score: float | None = None
 
 
 class NextCell(BaseModel):

@@ -35,13 +35,15 @@ class Lease:
 
 
 def class_names(*, session: Session) -> list[str]:
-    """Class names in display order."""
-    return list(session.scalars(select(CellClass.name).order_by(CellClass.position)))
+    """Keys of the classes in use (not retired) in display order: what a label may be."""
+    return list(
+        session.scalars(select(CellClass.name).where(CellClass.retired_at.is_(None)).order_by(CellClass.position))
+    )
 
 
 def list_classes(*, session: Session) -> list[CellClass]:
-    """Classes in display order."""
-    return list(session.scalars(select(CellClass).order_by(CellClass.position)))
+    """Classes in use (not retired) in display order (``app.classes.service`` manages them)."""
+    return list(session.scalars(select(CellClass).where(CellClass.retired_at.is_(None)).order_by(CellClass.position)))
 
 
 def _is_postgres(session: Session) -> bool:
@@ -287,8 +289,12 @@ def shown_suggestion(*, session: Session, cell_id: int) -> dict | None:
     if is_blind_read(session=session, cell_id=cell_id):
         return None
     suggestion = suggestion_for(session=session, cell_id=cell_id)
-    if suggestion and suggestion["confidence"] < get_settings().suggestion_min_confidence:
-        return None  # near chance: shown, it would read as advice
+    if (
+        suggestion
+        and not suggestion.get("unlike_known")
+        and suggestion["confidence"] < get_settings().suggestion_min_confidence
+    ):
+        return None  # near chance: shown, it would read as advice ("unlike any known class" is always shown)
     return suggestion
 
 
@@ -365,6 +371,11 @@ def standing_label_id(*, session: Session, cell_id: int) -> int | None:
         .order_by(Label.id.desc())
         .limit(1)
     )
+
+
+def refresh_current_label(*, session: Session, cell_id: int) -> None:
+    """Recompute ``cell_id``'s cached current label from its rows (call with the cell locked)."""
+    _refresh_current_label(session, cell_id)
 
 
 def _refresh_current_label(session: Session, cell_id: int) -> None:

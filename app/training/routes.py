@@ -12,6 +12,7 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
+from app.classes.service import missing_classes
 from app.db import after_commit, session_scope
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import LeukolabError, NotFound, ServiceUnavailable, responses
@@ -49,10 +50,10 @@ def _send_run(run_id: int) -> None:
         raise
 
 
-def promote_model(session: Session, model_id: int) -> None:
+def promote_model(session: Session, model_id: int, confirm_missing: bool = False) -> None:
     """Activate a model version; its scoring of the unlabelled cells is sent once the request commits."""
     broker.check_broker(blocked="the model cannot be promoted now (its scoring could not start)")
-    service.promote(session=session, model_id=model_id)
+    service.promote(session=session, model_id=model_id, confirm_missing=confirm_missing)
     after_commit(session, lambda: _send_scoring(model_id))
 
 
@@ -97,10 +98,17 @@ def list_model_versions(session: SessionDep, admin: AdminUser) -> list[dict]:
     return [service.model_view(version) for version in service.list_models(session=session)]
 
 
-@api.post("/models/{model_id}/promote", response_model=ModelOut, responses=responses(404, 503))
-def promote_model_version(session: SessionDep, admin: AdminUser, model_id: DbId) -> dict:
+@api.post("/models/{model_id}/promote", response_model=ModelOut, responses=responses(404, 409, 503))
+def promote_model_version(
+    session: SessionDep,
+    admin: AdminUser,
+    model_id: DbId,
+    confirm_missing_classes: Annotated[
+        bool, Query(description="promote even though the model lacks a class with expert labels (else 409)")
+    ] = False,
+) -> dict:
     """Make a version active (an older one: roll back); its scoring of unlabelled cells starts."""
-    promote_model(session, model_id)
+    promote_model(session, model_id, confirm_missing=confirm_missing_classes)
     return service.model_view(service.get_model(session=session, model_id=model_id))
 
 
@@ -204,6 +212,7 @@ def _models_context(session: Session) -> dict:
     compared_classes = list(dict.fromkeys(name for v in compared for name in v.class_names))
     return {
         "versions": versions,
+        "missing": {v.id: missing_classes(session=session, class_names=list(v.class_names)) for v in versions[:20]},
         "compared": compared,
         "compared_classes": compared_classes,
         "pseudo_counts": {v.id: service.pseudo_label_counts(session=session, model_id=v.id) for v in versions[:6]},
@@ -219,10 +228,16 @@ def models_page(request: Request, session: SessionDep, admin: AdminUser):  # typ
 
 
 @pages.post("/admin/models/{model_id}/promote")
-def models_promote(request: Request, session: SessionDep, admin: AdminUser, model_id: DbId):  # type: ignore[no-untyped-def]
+def models_promote(  # type: ignore[no-untyped-def]
+    request: Request,
+    session: SessionDep,
+    admin: AdminUser,
+    model_id: DbId,
+    confirm_missing: Annotated[bool, Form()] = False,
+):
     error, status_code = None, 200
     try:
-        promote_model(session, model_id)
+        promote_model(session, model_id, confirm_missing=confirm_missing)
     except LeukolabError as exc:
         session.rollback()
         error, status_code = exc.message, exc.status_code

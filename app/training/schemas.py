@@ -52,6 +52,8 @@ class ModelOut(BaseModel):
     run_id: int | None
     is_active: bool
     class_names: list[str]
+    ood_threshold: float | None = None
+    ood_method: str | None = None
     metrics: dict | None
     created_at: datetime
     promoted_at: datetime | None

@@ -287,10 +287,20 @@ def list_models(*, session: Session) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())))
 
 
-def promote(*, session: Session, model_id: int) -> ModelVersion:
+def promote(*, session: Session, model_id: int, confirm_missing: bool = False) -> ModelVersion:
     """Make ``model_id`` the active model (also a roll back, for an older one); the caller then
-    enqueues its scoring after commit. The previous model keeps serving until this commits."""
+    enqueues its scoring after commit. The previous model keeps serving until this commits.
+    A model that lacks a class with expert labels needs ``confirm_missing`` (``Conflict`` without)."""
+    from app.classes.service import missing_classes
+
     version = get_model(session=session, model_id=model_id)
+    missing = missing_classes(session=session, class_names=list(version.class_names))
+    if missing and not confirm_missing:
+        raise Conflict(
+            f"model v{model_id} does not know {', '.join(missing)}, which have expert labels: it would never "
+            "suggest them. Confirm to promote it anyway, or retrain first.",
+            missing_classes=missing,
+        )
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.is_active.is_(True), ModelVersion.id != model_id)
@@ -317,6 +327,8 @@ def model_view(version: ModelVersion) -> dict:
         "run_id": version.run_id,
         "is_active": version.is_active,
         "class_names": version.class_names,
+        "ood_threshold": version.ood_threshold,
+        "ood_method": version.ood_method,
         "metrics": version.metrics,
         "created_at": version.created_at,
         "promoted_at": version.promoted_at,

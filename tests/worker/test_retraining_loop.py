@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models import ModelVersion, Prediction, TrainingRun
+from app.labelling.service import add_label
+from app.models import ModelVersion, Prediction, TrainingRun, User
 from app.settings import get_settings
 from tests.app.factories import make_user
 from tests.app.test_api import token_headers
@@ -20,7 +21,7 @@ from tests.worker.conftest import CLASSES, insert_cells, wait_for
 
 pytestmark = pytest.mark.worker
 TINY = {"method": "mean-teacher+lp", "profile": "tiny", "epochs": 2}
-REASONS = {"high entropy", "low margin", "rejected by filters", "diverse"}
+REASONS = {"high entropy", "low margin", "rejected by filters", "diverse", "unlike any known class"}
 
 
 def run_status(client: TestClient, headers: dict, run_id: int) -> dict:
@@ -96,6 +97,14 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
         )
         assert sum(outcomes.values()) == 36
         assert set(outcomes) <= {"rejected", "passed_entropy", "passed_propagation"}
+        # every prediction carries its OOD score; those above the threshold are never pseudo-labelled
+        threshold = session.get(ModelVersion, model_id).ood_threshold
+        assert threshold is not None
+        scores = session.execute(
+            select(Prediction.ood_score, Prediction.pseudo_label).where(Prediction.model_version_id == model_id)
+        ).all()
+        assert all(score is not None for score, _ in scores)
+        assert all(pseudo is None for score, pseudo in scores if score > threshold)
 
     queue = client.get("/api/v1/queue", headers=cyto).json()
     assert len(queue) == 36
@@ -106,9 +115,12 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
 
     nxt = client.get("/api/v1/queue/next", headers=cyto).json()
     assert nxt["cell_id"] == queue[0]["cell_id"] and nxt["reason"] == queue[0]["reason"]
-    # the suggestion is shown only when the model is confident enough to help
-    if queue[0]["detail"]["confidence"] >= get_settings().suggestion_min_confidence:
-        assert nxt["suggestion"] == {
+    # the suggestion is shown only when the model is confident enough to help, or the cell is unlike any class
+    if queue[0]["reason"] == "unlike any known class":
+        assert nxt["suggestion"]["unlike_known"] is True
+    elif queue[0]["detail"]["confidence"] >= get_settings().suggestion_min_confidence:
+        assert nxt["suggestion"]["unlike_known"] is False
+        assert {k: nxt["suggestion"][k] for k in ("label", "confidence")} == {
             "label": queue[0]["detail"]["predicted"],
             "confidence": pytest.approx(queue[0]["detail"]["confidence"], abs=1e-3),
         }
@@ -126,7 +138,13 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
     assert training_page.status_code == 200 and f"Run #{run_id}" in training_page.text
     assert client.get("/admin/models", headers=cyto).status_code == 403
 
-    # a second run warm-starts from the active model and measures it on its own validation cells
+    # a class is added and labelled: the second run learns it with a new head, warm-starting the rest
+    added = client.post("/api/v1/classes", json={"name": "Platelet", "hotkey": "p", "is_wbc": False}, headers=admin)
+    assert added.status_code == 201, added.text
+    with session_scope() as session:
+        expert = session.scalar(select(User).where(User.username == "expert"))
+        for cell_id in cells["unlabelled"][:5]:
+            add_label(session=session, user=expert, cell_id=cell_id, value="platelet")
     second = client.post("/api/v1/training-runs", json={**TINY, "method": "supervised"}, headers=admin).json()["id"]
     body = wait_for(
         lambda: (b := run_status(client, admin, second))["status"] in ("succeeded", "failed") and b,
@@ -137,6 +155,14 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
     assert body["metrics"]["data"]["warm_started_from"] == model_id
     assert body["metrics"]["baseline"]["model_version"] == model_id
     assert 0.0 <= body["metrics"]["baseline"]["accuracy"] <= 1.0
+    newest = client.get("/api/v1/models", headers=admin).json()[0]
+    assert newest["class_names"] == [*CLASSES, "platelet"] and newest["ood_threshold"] is not None
+    # the active model does not know platelet: promoting it again (a roll back) needs a confirmation
+    client.post(f"/api/v1/models/{newest['id']}/promote", headers=admin)
+    refused = client.post(f"/api/v1/models/{model_id}/promote", headers=admin)
+    assert refused.status_code == 409 and "Platelet" in refused.json()["detail"]
+    confirmed = client.post(f"/api/v1/models/{model_id}/promote?confirm_missing_classes=true", headers=admin)
+    assert confirmed.status_code == 200, confirmed.text
 
 
 def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

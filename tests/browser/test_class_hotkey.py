@@ -1,0 +1,41 @@
+"""A class added by an admin, with a letter hotkey, is on the labelling page and its key labels."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from app.classes import service
+from app.db import session_scope
+from app.models import Cell, Label
+from tests.app.factories import PASSWORD, get_user, make_cells, make_user
+from tests.browser.conftest import login
+
+pytestmark = pytest.mark.browser
+
+
+def test_label_with_a_letter_hotkey(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+    make_user("ada", role="admin")
+    make_user("carla")
+    make_cells(3)
+    with session_scope() as session:
+        service.add_class(session=session, user=get_user("ada"), name="Erythroblast", hotkey="k", is_wbc=False)
+        service.retire_class(session=session, user=get_user("ada"), ref="basophil")
+    login(page, live_server, "carla", PASSWORD)
+    page.wait_for_url(f"{live_server}/label")
+    buttons = page.locator("#buttons").inner_text()
+    assert "Erythroblast" in buttons and "basophil" not in buttons  # the page follows the current set
+    page.keyboard.press("?")
+    assert "label as Erythroblast" in page.locator("#keymap").inner_text()
+    page.keyboard.press("Escape")
+
+    page.wait_for_function("document.getElementById('cell-image').dataset.cellId !== undefined")
+    cell_id = page.locator("#cell-image").get_attribute("data-cell-id")
+    page.keyboard.press("k")
+    page.wait_for_function(f"document.getElementById('cell-image').dataset.cellId !== '{cell_id}'")
+    page.wait_for_function("document.getElementById('save-status').dataset.pending === '0'")
+    with session_scope() as session:
+        value = session.scalar(
+            select(Label.value).join(Cell, Cell.current_label_id == Label.id).where(Cell.id == int(cell_id))
+        )
+    assert value == "erythroblast"

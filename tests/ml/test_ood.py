@@ -1,0 +1,118 @@
+"""The "unlike any known class" score (ml.ood), retraining across a class change, and how OOD
+cells are kept out of pseudo-labels and put first in the queue."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ml.active import UNLIKE_ANY_CLASS, rank_for_queue
+from ml.config import make_config
+from ml.infer import predict
+from ml.model import ModelConfig, build_model
+from ml.ood import OODScorer, auroc, fit_ood
+from ml.pseudo import REJECTED, filter_pseudo_labels
+from ml.train import _load_init, train
+
+
+def _cells(n: int, kind: int, seed: int) -> torch.Tensor:
+    """Generated 32 px cells: a disc on a plain background; ``kind`` 0-2 colours the disc by one
+    channel, kind 3 (out of class) is a grey ring with stripes."""
+    g = torch.Generator().manual_seed(seed * 10 + kind)
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    r = ((yy - 16) ** 2 + (xx - 16) ** 2).float().sqrt()
+    x = torch.full((n, 3, 32, 32), 200.0) + torch.randn(n, 3, 32, 32, generator=g) * 12
+    if kind < 3:
+        disc = (r < 9).float()
+        x[:, kind] -= 150 * disc
+    else:
+        ring = ((r > 6) & (r < 13)).float() * ((xx // 3) % 2).float()
+        x -= 120 * ring
+    return x.clamp(0, 255).to(torch.uint8)
+
+
+def test_ood_score_separates_generated_out_of_class_images() -> None:
+    torch.manual_seed(0)
+    xl = torch.cat([_cells(12, k, 0) for k in range(3)])
+    yl = torch.arange(3).repeat_interleave(12)
+    val_x = torch.cat([_cells(20, k, 1) for k in range(3)])
+    val_y = torch.arange(3).repeat_interleave(20)
+    config = make_config("tiny", "supervised", epochs=4, steps_per_epoch=10, eval_every=4)
+    result = train(config, xl, yl, None, ["a", "b", "c"], val_x=val_x, val_y=val_y)
+    assert result.metrics["ood"]["calibrated_on"] == "validation"
+    scorer = OODScorer.from_state(result.checkpoint["ood"])
+    known, foreign = torch.cat([_cells(20, k, 2) for k in range(3)]), _cells(40, 3, 2)
+    p_in, p_out = predict(result.checkpoint, known), predict(result.checkpoint, foreign)
+    s_in, s_out = scorer.score(p_in.logits, p_in.features), scorer.score(p_out.logits, p_out.features)
+    assert auroc(s_in, s_out) >= 0.9
+    assert scorer.is_unlike(s_out).mean() >= 0.8
+    assert scorer.is_unlike(s_in).mean() <= 0.25
+
+
+def test_method_is_chosen_on_known_classes_and_threshold_keeps_the_target_share() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 4
+    y_train, y_val = np.repeat(np.arange(4), 30), np.repeat(np.arange(4), 50)
+    f_train = centres[y_train] + rng.normal(size=(120, 16))
+    f_val = centres[y_val] + rng.normal(size=(200, 16))
+    # logits that carry no class information: energy cannot win the leave-one-class-out choice
+    logits = rng.normal(size=(200, 4))
+    scorer = fit_ood(f_train, y_train, logits, f_val, y_val, 4, target_tpr=0.9)
+    assert set(scorer.selection) == {"energy", "cosine", "mahalanobis", "knn", "mix"}
+    assert scorer.method != "energy"
+    assert scorer.selection[scorer.method] == max(scorer.selection.values())
+    kept = (scorer.score(logits, f_val) <= scorer.threshold).mean()
+    assert abs(kept - 0.9) < 0.02
+    restored = OODScorer.from_state(scorer.state())
+    assert np.allclose(restored.score(logits, f_val), scorer.score(logits, f_val), atol=1e-3)
+
+
+def test_retraining_after_a_class_change_builds_a_new_head_and_warm_starts_the_rest() -> None:
+    torch.manual_seed(0)
+    old = build_model(ModelConfig(n_classes=3, width=0.125, image_size=32))
+    new = build_model(ModelConfig(n_classes=4, width=0.125, image_size=32))
+    fresh_head = new.head.weight.detach().clone()
+    _load_init(new, old.state_dict(), ["a", "b", "c"], ["c", "a", "d", "e"])
+    for key, value in old.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(new.state_dict()[key], value), key
+    assert torch.equal(new.head.weight[0], old.head.weight[2])  # c kept its row
+    assert torch.equal(new.head.weight[1], old.head.weight[0])  # a kept its row
+    assert torch.equal(new.head.weight[2], fresh_head[2])  # d is new
+    # same number of classes, different ones: the old head must not be loaded as it was
+    same_size = build_model(ModelConfig(n_classes=3, width=0.125, image_size=32))
+    _load_init(same_size, old.state_dict(), ["a", "b", "c"], ["a", "x", "c"])
+    assert torch.equal(same_size.head.weight[2], old.head.weight[2])
+    assert not torch.equal(same_size.head.weight[1], old.head.weight[1])
+
+    xl = torch.cat([_cells(6, k, 0) for k in range(3)])
+    yl = torch.arange(3).repeat_interleave(6)
+    config = make_config("tiny", "supervised", epochs=1, steps_per_epoch=2)
+    first = train(config, xl[:12], yl[:12], None, ["a", "b"])
+    second = train(config, xl, yl, None, ["a", "b", "c"], init_checkpoint=first.checkpoint)
+    assert second.checkpoint["class_names"] == ["a", "b", "c"]
+    assert second.checkpoint["teacher"]["head.weight"].shape[0] == 3
+
+
+def test_unlike_cells_are_never_pseudo_labelled_and_come_first_in_the_queue() -> None:
+    probs = np.tile([[0.999, 0.0005, 0.0005]], (6, 1))  # all confident: all pass the entropy filter
+    unlike = np.array([False, True, False, False, True, False])
+    out = filter_pseudo_labels(probs, entropy_threshold=0.05, use_propagation=False, unlike=unlike)
+    assert list(out.outcome[unlike]) == [REJECTED, REJECTED]
+    assert not set(out.accepted) & {1, 4}
+    assert out.funnel["ood"] == 2
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=20)
+    features = rng.normal(size=(20, 8))
+    scores = np.zeros(20)
+    scores[[3, 7]] = [5.0, 9.0]
+    config = make_config("tiny", "pseudo-single")
+    selection, pseudo = rank_for_queue(
+        probs, features, None, np.zeros(0, dtype=np.int64), config, 6, ood_scores=scores, ood_threshold=1.0
+    )
+    assert list(selection.indices[:2]) == [7, 3]  # the most foreign first
+    assert selection.reasons[:2] == [UNLIKE_ANY_CLASS, UNLIKE_ANY_CLASS]
+    assert UNLIKE_ANY_CLASS not in selection.reasons[2:]
+    assert len(selection) == 6 and np.all(np.diff(selection.priorities) < 0)
+    assert pseudo.outcome[3] == REJECTED and pseudo.outcome[7] == REJECTED

@@ -1,0 +1,69 @@
+"""``leukolab bench ssl --extra-classes`` and ``leukolab bench ood`` on tiny generated datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app
+from bench import ssl as bench_ssl
+from tests.app.imagegen import make_manifest_dataset
+from tests.conftest import SHARED_DATA
+
+TINY = ["epochs=1", "round_epochs=1", "steps_per_epoch=3", "batch_size=12", "labelled_per_batch=6", "eval_every=1"]
+
+
+def _ssl(data: Path, out: Path, *extra: str, method: str = "supervised") -> dict:
+    args = ["bench", "ssl", "--data", str(data), "--labels-per-class", "3", "--method", method]
+    args += ["--profile", "tiny", "--json", str(out), *extra]
+    for setting in TINY:
+        args += ["--set", setting]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def test_extra_classes_are_split_by_a_fixed_seed_into_test_and_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_manifest_dataset(tmp_path / "pbc", train_per_class=6, test_per_class=2)
+    extra = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=4, test_per_class=2)
+    monkeypatch.setattr(bench_ssl, "EXTRA_TEST_PER_CLASS", 2)
+    report = _ssl(data, tmp_path / "run.json", "--extra-classes", str(extra), method="pseudo-single")
+    assert report["class_names"] == ["basophil", "eosinophil", "ig", "lymphocyte", "platelet"]
+    assert report["n_test"] == 3 * 2 + 2 * 2
+    assert report["n_labelled"] == 5 * 3
+    assert report["n_labelled"] + report["n_unlabelled"] == 3 * 6 + 2 * (6 - 2)
+    assert "ig" in report["per_class"] and "recall" in report["per_class"]["ig"]
+
+
+def test_the_shared_extra_classes_split_is_fixed_and_disjoint() -> None:
+    other = SHARED_DATA / "pbc-other"
+    if not (other / "MANIFEST.csv").exists():
+        pytest.skip("../shared/data/pbc-other is not here")
+    names = ["erythroblast", "ig", "platelet"]
+    train, test, train_y, test_y = bench_ssl.extra_class_rows(other, names)
+    assert [test_y.count(i) for i in range(3)] == [100, 100, 100]
+    assert [train_y.count(i) for i in range(3)] == [200, 200, 200]
+    assert not set(train) & set(test)
+    assert bench_ssl.extra_class_rows(other, names)[1] == test  # the same cells every time
+
+
+def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
+    data = make_manifest_dataset(tmp_path / "pbc", train_per_class=8, test_per_class=4)
+    other = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=0, test_per_class=5)
+    checkpoint = tmp_path / "model.pt"
+    report = _ssl(data, tmp_path / "run.json", "--checkpoint", str(checkpoint))
+    assert report["ood"]["method"] in ("energy", "cosine", "mahalanobis", "knn", "mix")
+    out = tmp_path / "ood.json"
+    args = ["bench", "ood", "--checkpoint", str(checkpoint), "--in", str(data), "--ood", str(other)]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    ood = json.loads(out.read_text())
+    assert (ood["n_in"], ood["n_ood"]) == (12, 10)
+    assert 0.0 <= ood["auroc"] <= 1.0 and 0.0 <= ood["fpr_at_95tpr"] <= 1.0
+    assert set(ood["per_class"]) == {"ig", "platelet"}
+    assert all(0.0 <= v["auroc"] <= 1.0 for v in ood["per_class"].values())
