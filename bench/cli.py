@@ -14,8 +14,8 @@ import typer
 
 from bench.active import bench_active
 from bench.locate import locate_command as locate
-from bench.review import review_command as review
 from bench.ood import ood_command as ood
+from bench.review import review_command as review
 from bench.ssl import ssl, write_json
 
 

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from app.labelling.schemas import Suggestion
+from app.labelling.schemas import ShownSuggestion
 
 
 class EventOut(BaseModel):
@@ -17,7 +17,7 @@ class EventOut(BaseModel):
     created_at: datetime
     source: str = Field(description="manual | import | review | adjudication")
     action_id: int | None = Field(description="the bulk review action this row belongs to")
-    suggestion: Suggestion | None = Field(description="the model's suggestion shown when the label was given")
+    suggestion: ShownSuggestion | None = Field(description="the model's suggestion shown when the label was given")
 
 
 class ActivityOut(BaseModel):

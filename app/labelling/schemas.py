@@ -5,9 +5,14 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 
-class Suggestion(BaseModel):
+class ShownSuggestion(BaseModel):
+    """A model's class and confidence as a reader saw them (kept on the label row)."""
+
     label: str
     confidence: float
+
+
+class Suggestion(ShownSuggestion):
     unlike_known: bool = Field(
         default=False, description="the cell lies far from every class the model knows ('unlike any known class')"
     )

@@ -373,11 +373,6 @@ def standing_label_id(*, session: Session, cell_id: int) -> int | None:
     )
 
 
-def refresh_current_label(*, session: Session, cell_id: int) -> None:
-    """Recompute ``cell_id``'s cached current label from its rows (call with the cell locked)."""
-    _refresh_current_label(session, cell_id)
-
-
 def _refresh_current_label(session: Session, cell_id: int) -> None:
     """Set the cell's cached ``current_label_id`` (the consensus under double reading) and its reading
     state from its label rows (call with the cell locked)."""

@@ -54,7 +54,10 @@ def test_grid_groups_by_predicted_class_least_confident_first_in_keyset_pages(cl
 
     cells = _all_pages(client, headers, group="predicted", limit=2)
     assert [c["cell_id"] for c in cells] == [ids[5], ids[1], ids[3], ids[2], ids[4], ids[0]]
-    assert cells[0]["prediction"] == {"label": "basophil", "confidence": 0.6} and cells[0]["label"] is None
+    prediction = cells[0]["prediction"]
+    assert {key: prediction[key] for key in ("label", "confidence")} == {"label": "basophil", "confidence": 0.6}
+    assert prediction["unlike_known"] is False  # the model version has no OOD threshold
+    assert cells[0]["label"] is None
 
     only = _all_pages(client, headers, group="predicted", cls="neutrophil", limit=1)
     assert [c["cell_id"] for c in only] == [ids[2], ids[4], ids[0]]
