@@ -7,20 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from app.cells.importer import ImportRefused, import_zip
+from app.cells.importer import import_zip
+from app.cells.service import check_upload_size
+from app.cells.sources import ImportRefused
 from app.deps import AdminUser, SessionDep
 from app.errors import InvalidInput, responses
-from app.settings import get_settings
 from app.templating import render
 
 api = APIRouter(prefix="/api/v1", tags=["cells"])
 pages = APIRouter(include_in_schema=False)
-
-
-def _check_size(upload: UploadFile) -> None:
-    limit = get_settings().max_upload_bytes
-    if upload.size is not None and upload.size > limit:
-        raise InvalidInput(f"{upload.filename}: the zip is {upload.size} bytes, over the {limit}-byte limit")
 
 
 @api.post("/imports", status_code=201, responses=responses(400, 401, 403, 409, 413, 422))
@@ -28,7 +23,7 @@ def api_import(
     session: SessionDep, admin: AdminUser, file: Annotated[UploadFile, File()], labelled: bool | None = None
 ) -> dict:
     """Import a .zip of cell images; class sub-folders import as expert labels. All or nothing."""
-    _check_size(file)
+    check_upload_size(filename=file.filename, size=file.size)
     summary = import_zip(session=session, file=file.file, labelled=labelled, user_id=admin.id, name=file.filename)
     return dataclasses.asdict(summary)
 
@@ -49,7 +44,7 @@ def import_upload(
     flag = {"auto": None, "yes": True, "no": False}.get(labelled)
     template = "admin/_import_result.html" if request.headers.get("hx-request") else "admin/import.html"
     try:
-        _check_size(file)
+        check_upload_size(filename=file.filename, size=file.size)
         summary = import_zip(session=session, file=file.file, labelled=flag, user_id=admin.id, name=file.filename)
     except ImportRefused as refused:
         return render(request, template, {"summary": None, "refused": refused}, status_code=422)

@@ -16,12 +16,12 @@ from sqlalchemy.orm import undefer
 from typer.testing import CliRunner
 
 from app.cells.importer import import_folder
-from app.cli import app as leukolab_cli
 from app.db import session_scope
 from app.export.service import CSV_COLUMNS, stream_zip
 from app.labelling.service import add_label, current_labels, undo_last
 from app.main import create_app
 from app.models import Cell, ModelVersion, Prediction, User
+from cli.main import app as leukolab_cli
 from tests.app.factories import make_cells, make_user
 from tests.app.imagegen import make_imagefolder
 from tests.app.test_api import token_headers

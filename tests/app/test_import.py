@@ -16,11 +16,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import undefer
 from typer.testing import CliRunner
 
-from app.cells.cli import import_command
 from app.cells.images import UnreadableImage, open_image
-from app.cells.importer import BATCH_SIZE, ImportRefused, import_folder, import_zip, scan_folder
+from app.cells.importer import BATCH_SIZE, import_folder, import_zip
+from app.cells.sources import ImportRefused, folder_entries, scan_entries
 from app.db import session_scope
 from app.models import Cell, ImportBatch, Label
+from cli.importing import import_command
 from tests.app.factories import make_user
 from tests.app.imagegen import (
     DEFAULT_CLASSES,
@@ -61,7 +62,7 @@ def test_imagefolder_imports_as_expert_labels(any_db_url: str, tmp_path: Path) -
             progress=lambda done, total: calls.append((done, total)),
         )
 
-    assert (summary.imported, summary.duplicates, summary.labelled, summary.rejected) == (10, 0, 10, [])
+    assert (summary.imported, summary.duplicates, summary.labelled, summary.skipped) == (10, 0, 10, [])
     assert calls[-1] == (20, 20) and [done for done, _ in calls] == sorted(done for done, _ in calls)
     with session_scope() as session:
         cells = session.scalars(select(Cell).order_by(Cell.id)).all()
@@ -356,19 +357,23 @@ def test_pillows_own_bomb_error_is_a_rejection(monkeypatch: pytest.MonkeyPatch) 
         open_image(io.BytesIO(image_bytes(make_cell_image(1, 32))), max_pixels=50_000_000)
 
 
-def test_scan_folder_reports_without_writing(tmp_path: Path) -> None:
+def test_sources_check_a_folder_without_a_database(tmp_path: Path) -> None:
     make_imagefolder(tmp_path / "set", classes=("monocyte",), per_class=2)
     (tmp_path / "set" / "monocyte" / "bad.png").write_bytes(b"nope")
+    (tmp_path / "set" / "README.md").write_text("notes")
 
-    candidates, rejections = scan_folder(
-        tmp_path / "set", labelled=True, class_names=["neutrophil", "monocyte"], max_pixels=10_000
+    entries, rejections, skipped = folder_entries(tmp_path / "set")
+    candidates, problems = scan_entries(
+        entries, labelled=True, class_names=["neutrophil", "monocyte"], max_pixels=10_000
     )
+
+    assert rejections == [] and skipped == ["README.md"]
 
     assert [(c.source_name, c.class_name) for c in candidates] == [
         ("monocyte/monocyte_000.png", "monocyte"),
         ("monocyte/monocyte_001.png", "monocyte"),
     ]
-    assert [r.file for r in rejections] == ["monocyte/bad.png"]
+    assert [r.file for r in problems] == ["monocyte/bad.png"]
 
 
 # --- the CLI -------------------------------------------------------------------------------------

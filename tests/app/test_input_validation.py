@@ -19,12 +19,13 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 import app.cells.importer as importer
-from app.cells.cli import import_command
 from app.cells.images import UnreadableImage, open_image
-from app.cells.importer import ImportRefused, import_folder, import_zip
+from app.cells.importer import import_folder, import_zip
+from app.cells.sources import ImportRefused
 from app.db import session_scope
 from app.main import create_app
 from app.models import Cell
+from cli.importing import import_command
 from tests.app.factories import make_cells, make_user
 from tests.app.imagegen import huge_png, image_bytes, make_cell_image, make_flat_folder, make_zip
 from tests.app.test_api import browser_login, token_headers

@@ -57,7 +57,7 @@ def test_migrations_up_down_up(fresh_url: str) -> None:
 def test_server_refuses_unmigrated_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", "8799"],
+        [sys.executable, "-m", "cli", "serve", "--port", "8799"],
         env={"LEUKOLAB_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from app import bench
+from cli import server
 
 
 def start_server(database_url: str, **env: str) -> tuple[subprocess.Popen, str]:
     """The app under uvicorn on ``database_url``; ``env`` as settings without their prefix."""
-    return bench.start_server(database_url, env={f"LEUKOLAB_{k.upper()}": v for k, v in env.items()})
+    return server.start_server(database_url, env={f"LEUKOLAB_{k.upper()}": v for k, v in env.items()})
 
 
 @pytest.fixture

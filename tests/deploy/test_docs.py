@@ -69,9 +69,15 @@ def test_external_services_override_leaves_the_bundled_ones_out(tmp_path: Path) 
 def leukolab(*args: str, database: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOLAB_")}
     env["LEUKOLAB_DATABASE_URL"] = f"{PG_SERVER.replace('postgresql://', 'postgresql+psycopg://')}/{database}"
-    script = Path(sys.executable).with_name("leukolab")
-    argv = [str(script)] if script.exists() else [sys.executable, "-c", "from app.cli import main; main()"]
-    return subprocess.run([*argv, *args], cwd=REPO, env=env, input=stdin, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=REPO,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def pg(*argv: str, stdin: bytes | None = None, stdout: Path | None = None) -> None:

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,6 @@ from tests.app.imagegen import make_cell_image
 from tests.conftest import use_database
 
 ROOT = Path(__file__).resolve().parents[2]
-LEUKOLAB = ROOT / ".venv" / "bin" / "leukolab"
 REDIS_DB = os.environ.get("LEUKOLAB_TEST_REDIS_DB", "3")
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 CLASSES = ("neutrophil", "lymphocyte", "eosinophil")
@@ -38,7 +38,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(LEUKOLAB), "worker", "--queues", queues, "--loglevel", "INFO"],
+            [sys.executable, "-m", "cli", "worker", "--queues", queues, "--loglevel", "INFO"],
             cwd=ROOT,
             env=env,
             stdout=self.log,

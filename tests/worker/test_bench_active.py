@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from app.cli import app
+from cli.main import app
 from tests.app.imagegen import make_manifest_dataset
 
 

@@ -101,7 +101,7 @@ def test_web_process_imports_no_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, app.main, app.training.routes, app.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, app.main, app.training.routes, cli.main; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
