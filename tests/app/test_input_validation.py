@@ -26,11 +26,11 @@ from app.db import session_scope
 from app.main import create_app
 from app.models import Cell
 from cli.importing import import_command
-from tests.app.factories import make_cells, make_user
-from tests.app.imagegen import huge_png, image_bytes, make_cell_image, make_flat_folder, make_zip
-from tests.app.test_api import browser_login, token_headers
-from tests.app.test_import import counts
-from tests.conftest import use_database
+from tests.app.cells.test_import import counts
+from tests.support.database import use_database
+from tests.support.factories import make_cells, make_user
+from tests.support.http import browser_login, token_headers
+from tests.support.images import huge_png, image_bytes, make_cell_image, make_flat_folder, make_zip
 
 TOO_BIG_ID = 2**31  # one past PostgreSQL's integer: every id route gave 500
 

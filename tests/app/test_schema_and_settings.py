@@ -13,7 +13,7 @@ from app import db
 from app.errors import DatabaseNotMigrated
 from app.models import CellClass
 from app.settings import DEV_SECRET_KEY, Settings
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.database import create_pg_database, drop_pg_database
 
 TABLES = {"users", "classes", "cells", "labels", "queue_entries", "imports", "login_failures"}
 
@@ -88,7 +88,7 @@ def test_database_refuses_to_change_or_delete_labels(any_db_url: str) -> None:
     from app.db import session_scope
     from app.labelling.service import add_label
     from app.models import Label, User
-    from tests.app.factories import make_cells, make_user
+    from tests.support.factories import make_cells, make_user
 
     make_user("ana")
     (cell_id,) = make_cells(1)

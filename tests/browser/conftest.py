@@ -1,4 +1,4 @@
-"""A live uvicorn server on the test database; the Chromium fixtures live in tests/conftest.py."""
+"""A live uvicorn server on the test database; the Chromium fixtures live in tests/support/browser.py."""
 
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models import Cell, Label, ModelVersion, Prediction, QueueEntry, TrainingRun, utcnow
-from tests.app.factories import PASSWORD, get_user, make_cells, make_user
-from tests.app.imagegen import image_bytes, make_cell_image, make_zip
 from tests.browser.conftest import login, start_server
+from tests.support.factories import PASSWORD, get_user, make_cells, make_user
+from tests.support.images import image_bytes, make_cell_image, make_zip
 
 pytestmark = pytest.mark.browser
 SHOWN = "document.getElementById('cell-image').dataset.cellId !== undefined"

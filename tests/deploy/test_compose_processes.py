@@ -41,8 +41,8 @@ from tests.deploy.compose_project import (
     read_env_file,
     service_environment,
 )
+from tests.support.database import PG_SERVER
 
-PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("LEUKOLAB_TEST_REDIS", "redis://127.0.0.1:6379")
 TEST_DATABASE = "leukolab_test_deploy"
 TEST_REDIS_DB = 5  # apart from the other tests' Redis databases

@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from tests.deploy.compose_project import COMPOSE_FILE, REPO, example_env, load_project
+from tests.support.database import PG_SERVER
 
 DOCS = REPO / "docs" / "deploy.md"
 SECRETS = {"POSTGRES_PASSWORD": "0123456789abcdef", "LEUKOLAB_SECRET_KEY": "k" * 64}
-PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 RESTORE_DATABASE = "leukolab_test_deploy_restore"
 
 

@@ -28,7 +28,7 @@ from ml.locate import (
     locate_large,
     read_field,
 )
-from tests.conftest import SHARED_DATA
+from tests.support.database import SHARED_DATA
 
 BACKGROUND = (232, 230, 222)
 RED_CELL = (205, 150, 150)

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.models import ModelVersion, Prediction, TrainingRun
 from app.settings import get_settings
-from tests.app.factories import make_user
-from tests.app.test_api import token_headers
+from tests.support.factories import make_user
+from tests.support.http import token_headers
 from tests.worker.conftest import CLASSES, insert_cells, wait_for
 
 pytestmark = pytest.mark.worker
@@ -180,7 +180,7 @@ def test_redis_down_refuses_retrain_but_labelling_goes_on(
     pg_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app.main import create_app
-    from tests.conftest import use_database
+    from tests.support.database import use_database
 
     use_database(pg_db_url, monkeypatch, redis_url="redis://127.0.0.1:1/0", artefact_dir=str(tmp_path))
     cells = insert_cells({name: 2 for name in CLASSES}, unlabelled=3)

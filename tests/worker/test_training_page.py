@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app.factories import PASSWORD
 from tests.browser.conftest import login, start_server
+from tests.support.factories import PASSWORD
 from tests.worker.conftest import CLASSES, insert_cells
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker]

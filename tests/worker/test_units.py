@@ -15,7 +15,7 @@ from app.models import TrainingRun, utcnow
 from app.settings import Settings
 from app.training import broker, service
 from ml.data import resize
-from tests.app.factories import make_user
+from tests.support.factories import make_user
 from worker.data import cells_to_tensor, stratified_split
 
 
@@ -79,7 +79,7 @@ def test_broker_config_without_and_with_redis(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_migration_0002_up_and_down(backend: str, tmp_path: Path) -> None:
-    from tests.conftest import create_pg_database, drop_pg_database
+    from tests.support.database import create_pg_database, drop_pg_database
 
     url = create_pg_database("leukolab_test_m0002") if backend == "postgres" else f"sqlite:///{tmp_path}/m.db"
     try:
@@ -131,7 +131,7 @@ def test_promote_and_roll_back_keep_one_active_model(pg_db_url: str) -> None:
 def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:  # type: ignore[no-untyped-def]
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.app.test_api import token_headers
+    from tests.support.http import token_headers
 
     make_user("root", role="admin")
     headers = token_headers(client, "root")

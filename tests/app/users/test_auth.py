@@ -23,9 +23,9 @@ from app import security, settings
 from app.db import session_scope
 from app.main import create_app
 from app.models import LoginFailure, User, utcnow
-from tests.app.factories import PASSWORD, make_user
-from tests.app.test_api import browser_login, token_headers
-from tests.conftest import reset_caches
+from tests.support.database import reset_caches
+from tests.support.factories import PASSWORD, make_user
+from tests.support.http import browser_login, token_headers
 
 TOKEN = "/api/v1/auth/token"
 

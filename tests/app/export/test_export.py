@@ -22,10 +22,10 @@ from app.labelling.service import add_label, current_labels, undo_last
 from app.main import create_app
 from app.models import Cell, ModelVersion, Prediction, User
 from cli.main import app as leukolab_cli
-from tests.app.factories import make_cells, make_user
-from tests.app.imagegen import make_imagefolder
-from tests.app.test_api import token_headers
-from tests.conftest import empty_tables
+from tests.support.database import empty_tables
+from tests.support.factories import make_cells, make_user
+from tests.support.http import token_headers
+from tests.support.images import make_imagefolder
 
 CLASSES = ("neutrophil", "lymphocyte", "eosinophil")
 

@@ -22,8 +22,8 @@ from app.cells.sources import ImportRefused, folder_entries, scan_entries
 from app.db import session_scope
 from app.models import Cell, ImportBatch, Label
 from cli.importing import import_command
-from tests.app.factories import make_user
-from tests.app.imagegen import (
+from tests.support.factories import make_user
+from tests.support.images import (
     DEFAULT_CLASSES,
     huge_png,
     image_bytes,
@@ -342,7 +342,7 @@ def test_a_file_changed_between_the_passes_is_refused_and_rolled_back(any_db_url
 
 
 def test_max_pixels_comes_from_settings(any_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import use_database
+    from tests.support.database import use_database
 
     use_database(any_db_url, monkeypatch, max_image_pixels="1000")
     write_image(tmp_path / "in" / "big.png", make_cell_image(1, 40))  # 1,600 px

@@ -24,18 +24,12 @@ from app.db import after_commit, session_scope
 from app.labelling.service import add_label, current_label_mismatches, next_cell, undo_last
 from app.main import create_app
 from app.models import Cell, Label, TrainingRun, User
-from tests.app.factories import make_cells, make_user
-from tests.app.imagegen import make_imagefolder
-from tests.app.test_api import token_headers
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.database import create_pg_database, drop_pg_database
+from tests.support.factories import make_cells, make_user
+from tests.support.http import token_headers
+from tests.support.images import make_imagefolder
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def client(any_db_url: str):
-    with TestClient(create_app()) as client:
-        yield client
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_idempotency_key_stores_one_row(client: TestClient) -> None:

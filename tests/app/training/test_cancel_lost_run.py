@@ -10,7 +10,7 @@ from app.db import session_scope
 from app.errors import Conflict
 from app.models import TrainingRun, utcnow
 from app.training import service
-from tests.app.factories import get_user, make_user
+from tests.support.factories import get_user, make_user
 
 
 def _running_run(silent_s: float) -> int:
@@ -73,7 +73,7 @@ def test_the_cancel_page_ends_a_lost_run_and_retrain_starts(pg_db_url: str) -> N
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.app.test_api import token_headers
+    from tests.support.http import token_headers
 
     run_id = _running_run(silent_s=45)
     with TestClient(create_app()) as client:
