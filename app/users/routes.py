@@ -107,8 +107,7 @@ def login(
             response.headers["Retry-After"] = str(error.detail["retry_after"])
         return response
     _start_session(request, user)
-    target = next if next.startswith("/") and not next.startswith("//") else "/label"
-    return RedirectResponse(target, status_code=303)
+    return RedirectResponse(security.local_path(next, default="/label"), status_code=303)
 
 
 @pages.post("/logout", dependencies=[Depends(check_csrf)])
