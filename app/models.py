@@ -22,8 +22,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.statuses import (
+    FilterOutcome,
+    LabelKind,
+    LabelSource,
+    Role,
+    RunStatus,
+    ScoringStatus,
+    one_of,
+)
+
 UNSURE = "unsure"
-ROLES = ("cytologist", "admin")
+ROLES = tuple(Role)
 
 
 def utcnow() -> datetime:
@@ -54,7 +64,7 @@ class User(Base):
     session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
-        CheckConstraint("role in ('cytologist', 'admin')", name="ck_users_role"),
+        CheckConstraint(one_of("role", Role), name="ck_users_role"),
         Index("uq_users_username_lower", func.lower(username), unique=True),
     )
 
@@ -126,10 +136,10 @@ class Label(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    kind: Mapped[str] = mapped_column(String(8), default="label")
+    kind: Mapped[str] = mapped_column(String(8), default=LabelKind.LABEL)
     value: Mapped[str | None] = mapped_column(String(64))  # a class name or "unsure"; None for undo
     undoes_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), unique=True)
-    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual | import
+    source: Mapped[str] = mapped_column(String(16), default=LabelSource.MANUAL)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Chosen by the client for each label it sends: a resend after a network error carries the
     # same key and gets the first row back instead of storing a second one.
@@ -138,7 +148,7 @@ class Label(Base):
     lease_holder_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", name="fk_labels_lease_holder_id_users"))
 
     __table_args__ = (
-        CheckConstraint("kind in ('label', 'undo')", name="ck_labels_kind"),
+        CheckConstraint(one_of("kind", LabelKind), name="ck_labels_kind"),
         CheckConstraint(
             "(kind = 'label' AND value IS NOT NULL AND undoes_id IS NULL)"
             " OR (kind = 'undo' AND value IS NULL AND undoes_id IS NOT NULL)",
@@ -178,9 +188,8 @@ class LoginFailure(Base):
 
 # --- the retraining loop (issue 4) ---------------------------------------------------------
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_RUN_STATUSES = ("queued", "running")
-FILTER_OUTCOMES = ("passed_entropy", "passed_propagation", "rejected")
+RUN_STATUSES = tuple(RunStatus)
+FILTER_OUTCOMES = tuple(FilterOutcome)
 
 
 class TrainingRun(Base):
@@ -189,7 +198,7 @@ class TrainingRun(Base):
     __tablename__ = "training_runs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
     method: Mapped[str] = mapped_column(String(32))
     profile: Mapped[str] = mapped_column(String(16))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -205,12 +214,7 @@ class TrainingRun(Base):
     # No foreign key: model_versions already points at its run, and the cycle buys nothing.
     model_version_id: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (
-        CheckConstraint(
-            "status in ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
-            name="ck_training_runs_status",
-        ),
-    )
+    __table_args__ = (CheckConstraint(one_of("status", RunStatus), name="ck_training_runs_status"),)
 
 
 class ModelVersion(Base):
@@ -226,8 +230,7 @@ class ModelVersion(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Scoring of the unlabelled cells after promotion: idle | scoring | ready | failed.
-    scoring_status: Mapped[str] = mapped_column(String(16), default="idle")
+    scoring_status: Mapped[str] = mapped_column(String(16), default=ScoringStatus.IDLE)
     scoring_total: Mapped[int] = mapped_column(Integer, default=0)
     scoring_done: Mapped[int] = mapped_column(Integer, default=0)
     scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -263,9 +266,6 @@ class Prediction(Base):
 
     __table_args__ = (
         UniqueConstraint("model_version_id", "cell_id", name="uq_predictions_version_cell"),
-        CheckConstraint(
-            "filter_outcome in ('passed_entropy', 'passed_propagation', 'rejected')",
-            name="ck_predictions_outcome",
-        ),
+        CheckConstraint(one_of("filter_outcome", FilterOutcome), name="ck_predictions_outcome"),
         Index("ix_predictions_cell_id", "cell_id"),
     )

@@ -41,6 +41,7 @@ from app.cells.sources import (
 from app.errors import Conflict, InvalidInput
 from app.models import Cell, CellClass, ImportBatch, Label, User
 from app.settings import get_settings
+from app.statuses import LabelSource
 
 BATCH_SIZE = 500
 _PREPARE_THREADS = min(4, os.cpu_count() or 1)
@@ -149,7 +150,7 @@ def _write(
                 labels: list[Label] = []
                 if labelled:
                     labels = [
-                        Label(cell_id=cell.id, user_id=user_id, value=candidate.class_name, source="import")
+                        Label(cell_id=cell.id, user_id=user_id, value=candidate.class_name, source=LabelSource.IMPORT)
                         for cell, candidate in zip(cells, chunk, strict=True)
                     ]
                     session.add_all(labels)

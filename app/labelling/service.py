@@ -15,12 +15,13 @@ from sqlalchemy.orm import Session, aliased
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import UNSURE, Cell, CellClass, Label, QueueEntry, User, as_utc, utcnow
 from app.settings import get_settings
+from app.statuses import LabelKind, LabelSource
 
 # Queue entries that only hold a lease, as opposed to the ones the active model put in the queue.
 LEASE_ONLY_REASONS = ("unlabelled", "undo")
 # Sources of labels given by a person in the labelling page or the API: the only ones undo acts on
 # (an imported label is the import's, not the importing admin's latest click).
-UNDOABLE_SOURCES = ("manual",)
+UNDOABLE_SOURCES = (LabelSource.MANUAL,)
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def add_label(
     user: User,
     cell_id: int,
     value: str,
-    source: str = "manual",
+    source: str = LabelSource.MANUAL,
     idempotency_key: str | None = None,
 ) -> Label:
     """Append a label row for ``cell_id`` and make it the cell's current label."""
@@ -198,7 +199,7 @@ def record_label(
     user: User,
     cell_id: int,
     value: str,
-    source: str = "manual",
+    source: str = LabelSource.MANUAL,
     idempotency_key: str | None = None,
 ) -> RecordedLabel:
     """Append a label row for ``cell_id`` (or return the row an earlier try with ``idempotency_key`` stored)."""
@@ -221,7 +222,7 @@ def record_label(
     label = Label(
         cell_id=cell_id,
         user_id=user.id,
-        kind="label",
+        kind=LabelKind.LABEL,
         value=value,
         source=source,
         idempotency_key=idempotency_key,
@@ -272,7 +273,7 @@ def undo_last(*, session: Session, user: User) -> Label:
         select(Label)
         .where(
             Label.user_id == user.id,
-            Label.kind == "label",
+            Label.kind == LabelKind.LABEL,
             Label.source.in_(UNDOABLE_SOURCES),
             _not_undone(),
         )
@@ -290,7 +291,9 @@ def undo_last(*, session: Session, user: User) -> Label:
         raise already
     try:
         with session.begin_nested():
-            session.add(Label(cell_id=last.cell_id, user_id=user.id, kind="undo", value=None, undoes_id=last.id))
+            session.add(
+                Label(cell_id=last.cell_id, user_id=user.id, kind=LabelKind.UNDO, value=None, undoes_id=last.id)
+            )
     except IntegrityError as error:  # unique undoes_id: a concurrent undo got there first
         raise already from error
     _refresh_current_label(session, last.cell_id)
@@ -307,7 +310,7 @@ def standing_label_id(*, session: Session, cell_id: int) -> int | None:
     """The newest label of ``cell_id`` that no undo row cancels."""
     return session.scalar(
         select(Label.id)
-        .where(Label.cell_id == cell_id, Label.kind == "label", _not_undone())
+        .where(Label.cell_id == cell_id, Label.kind == LabelKind.LABEL, _not_undone())
         .order_by(Label.id.desc())
         .limit(1)
     )
@@ -331,7 +334,7 @@ def current_label_mismatches(*, session: Session, limit: int | None = None) -> l
     """Cells whose cached ``current_label_id`` differs from the standing label recomputed from the rows."""
     standing = (
         select(Label.cell_id, func.max(Label.id).label("label_id"))
-        .where(Label.kind == "label", _not_undone())
+        .where(Label.kind == LabelKind.LABEL, _not_undone())
         .group_by(Label.cell_id)
         .subquery()
     )
@@ -358,8 +361,8 @@ def labels_today(*, session: Session, user: User) -> int:
     return session.scalar(
         select(func.count(Label.id)).where(
             Label.user_id == user.id,
-            Label.kind == "label",
-            Label.source == "manual",
+            Label.kind == LabelKind.LABEL,
+            Label.source == LabelSource.MANUAL,
             Label.created_at >= midnight,
             _not_undone(),
         )

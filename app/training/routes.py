@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from app.db import after_commit, session_scope
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import LeukolabError, NotFound, ServiceUnavailable, responses
-from app.models import ACTIVE_RUN_STATUSES, User
+from app.models import User
 from app.params import DbId
+from app.statuses import ACTIVE_RUN_STATUSES, BUSY_SCORING_STATUSES, RunStatus, ScoringStatus
 from app.templating import render
 from app.training import broker, plots, service
 from app.training.schemas import ModelOut, QueueEntryOut, RunAccepted, RunCreate, RunOut
@@ -44,7 +45,11 @@ def _send_run(run_id: int) -> None:
     except ServiceUnavailable as error:
         with session_scope() as session:  # the request's transaction has committed and closed
             service.finish_run(
-                session=session, run_id=run_id, status="failed", error=error.message, from_status="queued"
+                session=session,
+                run_id=run_id,
+                status=RunStatus.FAILED,
+                error=error.message,
+                from_status=RunStatus.QUEUED,
             )
         raise
 
@@ -61,7 +66,7 @@ def _send_scoring(model_id: int) -> None:
         broker.enqueue(broker.TASK_SCORE_ALL, model_id)
     except ServiceUnavailable:
         with session_scope() as session:
-            service.finish_scoring(session=session, model_id=model_id, status="failed")
+            service.finish_scoring(session=session, model_id=model_id, status=ScoringStatus.FAILED)
         raise
 
 
@@ -71,7 +76,7 @@ def _send_scoring(model_id: int) -> None:
 @api.post("/training-runs", response_model=RunAccepted, status_code=202, responses=responses(400, 409, 413, 503))
 def create_training_run(session: SessionDep, admin: AdminUser, body: RunCreate) -> RunAccepted:
     """Start a retrain: 202 with its id; 409 while another run is queued or running; 503 without a broker."""
-    return RunAccepted(id=start_run(session, admin, body), status="queued")
+    return RunAccepted(id=start_run(session, admin, body), status=RunStatus.QUEUED)
 
 
 @api.get("/training-runs", response_model=list[RunOut])
@@ -119,7 +124,7 @@ def _runs_context(session: Session) -> dict:
     return {
         "runs": runs,
         "any_active": any(run.status in ACTIVE_RUN_STATUSES for run in runs)
-        or (active is not None and active.scoring_status in ("queued", "scoring", "refreshing")),
+        or (active is not None and active.scoring_status in BUSY_SCORING_STATUSES),
         "active_model": active,
         "curve_svg": plots.curve_svg,
     }
@@ -207,9 +212,7 @@ def _models_context(session: Session) -> dict:
         "compared": compared,
         "compared_classes": compared_classes,
         "pseudo_counts": {v.id: service.pseudo_label_counts(session=session, model_id=v.id) for v in versions[:6]},
-        "scoring_active": any(
-            v.is_active and v.scoring_status in ("queued", "scoring", "refreshing") for v in versions
-        ),
+        "scoring_active": any(v.is_active and v.scoring_status in BUSY_SCORING_STATUSES for v in versions),
     }
 
 

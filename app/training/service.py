@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import (
-    ACTIVE_RUN_STATUSES,
     Cell,
     ModelVersion,
     Prediction,
@@ -25,6 +24,7 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from app.statuses import ACTIVE_RUN_STATUSES, RunStatus, ScoringStatus
 
 # A running run whose worker has not written for this long is considered lost. A killed train
 # worker is caught sooner, by the next worker's start-up; this catches a worker that never comes
@@ -73,7 +73,7 @@ def create_run(*, session: Session, user: User, method: str, profile: str, param
             )
         raise Conflict(message, run_id=running.id)
     run = TrainingRun(
-        status="queued",
+        status=RunStatus.QUEUED,
         method=method,
         profile=profile,
         params=params,
@@ -102,13 +102,13 @@ def list_runs(*, session: Session, limit: int = 20) -> list[TrainingRun]:
 def request_cancel(*, session: Session, run_id: int) -> TrainingRun:
     """Cancel a queued run now; ask a running one to stop at its next step."""
     run = get_run(session=session, run_id=run_id)
-    if run.status == "queued":
-        run.status, run.finished_at, run.cancel_requested = "cancelled", utcnow(), True
-    elif run.status == "running":
+    if run.status == RunStatus.QUEUED:
+        run.status, run.finished_at, run.cancel_requested = RunStatus.CANCELLED, utcnow(), True
+    elif run.status == RunStatus.RUNNING:
         run.cancel_requested = True
         if _silent_for(run) >= CANCEL_SILENCE_S:
             # no live worker will ever read the request: a late one finds the run not running and stops
-            run.status, run.finished_at = "cancelled", utcnow()
+            run.status, run.finished_at = RunStatus.CANCELLED, utcnow()
             run.error = f"cancelled; its worker had sent no heartbeat for {int(_silent_for(run))} s (killed or lost)"
     else:
         raise Conflict(f"training run #{run.id} has already {run.status}", status=run.status)
@@ -127,7 +127,7 @@ def end_silent_cancelled_runs(*, session: Session, silence_s: int = CANCEL_SILEN
     silent = list(
         session.scalars(
             select(TrainingRun.id).where(
-                TrainingRun.status == "running",
+                TrainingRun.status == RunStatus.RUNNING,
                 TrainingRun.cancel_requested.is_(True),
                 func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
             )
@@ -136,9 +136,9 @@ def end_silent_cancelled_runs(*, session: Session, silence_s: int = CANCEL_SILEN
     if silent:
         session.execute(
             update(TrainingRun)
-            .where(TrainingRun.id.in_(silent), TrainingRun.status == "running")
+            .where(TrainingRun.id.in_(silent), TrainingRun.status == RunStatus.RUNNING)
             .values(
-                status="cancelled",
+                status=RunStatus.CANCELLED,
                 finished_at=utcnow(),
                 error=f"cancelled; its worker sent no heartbeat for over {silence_s} s (killed or lost)",
             )
@@ -153,7 +153,7 @@ def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S)
     stale = list(
         session.scalars(
             select(TrainingRun.id).where(
-                TrainingRun.status == "running",
+                TrainingRun.status == RunStatus.RUNNING,
                 func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
             )
         )
@@ -162,9 +162,9 @@ def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S)
         return 0
     session.execute(
         update(TrainingRun)
-        .where(TrainingRun.id.in_(stale), TrainingRun.status == "running")
+        .where(TrainingRun.id.in_(stale), TrainingRun.status == RunStatus.RUNNING)
         .values(
-            status="failed",
+            status=RunStatus.FAILED,
             finished_at=utcnow(),
             error=f"the worker stopped sending heartbeats for over {timeout_s} s (killed or lost); start a new run",
         )
@@ -174,12 +174,12 @@ def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S)
 
 def fail_orphaned_runs(*, session: Session, reason: str) -> list[int]:
     """Mark failed every running run (a train worker starting up knows none can be running)."""
-    ids = list(session.scalars(select(TrainingRun.id).where(TrainingRun.status == "running")))
+    ids = list(session.scalars(select(TrainingRun.id).where(TrainingRun.status == RunStatus.RUNNING)))
     if ids:
         session.execute(
             update(TrainingRun)
             .where(TrainingRun.id.in_(ids))
-            .values(status="failed", finished_at=utcnow(), error=reason)
+            .values(status=RunStatus.FAILED, finished_at=utcnow(), error=reason)
         )
     return ids
 
@@ -187,10 +187,10 @@ def fail_orphaned_runs(*, session: Session, reason: str) -> list[int]:
 def claim_run(*, session: Session, run_id: int) -> TrainingRun | None:
     """Move a queued run to running; ``None`` when it is no longer queued (cancelled, redelivered)."""
     run = session.get(TrainingRun, run_id, with_for_update=session.get_bind().dialect.name == "postgresql")
-    if run is None or run.status != "queued":
+    if run is None or run.status != RunStatus.QUEUED:
         return None
     now = utcnow()
-    run.status, run.started_at, run.heartbeat_at = "running", now, now
+    run.status, run.started_at, run.heartbeat_at = RunStatus.RUNNING, now, now
     run.progress = {"phase": "loading cells", "fraction": 0.0, "history": []}
     return run
 
@@ -211,7 +211,7 @@ def cancel_requested(*, session: Session, run_id: int) -> bool:
     row = session.execute(
         select(TrainingRun.cancel_requested, TrainingRun.status).where(TrainingRun.id == run_id)
     ).one_or_none()
-    return row is None or bool(row[0]) or row[1] != "running"
+    return row is None or bool(row[0]) or row[1] != RunStatus.RUNNING
 
 
 def finish_run(
@@ -221,7 +221,7 @@ def finish_run(
     status: str,
     error: str | None = None,
     metrics: dict | None = None,
-    from_status: str = "running",
+    from_status: str = RunStatus.RUNNING,
 ) -> None:
     """Record the end of a run that is ``from_status``: succeeded, failed (with its error) or
     cancelled. A run that left that status meanwhile (failed as lost) keeps its own."""
@@ -299,7 +299,7 @@ def promote(*, session: Session, model_id: int) -> ModelVersion:
     session.flush()
     version.is_active = True
     version.promoted_at = utcnow()
-    version.scoring_status, version.scoring_total, version.scoring_done = "queued", 0, 0
+    version.scoring_status, version.scoring_total, version.scoring_done = ScoringStatus.QUEUED, 0, 0
     session.flush()
     return version
 
@@ -341,7 +341,11 @@ def start_scoring(*, session: Session, model_id: int, total: int) -> None:
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.id == model_id)
-        .values(scoring_status="scoring" if total else "refreshing", scoring_total=total, scoring_done=0)
+        .values(
+            scoring_status=ScoringStatus.SCORING if total else ScoringStatus.REFRESHING,
+            scoring_total=total,
+            scoring_done=0,
+        )
     )
 
 
@@ -366,7 +370,7 @@ def store_predictions(*, session: Session, model_id: int, rows: Sequence[dict]) 
     )
 
 
-def finish_scoring(*, session: Session, model_id: int, status: str = "ready") -> None:
+def finish_scoring(*, session: Session, model_id: int, status: str = ScoringStatus.READY) -> None:
     session.execute(
         update(ModelVersion).where(ModelVersion.id == model_id).values(scoring_status=status, scored_at=utcnow())
     )
