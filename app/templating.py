@@ -5,18 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app import security
 from app.db import ROOT
+from app.statuses import ACTIVE_RUN_STATUSES, BUSY_SCORING_STATUSES, RunStatus, ScoringStatus
 
 templates = Jinja2Templates(directory=str(ROOT / "templates"))
+templates.env.globals.update(
+    RunStatus=RunStatus,
+    ScoringStatus=ScoringStatus,
+    ACTIVE_RUN_STATUSES=ACTIVE_RUN_STATUSES,
+    BUSY_SCORING_STATUSES=BUSY_SCORING_STATUSES,
+)
 
 
-def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200):  # type: ignore[no-untyped-def]
-    """Render ``name``; a request from htmx gets the same template, which skips the layout itself."""
+def is_htmx(request: Request) -> bool:
+    """Whether htmx sent ``request`` (it then swaps the answer into the page it came from)."""
+    return request.headers.get("hx-request") == "true"
+
+
+def render(
+    request: Request,
+    page: str,
+    context: dict[str, Any] | None = None,
+    status_code: int = 200,
+    *,
+    fragment: str | None = None,
+) -> HTMLResponse:
+    """Render the template ``page``; a request from htmx gets only ``fragment``, the partial ``page`` includes.
+
+    One URL answers both, so the markup of the partial lives once. ``partial`` tells a template that it
+    stands alone (an htmx answer), e.g. to add out-of-band swaps.
+    """
     context = dict(context or {})
     context.setdefault("user", getattr(request.state, "user", None))
     context["csrf_token"] = security.csrf_token(request.session)
-    context["htmx"] = request.headers.get("hx-request") == "true"
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
+    partial = fragment is not None and is_htmx(request)
+    context["partial"] = partial
+    return templates.TemplateResponse(request, fragment if partial else page, context, status_code=status_code)

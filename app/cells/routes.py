@@ -9,7 +9,6 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from app.cells.importer import import_zip
 from app.cells.service import check_upload_size
-from app.cells.sources import ImportRefused
 from app.deps import AdminUser, SessionDep
 from app.errors import InvalidInput, responses
 from app.templating import render
@@ -42,12 +41,11 @@ def import_upload(
     labelled: Annotated[str, Form()] = "auto",
 ):  # type: ignore[no-untyped-def]
     flag = {"auto": None, "yes": True, "no": False}.get(labelled)
-    template = "admin/_import_result.html" if request.headers.get("hx-request") else "admin/import.html"
+    summary, refused, status_code = None, None, 200
     try:
         check_upload_size(filename=file.filename, size=file.size)
         summary = import_zip(session=session, file=file.file, labelled=flag, user_id=admin.id, name=file.filename)
-    except ImportRefused as refused:
-        return render(request, template, {"summary": None, "refused": refused}, status_code=422)
-    except InvalidInput as error:
-        return render(request, template, {"summary": None, "refused": error}, status_code=422)
-    return render(request, template, {"summary": summary, "refused": None})
+    except InvalidInput as error:  # ImportRefused too: it lists every refused file
+        refused, status_code = error, 422
+    context = {"summary": summary, "refused": refused}
+    return render(request, "admin/import.html", context, status_code, fragment="admin/_import_result.html")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
 from app.db import after_commit, session_scope
@@ -18,7 +18,7 @@ from app.errors import LeukolabError, NotFound, ServiceUnavailable, responses
 from app.models import User
 from app.params import DbId
 from app.statuses import ACTIVE_RUN_STATUSES, BUSY_SCORING_STATUSES, RunStatus, ScoringStatus
-from app.templating import render
+from app.templating import is_htmx, render
 from app.training import broker, plots, service
 from app.training.schemas import ModelOut, QueueEntryOut, RunAccepted, RunCreate, RunOut
 
@@ -130,30 +130,27 @@ def _runs_context(session: Session) -> dict:
     }
 
 
-def _training_page(request: Request, session: Session, error: str | None = None, status_code: int = 200):  # type: ignore[no-untyped-def]
+def _training_page(
+    request: Request, session: Session, error: str | None = None, status_code: int = 200, *, after_action: bool = True
+) -> HTMLResponse:
     from ml.config import DEFAULT_METHOD, METHODS, PROFILES
 
     context = {
         **_runs_context(session),
-        "message_oob": True,  # an htmx answer also replaces the message beside the runs list
+        # The answer to an action also replaces the message beside the runs list; a poll leaves it.
+        "message_oob": after_action,
         "methods": METHODS,
         "default_method": DEFAULT_METHOD,
         "profiles": PROFILES,
         "error": error,
     }
-    template = "admin/_runs.html" if request.headers.get("hx-request") else "admin/training.html"
-    return render(request, template, context, status_code=status_code)
+    return render(request, "admin/training.html", context, status_code, fragment="admin/_runs.html")
 
 
 @pages.get("/admin/training")
-def training_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
-    return _training_page(request, session)
-
-
-@pages.get("/admin/training/runs")
-def training_runs_fragment(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
-    """The runs list alone: it polls itself while a run is active."""
-    return render(request, "admin/_runs.html", _runs_context(session))
+def training_page(request: Request, session: SessionDep, admin: AdminUser) -> HTMLResponse:
+    """The training page; from htmx, the runs list alone (it polls itself while a run is active)."""
+    return _training_page(request, session, after_action=False)
 
 
 @pages.post("/admin/training")
@@ -184,11 +181,9 @@ def training_start(
         error, status_code = exc.message, exc.status_code
     except ValueError as exc:  # int()/float() or pydantic validation
         error, status_code = f"invalid form: {exc}".splitlines()[0], 422
-    if not request.headers.get("hx-request") and error is None:
+    if not is_htmx(request) and error is None:
         return RedirectResponse("/admin/training", status_code=303)
-    return _training_page(
-        request, session, error, status_code if error and not request.headers.get("hx-request") else 200
-    )
+    return _training_page(request, session, error, 200 if is_htmx(request) else status_code)
 
 
 @pages.post("/admin/training/runs/{run_id}/cancel")
@@ -198,9 +193,9 @@ def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run
         service.request_cancel(session=session, run_id=run_id)
     except LeukolabError as exc:
         error = exc.message
-    if not request.headers.get("hx-request"):
+    if not is_htmx(request):
         return RedirectResponse("/admin/training", status_code=303)
-    return render(request, "admin/_runs.html", {**_runs_context(session), "error": error, "message_oob": True})
+    return _training_page(request, session, error)
 
 
 def _models_context(session: Session) -> dict:
@@ -216,9 +211,15 @@ def _models_context(session: Session) -> dict:
     }
 
 
+def _models_page(request: Request, session: Session, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    context = {**_models_context(session), "error": error}
+    return render(request, "admin/models.html", context, status_code, fragment="admin/_models.html")
+
+
 @pages.get("/admin/models")
-def models_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
-    return render(request, "admin/models.html", {**_models_context(session), "error": None})
+def models_page(request: Request, session: SessionDep, admin: AdminUser) -> HTMLResponse:
+    """The model versions; from htmx, their list alone (it polls itself while the active one scores)."""
+    return _models_page(request, session)
 
 
 @pages.post("/admin/models/{model_id}/promote")
@@ -231,7 +232,7 @@ def models_promote(request: Request, session: SessionDep, admin: AdminUser, mode
         error, status_code = exc.message, exc.status_code
     if error is None:
         return RedirectResponse("/admin/models", status_code=303)
-    return render(request, "admin/models.html", {**_models_context(session), "error": error}, status_code=status_code)
+    return _models_page(request, session, error, status_code)
 
 
 @pages.get("/admin/models/{model_id}/confusion.png")

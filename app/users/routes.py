@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
+from sqlalchemy.orm import Session
 
 from app import security
 from app.db import session_scope
@@ -152,9 +153,14 @@ def account_logout_everywhere(request: Request, user: CurrentUser):  # type: ign
     return RedirectResponse(request.url_for("login_page"), status_code=303)
 
 
+def _users_page(request: Request, session: Session, error: str | None = None) -> HTMLResponse:
+    context = {"users": service.list_users(session=session), "error": error}
+    return render(request, "admin/users.html", context, fragment="admin/_users_table.html")
+
+
 @pages.get("/admin/users")
-def users_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
-    return render(request, "admin/users.html", {"users": service.list_users(session=session), "error": None})
+def users_page(request: Request, session: SessionDep, admin: AdminUser) -> HTMLResponse:
+    return _users_page(request, session)
 
 
 @pages.post("/admin/users")
@@ -175,8 +181,7 @@ def users_create(
         error = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in getattr(exc, "errors", lambda: [])()
         ) or str(exc)
-    template = "admin/_users_table.html" if request.headers.get("hx-request") else "admin/users.html"
-    return render(request, template, {"users": service.list_users(session=session), "error": error})
+    return _users_page(request, session, error)
 
 
 @pages.post("/admin/users/{user_id}/active")
@@ -188,5 +193,4 @@ def users_set_active(
         service.set_active(session=session, user_id=user_id, active=active, acting_user=admin)
     except LeukolabError as exc:
         error = exc.message
-    template = "admin/_users_table.html" if request.headers.get("hx-request") else "admin/users.html"
-    return render(request, template, {"users": service.list_users(session=session), "error": error})
+    return _users_page(request, session, error)
