@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -12,15 +10,15 @@ from fastapi.responses import RedirectResponse
 from app.deps import CurrentUser, SessionDep
 from app.errors import responses
 from app.labelling import reasons, service
+from app.labelling.keymap import keymap
 from app.labelling.schemas import ClassOut, LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
-from app.models import UNSURE, as_utc
+from app.models import as_utc
 from app.params import DbId, QueryIds
 from app.settings import get_settings
 from app.templating import render
 
 api = APIRouter(prefix="/api/v1", tags=["labelling"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
-KEYMAP = json.loads((Path(__file__).resolve().parents[2] / "static" / "keymap.json").read_text())
 
 
 @api.get("/queue/next", response_model=NextCell, responses={204: {"description": "nothing left to label"}})
@@ -128,25 +126,11 @@ def home(user: CurrentUser):  # type: ignore[no-untyped-def]
 @pages.get("/label")
 def label_page(request: Request, session: SessionDep, user: CurrentUser):  # type: ignore[no-untyped-def]
     classes = service.list_classes(session=session)
-    keys = [
-        *(
-            {
-                "keys": [c.hotkey] + (["x"] if c.name == "artefact" else []),
-                "action": "label",
-                "label": c.name,
-                "help": f"label as {c.name}",
-            }
-            for c in classes
-        ),
-        {"keys": ["u"], "action": "label", "label": UNSURE, "help": "unsure: skip, leave it for an admin"},
-        *KEYMAP,
-    ]
     return render(
         request,
         "label.html",
         {
-            "classes": classes,
-            "keymap": keys,
+            "keymap": keymap(classes),
             "stats": service.stats(session=session, user=user),
             "empty_poll_ms": int(get_settings().empty_queue_poll_s * 1000),
         },
