@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -81,7 +82,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     settings = get_settings()
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if check_schema:
             check_migrated()  # refuses to start on an unmigrated database, saying what to run
         yield
@@ -112,8 +113,8 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         https_only=settings.cookie_secure,
     )
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: error pages and static files get the headers too
-    app.add_exception_handler(LeukolabError, _leukolab_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(LeukolabError, _leukolab_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
     from app.cells import routes as cells_routes

@@ -174,6 +174,11 @@ class QueueEntry(Base):
 
     __table_args__ = (Index("ix_queue_priority", "priority", "id"),)
 
+    @property
+    def leased(self) -> bool:
+        """Whether someone holds a live lease on the cell now."""
+        return self.leased_to is not None and self.lease_until is not None and as_utc(self.lease_until) > utcnow()
+
 
 class LoginFailure(Base):
     """Failed logins, kept to throttle guessing across processes."""

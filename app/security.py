@@ -125,7 +125,7 @@ def _lock_remaining_s(failures: int, last: datetime | None, allowed: int) -> int
     return max(0, int(remaining + 0.999))
 
 
-def _failures(session: Session, *condition) -> tuple[int, datetime | None]:  # type: ignore[no-untyped-def]
+def _failures(session: Session, *condition) -> tuple[int, datetime | None]:
     since = utcnow() - timedelta(seconds=get_settings().login_window_s)
     count, last = session.execute(
         select(func.count(), func.max(LoginFailure.created_at)).where(LoginFailure.created_at >= since, *condition)

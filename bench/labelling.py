@@ -110,7 +110,7 @@ async def _drive(base: str, users: int, seconds: float, classes: list[str], thin
         measure_from = time.perf_counter() + warmup_s  # connections, pools and caches warm up first
         deadline = measure_from + seconds
 
-        async def timed(method: str, url: str, latencies: list[float], **kwargs):  # type: ignore[no-untyped-def]
+        async def timed(method: str, url: str, latencies: list[float], **kwargs):
             started = time.perf_counter()
             try:
                 response = await client.request(method, url, **kwargs)

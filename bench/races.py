@@ -23,7 +23,7 @@ CONCURRENT_UNDOS = 3  # undos one user sends at once in a double-undo round
 REPEATED_POSTS = 3  # copies of one label (one idempotency key) sent at once
 
 
-def race_setup(engine, rounds: int) -> list[int]:  # type: ignore[no-untyped-def]
+def race_setup(engine, rounds: int) -> list[int]:
     """Insert the racing users and one fresh cell per round and kind; return the cell ids."""
     from PIL import Image
     from sqlalchemy import insert, select
@@ -60,7 +60,7 @@ def race_setup(engine, rounds: int) -> list[int]:  # type: ignore[no-untyped-def
 class _Racer:
     """Sends requests in parallel threads, released together by a barrier, and tallies the answers."""
 
-    def __init__(self, client, engine, headers: dict[str, dict[str, str]], classes: list[str]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, client, engine, headers: dict[str, dict[str, str]], classes: list[str]) -> None:
         import threading
         from collections import Counter
         from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +77,7 @@ class _Racer:
         self.leased_to_other_recorded = 0
         self.lock = threading.Lock()  # the counters are written from several threads
 
-    def post(self, kind: str, what: str, user: str, url: str, **kwargs):  # type: ignore[no-untyped-def]
+    def post(self, kind: str, what: str, user: str, url: str, **kwargs):
         import httpx
 
         try:
@@ -92,23 +92,23 @@ class _Racer:
             self.server_errors += response.status_code >= 500
         return response
 
-    def together(self, *calls):  # type: ignore[no-untyped-def]
+    def together(self, *calls):
         """Run the zero-argument ``calls`` at the same moment; their results in order."""
         import threading
 
         barrier = threading.Barrier(len(calls))
 
-        def run(call):  # type: ignore[no-untyped-def]
+        def run(call):
             barrier.wait(timeout=30)
             return call()
 
         return [future.result() for future in [self.pool.submit(run, call) for call in calls]]
 
-    def label(self, kind: str, user: str, cell_id: int, **extra):  # type: ignore[no-untyped-def]
+    def label(self, kind: str, user: str, cell_id: int, **extra):
         body = {"label": random.choice(self.classes), **extra}
         return self.post(kind, "label", user, f"/api/v1/cells/{cell_id}/labels", json=body)
 
-    def undo(self, kind: str, user: str):  # type: ignore[no-untyped-def]
+    def undo(self, kind: str, user: str):
         return self.post(kind, "undo", user, "/api/v1/labels/undo")
 
     def _current(self, cell_id: int) -> tuple[int | None, int | None]:
@@ -179,7 +179,7 @@ class _Racer:
         self.check_stands(cell_id, next(iter(ids)) if len(ids) == 1 else None)
 
 
-def run_races(client, engine, cell_ids: list[int], rounds: int) -> dict:  # type: ignore[no-untyped-def]
+def run_races(client, engine, cell_ids: list[int], rounds: int) -> dict:
     """Play ``rounds`` rounds of each race through ``client`` (an ``httpx.Client`` or a TestClient)."""
     from sqlalchemy import select
     from sqlalchemy.orm import Session

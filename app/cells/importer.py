@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from app.cells.images import PreparedImage, open_image, prepare_image
 from app.cells.sources import (
     Candidate,
-    Entry,
+    Found,
     ImportRefused,
     Progress,
     Rejection,
@@ -186,14 +186,14 @@ def _write(
 def _run_import(
     *,
     session: Session,
-    entries: list[Entry],
-    rejections: list[Rejection],
-    skipped: list[str],
+    found: Found,
     labelled: bool | None,
     user_id: int | None,
     source: str,
     progress: Progress | None,
 ) -> ImportSummary:
+    """Check every file ``found`` (refusing them all, or none), then write the cells."""
+    entries, rejections, skipped = found
     settings = get_settings()
     max_pixels, min_side = settings.max_image_pixels, settings.min_image_side
     class_names = _class_names(session)
@@ -244,12 +244,9 @@ def import_folder(
     path = Path(path)
     if not path.is_dir():
         raise InvalidInput(f"{printable_name(str(path))}: not a folder")
-    entries, rejections, skipped = folder_entries(path)
     return _run_import(
         session=session,
-        entries=entries,
-        rejections=rejections,
-        skipped=skipped,
+        found=folder_entries(path),
         labelled=labelled,
         user_id=user_id,
         source=printable_name(str(path.resolve())),
@@ -270,12 +267,9 @@ def import_zip(
     """Import the images in a .zip, all or nothing; ``labelled=None`` detects class sub-folders."""
     archive, name = open_zip(file, max_bytes=max_bytes, name=name)
     with archive:
-        entries, rejections, skipped = zip_entries(archive)
         return _run_import(
             session=session,
-            entries=entries,
-            rejections=rejections,
-            skipped=skipped,
+            found=zip_entries(archive),
             labelled=labelled,
             user_id=user_id,
             source=name,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
-from app.cells.importer import import_zip
+from app.cells.importer import ImportSummary, import_zip
+from app.cells.schemas import ImportSummaryOut
 from app.cells.service import check_upload_size
 from app.deps import AdminUser, SessionDep
 from app.errors import InvalidInput, responses
@@ -17,18 +17,20 @@ api = APIRouter(prefix="/api/v1", tags=["cells"])
 pages = APIRouter(include_in_schema=False)
 
 
-@api.post("/imports", status_code=201, responses=responses(400, 401, 403, 409, 413, 422))
+@api.post(
+    "/imports", status_code=201, response_model=ImportSummaryOut, responses=responses(400, 401, 403, 409, 413, 422)
+)
 def api_import(
     session: SessionDep, admin: AdminUser, file: Annotated[UploadFile, File()], labelled: bool | None = None
-) -> dict:
+) -> ImportSummary:
     """Import a .zip of cell images; class sub-folders import as expert labels. All or nothing."""
     check_upload_size(filename=file.filename, size=file.size)
     summary = import_zip(session=session, file=file.file, labelled=labelled, user_id=admin.id, name=file.filename)
-    return dataclasses.asdict(summary)
+    return summary
 
 
 @pages.get("/admin/import")
-def import_page(request: Request, admin: AdminUser):  # type: ignore[no-untyped-def]
+def import_page(request: Request, admin: AdminUser) -> Response:
     return render(request, "admin/import.html", {"summary": None, "refused": None})
 
 
@@ -39,7 +41,7 @@ def import_upload(
     admin: AdminUser,
     file: Annotated[UploadFile, File()],
     labelled: Annotated[str, Form()] = "auto",
-):  # type: ignore[no-untyped-def]
+) -> Response:
     flag = {"auto": None, "yes": True, "no": False}.get(labelled)
     summary, refused, status_code = None, None, 200
     try:

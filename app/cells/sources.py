@@ -66,6 +66,10 @@ class Entry:
     open: Callable[[], AbstractContextManager[BinaryIO]] = field(repr=False, compare=False)
 
 
+# What a folder or zip holds: the files to import, the ones refused already, and the notes skipped.
+Found = tuple[list[Entry], list[Rejection], list[str]]
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A file that decoded cleanly and will become a cell unless its pixels are already known."""
@@ -183,7 +187,7 @@ def scan_entries(
     return candidates, rejections
 
 
-def folder_entries(path: Path) -> tuple[list[Entry], list[Rejection], list[str]]:
+def folder_entries(path: Path) -> Found:
     """Every file below ``path``; links that leave the folder are rejections."""
     root = path.resolve()
     entries: list[Entry] = []
@@ -243,7 +247,7 @@ class _Locked(AbstractContextManager):
         self.lock.release()
 
 
-def zip_entries(archive: zipfile.ZipFile) -> tuple[list[Entry], list[Rejection], list[str]]:
+def zip_entries(archive: zipfile.ZipFile) -> Found:
     """Every file in ``archive``; entries that escape it, links and encrypted entries are rejections."""
     entries: list[Entry] = []
     rejections: list[Rejection] = []

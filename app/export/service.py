@@ -419,7 +419,7 @@ class _ChunkWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+    def write(self, data) -> int:
         self._buffer += data
         self._position += len(data)
         return len(data)

@@ -11,7 +11,7 @@ from app.deps import CurrentUser, SessionDep
 from app.errors import responses
 from app.labelling import reasons, service
 from app.labelling.keymap import keymap
-from app.labelling.schemas import ClassOut, LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
+from app.labelling.schemas import ClassOut, LabelIn, LabelOut, LeaseOut, NextCell, Stats, Suggestion, UndoOut
 from app.models import as_utc
 from app.params import DbId, QueryIds
 from app.settings import get_settings
@@ -27,7 +27,7 @@ def queue_next(
     session: SessionDep,
     user: CurrentUser,
     exclude: Annotated[QueryIds, Query(description="cell ids already on screen")] = [],  # noqa: B006
-):  # type: ignore[no-untyped-def]
+) -> NextCell | Response:
     """Lease the next cell to label: queue first, then unlabelled cells at random. 204 when none is left."""
     lease = service.next_cell(session=session, user=user, exclude=exclude)
     if lease is None:
@@ -45,10 +45,10 @@ def queue_next(
     )
 
 
-@api.post("/cells/{cell_id}/lease", responses=responses(403, 404, 409))
-def renew_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> dict:
+@api.post("/cells/{cell_id}/lease", response_model=LeaseOut, responses=responses(403, 404, 409))
+def renew_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> LeaseOut:
     """Keep ``cell_id`` leased to the caller while it is on screen. 409 while someone else holds it."""
-    return {"cell_id": cell_id, "lease_until": service.renew_lease(session=session, user=user, cell_id=cell_id)}
+    return LeaseOut(cell_id=cell_id, lease_until=service.renew_lease(session=session, user=user, cell_id=cell_id))
 
 
 @api.delete("/cells/{cell_id}/lease", status_code=204, responses=responses(403))
@@ -119,12 +119,12 @@ def classes(session: SessionDep, user: CurrentUser) -> list:
 
 
 @pages.get("/")
-def home(user: CurrentUser):  # type: ignore[no-untyped-def]
+def home(user: CurrentUser) -> Response:
     return RedirectResponse("/label", status_code=303)
 
 
 @pages.get("/label")
-def label_page(request: Request, session: SessionDep, user: CurrentUser):  # type: ignore[no-untyped-def]
+def label_page(request: Request, session: SessionDep, user: CurrentUser) -> Response:
     classes = service.list_classes(session=session)
     return render(
         request,

@@ -257,7 +257,7 @@ def _label_with_key(session: Session, user: User, key: str, *, cell_id: int, val
     return earlier
 
 
-def _not_undone():  # type: ignore[no-untyped-def]
+def _not_undone():
     """The condition that no undo row cancels ``Label``."""
     undo = aliased(Label)
     return ~exists(select(undo.id).where(undo.undoes_id == Label.id))

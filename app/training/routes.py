@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.db import after_commit, session_scope
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import LeukolabError, NotFound, ServiceUnavailable, responses
-from app.models import User
+from app.models import ModelVersion, QueueEntry, TrainingRun, User
 from app.params import DbId
 from app.statuses import ACTIVE_RUN_STATUSES, BUSY_SCORING_STATUSES, RunStatus, ScoringStatus
 from app.templating import is_htmx, render
@@ -80,39 +80,39 @@ def create_training_run(session: SessionDep, admin: AdminUser, body: RunCreate) 
 
 
 @api.get("/training-runs", response_model=list[RunOut])
-def list_training_runs(session: SessionDep, admin: AdminUser) -> list[dict]:
-    return [service.run_view(run) for run in service.list_runs(session=session)]
+def list_training_runs(session: SessionDep, admin: AdminUser) -> list[TrainingRun]:
+    return service.list_runs(session=session)
 
 
 @api.get("/training-runs/{run_id}", response_model=RunOut, responses=responses(404))
-def get_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> dict:
+def get_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> TrainingRun:
     """A run's status (queued|running|succeeded|failed|cancelled), progress, metrics and error."""
     service.expire_stale_runs(session=session)
-    return service.run_view(service.get_run(session=session, run_id=run_id))
+    return service.get_run(session=session, run_id=run_id)
 
 
 @api.post("/training-runs/{run_id}/cancel", response_model=RunOut, responses=responses(404, 409))
-def cancel_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> dict:
+def cancel_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> TrainingRun:
     """Cancel a queued run now, or ask a running one to stop at its next step."""
-    return service.run_view(service.request_cancel(session=session, run_id=run_id))
+    return service.request_cancel(session=session, run_id=run_id)
 
 
 @api.get("/models", response_model=list[ModelOut])
-def list_model_versions(session: SessionDep, admin: AdminUser) -> list[dict]:
-    return [service.model_view(version) for version in service.list_models(session=session)]
+def list_model_versions(session: SessionDep, admin: AdminUser) -> list[ModelVersion]:
+    return service.list_models(session=session)
 
 
 @api.post("/models/{model_id}/promote", response_model=ModelOut, responses=responses(404, 503))
-def promote_model_version(session: SessionDep, admin: AdminUser, model_id: DbId) -> dict:
+def promote_model_version(session: SessionDep, admin: AdminUser, model_id: DbId) -> ModelVersion:
     """Make a version active (an older one: roll back); its scoring of unlabelled cells starts."""
     promote_model(session, model_id)
-    return service.model_view(service.get_model(session=session, model_id=model_id))
+    return service.get_model(session=session, model_id=model_id)
 
 
 @api.get("/queue", response_model=list[QueueEntryOut])
-def queue(session: SessionDep, user: CurrentUser, limit: int = 100) -> list[dict]:
+def queue(session: SessionDep, user: CurrentUser, limit: int = 100) -> list[QueueEntry]:
     """The labelling queue, highest priority first, with each entry's reason."""
-    return service.queue_view(session=session, limit=min(max(limit, 1), 1000))
+    return service.queue_entries(session=session, limit=min(max(limit, 1), 1000))
 
 
 # --- pages -------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def training_start(
     entropy_threshold: Annotated[str, Form()] = "",
     warm_start: Annotated[bool, Form()] = False,
     auto_promote: Annotated[bool, Form()] = False,
-):  # type: ignore[no-untyped-def]
+) -> Response:
     error, status_code = None, 200
     try:
         body = RunCreate(
@@ -187,7 +187,7 @@ def training_start(
 
 
 @pages.post("/admin/training/runs/{run_id}/cancel")
-def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run_id: DbId):  # type: ignore[no-untyped-def]
+def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run_id: DbId) -> Response:
     error = None
     try:
         service.request_cancel(session=session, run_id=run_id)
@@ -223,7 +223,7 @@ def models_page(request: Request, session: SessionDep, admin: AdminUser) -> HTML
 
 
 @pages.post("/admin/models/{model_id}/promote")
-def models_promote(request: Request, session: SessionDep, admin: AdminUser, model_id: DbId):  # type: ignore[no-untyped-def]
+def models_promote(request: Request, session: SessionDep, admin: AdminUser, model_id: DbId) -> Response:
     error, status_code = None, 200
     try:
         promote_model(session, model_id)

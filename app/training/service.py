@@ -121,55 +121,41 @@ def _silent_for(run: TrainingRun) -> float:
     return (utcnow() - last).total_seconds() if last else 0.0
 
 
-def end_silent_cancelled_runs(*, session: Session, silence_s: int = CANCEL_SILENCE_S) -> int:
-    """Mark cancelled the running runs asked to cancel whose worker has been silent ``silence_s``."""
+def _end_silent_runs(
+    *, session: Session, silence_s: int, status: RunStatus, error: str, cancel_requested: bool = False
+) -> list[int]:
+    """Give ``status`` and ``error`` to the running runs whose worker has written nothing for ``silence_s``
+    (only those asked to cancel, with ``cancel_requested``); their ids."""
     cutoff = utcnow() - timedelta(seconds=silence_s)
-    silent = list(
-        session.scalars(
-            select(TrainingRun.id).where(
-                TrainingRun.status == RunStatus.RUNNING,
-                TrainingRun.cancel_requested.is_(True),
-                func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
-            )
-        )
-    )
-    if silent:
+    silent = TrainingRun.status == RunStatus.RUNNING
+    if cancel_requested:
+        silent &= TrainingRun.cancel_requested.is_(True)
+    last_sign = func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at)
+    ids = list(session.scalars(select(TrainingRun.id).where(silent, last_sign < cutoff)))
+    if ids:  # the common case writes nothing (pages poll this every second)
         session.execute(
             update(TrainingRun)
-            .where(TrainingRun.id.in_(silent), TrainingRun.status == RunStatus.RUNNING)
-            .values(
-                status=RunStatus.CANCELLED,
-                finished_at=utcnow(),
-                error=f"cancelled; its worker sent no heartbeat for over {silence_s} s (killed or lost)",
-            )
+            .where(TrainingRun.id.in_(ids), TrainingRun.status == RunStatus.RUNNING)
+            .values(status=status, finished_at=utcnow(), error=error)
         )
-    return len(silent)
+    return ids
+
+
+def end_silent_cancelled_runs(*, session: Session, silence_s: int = CANCEL_SILENCE_S) -> int:
+    """Mark cancelled the running runs asked to cancel whose worker has been silent ``silence_s``."""
+    error = f"cancelled; its worker sent no heartbeat for over {silence_s} s (killed or lost)"
+    return len(
+        _end_silent_runs(
+            session=session, silence_s=silence_s, status=RunStatus.CANCELLED, error=error, cancel_requested=True
+        )
+    )
 
 
 def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S) -> int:
     """Mark failed the running runs whose worker stopped writing heartbeats; return how many."""
     end_silent_cancelled_runs(session=session)
-    cutoff = utcnow() - timedelta(seconds=timeout_s)
-    stale = list(
-        session.scalars(
-            select(TrainingRun.id).where(
-                TrainingRun.status == RunStatus.RUNNING,
-                func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
-            )
-        )
-    )
-    if not stale:  # the common case writes nothing (pages poll this every second)
-        return 0
-    session.execute(
-        update(TrainingRun)
-        .where(TrainingRun.id.in_(stale), TrainingRun.status == RunStatus.RUNNING)
-        .values(
-            status=RunStatus.FAILED,
-            finished_at=utcnow(),
-            error=f"the worker stopped sending heartbeats for over {timeout_s} s (killed or lost); start a new run",
-        )
-    )
-    return len(stale)
+    error = f"the worker stopped sending heartbeats for over {timeout_s} s (killed or lost); start a new run"
+    return len(_end_silent_runs(session=session, silence_s=timeout_s, status=RunStatus.FAILED, error=error))
 
 
 def fail_orphaned_runs(*, session: Session, reason: str) -> list[int]:
@@ -235,25 +221,6 @@ def finish_run(
     )
 
 
-def run_view(run: TrainingRun) -> dict:
-    """The API's view of a run."""
-    return {
-        "id": run.id,
-        "status": run.status,
-        "method": run.method,
-        "profile": run.profile,
-        "params": run.params,
-        "progress": run.progress,
-        "metrics": run.metrics,
-        "error": run.error,
-        "cancel_requested": run.cancel_requested,
-        "model_version_id": run.model_version_id,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-    }
-
-
 # --- model versions ---------------------------------------------------------------------------
 
 
@@ -309,24 +276,6 @@ def validation_accuracy(version: ModelVersion | None) -> float | None:
         return None
     value = version.metrics.get("accuracy")
     return float(value) if value is not None else None
-
-
-def model_view(version: ModelVersion) -> dict:
-    return {
-        "id": version.id,
-        "run_id": version.run_id,
-        "is_active": version.is_active,
-        "class_names": version.class_names,
-        "metrics": version.metrics,
-        "created_at": version.created_at,
-        "promoted_at": version.promoted_at,
-        "scoring": {
-            "status": version.scoring_status,
-            "done": version.scoring_done,
-            "total": version.scoring_total,
-            "scored_at": version.scored_at,
-        },
-    }
 
 
 # --- scoring ----------------------------------------------------------------------------------
@@ -414,26 +363,17 @@ def replace_queue(*, session: Session, items: Iterable[QueueItem]) -> int:
     return written
 
 
-def queue_view(*, session: Session, limit: int = 100) -> list[dict]:
+def queue_entries(*, session: Session, limit: int = 100) -> list[QueueEntry]:
     """The queue's unlabelled entries, highest priority first, with their reasons."""
-    rows = session.execute(
-        select(QueueEntry)
-        .join(Cell, Cell.id == QueueEntry.cell_id)
-        .where(Cell.current_label_id.is_(None))
-        .order_by(QueueEntry.priority.desc(), QueueEntry.id)
-        .limit(limit)
-    ).scalars()
-    now = utcnow()
-    return [
-        {
-            "cell_id": entry.cell_id,
-            "priority": entry.priority,
-            "reason": entry.reason,
-            "detail": entry.detail,
-            "leased": entry.leased_to is not None and (as_utc(entry.lease_until) or now) > now,
-        }
-        for entry in rows
-    ]
+    return list(
+        session.scalars(
+            select(QueueEntry)
+            .join(Cell, Cell.id == QueueEntry.cell_id)
+            .where(Cell.current_label_id.is_(None))
+            .order_by(QueueEntry.priority.desc(), QueueEntry.id)
+            .limit(limit)
+        )
+    )
 
 
 def prediction_for(*, session: Session, cell_id: int) -> Prediction | None:

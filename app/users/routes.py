@@ -73,17 +73,17 @@ def list_users(session: SessionDep, admin: AdminUser) -> list:
 
 
 @api.post("/users", response_model=UserOut, status_code=201, responses=responses(400, 403, 409, 413))
-def create_user(session: SessionDep, admin: AdminUser, body: UserCreate):  # type: ignore[no-untyped-def]
+def create_user(session: SessionDep, admin: AdminUser, body: UserCreate) -> User:
     return service.create_user(session=session, user_create=body)
 
 
 @api.post("/users/{user_id}/deactivate", response_model=UserOut, responses=responses(403, 404, 409))
-def deactivate_user(session: SessionDep, admin: AdminUser, user_id: DbId):  # type: ignore[no-untyped-def]
+def deactivate_user(session: SessionDep, admin: AdminUser, user_id: DbId) -> User:
     return service.set_active(session=session, user_id=user_id, active=False, acting_user=admin)
 
 
 @pages.get("/login")
-def login_page(request: Request, next: str = "/label"):  # type: ignore[no-untyped-def]
+def login_page(request: Request, next: str = "/label") -> Response:
     return render(request, "login.html", {"next": next, "error": None, "username": ""})
 
 
@@ -94,7 +94,7 @@ def login(
     username: Annotated[str, Form()],
     password: Annotated[str, Form()],
     next: Annotated[str, Form()] = "/label",
-):  # type: ignore[no-untyped-def]
+) -> Response:
     try:
         user = service.authenticate(session=session, username=username, password=password, remote=_remote(request))
     except LeukolabError as error:  # answered with a page, not raised: the request commits the failure
@@ -112,7 +112,7 @@ def login(
 
 
 @pages.post("/logout", dependencies=[Depends(check_csrf)])
-def logout(request: Request, session: SessionDep):  # type: ignore[no-untyped-def]
+def logout(request: Request, session: SessionDep) -> Response:
     """Log out. The cookie is signed, not stored, so a saved copy is ended by bumping the session version:
     this ends the user's sessions and tokens everywhere."""
     user = session.get(User, request.session.get("uid") or 0)
@@ -123,7 +123,7 @@ def logout(request: Request, session: SessionDep):  # type: ignore[no-untyped-de
 
 
 @pages.get("/account")
-def account_page(request: Request, user: CurrentUser):  # type: ignore[no-untyped-def]
+def account_page(request: Request, user: CurrentUser) -> Response:
     return render(request, "account.html", {"error": None, "done": False})
 
 
@@ -134,7 +134,7 @@ def account_password(
     user: CurrentUser,
     current_password: Annotated[str, Form()],
     new_password: Annotated[str, Form()],
-):  # type: ignore[no-untyped-def]
+) -> Response:
     """Change one's own password: other sessions and tokens end, this browser stays logged in."""
     try:
         service.change_password(
@@ -147,7 +147,7 @@ def account_password(
 
 
 @pages.post("/account/logout-everywhere")
-def account_logout_everywhere(request: Request, user: CurrentUser):  # type: ignore[no-untyped-def]
+def account_logout_everywhere(request: Request, user: CurrentUser) -> Response:
     service.end_sessions(user=user)
     request.session.clear()
     return RedirectResponse(request.url_for("login_page"), status_code=303)
@@ -171,7 +171,7 @@ def users_create(
     username: Annotated[str, Form()],
     password: Annotated[str, Form()],
     role: Annotated[str, Form()] = "cytologist",
-):  # type: ignore[no-untyped-def]
+) -> Response:
     error = None
     try:
         service.create_user(session=session, user_create=UserCreate(username=username, password=password, role=role))
@@ -187,7 +187,7 @@ def users_create(
 @pages.post("/admin/users/{user_id}/active")
 def users_set_active(
     request: Request, session: SessionDep, admin: AdminUser, user_id: DbId, active: Annotated[bool, Form()]
-):  # type: ignore[no-untyped-def]
+) -> Response:
     error = None
     try:
         service.set_active(session=session, user_id=user_id, active=active, acting_user=admin)

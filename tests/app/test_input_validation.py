@@ -36,7 +36,7 @@ TOO_BIG_ID = 2**31  # one past PostgreSQL's integer: every id route gave 500
 
 
 @pytest.fixture
-def client(pg_db_url: str):  # type: ignore[no-untyped-def]
+def client(pg_db_url: str):
     with TestClient(create_app()) as client:
         yield client
 

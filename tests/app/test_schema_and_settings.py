@@ -19,7 +19,7 @@ TABLES = {"users", "classes", "cells", "labels", "queue_entries", "imports", "lo
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+def fresh_url(request: pytest.FixtureRequest, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
@@ -54,7 +54,7 @@ def test_migrations_up_down_up(fresh_url: str) -> None:
     engine.dispose()
 
 
-def test_server_refuses_unmigrated_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_server_refuses_unmigrated_database(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     result = subprocess.run(
         [sys.executable, "-m", "cli", "serve", "--port", "8799"],

@@ -26,7 +26,7 @@ def live_server(pg_db_url: str) -> Iterator[str]:
         process.kill()
 
 
-def login(page, base: str, username: str, password: str) -> None:  # type: ignore[no-untyped-def]
+def login(page, base: str, username: str, password: str) -> None:
     page.goto(f"{base}/login")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)

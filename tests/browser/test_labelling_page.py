@@ -13,7 +13,7 @@ from tests.support.factories import PASSWORD, get_user, make_cells, make_user
 pytestmark = pytest.mark.browser
 
 
-def test_label_ten_with_keyboard_and_undo_one(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_label_ten_with_keyboard_and_undo_one(live_server: str, page) -> None:
     make_user("carla")
     make_cells(15)
     login(page, live_server, "carla", PASSWORD)

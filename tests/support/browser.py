@@ -20,7 +20,7 @@ CHROMIUM_ARGS = [
 
 # One Playwright instance for the whole session: a second sync_playwright() inside the first fails.
 @pytest.fixture(scope="session")
-def browser():  # type: ignore[no-untyped-def]
+def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -32,7 +32,7 @@ def browser():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def page(browser):  # type: ignore[no-untyped-def]
+def page(browser):
     # Playwright's wait_for_function evaluates with eval, which the app's Content-Security-Policy refuses;
     # tests/browser/test_login_page.py checks the pages under the policy in a context of its own.
     context = browser.new_context(bypass_csp=True)

@@ -168,7 +168,7 @@ def insert_cells(per_class: dict[str, int], unlabelled: int, labeller: str = "ex
     return {"labelled": labelled, "unlabelled": unlabelled_ids}
 
 
-def wait_for(predicate, timeout: float = 120, interval: float = 0.2, message: str = "condition"):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 120, interval: float = 0.2, message: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

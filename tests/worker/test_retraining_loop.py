@@ -29,7 +29,7 @@ def run_status(client: TestClient, headers: dict, run_id: int) -> dict:
     return response.json()
 
 
-def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_path: Path) -> None:
     cells = insert_cells({name: 8 for name in CLASSES}, unlabelled=36)
     make_user("cyto")
     admin = token_headers(client, "expert")
@@ -139,7 +139,7 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
     assert 0.0 <= body["metrics"]["baseline"]["accuracy"] <= 1.0
 
 
-def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: Path) -> None:
     insert_cells({name: 5 for name in CLASSES}, unlabelled=15)
     admin = token_headers(client, "expert")
     long_run = {"method": "mean-teacher", "profile": "tiny", "epochs": 400}
@@ -198,7 +198,7 @@ def test_redis_down_refuses_retrain_but_labelling_goes_on(
         assert label.status_code == 201
 
 
-def test_filesystem_broker_and_sqlite_without_redis(tmp_path: Path, start_worker_fs) -> None:  # type: ignore[no-untyped-def]
+def test_filesystem_broker_and_sqlite_without_redis(tmp_path: Path, start_worker_fs) -> None:
     """The embedded default (scripts/demo): SQLite, kombu's filesystem transport under broker_dir."""
     from app.main import create_app
 

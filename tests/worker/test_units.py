@@ -128,7 +128,7 @@ def test_promote_and_roll_back_keep_one_active_model(pg_db_url: str) -> None:
             assert active[0].scoring_status == "queued" and active[0].promoted_at is not None
 
 
-def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:  # type: ignore[no-untyped-def]
+def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tests.support.http import token_headers

@@ -200,7 +200,7 @@ Case = Callable[[Path], tuple[Callable[..., object], str, str]]
 
 
 def _folder_with(bad_name: str, bad_bytes: bytes) -> Case:
-    def build(tmp: Path):  # type: ignore[no-untyped-def]
+    def build(tmp: Path):
         make_flat_folder(tmp / "in", count=2, seed=5)
         (tmp / "in" / bad_name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "in" / bad_name).write_bytes(bad_bytes)
@@ -210,7 +210,7 @@ def _folder_with(bad_name: str, bad_bytes: bytes) -> Case:
 
 
 def _zip_with(bad_name: str, bad_bytes: bytes, **import_args: object) -> Case:
-    def build(tmp: Path):  # type: ignore[no-untyped-def]
+    def build(tmp: Path):
         entries = [(f"ok{index}.png", image_bytes(make_cell_image(50 + index))) for index in range(2)]
         data = make_zip([*entries, (bad_name, bad_bytes)])
         return lambda session: import_zip(
@@ -220,32 +220,32 @@ def _zip_with(bad_name: str, bad_bytes: bytes, **import_args: object) -> Case:
     return build
 
 
-def _unknown_class(tmp: Path):  # type: ignore[no-untyped-def]
+def _unknown_class(tmp: Path):
     make_imagefolder(tmp / "set", classes=("neutrophil", "erythroblast"), per_class=1)
     admin = make_user("ada", role="admin")
     return lambda session: import_folder(session=session, path=tmp / "set", labelled=True, user_id=admin)
 
 
-def _image_outside_class_folders(tmp: Path):  # type: ignore[no-untyped-def]
+def _image_outside_class_folders(tmp: Path):
     make_imagefolder(tmp / "set", classes=("neutrophil",), per_class=1)
     write_image(tmp / "set" / "loose.png", make_cell_image(12))
     admin = make_user("ada", role="admin")
     return lambda session: import_folder(session=session, path=tmp / "set", labelled=True, user_id=admin)
 
 
-def _not_a_zip(tmp: Path):  # type: ignore[no-untyped-def]
+def _not_a_zip(tmp: Path):
     (tmp / "cells.zip").write_bytes(b"PK but not really a zip file")
     return lambda session: import_zip(session=session, file=tmp / "cells.zip", labelled=None, user_id=None)
 
 
-def _symlink_out(tmp: Path):  # type: ignore[no-untyped-def]
+def _symlink_out(tmp: Path):
     make_flat_folder(tmp / "in", count=1)
     write_image(tmp / "elsewhere" / "secret.png", make_cell_image(77))
     os.symlink(tmp / "elsewhere" / "secret.png", tmp / "in" / "link.png")
     return lambda session: import_folder(session=session, path=tmp / "in", labelled=False, user_id=None)
 
 
-def _zip_symlink(tmp: Path):  # type: ignore[no-untyped-def]
+def _zip_symlink(tmp: Path):
     link = zipfile.ZipInfo("link.png")
     link.external_attr = 0o120777 << 16
     buffer = io.BytesIO()

@@ -30,7 +30,7 @@ from tests.support.images import make_imagefolder
 CLASSES = ("neutrophil", "lymphocyte", "eosinophil")
 
 
-def _user(session, name: str) -> User:  # type: ignore[no-untyped-def]
+def _user(session, name: str) -> User:
     return session.scalar(select(User).where(User.username == name))
 
 
@@ -309,7 +309,7 @@ def test_zip_of_a_file_is_read_and_sent_piece_by_piece(tmp_path: Path) -> None:
 def test_zip_is_written_while_it_is_read() -> None:
     pulled: list[str] = []
 
-    def files():  # type: ignore[no-untyped-def]
+    def files():
         for index in range(3):
             pulled.append(f"f{index}")
             yield f"f{index}.png", bytes([index]) * 10_000

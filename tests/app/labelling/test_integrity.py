@@ -157,12 +157,12 @@ def test_jobs_are_sent_only_after_the_commit(any_db_url: str, monkeypatch: pytes
     assert "unreachable" in runs[1].error
 
 
-def _sqlite_worker(url: str, user_name: str, cell_ids: list[int], barrier, results) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_worker(url: str, user_name: str, cell_ids: list[int], barrier, results) -> None:
     """One of two processes on one SQLite file: lease cells, then label shared cells and undo."""
     engine = db.make_engine(url)
     errors, leased = [], []
 
-    def as_user(work, name: str = user_name):  # type: ignore[no-untyped-def]
+    def as_user(work, name: str = user_name):
         with Session(engine) as session, session.begin():
             return work(session, session.scalar(select(User).where(User.username == name)))
 
