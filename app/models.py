@@ -33,7 +33,6 @@ from app.statuses import (
 )
 
 UNSURE = "unsure"
-ROLES = tuple(Role)
 
 
 def utcnow() -> datetime:
@@ -192,9 +191,6 @@ class LoginFailure(Base):
 
 
 # --- the retraining loop (issue 4) ---------------------------------------------------------
-
-RUN_STATUSES = tuple(RunStatus)
-FILTER_OUTCOMES = tuple(FilterOutcome)
 
 
 class TrainingRun(Base):

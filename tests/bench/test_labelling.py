@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.cli import leukolab
 from tests.support.database import create_pg_database, drop_pg_database
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_labelling_reports_latencies_and_loses_no_label(tmp_path: Path) -> None:
@@ -18,15 +15,9 @@ def test_bench_labelling_reports_latencies_and_loses_no_label(tmp_path: Path) ->
     url = create_pg_database(name)
     out = tmp_path / "labelling.json"
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "cli", "bench", "labelling", "--json", str(out), "--database-url", url]
-            + ["--cells", "200", "--users", "2", "--seconds", "2", "--think-ms", "0", "--warmup-s", "0.5"]
-            + ["--server-workers", "1"],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=300,
+        result = leukolab(
+            *("bench", "labelling", "--json", str(out), "--database-url", url, "--cells", "200", "--users", "2"),
+            *("--seconds", "2", "--think-ms", "0", "--warmup-s", "0.5", "--server-workers", "1"),
         )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -15,15 +16,24 @@ def start_server(database_url: str, **env: str) -> tuple[subprocess.Popen, str]:
     return server.start_server(database_url, env={f"LEUKOLAB_{k.upper()}": v for k, v in env.items()})
 
 
+@contextmanager
+def serving(database_url: str, **env: str) -> Iterator[str]:
+    """The app under uvicorn for the length of the block; its base URL."""
+    process, base = start_server(database_url, **env)
+    try:
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 @pytest.fixture
 def live_server(pg_db_url: str) -> Iterator[str]:
-    process, base = start_server(pg_db_url)
-    yield base
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with serving(pg_db_url) as base:
+        yield base
 
 
 def login(page, base: str, username: str, password: str) -> None:

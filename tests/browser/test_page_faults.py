@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -11,7 +10,7 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models import Cell, Label, ModelVersion, Prediction, QueueEntry, TrainingRun, utcnow
-from tests.browser.conftest import login, start_server
+from tests.browser.conftest import login, serving
 from tests.support.factories import PASSWORD, get_user, make_cells, make_user
 from tests.support.images import image_bytes, make_cell_image, make_zip
 
@@ -22,13 +21,8 @@ SHOWN = "document.getElementById('cell-image').dataset.cellId !== undefined"
 @pytest.fixture
 def fast_poll_server(pg_db_url: str) -> Iterator[str]:
     """The app with an empty queue polled every second (10 s in production)."""
-    process, base = start_server(pg_db_url, empty_queue_poll_s="1")
-    yield base
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with serving(pg_db_url, empty_queue_poll_s="1") as base:
+        yield base
 
 
 def _live_leases(user_id: int) -> int:

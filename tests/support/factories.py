@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+from datetime import timedelta
 
 import numpy as np
 from PIL import Image
 
 from app.db import session_scope
-from app.models import Cell, User
+from app.models import Cell, TrainingRun, User, utcnow
+from app.statuses import RunStatus
 from app.users.schemas import UserCreate
 from app.users.service import create_user
 
@@ -55,3 +57,22 @@ def get_user(name: str) -> User:
 
     with session_scope() as session:
         return session.scalar(select(User).where(User.username == name))
+
+
+def make_running_run(silent_s: float) -> int:
+    """A ``running`` run (started by a new admin) whose worker last wrote a heartbeat ``silent_s`` ago."""
+    admin_id = make_user("root", role="admin")
+    with session_scope() as session:
+        beat = utcnow() - timedelta(seconds=silent_s)
+        run = TrainingRun(
+            status=RunStatus.RUNNING,
+            method="supervised",
+            profile="tiny",
+            params={},
+            created_by=admin_id,
+            started_at=beat - timedelta(seconds=5),
+            heartbeat_at=beat,
+        )
+        session.add(run)
+        session.flush()
+        return run.id

@@ -8,8 +8,6 @@ import json
 import multiprocessing
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from app.db import after_commit, session_scope
 from app.labelling.service import add_label, current_label_mismatches, next_cell, undo_last
 from app.main import create_app
 from app.models import Cell, Label, TrainingRun, User
+from tests.support.cli import leukolab
 from tests.support.database import create_pg_database, drop_pg_database
 from tests.support.factories import make_cells, make_user
 from tests.support.http import token_headers
@@ -268,15 +267,7 @@ def test_bench_races_lose_nothing_on_postgres(tmp_path: Path) -> None:
     url = create_pg_database(name)
     try:
         out = tmp_path / "races.json"
-        result = subprocess.run(
-            [sys.executable, "-m", "cli", "bench", "races", "--rounds", "20", "--json", str(out)]
-            + ["--database-url", url],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = leukolab("bench", "races", "--rounds", "20", "--json", str(out), "--database-url", url)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         report = json.loads(out.read_text())
         assert report["rounds"] == 20 and report["database"] == "postgresql" and report["server_workers"] == 2
