@@ -32,11 +32,11 @@ def _wants_html(request: Request) -> bool:
 
 async def _leukolab_error(request: Request, error: LeukolabError) -> Response:
     if _wants_html(request):
+        from app.templating import path_for, render
+
         if isinstance(error, Unauthenticated):
             target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
-            return RedirectResponse(f"/login?next={target}", status_code=303)
-        from app.templating import render
-
+            return RedirectResponse(f"{path_for(request, 'login_page')}?next={target}", status_code=303)
         return render(request, "error.html", {"error": error}, status_code=error.status_code)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthenticated) else None
     if isinstance(error, TooManyRequests) and "retry_after" in error.detail:

@@ -5,15 +5,34 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 
 from app import security
 from app.db import ROOT
 from app.statuses import ACTIVE_RUN_STATUSES, BUSY_SCORING_STATUSES, RunStatus, ScoringStatus
 
 templates = Jinja2Templates(directory=str(ROOT / "templates"))
+
+
+def path_for(request: Request, name: str, /, **path_params: Any) -> str:
+    """The path of the route called ``name`` (under the app's root path): links keep the page's scheme and host."""
+    return request.url_for(name, **path_params).path
+
+
+@pass_context
+def _url_for(context: dict[str, Any], name: str, /, **path_params: Any) -> str:
+    return path_for(context["request"], name, **path_params)
+
+
+def redirect(request: Request, name: str, /, **path_params: Any) -> RedirectResponse:
+    """303 See Other to the route called ``name``: the answer to a form that worked."""
+    return RedirectResponse(path_for(request, name, **path_params), status_code=303)
+
+
 templates.env.globals.update(
+    url_for=_url_for,  # templates name routes instead of spelling their paths
     RunStatus=RunStatus,
     ScoringStatus=ScoringStatus,
     ACTIVE_RUN_STATUSES=ACTIVE_RUN_STATUSES,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import RedirectResponse
 
 from app.deps import CurrentUser, SessionDep
 from app.errors import responses
@@ -15,7 +14,7 @@ from app.labelling.schemas import ClassOut, LabelIn, LabelOut, LeaseOut, NextCel
 from app.models import as_utc
 from app.params import DbId, QueryIds
 from app.settings import get_settings
-from app.templating import render
+from app.templating import redirect, render
 
 api = APIRouter(prefix="/api/v1", tags=["labelling"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
@@ -119,8 +118,8 @@ def classes(session: SessionDep, user: CurrentUser) -> list:
 
 
 @pages.get("/")
-def home(user: CurrentUser) -> Response:
-    return RedirectResponse("/label", status_code=303)
+def home(request: Request, user: CurrentUser) -> Response:
+    return redirect(request, "label_page")
 
 
 @pages.get("/label")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from app.db import after_commit, session_scope
@@ -18,7 +18,7 @@ from app.errors import LeukolabError, NotFound, ServiceUnavailable, responses
 from app.models import ModelVersion, QueueEntry, TrainingRun, User
 from app.params import DbId
 from app.statuses import ACTIVE_RUN_STATUSES, BUSY_SCORING_STATUSES, RunStatus, ScoringStatus
-from app.templating import is_htmx, render
+from app.templating import is_htmx, redirect, render
 from app.training import broker, plots, service
 from app.training.schemas import ModelOut, QueueEntryOut, RunAccepted, RunCreate, RunOut
 
@@ -182,7 +182,7 @@ def training_start(
     except ValueError as exc:  # int()/float() or pydantic validation
         error, status_code = f"invalid form: {exc}".splitlines()[0], 422
     if not is_htmx(request) and error is None:
-        return RedirectResponse("/admin/training", status_code=303)
+        return redirect(request, "training_page")
     return _training_page(request, session, error, 200 if is_htmx(request) else status_code)
 
 
@@ -194,7 +194,7 @@ def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run
     except LeukolabError as exc:
         error = exc.message
     if not is_htmx(request):
-        return RedirectResponse("/admin/training", status_code=303)
+        return redirect(request, "training_page")
     return _training_page(request, session, error)
 
 
@@ -231,7 +231,7 @@ def models_promote(request: Request, session: SessionDep, admin: AdminUser, mode
         session.rollback()
         error, status_code = exc.message, exc.status_code
     if error is None:
-        return RedirectResponse("/admin/models", status_code=303)
+        return redirect(request, "models_page")
     return _models_page(request, session, error, status_code)
 
 

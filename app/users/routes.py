@@ -15,7 +15,7 @@ from app.deps import AdminUser, CurrentUser, SessionDep, check_csrf
 from app.errors import LeukolabError, TooManyRequests, Unauthenticated, responses
 from app.models import User
 from app.params import DbId
-from app.templating import render
+from app.templating import redirect, render
 from app.users import service
 from app.users.schemas import PasswordChange, Token, UserCreate, UserOut
 
@@ -119,7 +119,7 @@ def logout(request: Request, session: SessionDep) -> Response:
     if user is not None and request.session.get("sv") == user.session_version:
         service.end_sessions(user=user)
     request.session.clear()
-    return RedirectResponse(request.url_for("login_page"), status_code=303)
+    return redirect(request, "login_page")
 
 
 @pages.get("/account")
@@ -150,7 +150,7 @@ def account_password(
 def account_logout_everywhere(request: Request, user: CurrentUser) -> Response:
     service.end_sessions(user=user)
     request.session.clear()
-    return RedirectResponse(request.url_for("login_page"), status_code=303)
+    return redirect(request, "login_page")
 
 
 def _users_page(request: Request, session: Session, error: str | None = None) -> HTMLResponse:
