@@ -24,7 +24,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn, _record):
             dbapi_conn.isolation_level = None  # pysqlite emits no BEGIN of its own: _begin_immediate does
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -33,7 +33,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+        def _begin_immediate(conn):
             # Take SQLite's write lock when the transaction starts, not at its first write: a
             # deferred transaction that read and then writes after another connection wrote fails
             # with "database is locked" at once, and two processes on one file could both act on
@@ -69,7 +69,7 @@ def after_commit(session: Session, callback: Callable[[], object]) -> None:
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _drop_after_commit(session: Session, previous_transaction) -> None:  # type: ignore[no-untyped-def]
+def _drop_after_commit(session: Session, previous_transaction) -> None:
     if previous_transaction.parent is None:  # the whole transaction, not a savepoint
         session.info.pop(AFTER_COMMIT, None)
 
@@ -92,7 +92,7 @@ def session_scope() -> Iterator[Session]:
         callback()
 
 
-def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
+def alembic_config(url: str | None = None):
     from alembic.config import Config
 
     config = Config(str(ROOT / "alembic.ini"))

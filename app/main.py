@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -38,13 +39,13 @@ def _wants_html(request: Request) -> bool:
 
 async def _leukolab_error(request: Request, error: LeukolabError) -> Response:
     if _wants_html(request):
+        from app.templating import path_for, render
+
         if isinstance(error, Unauthenticated):
             target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
-            return RedirectResponse(f"/login?next={target}", status_code=303)
+            return RedirectResponse(f"{path_for(request, 'login_page')}?next={target}", status_code=303)
         if isinstance(error, PasswordChangeRequired):
-            return RedirectResponse("/account", status_code=303)
-        from app.templating import render
-
+            return RedirectResponse(path_for(request, "account_page"), status_code=303)
         return render(request, "error.html", {"error": error}, status_code=error.status_code)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthenticated) else None
     if isinstance(error, TooManyRequests) and "retry_after" in error.detail:
@@ -90,7 +91,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     settings = get_settings()
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if check_schema:
             check_migrated()  # refuses to start on an unmigrated database, saying what to run
         yield
@@ -121,8 +122,8 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         https_only=settings.cookie_secure,
     )
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: error pages and static files get the headers too
-    app.add_exception_handler(LeukolabError, _leukolab_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(LeukolabError, _leukolab_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
     from app.audit import routes as audit_routes

@@ -22,8 +22,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.statuses import (
+    FilterOutcome,
+    LabelKind,
+    LabelSource,
+    Role,
+    RunStatus,
+    ScoringStatus,
+    one_of,
+)
+
 UNSURE = "unsure"
-ROLES = ("cytologist", "admin")
 
 
 def utcnow() -> datetime:
@@ -56,7 +65,7 @@ class User(Base):
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     __table_args__ = (
-        CheckConstraint("role in ('cytologist', 'admin')", name="ck_users_role"),
+        CheckConstraint(one_of("role", Role), name="ck_users_role"),
         Index("uq_users_username_lower", func.lower(username), unique=True),
     )
 
@@ -226,10 +235,10 @@ class Label(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    kind: Mapped[str] = mapped_column(String(8), default="label")
+    kind: Mapped[str] = mapped_column(String(8), default=LabelKind.LABEL)
     value: Mapped[str | None] = mapped_column(String(64))  # a class name or "unsure"; None for undo
     undoes_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), unique=True)
-    source: Mapped[str] = mapped_column(String(16), default="manual")  # manual | import | review | adjudication | merge
+    source: Mapped[str] = mapped_column(String(16), default=LabelSource.MANUAL)  # see app.statuses.LabelSource
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Chosen by the client for each label it sends: a resend after a network error carries the
     # same key and gets the first row back instead of storing a second one.
@@ -249,7 +258,7 @@ class Label(Base):
     )
 
     __table_args__ = (
-        CheckConstraint("kind in ('label', 'undo')", name="ck_labels_kind"),
+        CheckConstraint(one_of("kind", LabelKind), name="ck_labels_kind"),
         CheckConstraint(
             "(kind = 'label' AND value IS NOT NULL AND undoes_id IS NULL)"
             " OR (kind = 'undo' AND value IS NULL AND undoes_id IS NOT NULL)",
@@ -303,6 +312,11 @@ class QueueEntry(Base):
 
     __table_args__ = (Index("ix_queue_priority", "priority", "id"),)
 
+    @property
+    def leased(self) -> bool:
+        """Whether someone holds a live lease on the cell now."""
+        return self.leased_to is not None and self.lease_until is not None and as_utc(self.lease_until) > utcnow()
+
 
 class LoginFailure(Base):
     """Failed logins, kept to throttle guessing across processes."""
@@ -317,10 +331,6 @@ class LoginFailure(Base):
 
 # --- the retraining loop (issue 4) ---------------------------------------------------------
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_RUN_STATUSES = ("queued", "running")
-FILTER_OUTCOMES = ("passed_entropy", "passed_propagation", "rejected")
-
 
 class TrainingRun(Base):
     """One retrain request and its live progress; the worker writes it, the pages poll it."""
@@ -328,7 +338,7 @@ class TrainingRun(Base):
     __tablename__ = "training_runs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
     method: Mapped[str] = mapped_column(String(32))
     profile: Mapped[str] = mapped_column(String(16))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -344,12 +354,7 @@ class TrainingRun(Base):
     # No foreign key: model_versions already points at its run, and the cycle buys nothing.
     model_version_id: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (
-        CheckConstraint(
-            "status in ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
-            name="ck_training_runs_status",
-        ),
-    )
+    __table_args__ = (CheckConstraint(one_of("status", RunStatus), name="ck_training_runs_status"),)
 
 
 class ModelVersion(Base):
@@ -365,8 +370,7 @@ class ModelVersion(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Scoring of the unlabelled cells after promotion: idle | scoring | ready | failed.
-    scoring_status: Mapped[str] = mapped_column(String(16), default="idle")
+    scoring_status: Mapped[str] = mapped_column(String(16), default=ScoringStatus.IDLE)
     scoring_total: Mapped[int] = mapped_column(Integer, default=0)
     scoring_done: Mapped[int] = mapped_column(Integer, default=0)
     scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -406,10 +410,7 @@ class Prediction(Base):
 
     __table_args__ = (
         UniqueConstraint("model_version_id", "cell_id", name="uq_predictions_version_cell"),
-        CheckConstraint(
-            "filter_outcome in ('passed_entropy', 'passed_propagation', 'rejected')",
-            name="ck_predictions_outcome",
-        ),
+        CheckConstraint(one_of("filter_outcome", FilterOutcome), name="ck_predictions_outcome"),
         Index("ix_predictions_cell_id", "cell_id"),
         Index("ix_predictions_review", "model_version_id", "predicted", "confidence", "cell_id"),
     )

@@ -125,7 +125,7 @@ def _lock_remaining_s(failures: int, last: datetime | None, allowed: int) -> int
     return max(0, int(remaining + 0.999))
 
 
-def _failures(session: Session, *condition) -> tuple[int, datetime | None]:  # type: ignore[no-untyped-def]
+def _failures(session: Session, *condition) -> tuple[int, datetime | None]:
     since = utcnow() - timedelta(seconds=get_settings().login_window_s)
     count, last = session.execute(
         select(func.count(), func.max(LoginFailure.created_at)).where(LoginFailure.created_at >= since, *condition)
@@ -163,3 +163,14 @@ def clear_login_failures(*, session: Session, username: str, remote: str) -> Non
     session.execute(
         delete(LoginFailure).where(LoginFailure.username == login_name(username), LoginFailure.remote == remote)
     )
+
+
+def local_path(target: str, *, default: str) -> str:
+    """``target`` if it is a path on this site, else ``default``.
+
+    Browsers read a backslash as a slash and drop tabs and newlines, so ``/\\evil.example`` and
+    ``/<tab>/evil.example`` lead to another host just as ``//evil.example`` does.
+    """
+    if not target.startswith("/") or "\\" in target or any(ord(c) < 32 or ord(c) == 127 for c in target):
+        return default
+    return default if target.startswith("//") else target

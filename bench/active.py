@@ -14,12 +14,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ml.active import STRATEGIES
 from ml.config import DEFAULT_METHOD, METHODS, PROFILES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from ml.config import TrainConfig
 
 BENCH = "active"
 
@@ -52,7 +58,6 @@ def bench_active(
     import numpy as np
     import torch
 
-    from ml.active import rank_for_queue
     from ml.checkpoint import load_model
     from ml.config import entropy_threshold_for, make_config, parse_overrides
     from ml.data import load_manifest_split, resize
@@ -71,14 +76,8 @@ def bench_active(
     rng = np.random.default_rng(seed)
     train_set = load_manifest_split(data, "train", MODEL_SIZE)  # 64 px, like the stored cells
     test_set = load_manifest_split(data, "test", MODEL_SIZE, class_names=train_set.class_names)
-    x_pool, y_pool = train_set.x, train_set.y.numpy()
-    if pool_limit is not None and pool_limit < len(y_pool):
-        keep = np.sort(rng.choice(len(y_pool), pool_limit, replace=False))
-        x_pool, y_pool = x_pool[torch.from_numpy(keep)], y_pool[keep]
-    x_test, y_test = test_set.x, test_set.y.numpy()
-    if test_limit is not None and test_limit < len(y_test):
-        keep = np.sort(rng.choice(len(y_test), test_limit, replace=False))
-        x_test, y_test = x_test[torch.from_numpy(keep)], y_test[keep]
+    x_pool, y_pool = _subsample(rng, train_set.x, train_set.y.numpy(), pool_limit)
+    x_test, y_test = _subsample(rng, test_set.x, test_set.y.numpy(), test_limit)
     names = train_set.class_names
     n_classes = len(names)
 
@@ -146,23 +145,18 @@ def bench_active(
             "funnel": result.funnel,
         }
         if len(labelled) < budget and len(unlabelled):
-            scored = predict(model, x_pool_small[t_unl])
-            lab_features = predict(model, x_pool_small[t_lab]).features
-            n = min(step, budget - len(labelled), len(unlabelled))
-            selection, pseudo = rank_for_queue(
-                scored.probs.astype(np.float64),
-                scored.features,
-                lab_features,
-                y_pool[np.sort(labelled)],
+            chosen = _pick(
+                model,
                 config,
-                n,
+                x_pool_small,
+                y_pool,
+                labelled,
+                unlabelled,
+                n=min(step, budget - len(labelled), len(unlabelled)),
                 strategy=strategy,
                 seed=seed + len(rounds),
+                record=record,
             )
-            chosen = unlabelled[selection.indices]
-            record["picked_per_class"] = np.bincount(y_pool[chosen], minlength=n_classes).tolist()
-            record["reasons"] = {r: selection.reasons.count(r) for r in sorted(set(selection.reasons))}
-            record["queue_funnel"] = pseudo.funnel
             labelled = np.concatenate([labelled, chosen])
         record["round_seconds"] = round(time.perf_counter() - round_started, 1)
         rounds.append(record)
@@ -182,6 +176,58 @@ def bench_active(
         _write_json(json_out, out)
         typer.echo(f"wrote {json_out} and {plot}")
     return out
+
+
+def _subsample(rng: np.random.Generator, x: torch.Tensor, y: np.ndarray, limit: int | None) -> tuple:
+    """At most ``limit`` of the images ``x`` and their labels ``y``, drawn at random, in their order."""
+    import numpy as np
+    import torch
+
+    if limit is None or limit >= len(y):
+        return x, y
+    keep = np.sort(rng.choice(len(y), limit, replace=False))
+    return x[torch.from_numpy(keep)], y[keep]
+
+
+def _pick(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    x_pool: torch.Tensor,
+    y_pool: np.ndarray,
+    labelled: np.ndarray,
+    unlabelled: np.ndarray,
+    *,
+    n: int,
+    strategy: str,
+    seed: int,
+    record: dict,
+) -> np.ndarray:
+    """The ``n`` unlabelled pool images the strategy would queue next (their indices in the pool); what it
+    picked and why goes into ``record``."""
+    import numpy as np
+    import torch
+
+    from ml.active import rank_for_queue
+    from ml.infer import predict
+
+    t_lab, t_unl = torch.from_numpy(np.sort(labelled)), torch.from_numpy(unlabelled)
+    scored = predict(model, x_pool[t_unl])
+    lab_features = predict(model, x_pool[t_lab]).features
+    selection, pseudo = rank_for_queue(
+        scored.probs.astype(np.float64),
+        scored.features,
+        lab_features,
+        y_pool[np.sort(labelled)],
+        config,
+        n,
+        strategy=strategy,
+        seed=seed,
+    )
+    chosen = unlabelled[selection.indices]
+    record["picked_per_class"] = np.bincount(y_pool[chosen], minlength=len(record["per_class_labels"])).tolist()
+    record["reasons"] = {r: selection.reasons.count(r) for r in sorted(set(selection.reasons))}
+    record["queue_funnel"] = pseudo.funnel
+    return chosen
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,20 +60,14 @@ def _merge(reports: list[dict]) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _prepare_database(name: str) -> str:
     """A fresh migrated database with an admin, a cytologist and some cells; its URL."""
-    from tests.conftest import create_pg_database
+    from tests.support.database import create_pg_database
 
     url = create_pg_database(name)
     os.environ["LEUKOLAB_DATABASE_URL"] = url
     from app import db
-    from tests.app.factories import make_cells, make_user
+    from tests.support.factories import make_cells, make_user
 
     db.upgrade(url)
     make_user("root", role="admin")
@@ -82,20 +75,6 @@ def _prepare_database(name: str) -> str:
     make_cells(20)
     db.get_engine().dispose()
     return url
-
-
-def _wait_until_up(base: str, server: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with {server.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the server did not start within {timeout_s} s")
 
 
 def _summarise(report: dict, *, wanted_examples: int, seconds: float, returncode: int) -> dict:
@@ -134,11 +113,12 @@ def main() -> int:
 
     import schemathesis
 
+    from cli.server import start_server
+
     name = f"leukolab_fuzz_{os.getpid()}"
     url = _prepare_database(name)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     work = Path(tempfile.mkdtemp(prefix="leukolab-fuzz-"))
+    os.environ.pop("LEUKOLAB_REDIS_URL", None)  # the filesystem broker: training runs queue without Redis
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -146,25 +126,9 @@ def main() -> int:
         "LEUKOLAB_BROKER_DIR": str(work / "broker"),
         "LEUKOLAB_ARTEFACT_DIR": str(work / "artefacts"),
     }
-    env.pop("LEUKOLAB_REDIS_URL", None)  # the filesystem broker: training runs queue without Redis
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
+    server, base = start_server(url, env=env)
     started = time.monotonic()
     try:
-        _wait_until_up(base, server)
         common = [
             "--checks",
             ",".join(CHECKS),
@@ -225,7 +189,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        from tests.conftest import drop_pg_database
+        from tests.support.database import drop_pg_database
 
         drop_pg_database(name)
     summary = {

@@ -3,6 +3,7 @@ the commit that made its rows visible (see ``app.training.routes``)."""
 
 from __future__ import annotations
 
+from app.statuses import ScoringStatus
 from app.training import broker
 from worker.celery_app import celery_app
 
@@ -31,7 +32,7 @@ def score(model_id: int, cell_ids: list[int]) -> int:
         return score_chunk(model_id, cell_ids)
     except Exception:
         with session_scope() as session:  # the count can no longer complete: say so on the page
-            finish_scoring(session=session, model_id=model_id, status="failed")
+            finish_scoring(session=session, model_id=model_id, status=ScoringStatus.FAILED)
         raise
 
 
@@ -45,5 +46,5 @@ def refresh_queue(model_id: int) -> int:
         return refresh(model_id)
     except Exception:
         with session_scope() as session:
-            finish_scoring(session=session, model_id=model_id, status="failed")
+            finish_scoring(session=session, model_id=model_id, status=ScoringStatus.FAILED)
         raise

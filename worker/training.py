@@ -20,6 +20,7 @@ from app.labelling.service import class_names as ordered_class_names
 from app.labelling.service import current_labels
 from app.models import UNSURE
 from app.settings import get_settings
+from app.statuses import RunStatus
 from app.training import broker, service
 from ml.checkpoint import load_checkpoint, model_config_of, save_checkpoint
 from ml.config import entropy_threshold_for, make_config
@@ -127,21 +128,21 @@ def run_retrain(run_id: int) -> str:
             promoted_id = _train_and_register(run_id, method, profile, params, reporter)
     except TrainingCancelled:
         with session_scope() as session:
-            service.finish_run(session=session, run_id=run_id, status="cancelled")
+            service.finish_run(session=session, run_id=run_id, status=RunStatus.CANCELLED)
         log.info("run %s cancelled", run_id)
-        return "cancelled"
+        return RunStatus.CANCELLED
     except Exception as error:  # noqa: BLE001 - any failure becomes the run's error, shown to the admin
         message = f"{error.__class__.__name__}: {error}"
         if not isinstance(error, NotEnoughLabels):
             message += "\n" + "".join(traceback.format_exception(error)[-3:])[-2000:]
         with session_scope() as session:
-            service.finish_run(session=session, run_id=run_id, status="failed", error=message)
+            service.finish_run(session=session, run_id=run_id, status=RunStatus.FAILED, error=message)
         log.exception("run %s failed", run_id)
-        return "failed"
+        return RunStatus.FAILED
     if promoted_id is not None:
         broker.enqueue(broker.TASK_SCORE_ALL, promoted_id)
     log.info("run %s succeeded", run_id)
-    return "succeeded"
+    return RunStatus.SUCCEEDED
 
 
 def snapshot_labels(*, session: Session) -> tuple[list[int], list[int], list[str]]:
@@ -261,7 +262,7 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
             version_id = version.id
             ood = metrics.get("ood") or {}
             version.ood_threshold, version.ood_method = ood.get("threshold"), ood.get("method")
-            service.finish_run(session=session, run_id=run_id, status="succeeded", metrics=metrics)
+            service.finish_run(session=session, run_id=run_id, status=RunStatus.SUCCEEDED, metrics=metrics)
             # a model that lacks a class with expert labels is promoted only by a person who confirms it
             complete = not missing_classes(session=session, class_names=names)
             if params.get("auto_promote") and complete and _beats_active(session, metrics):

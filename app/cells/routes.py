@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
-from app.cells.importer import ImportRefused, import_zip
+from app.cells.importer import ImportSummary, import_zip
+from app.cells.schemas import ImportSummaryOut
+from app.cells.service import check_upload_size
 from app.deps import AdminUser, SessionDep
 from app.errors import InvalidInput, responses
-from app.settings import get_settings
 from app.templating import render
 
 api = APIRouter(prefix="/api/v1", tags=["cells"])
 pages = APIRouter(include_in_schema=False)
 
 
-def _check_size(upload: UploadFile) -> None:
-    limit = get_settings().max_upload_bytes
-    if upload.size is not None and upload.size > limit:
-        raise InvalidInput(f"{upload.filename}: the zip is {upload.size} bytes, over the {limit}-byte limit")
-
-
-@api.post("/imports", status_code=201, responses=responses(400, 401, 403, 409, 413, 422))
+@api.post(
+    "/imports", status_code=201, response_model=ImportSummaryOut, responses=responses(400, 401, 403, 409, 413, 422)
+)
 def api_import(
     session: SessionDep, admin: AdminUser, file: Annotated[UploadFile, File()], labelled: bool | None = None
-) -> dict:
+) -> ImportSummary:
     """Import a .zip of cell images; class sub-folders import as expert labels. All or nothing."""
-    _check_size(file)
+    check_upload_size(filename=file.filename, size=file.size)
     summary = import_zip(session=session, file=file.file, labelled=labelled, user_id=admin.id, name=file.filename)
-    return dataclasses.asdict(summary)
+    return summary
 
 
 @pages.get("/admin/import")
-def import_page(request: Request, admin: AdminUser):  # type: ignore[no-untyped-def]
+def import_page(request: Request, admin: AdminUser) -> Response:
     return render(request, "admin/import.html", {"summary": None, "refused": None})
 
 
@@ -45,14 +41,13 @@ def import_upload(
     admin: AdminUser,
     file: Annotated[UploadFile, File()],
     labelled: Annotated[str, Form()] = "auto",
-):  # type: ignore[no-untyped-def]
+) -> Response:
     flag = {"auto": None, "yes": True, "no": False}.get(labelled)
-    template = "admin/_import_result.html" if request.headers.get("hx-request") else "admin/import.html"
+    summary, refused, status_code = None, None, 200
     try:
-        _check_size(file)
+        check_upload_size(filename=file.filename, size=file.size)
         summary = import_zip(session=session, file=file.file, labelled=flag, user_id=admin.id, name=file.filename)
-    except ImportRefused as refused:
-        return render(request, template, {"summary": None, "refused": refused}, status_code=422)
-    except InvalidInput as error:
-        return render(request, template, {"summary": None, "refused": error}, status_code=422)
-    return render(request, template, {"summary": summary, "refused": None})
+    except InvalidInput as error:  # ImportRefused too: it lists every refused file
+        refused, status_code = error, 422
+    context = {"summary": summary, "refused": refused}
+    return render(request, "admin/import.html", context, status_code, fragment="admin/_import_result.html")

@@ -5,7 +5,7 @@ Downloads stream: the rows are read in the request, the zip is written while it 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -87,7 +87,7 @@ def export_model(
 
 
 @pages.get("/admin/export")
-def export_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
+def export_page(request: Request, session: SessionDep, admin: AdminUser) -> Response:
     versions = service.model_versions(session=session)
     return render(request, "admin/export.html", {"versions": versions, "formats": service.LABEL_FORMATS})
 
@@ -121,5 +121,5 @@ def _version_field(value: str) -> int | None:
 
 
 @pages.get("/admin/models/{model_id}/export.zip")
-def export_model_page(session: SessionDep, admin: AdminUser, model_id: DbId, format: ModelFormat = "onnx"):  # type: ignore[no-untyped-def]
+def export_model_page(session: SessionDep, admin: AdminUser, model_id: DbId, format: ModelFormat = "onnx") -> Response:
     return _model_zip(session, format=format, version=model_id)

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, aliased
 from app.db import session_scope
 from app.errors import InvalidInput, NotFound
 from app.models import UNSURE, Cell, CellClass, Label, ModelVersion, Prediction, User, as_utc
+from app.statuses import LabelKind
 
 LABEL_FORMATS = ("csv", "imagefolder", "coco")
 MODEL_FORMATS = ("onnx", "torchscript")
@@ -88,7 +89,7 @@ def _standing_labels() -> Select:
     undo = aliased(Label)
     return (
         select(Label.cell_id, Label.user_id, Label.value)
-        .where(Label.kind == "label", ~exists(select(undo.id).where(undo.undoes_id == Label.id)))
+        .where(Label.kind == LabelKind.LABEL, ~exists(select(undo.id).where(undo.undoes_id == Label.id)))
         .order_by(Label.id)
     )
 
@@ -418,7 +419,7 @@ class _ChunkWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+    def write(self, data) -> int:
         self._buffer += data
         self._position += len(data)
         return len(data)

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import RedirectResponse
 
 from app.deps import CurrentUser, SessionDep
 from app.errors import responses
 from app.labelling import reasons, service
-from app.labelling.schemas import LabelIn, LabelOut, NextCell, Stats, Suggestion, UndoOut
-from app.models import UNSURE, as_utc
+from app.labelling.keymap import keymap
+from app.labelling.schemas import LabelIn, LabelOut, LeaseOut, NextCell, Stats, Suggestion, UndoOut
+from app.models import as_utc
 from app.params import DbId, QueryIds
 from app.settings import get_settings
-from app.templating import render
+from app.templating import redirect, render
 
 api = APIRouter(prefix="/api/v1", tags=["labelling"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
-KEYMAP = json.loads((Path(__file__).resolve().parents[2] / "static" / "keymap.json").read_text())
 
 
 @api.get("/queue/next", response_model=NextCell, responses={204: {"description": "nothing left to label"}})
@@ -29,7 +26,7 @@ def queue_next(
     session: SessionDep,
     user: CurrentUser,
     exclude: Annotated[QueryIds, Query(description="cell ids already on screen")] = [],  # noqa: B006
-):  # type: ignore[no-untyped-def]
+) -> NextCell | Response:
     """Lease the next cell to label: queue first, then unlabelled cells at random. 204 when none is left."""
     lease = service.next_cell(session=session, user=user, exclude=exclude)
     if lease is None:
@@ -46,10 +43,10 @@ def queue_next(
     )
 
 
-@api.post("/cells/{cell_id}/lease", responses=responses(403, 404, 409))
-def renew_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> dict:
+@api.post("/cells/{cell_id}/lease", response_model=LeaseOut, responses=responses(403, 404, 409))
+def renew_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> LeaseOut:
     """Keep ``cell_id`` leased to the caller while it is on screen. 409 while someone else holds it."""
-    return {"cell_id": cell_id, "lease_until": service.renew_lease(session=session, user=user, cell_id=cell_id)}
+    return LeaseOut(cell_id=cell_id, lease_until=service.renew_lease(session=session, user=user, cell_id=cell_id))
 
 
 @api.delete("/cells/{cell_id}/lease", status_code=204, responses=responses(403))
@@ -115,32 +112,18 @@ def stats(session: SessionDep, user: CurrentUser) -> dict:
 
 
 @pages.get("/")
-def home(user: CurrentUser):  # type: ignore[no-untyped-def]
-    return RedirectResponse("/label", status_code=303)
+def home(request: Request, user: CurrentUser) -> Response:
+    return redirect(request, "label_page")
 
 
 @pages.get("/label")
-def label_page(request: Request, session: SessionDep, user: CurrentUser):  # type: ignore[no-untyped-def]
+def label_page(request: Request, session: SessionDep, user: CurrentUser) -> Response:
     classes = service.list_classes(session=session)
-    keys = [
-        *(
-            {
-                "keys": [c.hotkey] + (["x"] if c.name == "artefact" else []),
-                "action": "label",
-                "label": c.name,
-                "help": f"label as {c.display_name}",
-            }
-            for c in classes
-        ),
-        {"keys": ["u"], "action": "label", "label": UNSURE, "help": "unsure: skip, leave it for an admin"},
-        *KEYMAP,
-    ]
     return render(
         request,
         "label.html",
         {
-            "classes": classes,
-            "keymap": keys,
+            "keymap": keymap(classes),
             "stats": service.stats(session=session, user=user),
             "empty_poll_ms": int(get_settings().empty_queue_poll_s * 1000),
         },

@@ -72,3 +72,8 @@ class ClassOut(BaseModel):
     name: str
     hotkey: str
     position: int
+
+
+class LeaseOut(BaseModel):
+    cell_id: int
+    lease_until: datetime

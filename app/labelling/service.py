@@ -16,12 +16,13 @@ from app.consensus import rules
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import UNSURE, Cell, CellClass, Label, QueueEntry, User, as_utc, utcnow
 from app.settings import get_settings
+from app.statuses import LabelKind, LabelSource
 
 # Queue entries that only hold a lease, as opposed to the ones the active model put in the queue.
 LEASE_ONLY_REASONS = ("unlabelled", "undo")
 # Sources of labels given by a person in the labelling page or the API: the only ones undo acts on
 # (an imported label is the import's, not the importing admin's latest click).
-UNDOABLE_SOURCES = ("manual",)
+UNDOABLE_SOURCES = (LabelSource.MANUAL,)
 # Queued for the second, blind read of a double-read cell: ahead of the model's picks, so reads complete.
 SECOND_READ_REASON = "second read"
 SECOND_READ_PRIORITY = 1e6
@@ -204,7 +205,7 @@ def add_label(
     user: User,
     cell_id: int,
     value: str,
-    source: str = "manual",
+    source: str = LabelSource.MANUAL,
     idempotency_key: str | None = None,
 ) -> Label:
     """Append a label row for ``cell_id`` and recompute the cell's current label."""
@@ -219,7 +220,7 @@ def record_label(
     user: User,
     cell_id: int,
     value: str,
-    source: str = "manual",
+    source: str = LabelSource.MANUAL,
     idempotency_key: str | None = None,
     action_id: int | None = None,
     suggestion: dict | None = None,
@@ -249,7 +250,7 @@ def record_label(
     label = Label(
         cell_id=cell_id,
         user_id=user.id,
-        kind="label",
+        kind=LabelKind.LABEL,
         value=value,
         source=source,
         idempotency_key=idempotency_key,
@@ -316,7 +317,7 @@ def _label_with_key(session: Session, user: User, key: str, *, cell_id: int, val
     return earlier
 
 
-def _not_undone():  # type: ignore[no-untyped-def]
+def _not_undone():
     """The condition that no undo row cancels ``Label``."""
     undo = aliased(Label)
     return ~exists(select(undo.id).where(undo.undoes_id == Label.id))
@@ -332,7 +333,7 @@ def undo_last(*, session: Session, user: User) -> Label:
         select(Label)
         .where(
             Label.user_id == user.id,
-            Label.kind == "label",
+            Label.kind == LabelKind.LABEL,
             Label.source.in_(UNDOABLE_SOURCES),
             _not_undone(),
         )
@@ -350,7 +351,9 @@ def undo_last(*, session: Session, user: User) -> Label:
         raise already
     try:
         with session.begin_nested():
-            session.add(Label(cell_id=last.cell_id, user_id=user.id, kind="undo", value=None, undoes_id=last.id))
+            session.add(
+                Label(cell_id=last.cell_id, user_id=user.id, kind=LabelKind.UNDO, value=None, undoes_id=last.id)
+            )
     except IntegrityError as error:  # unique undoes_id: a concurrent undo got there first
         raise already from error
     _refresh_current_label(session, last.cell_id)
@@ -367,7 +370,7 @@ def standing_label_id(*, session: Session, cell_id: int) -> int | None:
     """The newest label of ``cell_id`` that no undo row cancels."""
     return session.scalar(
         select(Label.id)
-        .where(Label.cell_id == cell_id, Label.kind == "label", _not_undone())
+        .where(Label.cell_id == cell_id, Label.kind == LabelKind.LABEL, _not_undone())
         .order_by(Label.id.desc())
         .limit(1)
     )
@@ -408,7 +411,7 @@ def current_label_mismatches(*, session: Session, limit: int | None = None) -> l
     the newest standing label for single-read cells, the consensus rule for double-read ones."""
     standing = (
         select(Label.cell_id, func.max(Label.id).label("label_id"))
-        .where(Label.kind == "label", _not_undone())
+        .where(Label.kind == LabelKind.LABEL, _not_undone())
         .group_by(Label.cell_id)
         .subquery()
     )
@@ -451,8 +454,8 @@ def labels_today(*, session: Session, user: User) -> int:
     return session.scalar(
         select(func.count(Label.id)).where(
             Label.user_id == user.id,
-            Label.kind == "label",
-            Label.source == "manual",
+            Label.kind == LabelKind.LABEL,
+            Label.source == LabelSource.MANUAL,
             Label.created_at >= midnight,
             _not_undone(),
         )

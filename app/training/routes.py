@@ -9,16 +9,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from app.classes.service import missing_classes
 from app.db import after_commit, session_scope
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import LeukolabError, NotFound, ServiceUnavailable, responses
-from app.models import ACTIVE_RUN_STATUSES, User
+from app.models import ModelVersion, QueueEntry, TrainingRun, User
 from app.params import DbId
-from app.templating import render
+from app.statuses import ACTIVE_RUN_STATUSES, BUSY_SCORING_STATUSES, RunStatus, ScoringStatus
+from app.templating import is_htmx, redirect, render
 from app.training import broker, plots, service
 from app.training.schemas import ModelOut, QueueEntryOut, RunAccepted, RunCreate, RunOut
 
@@ -45,7 +46,11 @@ def _send_run(run_id: int) -> None:
     except ServiceUnavailable as error:
         with session_scope() as session:  # the request's transaction has committed and closed
             service.finish_run(
-                session=session, run_id=run_id, status="failed", error=error.message, from_status="queued"
+                session=session,
+                run_id=run_id,
+                status=RunStatus.FAILED,
+                error=error.message,
+                from_status=RunStatus.QUEUED,
             )
         raise
 
@@ -62,7 +67,7 @@ def _send_scoring(model_id: int) -> None:
         broker.enqueue(broker.TASK_SCORE_ALL, model_id)
     except ServiceUnavailable:
         with session_scope() as session:
-            service.finish_scoring(session=session, model_id=model_id, status="failed")
+            service.finish_scoring(session=session, model_id=model_id, status=ScoringStatus.FAILED)
         raise
 
 
@@ -72,30 +77,30 @@ def _send_scoring(model_id: int) -> None:
 @api.post("/training-runs", response_model=RunAccepted, status_code=202, responses=responses(400, 409, 413, 503))
 def create_training_run(session: SessionDep, admin: AdminUser, body: RunCreate) -> RunAccepted:
     """Start a retrain: 202 with its id; 409 while another run is queued or running; 503 without a broker."""
-    return RunAccepted(id=start_run(session, admin, body), status="queued")
+    return RunAccepted(id=start_run(session, admin, body), status=RunStatus.QUEUED)
 
 
 @api.get("/training-runs", response_model=list[RunOut])
-def list_training_runs(session: SessionDep, admin: AdminUser) -> list[dict]:
-    return [service.run_view(run) for run in service.list_runs(session=session)]
+def list_training_runs(session: SessionDep, admin: AdminUser) -> list[TrainingRun]:
+    return service.list_runs(session=session)
 
 
 @api.get("/training-runs/{run_id}", response_model=RunOut, responses=responses(404))
-def get_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> dict:
+def get_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> TrainingRun:
     """A run's status (queued|running|succeeded|failed|cancelled), progress, metrics and error."""
     service.expire_stale_runs(session=session)
-    return service.run_view(service.get_run(session=session, run_id=run_id))
+    return service.get_run(session=session, run_id=run_id)
 
 
 @api.post("/training-runs/{run_id}/cancel", response_model=RunOut, responses=responses(404, 409))
-def cancel_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> dict:
+def cancel_training_run(session: SessionDep, admin: AdminUser, run_id: DbId) -> TrainingRun:
     """Cancel a queued run now, or ask a running one to stop at its next step."""
-    return service.run_view(service.request_cancel(session=session, run_id=run_id))
+    return service.request_cancel(session=session, run_id=run_id)
 
 
 @api.get("/models", response_model=list[ModelOut])
-def list_model_versions(session: SessionDep, admin: AdminUser) -> list[dict]:
-    return [service.model_view(version) for version in service.list_models(session=session)]
+def list_model_versions(session: SessionDep, admin: AdminUser) -> list[ModelVersion]:
+    return service.list_models(session=session)
 
 
 @api.post("/models/{model_id}/promote", response_model=ModelOut, responses=responses(404, 409, 503))
@@ -106,16 +111,18 @@ def promote_model_version(
     confirm_missing_classes: Annotated[
         bool, Query(description="promote even though the model lacks a class with expert labels (else 409)")
     ] = False,
-) -> dict:
+) -> ModelVersion:
     """Make a version active (an older one: roll back); its scoring of unlabelled cells starts."""
     promote_model(session, model_id, confirm_missing=confirm_missing_classes)
-    return service.model_view(service.get_model(session=session, model_id=model_id))
+    return service.get_model(session=session, model_id=model_id)
 
 
 @api.get("/queue", response_model=list[QueueEntryOut])
-def queue(session: SessionDep, user: CurrentUser, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+def queue(
+    session: SessionDep, user: CurrentUser, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[QueueEntry]:
     """The labelling queue, highest priority first, with each entry's reason."""
-    return service.queue_view(session=session, limit=limit)
+    return service.queue_entries(session=session, limit=limit)
 
 
 # --- pages -------------------------------------------------------------------------------------
@@ -127,36 +134,33 @@ def _runs_context(session: Session) -> dict:
     return {
         "runs": runs,
         "any_active": any(run.status in ACTIVE_RUN_STATUSES for run in runs)
-        or (active is not None and active.scoring_status in ("queued", "scoring", "refreshing")),
+        or (active is not None and active.scoring_status in BUSY_SCORING_STATUSES),
         "active_model": active,
         "curve_svg": plots.curve_svg,
     }
 
 
-def _training_page(request: Request, session: Session, error: str | None = None, status_code: int = 200):  # type: ignore[no-untyped-def]
+def _training_page(
+    request: Request, session: Session, error: str | None = None, status_code: int = 200, *, after_action: bool = True
+) -> HTMLResponse:
     from ml.config import DEFAULT_METHOD, METHODS, PROFILES
 
     context = {
         **_runs_context(session),
-        "message_oob": True,  # an htmx answer also replaces the message beside the runs list
+        # The answer to an action also replaces the message beside the runs list; a poll leaves it.
+        "message_oob": after_action,
         "methods": METHODS,
         "default_method": DEFAULT_METHOD,
         "profiles": PROFILES,
         "error": error,
     }
-    template = "admin/_runs.html" if request.headers.get("hx-request") else "admin/training.html"
-    return render(request, template, context, status_code=status_code)
+    return render(request, "admin/training.html", context, status_code, fragment="admin/_runs.html")
 
 
 @pages.get("/admin/training")
-def training_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
-    return _training_page(request, session)
-
-
-@pages.get("/admin/training/runs")
-def training_runs_fragment(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
-    """The runs list alone: it polls itself while a run is active."""
-    return render(request, "admin/_runs.html", _runs_context(session))
+def training_page(request: Request, session: SessionDep, admin: AdminUser) -> HTMLResponse:
+    """The training page; from htmx, the runs list alone (it polls itself while a run is active)."""
+    return _training_page(request, session, after_action=False)
 
 
 @pages.post("/admin/training")
@@ -170,7 +174,7 @@ def training_start(
     entropy_threshold: Annotated[str, Form()] = "",
     warm_start: Annotated[bool, Form()] = False,
     auto_promote: Annotated[bool, Form()] = False,
-):  # type: ignore[no-untyped-def]
+) -> Response:
     error, status_code = None, 200
     try:
         body = RunCreate(
@@ -187,23 +191,21 @@ def training_start(
         error, status_code = exc.message, exc.status_code
     except ValueError as exc:  # int()/float() or pydantic validation
         error, status_code = f"invalid form: {exc}".splitlines()[0], 422
-    if not request.headers.get("hx-request") and error is None:
-        return RedirectResponse("/admin/training", status_code=303)
-    return _training_page(
-        request, session, error, status_code if error and not request.headers.get("hx-request") else 200
-    )
+    if not is_htmx(request) and error is None:
+        return redirect(request, "training_page")
+    return _training_page(request, session, error, 200 if is_htmx(request) else status_code)
 
 
 @pages.post("/admin/training/runs/{run_id}/cancel")
-def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run_id: DbId):  # type: ignore[no-untyped-def]
+def training_cancel(request: Request, session: SessionDep, admin: AdminUser, run_id: DbId) -> Response:
     error = None
     try:
         service.request_cancel(session=session, run_id=run_id)
     except LeukolabError as exc:
         error = exc.message
-    if not request.headers.get("hx-request"):
-        return RedirectResponse("/admin/training", status_code=303)
-    return render(request, "admin/_runs.html", {**_runs_context(session), "error": error, "message_oob": True})
+    if not is_htmx(request):
+        return redirect(request, "training_page")
+    return _training_page(request, session, error)
 
 
 def _models_context(session: Session) -> dict:
@@ -216,25 +218,29 @@ def _models_context(session: Session) -> dict:
         "compared": compared,
         "compared_classes": compared_classes,
         "pseudo_counts": {v.id: service.pseudo_label_counts(session=session, model_id=v.id) for v in versions[:6]},
-        "scoring_active": any(
-            v.is_active and v.scoring_status in ("queued", "scoring", "refreshing") for v in versions
-        ),
+        "scoring_active": any(v.is_active and v.scoring_status in BUSY_SCORING_STATUSES for v in versions),
     }
 
 
+def _models_page(request: Request, session: Session, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    context = {**_models_context(session), "error": error}
+    return render(request, "admin/models.html", context, status_code, fragment="admin/_models.html")
+
+
 @pages.get("/admin/models")
-def models_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
-    return render(request, "admin/models.html", {**_models_context(session), "error": None})
+def models_page(request: Request, session: SessionDep, admin: AdminUser) -> HTMLResponse:
+    """The model versions; from htmx, their list alone (it polls itself while the active one scores)."""
+    return _models_page(request, session)
 
 
 @pages.post("/admin/models/{model_id}/promote")
-def models_promote(  # type: ignore[no-untyped-def]
+def models_promote(
     request: Request,
     session: SessionDep,
     admin: AdminUser,
     model_id: DbId,
     confirm_missing: Annotated[bool, Form()] = False,
-):
+) -> Response:
     error, status_code = None, 200
     try:
         promote_model(session, model_id, confirm_missing=confirm_missing)
@@ -242,8 +248,8 @@ def models_promote(  # type: ignore[no-untyped-def]
         session.rollback()
         error, status_code = exc.message, exc.status_code
     if error is None:
-        return RedirectResponse("/admin/models", status_code=303)
-    return render(request, "admin/models.html", {**_models_context(session), "error": error}, status_code=status_code)
+        return redirect(request, "models_page")
+    return _models_page(request, session, error, status_code)
 
 
 @pages.get("/admin/models/{model_id}/confusion.png")

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from ml.config import DEFAULT_METHOD
 
@@ -25,6 +26,8 @@ class RunAccepted(BaseModel):
 
 
 class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     status: str
     method: str
@@ -41,13 +44,19 @@ class RunOut(BaseModel):
 
 
 class ScoringOut(BaseModel):
-    status: str
-    done: int
-    total: int
+    """A model version's scoring of the unlabelled cells (its ``scoring_*`` columns)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    status: str = Field(validation_alias=AliasChoices("status", "scoring_status"))
+    done: int = Field(validation_alias=AliasChoices("done", "scoring_done"))
+    total: int = Field(validation_alias=AliasChoices("total", "scoring_total"))
     scored_at: datetime | None
 
 
 class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     run_id: int | None
     is_active: bool
@@ -59,8 +68,18 @@ class ModelOut(BaseModel):
     promoted_at: datetime | None
     scoring: ScoringOut
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_scoring(cls, data: Any) -> Any:
+        """A ModelVersion row keeps its scoring in columns of its own; the API nests them."""
+        if isinstance(data, dict):
+            return data
+        return {name: getattr(data, name) for name in cls.model_fields if name != "scoring"} | {"scoring": data}
+
 
 class QueueEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     cell_id: int
     priority: float
     reason: str

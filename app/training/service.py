@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import (
-    ACTIVE_RUN_STATUSES,
     Cell,
     ModelVersion,
     Prediction,
@@ -25,6 +24,7 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from app.statuses import ACTIVE_RUN_STATUSES, RunStatus, ScoringStatus
 
 # A running run whose worker has not written for this long is considered lost. A killed train
 # worker is caught sooner, by the next worker's start-up; this catches a worker that never comes
@@ -73,7 +73,7 @@ def create_run(*, session: Session, user: User, method: str, profile: str, param
             )
         raise Conflict(message, run_id=running.id)
     run = TrainingRun(
-        status="queued",
+        status=RunStatus.QUEUED,
         method=method,
         profile=profile,
         params=params,
@@ -102,13 +102,13 @@ def list_runs(*, session: Session, limit: int = 20) -> list[TrainingRun]:
 def request_cancel(*, session: Session, run_id: int) -> TrainingRun:
     """Cancel a queued run now; ask a running one to stop at its next step."""
     run = get_run(session=session, run_id=run_id)
-    if run.status == "queued":
-        run.status, run.finished_at, run.cancel_requested = "cancelled", utcnow(), True
-    elif run.status == "running":
+    if run.status == RunStatus.QUEUED:
+        run.status, run.finished_at, run.cancel_requested = RunStatus.CANCELLED, utcnow(), True
+    elif run.status == RunStatus.RUNNING:
         run.cancel_requested = True
         if _silent_for(run) >= CANCEL_SILENCE_S:
             # no live worker will ever read the request: a late one finds the run not running and stops
-            run.status, run.finished_at = "cancelled", utcnow()
+            run.status, run.finished_at = RunStatus.CANCELLED, utcnow()
             run.error = f"cancelled; its worker had sent no heartbeat for {int(_silent_for(run))} s (killed or lost)"
     else:
         raise Conflict(f"training run #{run.id} has already {run.status}", status=run.status)
@@ -121,65 +121,51 @@ def _silent_for(run: TrainingRun) -> float:
     return (utcnow() - last).total_seconds() if last else 0.0
 
 
-def end_silent_cancelled_runs(*, session: Session, silence_s: int = CANCEL_SILENCE_S) -> int:
-    """Mark cancelled the running runs asked to cancel whose worker has been silent ``silence_s``."""
+def _end_silent_runs(
+    *, session: Session, silence_s: int, status: RunStatus, error: str, cancel_requested: bool = False
+) -> list[int]:
+    """Give ``status`` and ``error`` to the running runs whose worker has written nothing for ``silence_s``
+    (only those asked to cancel, with ``cancel_requested``); their ids."""
     cutoff = utcnow() - timedelta(seconds=silence_s)
-    silent = list(
-        session.scalars(
-            select(TrainingRun.id).where(
-                TrainingRun.status == "running",
-                TrainingRun.cancel_requested.is_(True),
-                func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
-            )
-        )
-    )
-    if silent:
+    silent = TrainingRun.status == RunStatus.RUNNING
+    if cancel_requested:
+        silent &= TrainingRun.cancel_requested.is_(True)
+    last_sign = func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at)
+    ids = list(session.scalars(select(TrainingRun.id).where(silent, last_sign < cutoff)))
+    if ids:  # the common case writes nothing (pages poll this every second)
         session.execute(
             update(TrainingRun)
-            .where(TrainingRun.id.in_(silent), TrainingRun.status == "running")
-            .values(
-                status="cancelled",
-                finished_at=utcnow(),
-                error=f"cancelled; its worker sent no heartbeat for over {silence_s} s (killed or lost)",
-            )
+            .where(TrainingRun.id.in_(ids), TrainingRun.status == RunStatus.RUNNING)
+            .values(status=status, finished_at=utcnow(), error=error)
         )
-    return len(silent)
+    return ids
+
+
+def end_silent_cancelled_runs(*, session: Session, silence_s: int = CANCEL_SILENCE_S) -> int:
+    """Mark cancelled the running runs asked to cancel whose worker has been silent ``silence_s``."""
+    error = f"cancelled; its worker sent no heartbeat for over {silence_s} s (killed or lost)"
+    return len(
+        _end_silent_runs(
+            session=session, silence_s=silence_s, status=RunStatus.CANCELLED, error=error, cancel_requested=True
+        )
+    )
 
 
 def expire_stale_runs(*, session: Session, timeout_s: int = HEARTBEAT_TIMEOUT_S) -> int:
     """Mark failed the running runs whose worker stopped writing heartbeats; return how many."""
     end_silent_cancelled_runs(session=session)
-    cutoff = utcnow() - timedelta(seconds=timeout_s)
-    stale = list(
-        session.scalars(
-            select(TrainingRun.id).where(
-                TrainingRun.status == "running",
-                func.coalesce(TrainingRun.heartbeat_at, TrainingRun.started_at, TrainingRun.created_at) < cutoff,
-            )
-        )
-    )
-    if not stale:  # the common case writes nothing (pages poll this every second)
-        return 0
-    session.execute(
-        update(TrainingRun)
-        .where(TrainingRun.id.in_(stale), TrainingRun.status == "running")
-        .values(
-            status="failed",
-            finished_at=utcnow(),
-            error=f"the worker stopped sending heartbeats for over {timeout_s} s (killed or lost); start a new run",
-        )
-    )
-    return len(stale)
+    error = f"the worker stopped sending heartbeats for over {timeout_s} s (killed or lost); start a new run"
+    return len(_end_silent_runs(session=session, silence_s=timeout_s, status=RunStatus.FAILED, error=error))
 
 
 def fail_orphaned_runs(*, session: Session, reason: str) -> list[int]:
     """Mark failed every running run (a train worker starting up knows none can be running)."""
-    ids = list(session.scalars(select(TrainingRun.id).where(TrainingRun.status == "running")))
+    ids = list(session.scalars(select(TrainingRun.id).where(TrainingRun.status == RunStatus.RUNNING)))
     if ids:
         session.execute(
             update(TrainingRun)
             .where(TrainingRun.id.in_(ids))
-            .values(status="failed", finished_at=utcnow(), error=reason)
+            .values(status=RunStatus.FAILED, finished_at=utcnow(), error=reason)
         )
     return ids
 
@@ -187,10 +173,10 @@ def fail_orphaned_runs(*, session: Session, reason: str) -> list[int]:
 def claim_run(*, session: Session, run_id: int) -> TrainingRun | None:
     """Move a queued run to running; ``None`` when it is no longer queued (cancelled, redelivered)."""
     run = session.get(TrainingRun, run_id, with_for_update=session.get_bind().dialect.name == "postgresql")
-    if run is None or run.status != "queued":
+    if run is None or run.status != RunStatus.QUEUED:
         return None
     now = utcnow()
-    run.status, run.started_at, run.heartbeat_at = "running", now, now
+    run.status, run.started_at, run.heartbeat_at = RunStatus.RUNNING, now, now
     run.progress = {"phase": "loading cells", "fraction": 0.0, "history": []}
     return run
 
@@ -211,7 +197,7 @@ def cancel_requested(*, session: Session, run_id: int) -> bool:
     row = session.execute(
         select(TrainingRun.cancel_requested, TrainingRun.status).where(TrainingRun.id == run_id)
     ).one_or_none()
-    return row is None or bool(row[0]) or row[1] != "running"
+    return row is None or bool(row[0]) or row[1] != RunStatus.RUNNING
 
 
 def finish_run(
@@ -221,7 +207,7 @@ def finish_run(
     status: str,
     error: str | None = None,
     metrics: dict | None = None,
-    from_status: str = "running",
+    from_status: str = RunStatus.RUNNING,
 ) -> None:
     """Record the end of a run that is ``from_status``: succeeded, failed (with its error) or
     cancelled. A run that left that status meanwhile (failed as lost) keeps its own."""
@@ -233,25 +219,6 @@ def finish_run(
     session.execute(
         update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == from_status).values(**values)
     )
-
-
-def run_view(run: TrainingRun) -> dict:
-    """The API's view of a run."""
-    return {
-        "id": run.id,
-        "status": run.status,
-        "method": run.method,
-        "profile": run.profile,
-        "params": run.params,
-        "progress": run.progress,
-        "metrics": run.metrics,
-        "error": run.error,
-        "cancel_requested": run.cancel_requested,
-        "model_version_id": run.model_version_id,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-    }
 
 
 # --- model versions ---------------------------------------------------------------------------
@@ -309,7 +276,7 @@ def promote(*, session: Session, model_id: int, confirm_missing: bool = False) -
     session.flush()
     version.is_active = True
     version.promoted_at = utcnow()
-    version.scoring_status, version.scoring_total, version.scoring_done = "queued", 0, 0
+    version.scoring_status, version.scoring_total, version.scoring_done = ScoringStatus.QUEUED, 0, 0
     session.flush()
     return version
 
@@ -319,26 +286,6 @@ def validation_accuracy(version: ModelVersion | None) -> float | None:
         return None
     value = version.metrics.get("accuracy")
     return float(value) if value is not None else None
-
-
-def model_view(version: ModelVersion) -> dict:
-    return {
-        "id": version.id,
-        "run_id": version.run_id,
-        "is_active": version.is_active,
-        "class_names": version.class_names,
-        "ood_threshold": version.ood_threshold,
-        "ood_method": version.ood_method,
-        "metrics": version.metrics,
-        "created_at": version.created_at,
-        "promoted_at": version.promoted_at,
-        "scoring": {
-            "status": version.scoring_status,
-            "done": version.scoring_done,
-            "total": version.scoring_total,
-            "scored_at": version.scored_at,
-        },
-    }
 
 
 # --- scoring ----------------------------------------------------------------------------------
@@ -353,7 +300,11 @@ def start_scoring(*, session: Session, model_id: int, total: int) -> None:
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.id == model_id)
-        .values(scoring_status="scoring" if total else "refreshing", scoring_total=total, scoring_done=0)
+        .values(
+            scoring_status=ScoringStatus.SCORING if total else ScoringStatus.REFRESHING,
+            scoring_total=total,
+            scoring_done=0,
+        )
     )
 
 
@@ -378,7 +329,7 @@ def store_predictions(*, session: Session, model_id: int, rows: Sequence[dict]) 
     )
 
 
-def finish_scoring(*, session: Session, model_id: int, status: str = "ready") -> None:
+def finish_scoring(*, session: Session, model_id: int, status: str = ScoringStatus.READY) -> None:
     session.execute(
         update(ModelVersion).where(ModelVersion.id == model_id).values(scoring_status=status, scored_at=utcnow())
     )
@@ -422,26 +373,17 @@ def replace_queue(*, session: Session, items: Iterable[QueueItem]) -> int:
     return written
 
 
-def queue_view(*, session: Session, limit: int = 100) -> list[dict]:
+def queue_entries(*, session: Session, limit: int = 100) -> list[QueueEntry]:
     """The queue's unlabelled entries, highest priority first, with their reasons."""
-    rows = session.execute(
-        select(QueueEntry)
-        .join(Cell, Cell.id == QueueEntry.cell_id)
-        .where(Cell.current_label_id.is_(None))
-        .order_by(QueueEntry.priority.desc(), QueueEntry.id)
-        .limit(limit)
-    ).scalars()
-    now = utcnow()
-    return [
-        {
-            "cell_id": entry.cell_id,
-            "priority": entry.priority,
-            "reason": entry.reason,
-            "detail": entry.detail,
-            "leased": entry.leased_to is not None and (as_utc(entry.lease_until) or now) > now,
-        }
-        for entry in rows
-    ]
+    return list(
+        session.scalars(
+            select(QueueEntry)
+            .join(Cell, Cell.id == QueueEntry.cell_id)
+            .where(Cell.current_label_id.is_(None))
+            .order_by(QueueEntry.priority.desc(), QueueEntry.id)
+            .limit(limit)
+        )
+    )
 
 
 def prediction_for(*, session: Session, cell_id: int) -> Prediction | None:

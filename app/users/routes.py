@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
+from sqlalchemy.orm import Session
 
 from app import security
 from app.db import session_scope
@@ -14,7 +15,7 @@ from app.deps import AdminUser, CurrentUser, SessionDep, check_csrf
 from app.errors import LeukolabError, TooManyRequests, Unauthenticated, responses
 from app.models import User
 from app.params import DbId
-from app.templating import render
+from app.templating import redirect, render
 from app.users import service
 from app.users.schemas import PasswordChange, PasswordReset, Token, UserCreate, UserOut
 
@@ -72,12 +73,12 @@ def list_users(session: SessionDep, admin: AdminUser) -> list:
 
 
 @api.post("/users", response_model=UserOut, status_code=201, responses=responses(400, 403, 409, 413))
-def create_user(session: SessionDep, admin: AdminUser, body: UserCreate):  # type: ignore[no-untyped-def]
+def create_user(session: SessionDep, admin: AdminUser, body: UserCreate) -> User:
     return service.create_user(session=session, user_create=body)
 
 
 @api.post("/users/{user_id}/deactivate", response_model=UserOut, responses=responses(403, 404, 409))
-def deactivate_user(session: SessionDep, admin: AdminUser, user_id: DbId):  # type: ignore[no-untyped-def]
+def deactivate_user(session: SessionDep, admin: AdminUser, user_id: DbId) -> User:
     return service.set_active(session=session, user_id=user_id, active=False, acting_user=admin)
 
 
@@ -88,7 +89,7 @@ def reset_password(session: SessionDep, admin: AdminUser, user_id: DbId, body: P
 
 
 @pages.get("/login")
-def login_page(request: Request, next: str = "/label"):  # type: ignore[no-untyped-def]
+def login_page(request: Request, next: str = "/label") -> Response:
     return render(request, "login.html", {"next": next, "error": None, "username": ""})
 
 
@@ -99,7 +100,7 @@ def login(
     username: Annotated[str, Form()],
     password: Annotated[str, Form()],
     next: Annotated[str, Form()] = "/label",
-):  # type: ignore[no-untyped-def]
+) -> Response:
     try:
         user = service.authenticate(session=session, username=username, password=password, remote=_remote(request))
     except LeukolabError as error:  # answered with a page, not raised: the request commits the failure
@@ -113,25 +114,24 @@ def login(
             response.headers["Retry-After"] = str(error.detail["retry_after"])
         return response
     _start_session(request, user)
-    target = next if next.startswith("/") and not next.startswith("//") else "/label"
     if user.must_change_password:
-        target = "/account"
-    return RedirectResponse(target, status_code=303)
+        return redirect(request, "account_page")
+    return RedirectResponse(security.local_path(next, default="/label"), status_code=303)
 
 
 @pages.post("/logout", dependencies=[Depends(check_csrf)])
-def logout(request: Request, session: SessionDep):  # type: ignore[no-untyped-def]
+def logout(request: Request, session: SessionDep) -> Response:
     """Log out. The cookie is signed, not stored, so a saved copy is ended by bumping the session version:
     this ends the user's sessions and tokens everywhere."""
     user = session.get(User, request.session.get("uid") or 0)
     if user is not None and request.session.get("sv") == user.session_version:
         service.end_sessions(user=user)
     request.session.clear()
-    return RedirectResponse(request.url_for("login_page"), status_code=303)
+    return redirect(request, "login_page")
 
 
 @pages.get("/account")
-def account_page(request: Request, user: CurrentUser):  # type: ignore[no-untyped-def]
+def account_page(request: Request, user: CurrentUser) -> Response:
     return render(request, "account.html", {"error": None, "done": False, "forced": user.must_change_password})
 
 
@@ -142,7 +142,7 @@ def account_password(
     user: CurrentUser,
     current_password: Annotated[str, Form()],
     new_password: Annotated[str, Form()],
-):  # type: ignore[no-untyped-def]
+) -> Response:
     """Change one's own password: other sessions and tokens end, this browser stays logged in."""
     try:
         service.change_password(
@@ -155,15 +155,20 @@ def account_password(
 
 
 @pages.post("/account/logout-everywhere")
-def account_logout_everywhere(request: Request, user: CurrentUser):  # type: ignore[no-untyped-def]
+def account_logout_everywhere(request: Request, user: CurrentUser) -> Response:
     service.end_sessions(user=user)
     request.session.clear()
-    return RedirectResponse(request.url_for("login_page"), status_code=303)
+    return redirect(request, "login_page")
+
+
+def _users_page(request: Request, session: Session, error: str | None = None) -> HTMLResponse:
+    context = {"users": service.list_users(session=session), "error": error}
+    return render(request, "admin/users.html", context, fragment="admin/_users_table.html")
 
 
 @pages.get("/admin/users")
-def users_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
-    return render(request, "admin/users.html", {"users": service.list_users(session=session), "error": None})
+def users_page(request: Request, session: SessionDep, admin: AdminUser) -> HTMLResponse:
+    return _users_page(request, session)
 
 
 @pages.post("/admin/users")
@@ -174,7 +179,7 @@ def users_create(
     username: Annotated[str, Form()],
     password: Annotated[str, Form()],
     role: Annotated[str, Form()] = "cytologist",
-):  # type: ignore[no-untyped-def]
+) -> Response:
     error = None
     try:
         service.create_user(session=session, user_create=UserCreate(username=username, password=password, role=role))
@@ -184,8 +189,7 @@ def users_create(
         error = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in getattr(exc, "errors", lambda: [])()
         ) or str(exc)
-    template = "admin/_users_table.html" if request.headers.get("hx-request") else "admin/users.html"
-    return render(request, template, {"users": service.list_users(session=session), "error": error})
+    return _users_page(request, session, error)
 
 
 @pages.post("/admin/users/{user_id}/password")
@@ -204,11 +208,10 @@ def users_reset_password(
 @pages.post("/admin/users/{user_id}/active")
 def users_set_active(
     request: Request, session: SessionDep, admin: AdminUser, user_id: DbId, active: Annotated[bool, Form()]
-):  # type: ignore[no-untyped-def]
+) -> Response:
     error = None
     try:
         service.set_active(session=session, user_id=user_id, active=active, acting_user=admin)
     except LeukolabError as exc:
         error = exc.message
-    template = "admin/_users_table.html" if request.headers.get("hx-request") else "admin/users.html"
-    return render(request, template, {"users": service.list_users(session=session), "error": error})
+    return _users_page(request, session, error)

@@ -12,32 +12,8 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.main import create_app
 from app.models import Cell, Label, LoginFailure
-from tests.app.factories import PASSWORD, make_cells, make_user
-
-
-def token_headers(client: TestClient, name: str, password: str = PASSWORD) -> dict[str, str]:
-    response = client.post("/api/v1/auth/token", data={"username": name, "password": password})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["token_type"] == "bearer"
-    return {"Authorization": f"Bearer {body['access_token']}"}
-
-
-def browser_login(client: TestClient, name: str, password: str = PASSWORD) -> str:
-    """Log in through the form like a browser; return the page's CSRF token."""
-    page = client.get("/login")
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    response = client.post(
-        "/login", data={"username": name, "password": password, "csrf_token": csrf}, follow_redirects=False
-    )
-    assert response.status_code == 303, response.text
-    return re.search(r'name="csrf_token" value="([^"]+)"', client.get("/label").text).group(1)
-
-
-@pytest.fixture
-def client(any_db_url: str):
-    with TestClient(create_app()) as client:
-        yield client
+from tests.support.factories import PASSWORD, make_cells, make_user
+from tests.support.http import browser_login, token_headers
 
 
 def test_label_round_trip_and_undo(client: TestClient) -> None:

@@ -13,8 +13,8 @@ from app.labelling.service import add_label, class_names, current_labels
 from app.main import create_app
 from app.models import CellClass, ClassEvent, Label, ModelVersion
 from app.training.service import promote
-from tests.app.factories import get_user, make_cells, make_user
-from tests.app.test_api import token_headers
+from tests.support.factories import get_user, make_cells, make_user
+from tests.support.http import token_headers
 
 
 def _events(session, class_id: int) -> list[str]:  # type: ignore[no-untyped-def]

@@ -13,8 +13,8 @@ from app.db import session_scope
 from app.labelling.service import current_label_mismatches, current_labels
 from app.main import create_app
 from app.models import Cell, Label
-from tests.app.factories import PASSWORD, make_cells, make_model, make_user
-from tests.app.test_api import token_headers
+from tests.support.factories import PASSWORD, make_cells, make_model, make_user
+from tests.support.http import token_headers
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.main import create_app
-from tests.app.factories import make_cells, make_user
-from tests.app.test_api import token_headers
-from tests.conftest import use_database
+from tests.support.database import use_database
+from tests.support.factories import make_cells, make_user
+from tests.support.http import token_headers
 
 # Enough to reach every operation's documented statuses, few enough to keep the suite fast.
 EXAMPLES_PER_OPERATION = 10

@@ -19,23 +19,24 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 import app.cells.importer as importer
-from app.cells.cli import import_command
 from app.cells.images import UnreadableImage, open_image
-from app.cells.importer import ImportRefused, import_folder, import_zip
+from app.cells.importer import import_folder, import_zip
+from app.cells.sources import ImportRefused
 from app.db import session_scope
 from app.main import create_app
 from app.models import Cell
-from tests.app.factories import make_cells, make_user
-from tests.app.imagegen import huge_png, image_bytes, make_cell_image, make_flat_folder, make_zip
-from tests.app.test_api import browser_login, token_headers
-from tests.app.test_import import counts
-from tests.conftest import use_database
+from cli.importing import import_command
+from tests.app.cells.test_import import counts
+from tests.support.database import use_database
+from tests.support.factories import make_cells, make_user
+from tests.support.http import browser_login, token_headers
+from tests.support.images import huge_png, image_bytes, make_cell_image, make_flat_folder, make_zip
 
 TOO_BIG_ID = 2**31  # one past PostgreSQL's integer: every id route gave 500
 
 
 @pytest.fixture
-def client(pg_db_url: str):  # type: ignore[no-untyped-def]
+def client(pg_db_url: str):
     with TestClient(create_app()) as client:
         yield client
 

@@ -10,8 +10,8 @@ from app.db import session_scope
 from app.labelling.service import current_label_mismatches, current_labels
 from app.main import create_app
 from app.models import Cell, Label, ReviewAction
-from tests.app.factories import make_cells, make_model, make_user
-from tests.app.test_api import token_headers
+from tests.support.factories import make_cells, make_model, make_user
+from tests.support.http import token_headers
 
 
 @pytest.fixture

@@ -17,18 +17,18 @@ from typer.testing import CliRunner
 
 from app import db
 from app.cells.cli import import_command
-from app.cells.importer import ImportRefused
+from app.cells.sources import ImportRefused
 from app.db import session_scope
 from app.labelling.service import record_label
 from app.main import create_app
 from app.models import Cell, Field, ImportBatch, Label, ModelVersion, Prediction, Sample, User
 from app.samples import service
 from app.samples.fields import DISPLAY_MAX_SIDE, import_field_folder
-from tests.app.factories import make_user
 from tests.app.fieldgen import make_field, save
-from tests.app.imagegen import huge_png, make_imagefolder, make_zip, zip_folder
-from tests.app.test_api import browser_login, token_headers
-from tests.conftest import SHARED_DATA
+from tests.support.database import SHARED_DATA
+from tests.support.factories import make_user
+from tests.support.http import browser_login, token_headers
+from tests.support.images import huge_png, make_imagefolder, make_zip, zip_folder
 
 cli = typer.Typer()
 cli.command("import")(import_command)

@@ -13,13 +13,13 @@ from app import db
 from app.errors import DatabaseNotMigrated
 from app.models import CellClass
 from app.settings import DEV_SECRET_KEY, Settings
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.database import create_pg_database, drop_pg_database
 
 TABLES = {"users", "classes", "cells", "labels", "queue_entries", "imports", "login_failures"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+def fresh_url(request: pytest.FixtureRequest, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
@@ -54,10 +54,10 @@ def test_migrations_up_down_up(fresh_url: str) -> None:
     engine.dispose()
 
 
-def test_server_refuses_unmigrated_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_server_refuses_unmigrated_database(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", "8799"],
+        [sys.executable, "-m", "cli", "serve", "--port", "8799"],
         env={"LEUKOLAB_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -88,7 +88,7 @@ def test_database_refuses_to_change_or_delete_labels(any_db_url: str) -> None:
     from app.db import session_scope
     from app.labelling.service import add_label
     from app.models import Label, User
-    from tests.app.factories import make_cells, make_user
+    from tests.support.factories import make_cells, make_user
 
     make_user("ana")
     (cell_id,) = make_cells(1)

@@ -8,8 +8,8 @@ from sqlalchemy import select
 from app.classes import service
 from app.db import session_scope
 from app.models import Cell, Label
-from tests.app.factories import PASSWORD, get_user, make_cells, make_user
 from tests.browser.conftest import login
+from tests.support.factories import PASSWORD, get_user, make_cells, make_user
 
 pytestmark = pytest.mark.browser
 

@@ -7,13 +7,13 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models import Cell, Label
-from tests.app.factories import PASSWORD, get_user, make_cells, make_user
 from tests.browser.conftest import login
+from tests.support.factories import PASSWORD, get_user, make_cells, make_user
 
 pytestmark = pytest.mark.browser
 
 
-def test_label_ten_with_keyboard_and_undo_one(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_label_ten_with_keyboard_and_undo_one(live_server: str, page) -> None:
     make_user("carla")
     make_cells(15)
     login(page, live_server, "carla", PASSWORD)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.app.factories import PASSWORD, make_cells, make_user
 from tests.browser.conftest import login
+from tests.support.factories import PASSWORD, make_cells, make_user
 
 pytestmark = pytest.mark.browser
 
 
-def test_wrong_password_keeps_the_user_name_and_csp_breaks_nothing(live_server: str, browser) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_password_keeps_the_user_name_and_csp_breaks_nothing(live_server: str, browser) -> None:
     make_user("carla", role="admin")
     make_user("dora")
     make_cells(3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -11,9 +10,9 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models import Cell, Label, ModelVersion, Prediction, QueueEntry, TrainingRun, utcnow
-from tests.app.factories import PASSWORD, get_user, make_cells, make_user
-from tests.app.imagegen import image_bytes, make_cell_image, make_zip
-from tests.browser.conftest import login, start_server
+from tests.browser.conftest import login, serving
+from tests.support.factories import PASSWORD, get_user, make_cells, make_user
+from tests.support.images import image_bytes, make_cell_image, make_zip
 
 pytestmark = pytest.mark.browser
 SHOWN = "document.getElementById('cell-image').dataset.cellId !== undefined"
@@ -22,13 +21,8 @@ SHOWN = "document.getElementById('cell-image').dataset.cellId !== undefined"
 @pytest.fixture
 def fast_poll_server(pg_db_url: str) -> Iterator[str]:
     """The app with an empty queue polled every second (10 s in production)."""
-    process, base = start_server(pg_db_url, empty_queue_poll_s="1")
-    yield base
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with serving(pg_db_url, empty_queue_poll_s="1") as base:
+        yield base
 
 
 def _live_leases(user_id: int) -> int:
@@ -38,7 +32,7 @@ def _live_leases(user_id: int) -> int:
         )
 
 
-def test_import_errors_are_shown(live_server: str, page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_import_errors_are_shown(live_server: str, page, tmp_path) -> None:
     make_user("root", role="admin")
     login(page, live_server, "root", PASSWORD)
     page.wait_for_url(f"{live_server}/label")
@@ -53,7 +47,7 @@ def test_import_errors_are_shown(live_server: str, page, tmp_path) -> None:  # t
     assert "readme.png" in page.locator("#import-result table").inner_text()
 
 
-def test_labelling_resumes_after_a_network_drop(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_labelling_resumes_after_a_network_drop(live_server: str, page) -> None:
     make_user("carla")
     make_cells(8)
     login(page, live_server, "carla", PASSWORD)
@@ -94,7 +88,7 @@ def test_labelling_resumes_after_a_network_drop(live_server: str, page) -> None:
     assert posted[:2] == stored  # the retries after the drop resend the keys made when labelling
 
 
-def test_retrain_refusal_stays_after_the_runs_list_refreshes(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_retrain_refusal_stays_after_the_runs_list_refreshes(live_server: str, page) -> None:
     admin_id = make_user("root", role="admin")
     with session_scope() as session:  # a queued run: the list polls itself and a new run is refused
         session.add(TrainingRun(status="queued", method="supervised", profile="tiny", params={}, created_by=admin_id))
@@ -122,7 +116,7 @@ def test_retrain_refusal_stays_after_the_runs_list_refreshes(live_server: str, p
     page.wait_for_selector("#runs article.run[data-status=cancelled]", timeout=10_000)
 
 
-def test_an_open_label_page_holds_only_the_leases_it_needs(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_an_open_label_page_holds_only_the_leases_it_needs(live_server: str, page) -> None:
     make_user("ann", role="admin")
     make_cells(10)
     ann = get_user("ann").id
@@ -146,7 +140,7 @@ def test_an_open_label_page_holds_only_the_leases_it_needs(live_server: str, pag
     assert _live_leases(ann) == 0
 
 
-def test_empty_queue_page_picks_up_a_new_cell_and_counts_only_free_entries(fast_poll_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_empty_queue_page_picks_up_a_new_cell_and_counts_only_free_entries(fast_poll_server: str, page) -> None:
     make_user("bob")
     make_user("carla")
     bob = get_user("bob").id
@@ -172,7 +166,7 @@ def test_empty_queue_page_picks_up_a_new_cell_and_counts_only_free_entries(fast_
     assert page.locator("#empty").is_hidden()
 
 
-def test_reasons_in_plain_words_suggestion_threshold_and_confirmation(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_reasons_in_plain_words_suggestion_threshold_and_confirmation(live_server: str, page) -> None:
     make_user("carla")
     unsure_cell, sure_cell = make_cells(2, seed=3)
     names = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "artefact"]

@@ -9,8 +9,8 @@ from app.consensus.rules import update_reading_settings
 from app.db import session_scope
 from app.labelling.service import current_labels
 from app.models import Label, ReviewAction, User
-from tests.app.factories import PASSWORD, make_cells, make_model, make_user
 from tests.browser.conftest import login
+from tests.support.factories import PASSWORD, make_cells, make_model, make_user
 
 pytestmark = pytest.mark.browser
 

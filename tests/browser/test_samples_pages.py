@@ -8,11 +8,11 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models import Cell, Sample
-from tests.app.factories import PASSWORD, make_user
 from tests.app.fieldgen import make_field
-from tests.app.imagegen import make_zip
 from tests.app.test_samples import _png
 from tests.browser.conftest import login
+from tests.support.factories import PASSWORD, make_user
+from tests.support.images import make_zip
 
 pytestmark = pytest.mark.browser
 SHOWN = "document.getElementById('cell-image').dataset.cellId !== undefined"

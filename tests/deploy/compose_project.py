@@ -131,10 +131,10 @@ def _expand(expression: str, env: Mapping[str, str]) -> str:
     present = bool(value) if operator.startswith(":") else value is not None
     kind = operator[-1]
     if kind == "-":
-        return value if present else interpolate(argument, env)  # type: ignore[return-value]
+        return value if present else interpolate(argument, env)
     if kind == "?":
         if present:
-            return value  # type: ignore[return-value]
+            return value
         raise MissingVariable(name, interpolate(argument, env))
     return interpolate(argument, env) if present else ""
 

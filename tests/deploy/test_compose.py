@@ -281,11 +281,11 @@ def test_every_command_is_a_leukolab_entry_point_with_those_options(what: str, a
     """The command with `--help` appended: Click rejects an unknown subcommand or option, then prints help."""
     from typer.testing import CliRunner
 
-    from app.cli import app as cli
+    from cli.main import app as cli
 
     assert argv[0] == "leukolab"
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["leukolab"] == "app.cli:main"
+    assert scripts["leukolab"] == "cli.main:main"
     result = CliRunner().invoke(cli, [*argv[1:], "--help"])
     assert result.exit_code == 0, f"{what}: `{' '.join(argv)}` is not a valid command:\n{result.output}"
 

@@ -41,8 +41,8 @@ from tests.deploy.compose_project import (
     read_env_file,
     service_environment,
 )
+from tests.support.database import PG_SERVER
 
-PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("LEUKOLAB_TEST_REDIS", "redis://127.0.0.1:6379")
 TEST_DATABASE = "leukolab_test_deploy"
 TEST_REDIS_DB = 5  # apart from the other tests' Redis databases
@@ -110,15 +110,13 @@ def free_port() -> int:
 
 
 def executable(argv: list[str]) -> list[str]:
-    """`leukolab ...` as the image runs it: the console script of this virtual environment."""
+    """`leukolab ...` as the image runs it, the command line of this checkout (the console script may be
+    installed from another one)."""
     assert argv[0] == "leukolab", argv
-    script = Path(sys.executable).with_name("leukolab")
-    if script.exists():
-        return [str(script), *argv[1:]]
     return [
         sys.executable,
         "-c",
-        "import sys; from app.cli import main; sys.argv[0] = 'leukolab'; main()",
+        "import sys; from cli.main import main; sys.argv[0] = 'leukolab'; main()",
         *argv[1:],
     ]
 

@@ -11,17 +11,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.deploy.compose_project import COMPOSE_FILE, REPO, example_env, load_project
+from tests.support import cli
+from tests.support.database import PG_SERVER
 
 DOCS = REPO / "docs" / "deploy.md"
 SECRETS = {"POSTGRES_PASSWORD": "0123456789abcdef", "LEUKOLAB_SECRET_KEY": "k" * 64}
-PG_SERVER = os.environ.get("LEUKOLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 RESTORE_DATABASE = "leukolab_test_deploy_restore"
 
 
@@ -69,9 +69,7 @@ def test_external_services_override_leaves_the_bundled_ones_out(tmp_path: Path) 
 def leukolab(*args: str, database: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOLAB_")}
     env["LEUKOLAB_DATABASE_URL"] = f"{PG_SERVER.replace('postgresql://', 'postgresql+psycopg://')}/{database}"
-    script = Path(sys.executable).with_name("leukolab")
-    argv = [str(script)] if script.exists() else [sys.executable, "-c", "from app.cli import main; main()"]
-    return subprocess.run([*argv, *args], cwd=REPO, env=env, input=stdin, capture_output=True, text=True, timeout=120)
+    return cli.leukolab(*args, env=env, stdin=stdin, timeout=120)
 
 
 def pg(*argv: str, stdin: bytes | None = None, stdout: Path | None = None) -> None:

@@ -28,7 +28,7 @@ from ml.locate import (
     locate_large,
     read_field,
 )
-from tests.conftest import SHARED_DATA
+from tests.support.database import SHARED_DATA
 
 BACKGROUND = (232, 230, 222)
 RED_CELL = (205, 150, 150)
@@ -278,7 +278,7 @@ def test_bccd_fields_meet_the_targets(tmp_path):
     if not (data / "wbc_boxes.json").is_file():
         pytest.skip("../shared/data/bccd is absent")
     out = tmp_path / "locate.json"
-    command = [sys.executable, "-m", "bench.cli", "locate", "--data", str(data), "--json", str(out)]
+    command = [sys.executable, "-m", "cli", "bench", "locate", "--data", str(data), "--json", str(out)]
     subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[2])
     report = json.loads(out.read_text())
     assert report["n_fields"] == 182

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from app.db import session_scope
 from app.labelling.service import add_label
-from app.models import Cell, User
-from tests.app.factories import make_user
-from tests.app.imagegen import make_cell_image
-from tests.conftest import use_database
+from app.models import User
+from tests.support.database import use_database
+from tests.support.factories import make_user, new_cell
+from tests.support.images import make_cell_image
 
 ROOT = Path(__file__).resolve().parents[2]
-LEUKOLAB = ROOT / ".venv" / "bin" / "leukolab"
 REDIS_DB = os.environ.get("LEUKOLAB_TEST_REDIS_DB", "3")
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 CLASSES = ("neutrophil", "lymphocyte", "eosinophil")
@@ -38,7 +35,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(LEUKOLAB), "worker", "--queues", queues, "--loglevel", "INFO"],
+            [sys.executable, "-m", "cli", "worker", "--queues", queues, "--loglevel", "INFO"],
             cwd=ROOT,
             env=env,
             stdout=self.log,
@@ -122,7 +119,7 @@ def start_worker(loop_env: dict[str, str], tmp_path: Path) -> Iterator:
 def fs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The embedded default of ``scripts/demo``: SQLite, no Redis, the filesystem broker."""
     from app import db
-    from tests.conftest import reset_caches
+    from tests.support.database import reset_caches
 
     url = f"sqlite:///{tmp_path / 'leukolab.db'}"
     db.upgrade(url)
@@ -160,17 +157,7 @@ def insert_cells(per_class: dict[str, int], unlabelled: int, labeller: str = "ex
         plan += [(CLASSES[i % len(CLASSES)], False) for i in range(unlabelled)]
         for index, (name, is_labelled) in enumerate(plan):
             image = make_cell_image(seed * 10_007 + index, 64, CLASSES.index(name))
-            pixels = np.asarray(image, dtype=np.uint8)
-            png = io.BytesIO()
-            image.save(png, format="PNG")
-            cell = Cell(
-                sha256=hashlib.sha256(pixels.tobytes()).hexdigest(),
-                display_png=png.getvalue(),
-                display_size=64,
-                model_input=pixels.tobytes(),
-                source_name=f"generated/{name}-{index}.png",
-                random_key=rng.random(),
-            )
+            cell = new_cell(image, source_name=f"generated/{name}-{index}.png", random_key=rng.random())
             session.add(cell)
             session.flush()
             if is_labelled:
@@ -181,7 +168,7 @@ def insert_cells(per_class: dict[str, int], unlabelled: int, labeller: str = "ex
     return {"labelled": labelled, "unlabelled": unlabelled_ids}
 
 
-def wait_for(predicate, timeout: float = 120, interval: float = 0.2, message: str = "condition"):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 120, interval: float = 0.2, message: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

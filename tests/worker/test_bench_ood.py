@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import app
 from bench import ssl as bench_ssl
-from tests.app.imagegen import make_manifest_dataset
-from tests.conftest import SHARED_DATA
+from cli.main import app
+from tests.support.database import SHARED_DATA
+from tests.support.images import make_manifest_dataset
 
 TINY = ["epochs=1", "round_epochs=1", "steps_per_epoch=3", "batch_size=12", "labelled_per_batch=6", "eval_every=1"]
 

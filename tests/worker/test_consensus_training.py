@@ -9,7 +9,7 @@ from app.consensus.service import adjudicate
 from app.db import session_scope
 from app.labelling.service import record_label
 from app.models import User
-from tests.app.factories import make_cells, make_user
+from tests.support.factories import make_cells, make_user
 from worker.training import snapshot_labels
 
 

@@ -15,8 +15,8 @@ from app.db import session_scope
 from app.labelling.service import add_label
 from app.models import ModelVersion, Prediction, TrainingRun, User
 from app.settings import get_settings
-from tests.app.factories import make_user
-from tests.app.test_api import token_headers
+from tests.support.factories import make_user
+from tests.support.http import token_headers
 from tests.worker.conftest import CLASSES, insert_cells, wait_for
 
 pytestmark = pytest.mark.worker
@@ -30,7 +30,7 @@ def run_status(client: TestClient, headers: dict, run_id: int) -> dict:
     return response.json()
 
 
-def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_path: Path) -> None:
     cells = insert_cells({name: 8 for name in CLASSES}, unlabelled=36)
     make_user("cyto")
     admin = token_headers(client, "expert")
@@ -165,7 +165,7 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
     assert confirmed.status_code == 200, confirmed.text
 
 
-def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_and_a_killed_worker(client: TestClient, start_worker, tmp_path: Path) -> None:
     insert_cells({name: 5 for name in CLASSES}, unlabelled=15)
     admin = token_headers(client, "expert")
     long_run = {"method": "mean-teacher", "profile": "tiny", "epochs": 400}
@@ -206,7 +206,7 @@ def test_redis_down_refuses_retrain_but_labelling_goes_on(
     pg_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app.main import create_app
-    from tests.conftest import use_database
+    from tests.support.database import use_database
 
     use_database(pg_db_url, monkeypatch, redis_url="redis://127.0.0.1:1/0", artefact_dir=str(tmp_path))
     cells = insert_cells({name: 2 for name in CLASSES}, unlabelled=3)
@@ -224,7 +224,7 @@ def test_redis_down_refuses_retrain_but_labelling_goes_on(
         assert label.status_code == 201
 
 
-def test_filesystem_broker_and_sqlite_without_redis(tmp_path: Path, start_worker_fs) -> None:  # type: ignore[no-untyped-def]
+def test_filesystem_broker_and_sqlite_without_redis(tmp_path: Path, start_worker_fs) -> None:
     """The embedded default (scripts/demo): SQLite, kombu's filesystem transport under broker_dir."""
     from app.main import create_app
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app.factories import PASSWORD
 from tests.browser.conftest import login, start_server
+from tests.support.factories import PASSWORD
 from tests.worker.conftest import CLASSES, insert_cells
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker]
 
 
 @pytest.fixture
-def server(loop_env: dict[str, str], pg_db_url: str):  # type: ignore[no-untyped-def]
+def server(loop_env: dict[str, str], pg_db_url: str):
     keys = ("LEUKOLAB_REDIS_URL", "LEUKOLAB_ARTEFACT_DIR", "LEUKOLAB_BROKER_DIR")
     process, base = start_server(pg_db_url, **{k.removeprefix("LEUKOLAB_").lower(): loop_env[k] for k in keys})
     yield base
@@ -20,7 +20,7 @@ def server(loop_env: dict[str, str], pg_db_url: str):  # type: ignore[no-untyped
     process.wait(timeout=10)
 
 
-def test_admin_watches_a_retrain_live(server: str, start_worker, page) -> None:  # type: ignore[no-untyped-def]
+def test_admin_watches_a_retrain_live(server: str, start_worker, page) -> None:
     insert_cells({name: 5 for name in CLASSES}, unlabelled=15)
     start_worker()
     login(page, server, "expert", PASSWORD)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,11 @@ from sqlalchemy import inspect
 
 from app import db
 from app.db import session_scope
-from app.models import TrainingRun, utcnow
+from app.models import TrainingRun
 from app.settings import Settings
 from app.training import broker, service
 from ml.data import resize
-from tests.app.factories import make_user
+from tests.support.factories import make_running_run, make_user
 from worker.data import cells_to_tensor, stratified_split
 
 
@@ -39,27 +38,8 @@ def test_cells_to_tensor_and_resize() -> None:
     assert resize(x[:0], 32).shape == (0, 3, 32, 32)
 
 
-def _insert_stale_running_run() -> int:
-    """A run left ``running`` whose last heartbeat is older than the timeout; returns its id."""
-    admin_id = make_user("root", role="admin")
-    with session_scope() as session:
-        old = utcnow() - timedelta(seconds=service.HEARTBEAT_TIMEOUT_S + 5)
-        run = TrainingRun(
-            status="running",
-            method="supervised",
-            profile="tiny",
-            params={},
-            created_by=admin_id,
-            started_at=old,
-            heartbeat_at=old,
-        )
-        session.add(run)
-        session.flush()
-        return run.id
-
-
 def test_stale_running_runs_are_failed_and_free_the_slot(pg_db_url: str) -> None:
-    _insert_stale_running_run()
+    make_running_run(silent_s=service.HEARTBEAT_TIMEOUT_S + 5)
     with session_scope() as session:
         assert service.active_run(session=session) is None
         (run,) = service.list_runs(session=session)
@@ -79,7 +59,7 @@ def test_broker_config_without_and_with_redis(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_migration_0002_up_and_down(backend: str, tmp_path: Path) -> None:
-    from tests.conftest import create_pg_database, drop_pg_database
+    from tests.support.database import create_pg_database, drop_pg_database
 
     url = create_pg_database("leukolab_test_m0002") if backend == "postgres" else f"sqlite:///{tmp_path}/m.db"
     try:
@@ -101,7 +81,7 @@ def test_web_process_imports_no_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, app.main, app.training.routes, app.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, app.main, app.training.routes, cli.main; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
@@ -128,10 +108,10 @@ def test_promote_and_roll_back_keep_one_active_model(pg_db_url: str) -> None:
             assert active[0].scoring_status == "queued" and active[0].promoted_at is not None
 
 
-def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:  # type: ignore[no-untyped-def]
+def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.app.test_api import token_headers
+    from tests.support.http import token_headers
 
     make_user("root", role="admin")
     headers = token_headers(client, "root")
@@ -148,7 +128,7 @@ def test_two_simultaneous_retrain_requests_start_one_run(client) -> None:  # typ
 
 
 def test_a_run_failed_as_lost_stops_its_worker_and_keeps_its_status(pg_db_url: str) -> None:
-    run_id = _insert_stale_running_run()
+    run_id = make_running_run(silent_s=service.HEARTBEAT_TIMEOUT_S + 5)
     with session_scope() as session:
         assert not service.cancel_requested(session=session, run_id=run_id)
     with session_scope() as session:

@@ -204,11 +204,12 @@ def export_model(
 
 
 def _register_commands_from_other_modules() -> None:
-    from app.bench import labelling_command, races_command
-    from app.cells.cli import import_command
-    from app.classes.cli import classes_app
     from bench import cli as bench_cli
-    from worker import cli as worker_cli
+    from bench.labelling import labelling_command
+    from bench.races import races_command
+    from cli.classes import classes_app
+    from cli.importing import import_command
+    from cli.worker import worker_command
 
     app.command("import", help="Import a folder or .zip of cell images; class sub-folders with --labelled.")(
         import_command
@@ -218,7 +219,7 @@ def _register_commands_from_other_modules() -> None:
     bench_app.command("ssl")(bench_cli.ssl)
     bench_app.command("throughput")(bench_cli.throughput)
     bench_app.command("locate")(bench_cli.locate)
-    app.command("worker")(worker_cli.worker_command)
+    app.command("worker")(worker_command)
     bench_app.command("active")(bench_cli.bench_active)
     bench_app.command("ood")(bench_cli.ood)
     app.add_typer(classes_app, name="classes")

@@ -23,9 +23,9 @@ from app import security, settings
 from app.db import session_scope
 from app.main import create_app
 from app.models import LoginFailure, User, utcnow
-from tests.app.factories import PASSWORD, make_user
-from tests.app.test_api import browser_login, token_headers
-from tests.conftest import reset_caches
+from tests.support.database import reset_caches
+from tests.support.factories import PASSWORD, make_user
+from tests.support.http import browser_login, token_headers
 
 TOKEN = "/api/v1/auth/token"
 
@@ -42,16 +42,16 @@ def artefacts(pg_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture
-def app(artefacts: Path):  # type: ignore[no-untyped-def]
+def app(artefacts: Path):
     return create_app(check_schema=False)
 
 
 @pytest.fixture
-def client(app) -> TestClient:  # type: ignore[no-untyped-def]
+def client(app) -> TestClient:
     return TestClient(app, client=("10.0.0.1", 40000))
 
 
-def from_address(app, address: str) -> TestClient:  # type: ignore[no-untyped-def]
+def from_address(app, address: str) -> TestClient:
     return TestClient(app, client=(address, 40000))
 
 
@@ -66,7 +66,7 @@ def failures(**where: str) -> int:
 # --- 9: inputs that used to give 500 -------------------------------------------------------------
 
 
-def test_oversized_or_nul_login_inputs_answer_4xx_not_500(app) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_or_nul_login_inputs_answer_4xx_not_500(app) -> None:
     make_user("ana")
     # What uvicorn does in front of the app when it trusts the peer as a proxy.
     behind_proxy = TestClient(ProxyHeadersMiddleware(app, trusted_hosts="*"), raise_server_exceptions=False)
@@ -159,7 +159,7 @@ def test_a_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 # --- 15: throttling -------------------------------------------------------------------------------
 
 
-def test_an_attacked_name_locks_the_attackers_but_not_the_real_user(app) -> None:  # type: ignore[no-untyped-def]
+def test_an_attacked_name_locks_the_attackers_but_not_the_real_user(app) -> None:
     make_user("admin", role="admin")
     attacker = from_address(app, "10.6.6.6")
     for _ in range(5):
@@ -178,7 +178,7 @@ def test_an_attacked_name_locks_the_attackers_but_not_the_real_user(app) -> None
     assert failures(username="admin") == 6
 
 
-def test_one_client_trying_many_names_is_locked_whatever_the_name(app) -> None:  # type: ignore[no-untyped-def]
+def test_one_client_trying_many_names_is_locked_whatever_the_name(app) -> None:
     make_user("ana")
     sprayer = from_address(app, "10.6.6.6")
     answers = [
@@ -234,7 +234,7 @@ def test_logout_ends_a_saved_session_cookie(client: TestClient) -> None:
     assert page.status_code == 303 and page.headers["location"].startswith("/login")
 
 
-def test_password_change_and_logout_everywhere_end_tokens_and_other_sessions(app) -> None:  # type: ignore[no-untyped-def]
+def test_password_change_and_logout_everywhere_end_tokens_and_other_sessions(app) -> None:
     make_user("ana")
     api, browser, other_browser = (from_address(app, f"10.0.0.{i}") for i in (1, 2, 3))
     old_token = token_headers(api, "ana")

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import app
+from cli.main import app
 from ml.device import cpu_has_bf16
 
 

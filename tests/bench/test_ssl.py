@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from app.cli import app
-from tests.app.imagegen import make_manifest_dataset
+from cli.main import app
+from tests.support.images import make_manifest_dataset
 
 
 def test_bench_ssl_reports_accuracy_funnel_and_the_single_view_figure(tmp_path: Path) -> None:

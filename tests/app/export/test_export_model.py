@@ -14,15 +14,15 @@ import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.cli import app as leukolab_cli
 from app.db import session_scope
 from app.main import create_app
 from app.models import ModelVersion
+from cli.main import app as leukolab_cli
 from ml.checkpoint import load_model, make_checkpoint, save_checkpoint
 from ml.config import make_config
 from ml.model import ModelConfig, build_model
-from tests.app.factories import make_user
-from tests.app.test_api import token_headers
+from tests.support.factories import make_user
+from tests.support.http import token_headers
 from worker.exports import write_registered_exports
 
 CLASSES = ["neutrophil", "lymphocyte", "eosinophil"]

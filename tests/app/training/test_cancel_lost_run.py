@@ -10,26 +10,7 @@ from app.db import session_scope
 from app.errors import Conflict
 from app.models import TrainingRun, utcnow
 from app.training import service
-from tests.app.factories import get_user, make_user
-
-
-def _running_run(silent_s: float) -> int:
-    """A ``running`` run whose worker last wrote a heartbeat ``silent_s`` ago (well inside the 300 s timeout)."""
-    admin_id = make_user("root", role="admin")
-    with session_scope() as session:
-        beat = utcnow() - timedelta(seconds=silent_s)
-        run = TrainingRun(
-            status="running",
-            method="supervised",
-            profile="tiny",
-            params={},
-            created_by=admin_id,
-            started_at=beat - timedelta(seconds=5),
-            heartbeat_at=beat,
-        )
-        session.add(run)
-        session.flush()
-        return run.id
+from tests.support.factories import get_user, make_running_run
 
 
 def _start_run() -> int:
@@ -40,7 +21,7 @@ def _start_run() -> int:
 
 
 def test_cancel_of_a_run_with_no_live_worker_ends_it_at_once(pg_db_url: str) -> None:
-    run_id = _running_run(silent_s=60)  # killed a minute ago: no heartbeat since
+    run_id = make_running_run(silent_s=60)  # killed a minute ago: no heartbeat since
     with session_scope() as session:
         run = service.request_cancel(session=session, run_id=run_id)
         assert run.status == "cancelled" and run.finished_at is not None
@@ -54,7 +35,7 @@ def test_cancel_of_a_run_with_no_live_worker_ends_it_at_once(pg_db_url: str) -> 
 
 
 def test_cancel_of_a_live_run_waits_for_its_worker_then_ends_when_the_worker_goes_silent(pg_db_url: str) -> None:
-    run_id = _running_run(silent_s=2)  # heartbeat 2 s ago: the worker is alive
+    run_id = make_running_run(silent_s=2)  # heartbeat 2 s ago: the worker is alive
     with session_scope() as session:
         run = service.request_cancel(session=session, run_id=run_id)
         assert run.status == "running" and run.cancel_requested
@@ -73,9 +54,9 @@ def test_the_cancel_page_ends_a_lost_run_and_retrain_starts(pg_db_url: str) -> N
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.app.test_api import token_headers
+    from tests.support.http import token_headers
 
-    run_id = _running_run(silent_s=45)
+    run_id = make_running_run(silent_s=45)
     with TestClient(create_app()) as client:
         headers = token_headers(client, "root")
         cancelled = client.post(f"/api/v1/training-runs/{run_id}/cancel", headers=headers)

@@ -8,32 +8,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from app.cells.importer import ImportRefused, ImportSummary, import_folder, import_zip
+from app.cells.importer import ImportSummary, import_folder, import_zip
+from app.cells.service import importing_user
+from app.cells.sources import ImportRefused
 from app.db import session_scope
 from app.errors import LeukolabError
-from app.models import User
-
-NO_ADMIN = "create an admin first: leukolab users create NAME --role admin --password-stdin"
-
-
-def _importing_user(session: Session, as_user: str | None, labelled: bool) -> int | None:
-    """The admin named ``as_user``; for a labelled import without one, the first active admin."""
-    if as_user is not None:
-        user = session.scalar(select(User).where(User.username == as_user))
-        if user is None or not user.is_active or not user.is_admin:
-            raise LeukolabError(f"{as_user!r} is not an active admin")
-        return user.id
-    if not labelled:
-        return None
-    admin_id = session.scalar(
-        select(User.id).where(User.role == "admin", User.is_active.is_(True)).order_by(User.id).limit(1)
-    )
-    if admin_id is None:
-        raise LeukolabError(f"labels need an admin to attribute them to; {NO_ADMIN}")
-    return admin_id
 
 
 def _print_summary(summary: ImportSummary) -> None:
@@ -68,9 +48,9 @@ def import_command(
         typer.secho(f"error: {path}: no such file or folder", err=True, fg=typer.colors.RED)
         raise typer.Exit(2)
     if fields:
-        from app.samples.cli import import_fields
+        from cli.samples import import_fields
 
-        user_id_for = lambda session: _importing_user(session, as_user, False)  # noqa: E731
+        user_id_for = lambda session: importing_user(session=session, as_user=as_user, labelled=False)  # noqa: E731
         import_fields(path, sample=sample, um_per_px=um_per_px, user_id_for=user_id_for, console=console)
         return
     try:
@@ -85,7 +65,7 @@ def import_command(
                 transient=True,
             ) as bar,
         ):
-            user_id = _importing_user(session, as_user, labelled)
+            user_id = importing_user(session=session, as_user=as_user, labelled=labelled)
             task = bar.add_task("import", total=None)
 
             def progress(done: int, total: int) -> None:
@@ -98,7 +78,7 @@ def import_command(
             else:
                 summary = import_zip(session=session, file=path, labelled=labelled, user_id=user_id, progress=progress)
             if sample is not None:
-                from app.samples.cli import attach_to_sample
+                from cli.samples import attach_to_sample
 
                 attach_to_sample(session=session, import_id=summary.import_id, sample=sample, user_id=user_id)
     except ImportRefused as refused:

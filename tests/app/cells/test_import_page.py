@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.main import create_app
 from app.models import Cell, Label
-from tests.app.factories import make_user
-from tests.app.imagegen import image_bytes, make_cell_image, make_imagefolder, make_zip, zip_folder
-from tests.app.test_api import browser_login, token_headers
+from tests.support.factories import make_user
+from tests.support.http import browser_login, token_headers
+from tests.support.images import image_bytes, make_cell_image, make_imagefolder, make_zip, zip_folder
 
 
 def counts() -> tuple[int, int]:

@@ -8,8 +8,6 @@ import json
 import multiprocessing
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,43 +17,18 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from app import db
-from app.bench import RACE_FAILURES, race_setup, run_races
 from app.cells.importer import import_folder
 from app.db import after_commit, session_scope
 from app.labelling.service import add_label, current_label_mismatches, next_cell, undo_last
 from app.main import create_app
 from app.models import Cell, Label, TrainingRun, User
-from tests.app.factories import make_cells, make_user
-from tests.app.imagegen import make_imagefolder
-from tests.app.test_api import token_headers
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.cli import leukolab
+from tests.support.database import create_pg_database, drop_pg_database
+from tests.support.factories import make_cells, make_user
+from tests.support.http import token_headers
+from tests.support.images import make_imagefolder
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def client(any_db_url: str):
-    with TestClient(create_app()) as client:
-        yield client
-
-
-def test_races_on_postgres_lose_nothing(pg_db_url: str) -> None:
-    """Undo against label, undo against undo, label against label and resent labels, 20 rounds each."""
-    engine = db.get_engine()
-    cell_ids = race_setup(engine, 20)
-    with TestClient(create_app()) as client:
-        result = run_races(client, engine, cell_ids, 20)
-    assert {name: result[name] for name in RACE_FAILURES} == dict.fromkeys(RACE_FAILURES, 0), result
-    assert result["double_undo_rounds_without_one_success"] == 0, result
-    undos = result["statuses"]["double_undo"]
-    assert undos["undo 200"] == 20 and set(undos) <= {"label 201", "undo 200", "undo 409", "undo 404"}, undos
-    assert undos.get("undo 409", 0) > 0, "no two undos overlapped: the race was not exercised"
-    assert result["statuses"]["repeated_post"] == {"label 200": 40, "label 201": 20}
-    assert result["statuses"]["label_vs_label"] == {"label 201": 40}
-    assert result["statuses"]["undo_vs_label"] == {"label 201": 40, "undo 200": 20}
-    with session_scope() as session:
-        labels = session.scalar(select(func.count(Label.id)).where(Label.kind == "label"))
-        assert labels == 20 * (2 + 1 + 2 + 1)
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_idempotency_key_stores_one_row(client: TestClient) -> None:
@@ -183,12 +156,12 @@ def test_jobs_are_sent_only_after_the_commit(any_db_url: str, monkeypatch: pytes
     assert "unreachable" in runs[1].error
 
 
-def _sqlite_worker(url: str, user_name: str, cell_ids: list[int], barrier, results) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_worker(url: str, user_name: str, cell_ids: list[int], barrier, results) -> None:
     """One of two processes on one SQLite file: lease cells, then label shared cells and undo."""
     engine = db.make_engine(url)
     errors, leased = [], []
 
-    def as_user(work, name: str = user_name):  # type: ignore[no-untyped-def]
+    def as_user(work, name: str = user_name):
         with Session(engine) as session, session.begin():
             return work(session, session.scalar(select(User).where(User.username == name)))
 
@@ -263,7 +236,7 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
 
 
 def test_db_check_finds_a_stale_current_label(pg_db_url: str) -> None:
-    from app.cli import app as cli
+    from cli.main import app as cli
 
     make_user("ana")
     cell_a, cell_b = make_cells(2)
@@ -284,24 +257,32 @@ def test_db_check_finds_a_stale_current_label(pg_db_url: str) -> None:
     assert "2 cells" in stale.output
 
 
-def test_bench_races_command(tmp_path: Path) -> None:
+RACE_FAILURES = ("lost_current_labels", "duplicate_rows", "server_errors", "cache_mismatches", "transport_errors")
+
+
+def test_bench_races_lose_nothing_on_postgres(tmp_path: Path) -> None:
+    """`leukolab bench races`: undo against label, undo against undo, label against label and resent labels,
+    20 rounds each, over HTTP against two server processes."""
     name = f"leukolab_test_races_{os.getpid()}"
     url = create_pg_database(name)
     try:
         out = tmp_path / "races.json"
-        result = subprocess.run(
-            [sys.executable, "-m", "app.cli", "bench", "races", "--rounds", "5", "--json", str(out)]
-            + ["--database-url", url],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = leukolab("bench", "races", "--rounds", "20", "--json", str(out), "--database-url", url)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         report = json.loads(out.read_text())
-        assert report["rounds"] == 5 and report["database"] == "postgresql" and report["server_workers"] == 2
-        assert all(report[name] == 0 for name in RACE_FAILURES), report
-        assert sum(report["statuses"]["repeated_post"].values()) == 15
+        assert report["rounds"] == 20 and report["database"] == "postgresql" and report["server_workers"] == 2
+        assert {name: report[name] for name in RACE_FAILURES} == dict.fromkeys(RACE_FAILURES, 0), report
+        assert report["double_undo_rounds_without_one_success"] == 0, report
+        undos = report["statuses"]["double_undo"]
+        assert undos["undo 200"] == 20 and set(undos) <= {"label 201", "undo 200", "undo 409", "undo 404"}, undos
+        assert undos.get("undo 409", 0) > 0, "no two undos overlapped: the race was not exercised"
+        assert report["statuses"]["repeated_post"] == {"label 200": 40, "label 201": 20}
+        assert report["statuses"]["label_vs_label"] == {"label 201": 40}
+        assert report["statuses"]["undo_vs_label"] == {"label 201": 40, "undo 200": 20}
+        engine = db.make_engine(url)
+        with engine.connect() as conn:
+            labels = conn.scalar(select(func.count(Label.id)).where(Label.kind == "label"))
+        engine.dispose()
+        assert labels == 20 * (2 + 1 + 2 + 1)
     finally:
         drop_pg_database(name)

@@ -16,21 +16,21 @@ from sqlalchemy.orm import undefer
 from typer.testing import CliRunner
 
 from app.cells.importer import import_folder
-from app.cli import app as leukolab_cli
 from app.db import session_scope
 from app.export.service import CSV_COLUMNS, stream_zip
 from app.labelling.service import add_label, current_labels, undo_last
 from app.main import create_app
 from app.models import Cell, ModelVersion, Prediction, User
-from tests.app.factories import make_cells, make_user
-from tests.app.imagegen import make_imagefolder
-from tests.app.test_api import token_headers
-from tests.conftest import empty_tables
+from cli.main import app as leukolab_cli
+from tests.support.database import empty_tables
+from tests.support.factories import make_cells, make_user
+from tests.support.http import token_headers
+from tests.support.images import make_imagefolder
 
 CLASSES = ("neutrophil", "lymphocyte", "eosinophil")
 
 
-def _user(session, name: str) -> User:  # type: ignore[no-untyped-def]
+def _user(session, name: str) -> User:
     return session.scalar(select(User).where(User.username == name))
 
 
@@ -309,7 +309,7 @@ def test_zip_of_a_file_is_read_and_sent_piece_by_piece(tmp_path: Path) -> None:
 def test_zip_is_written_while_it_is_read() -> None:
     pulled: list[str] = []
 
-    def files():  # type: ignore[no-untyped-def]
+    def files():
         for index in range(3):
             pulled.append(f"f{index}")
             yield f"f{index}.png", bytes([index]) * 10_000

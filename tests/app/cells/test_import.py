@@ -16,13 +16,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import undefer
 from typer.testing import CliRunner
 
-from app.cells.cli import import_command
 from app.cells.images import UnreadableImage, open_image
-from app.cells.importer import BATCH_SIZE, ImportRefused, import_folder, import_zip, scan_folder
+from app.cells.importer import BATCH_SIZE, import_folder, import_zip
+from app.cells.sources import ImportRefused, folder_entries, scan_entries
 from app.db import session_scope
 from app.models import Cell, ImportBatch, Label
-from tests.app.factories import make_user
-from tests.app.imagegen import (
+from cli.importing import import_command
+from tests.support.factories import make_user
+from tests.support.images import (
     DEFAULT_CLASSES,
     huge_png,
     image_bytes,
@@ -61,7 +62,7 @@ def test_imagefolder_imports_as_expert_labels(any_db_url: str, tmp_path: Path) -
             progress=lambda done, total: calls.append((done, total)),
         )
 
-    assert (summary.imported, summary.duplicates, summary.labelled, summary.rejected) == (10, 0, 10, [])
+    assert (summary.imported, summary.duplicates, summary.labelled, summary.skipped) == (10, 0, 10, [])
     assert calls[-1] == (20, 20) and [done for done, _ in calls] == sorted(done for done, _ in calls)
     with session_scope() as session:
         cells = session.scalars(select(Cell).order_by(Cell.id)).all()
@@ -199,7 +200,7 @@ Case = Callable[[Path], tuple[Callable[..., object], str, str]]
 
 
 def _folder_with(bad_name: str, bad_bytes: bytes) -> Case:
-    def build(tmp: Path):  # type: ignore[no-untyped-def]
+    def build(tmp: Path):
         make_flat_folder(tmp / "in", count=2, seed=5)
         (tmp / "in" / bad_name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "in" / bad_name).write_bytes(bad_bytes)
@@ -209,7 +210,7 @@ def _folder_with(bad_name: str, bad_bytes: bytes) -> Case:
 
 
 def _zip_with(bad_name: str, bad_bytes: bytes, **import_args: object) -> Case:
-    def build(tmp: Path):  # type: ignore[no-untyped-def]
+    def build(tmp: Path):
         entries = [(f"ok{index}.png", image_bytes(make_cell_image(50 + index))) for index in range(2)]
         data = make_zip([*entries, (bad_name, bad_bytes)])
         return lambda session: import_zip(
@@ -219,32 +220,32 @@ def _zip_with(bad_name: str, bad_bytes: bytes, **import_args: object) -> Case:
     return build
 
 
-def _unknown_class(tmp: Path):  # type: ignore[no-untyped-def]
+def _unknown_class(tmp: Path):
     make_imagefolder(tmp / "set", classes=("neutrophil", "erythroblast"), per_class=1)
     admin = make_user("ada", role="admin")
     return lambda session: import_folder(session=session, path=tmp / "set", labelled=True, user_id=admin)
 
 
-def _image_outside_class_folders(tmp: Path):  # type: ignore[no-untyped-def]
+def _image_outside_class_folders(tmp: Path):
     make_imagefolder(tmp / "set", classes=("neutrophil",), per_class=1)
     write_image(tmp / "set" / "loose.png", make_cell_image(12))
     admin = make_user("ada", role="admin")
     return lambda session: import_folder(session=session, path=tmp / "set", labelled=True, user_id=admin)
 
 
-def _not_a_zip(tmp: Path):  # type: ignore[no-untyped-def]
+def _not_a_zip(tmp: Path):
     (tmp / "cells.zip").write_bytes(b"PK but not really a zip file")
     return lambda session: import_zip(session=session, file=tmp / "cells.zip", labelled=None, user_id=None)
 
 
-def _symlink_out(tmp: Path):  # type: ignore[no-untyped-def]
+def _symlink_out(tmp: Path):
     make_flat_folder(tmp / "in", count=1)
     write_image(tmp / "elsewhere" / "secret.png", make_cell_image(77))
     os.symlink(tmp / "elsewhere" / "secret.png", tmp / "in" / "link.png")
     return lambda session: import_folder(session=session, path=tmp / "in", labelled=False, user_id=None)
 
 
-def _zip_symlink(tmp: Path):  # type: ignore[no-untyped-def]
+def _zip_symlink(tmp: Path):
     link = zipfile.ZipInfo("link.png")
     link.external_attr = 0o120777 << 16
     buffer = io.BytesIO()
@@ -341,7 +342,7 @@ def test_a_file_changed_between_the_passes_is_refused_and_rolled_back(any_db_url
 
 
 def test_max_pixels_comes_from_settings(any_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import use_database
+    from tests.support.database import use_database
 
     use_database(any_db_url, monkeypatch, max_image_pixels="1000")
     write_image(tmp_path / "in" / "big.png", make_cell_image(1, 40))  # 1,600 px
@@ -356,19 +357,23 @@ def test_pillows_own_bomb_error_is_a_rejection(monkeypatch: pytest.MonkeyPatch) 
         open_image(io.BytesIO(image_bytes(make_cell_image(1, 32))), max_pixels=50_000_000)
 
 
-def test_scan_folder_reports_without_writing(tmp_path: Path) -> None:
+def test_sources_check_a_folder_without_a_database(tmp_path: Path) -> None:
     make_imagefolder(tmp_path / "set", classes=("monocyte",), per_class=2)
     (tmp_path / "set" / "monocyte" / "bad.png").write_bytes(b"nope")
+    (tmp_path / "set" / "README.md").write_text("notes")
 
-    candidates, rejections = scan_folder(
-        tmp_path / "set", labelled=True, class_names=["neutrophil", "monocyte"], max_pixels=10_000
+    entries, rejections, skipped = folder_entries(tmp_path / "set")
+    candidates, problems = scan_entries(
+        entries, labelled=True, class_names=["neutrophil", "monocyte"], max_pixels=10_000
     )
+
+    assert rejections == [] and skipped == ["README.md"]
 
     assert [(c.source_name, c.class_name) for c in candidates] == [
         ("monocyte/monocyte_000.png", "monocyte"),
         ("monocyte/monocyte_001.png", "monocyte"),
     ]
-    assert [r.file for r in rejections] == ["monocyte/bad.png"]
+    assert [r.file for r in problems] == ["monocyte/bad.png"]
 
 
 # --- the CLI -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.orm import Session
 
-from app.cells.importer import ImportRefused
+from app.cells.sources import ImportRefused
 from app.db import session_scope
 from app.errors import LeukolabError
 from app.samples.fields import FieldImportSummary, import_field_folder, import_field_zip

@@ -1,0 +1,44 @@
+"""The labelling page's keys come from one list: its buttons, its help overlay and label.js's config agree."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+from fastapi.testclient import TestClient
+
+from app.db import session_scope
+from app.labelling.service import list_classes
+from app.models import UNSURE
+from tests.support.factories import make_user
+from tests.support.http import browser_login
+
+
+def test_buttons_help_and_script_config_are_one_keymap(client: TestClient) -> None:
+    make_user("ana")
+    browser_login(client, "ana")
+    page = client.get("/label").text
+    config = json.loads(html.unescape(re.search(r'id="label-config"[^>]*>(.*?)</script>', page, re.S).group(1)))
+    keymap = config["keymap"]
+    with session_scope() as session:
+        classes = [(c.name, c.hotkey) for c in list_classes(session=session)]
+
+    by_label = {entry["label"]: entry for entry in keymap if entry["action"] == "label"}
+    assert list(by_label) == [name for name, _ in classes] + [UNSURE]
+    for name, hotkey in classes:
+        assert by_label[name]["keys"][0] == hotkey
+    assert by_label["artefact"]["keys"] == [dict(classes)["artefact"], "x"]
+
+    buttons = re.findall(
+        r'<button type="button" data-(label|action)="([^"]+)"><kbd>([^<]+)</kbd> ([^<]+)</button>', page
+    )
+    assert [(kind, value, key, text.strip()) for kind, value, key, text in buttons] == [
+        ("label" if e["action"] == "label" else "action", e.get("label", e["action"]), e["keys"][0], e["button"])
+        for e in keymap
+        if e.get("button")
+    ]
+    overlay = page[page.index('<dialog id="keymap">') :]
+    assert all(html.escape(entry["help"]) in overlay for entry in keymap)
+    all_keys = [key for entry in keymap for key in entry["keys"]]
+    assert len(all_keys) == len(set(all_keys)), "one key, one action"

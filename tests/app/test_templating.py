@@ -1,0 +1,76 @@
+"""Pages: one URL answers a full page or, with the HX-Request header, the partial it includes; links name
+their routes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.support.factories import make_user
+from tests.support.http import browser_login
+
+HTMX = {"HX-Request": "true"}
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+
+
+@pytest.mark.parametrize(
+    ("url", "partial_starts"),
+    [
+        ("/admin/training", '<section id="runs"'),
+        ("/admin/models", '<div class="models"'),
+        ("/admin/users", None),
+    ],
+)
+def test_a_page_and_its_partial_share_one_url(client: TestClient, url: str, partial_starts: str | None) -> None:
+    make_user("root", role="admin")
+    browser_login(client, "root")
+
+    page = client.get(url)
+    partial = client.get(url, headers=HTMX)
+
+    assert page.status_code == partial.status_code == 200
+    assert "<html" in page.text and "<html" not in partial.text
+    body = partial.text.strip()
+    if partial_starts:
+        assert body.startswith(partial_starts), body[:200]
+    assert body in page.text  # the partial is the very markup the page shows
+
+
+def test_a_poll_of_the_runs_leaves_the_message_and_an_action_replaces_it(client: TestClient) -> None:
+    make_user("root", role="admin")
+    csrf = browser_login(client, "root")
+
+    poll = client.get("/admin/training", headers=HTMX)
+    refused = client.post("/admin/training/runs/999/cancel", data={"csrf_token": csrf}, headers=HTMX)
+
+    assert 'id="run-message"' not in poll.text
+    assert 'id="run-message" hx-swap-oob="true"' in refused.text and "999" in refused.text
+
+
+def test_no_template_spells_a_path_of_ours() -> None:
+    """Links, forms and htmx requests name their routes (url_for), so a moved route cannot leave a dead link."""
+    spelled = [
+        f"{template.name}: {match.group(0)}"
+        for template in sorted(TEMPLATES.rglob("*.html"))
+        for match in re.finditer(r'(?:href|action|src|hx-get|hx-post)="/[^"]*"', template.read_text())
+    ]
+    assert spelled == []
+
+
+def test_links_and_redirects_follow_the_root_path(any_db_url: str) -> None:
+    """Behind a proxy that serves leukolab under /leukolab, the pages' links and redirects stay under it."""
+    make_user("root", role="admin")
+    with TestClient(create_app(), root_path="/leukolab") as client:
+        login = client.get("/login")
+        assert 'action="/leukolab/login"' in login.text
+        assert 'href="/leukolab/static/' in login.text
+        signed_out = client.get("/label", headers={"accept": "text/html"}, follow_redirects=False)
+        assert signed_out.headers["location"].startswith("/leukolab/login?next=")
+        browser_login(client, "root")
+        page = client.get("/admin/training").text
+        assert 'href="/leukolab/admin/models"' in page and 'hx-post="/leukolab/admin/training"' in page
+        assert client.get("/", follow_redirects=False).headers["location"] == "/leukolab/label"
