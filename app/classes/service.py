@@ -17,34 +17,24 @@ in ``labels``. Every change writes a ``class_events`` row with who made it. Serv
 
 from __future__ import annotations
 
-import json
 import re
-from functools import cache
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
+from app.labelling.keymap import action_keys
 from app.models import UNSURE, Cell, CellClass, ClassEvent, Label, User, utcnow
 
 HOTKEY = re.compile(r"^[0-9a-z]$")
 COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 RESERVED_NAMES = {UNSURE, "unlike any known class"}
-KEYMAP = Path(__file__).resolve().parents[2] / "static" / "keymap.json"
 
 
-@cache
 def reserved_hotkeys() -> frozenset[str]:
-    """Keys the labelling page's key map already gives to actions (undo, help, ...)."""
-    try:
-        entries = json.loads(KEYMAP.read_text())
-    except (OSError, ValueError):
-        return frozenset()
-    entries = entries.get("actions", entries) if isinstance(entries, dict) else entries
-    keys = {key.lower() for entry in entries for key in entry.get("keys", []) if len(key) == 1}
-    return frozenset(keys | {"u", "x"})  # u: unsure; x: a second key for artefact (app/labelling/routes.py)
+    """Keys the labelling page's key map already gives to actions (undo, unsure, help, ...)."""
+    return action_keys()
 
 
 def slug(name: str) -> str:

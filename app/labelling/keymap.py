@@ -37,3 +37,10 @@ def keymap(classes: Sequence[CellClass]) -> list[dict[str, Any]]:
         ),
         *spec["keys"],
     ]
+
+
+def action_keys() -> frozenset[str]:
+    """Keys the page gives to actions (undo, unsure, help, ...) and second keys of classes: no class may take one."""
+    spec = _file()
+    extra = {key for keys in spec["class_keys"]["extra_keys"].values() for key in keys}
+    return frozenset(key.lower() for entry in spec["keys"] for key in entry["keys"] if len(key) == 1) | extra

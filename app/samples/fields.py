@@ -28,16 +28,16 @@ from app.cells.images import prepare_image
 
 # The tile import's file walking: links, zip escapes, encrypted entries, names that are not UTF-8,
 # notes beside the images and the decompression-bomb budget are handled the same way for fields.
-from app.cells.importer import (
+from app.cells.sources import (
     ZIP_EXPANSION_LIMIT,
+    Entry,
     ImportRefused,
     Rejection,
-    _check_pixel_budget,
-    _Entry,
-    _folder_entries,
-    _stream_size,
-    _zip_entries,
+    check_pixel_budget,
+    folder_entries,
     printable_name,
+    stream_size,
+    zip_entries,
 )
 from app.errors import Conflict, InvalidInput
 from app.models import Cell, Field, ImportBatch, Sample
@@ -94,7 +94,7 @@ class FieldImportSummary:
 
 @dataclass(frozen=True)
 class _Checked:
-    entry: _Entry
+    entry: Entry
     sample: str
     sha256: str
     width: int
@@ -108,14 +108,14 @@ def field_sha256(rgb: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _strip_wrapper(entries: list[_Entry]) -> list[_Entry]:
+def _strip_wrapper(entries: list[Entry]) -> list[Entry]:
     """Drop folders that wrap every sample folder (``export/slideA/f.jpg`` → ``slideA/f.jpg``)."""
     while entries and all(len(e.parts) >= 3 and e.parts[0] == entries[0].parts[0] for e in entries):
-        entries = [_Entry(e.name, e.parts[1:], e.size, e.open) for e in entries]
+        entries = [Entry(e.name, e.parts[1:], e.size, e.open) for e in entries]
     return entries
 
 
-def _assign_samples(entries: list[_Entry], sample: str | None) -> tuple[list[tuple[_Entry, str]], list[Rejection]]:
+def _assign_samples(entries: list[Entry], sample: str | None) -> tuple[list[tuple[Entry, str]], list[Rejection]]:
     """Each entry with its sample: ``sample`` for all, else the top-level folder it is in."""
     if sample is not None:
         return [(entry, sample) for entry in entries], []
@@ -131,7 +131,7 @@ def _assign_samples(entries: list[_Entry], sample: str | None) -> tuple[list[tup
     return assigned, rejections
 
 
-def _read(entry: _Entry, config: LocateConfig) -> np.ndarray:
+def _read(entry: Entry, config: LocateConfig) -> np.ndarray:
     with entry.open() as fp:
         data = fp.read()
     if not data:
@@ -140,7 +140,7 @@ def _read(entry: _Entry, config: LocateConfig) -> np.ndarray:
 
 
 def _check(
-    assigned: list[tuple[_Entry, str]], configs: dict[str, LocateConfig], progress: Progress | None, total: int
+    assigned: list[tuple[Entry, str]], configs: dict[str, LocateConfig], progress: Progress | None, total: int
 ) -> tuple[list[_Checked], list[Rejection]]:
     checked, rejections = [], []
     for done, (entry, sample) in enumerate(assigned, start=1):
@@ -268,7 +268,7 @@ def _write_field(
 def _run_import(
     *,
     session: Session,
-    entries: list[_Entry],
+    entries: list[Entry],
     rejections: list[Rejection],
     skipped: list[str],
     sample: str | None,
@@ -286,7 +286,7 @@ def _run_import(
     pixel_sizes = sample_pixel_sizes(session=session, identifiers=identifiers, um_per_px=um_per_px)
     configs = {name: LocateConfig(um_per_px=size) for name, size in pixel_sizes.items()}
     max_pixels = LocateConfig().max_pixels
-    _check_pixel_budget([entry for entry, _ in assigned], source=source, max_pixels=max_pixels)
+    check_pixel_budget([entry for entry, _ in assigned], source=source, max_pixels=max_pixels)
     checked, problems = _check(assigned, configs, progress, total=len(assigned) * 2)
     rejections += problems
     if not entries and not rejections:
@@ -372,7 +372,7 @@ def import_field_folder(
     path = Path(path)
     if not path.is_dir():
         raise InvalidInput(f"{printable_name(str(path))}: not a folder")
-    entries, rejections, skipped = _folder_entries(path)
+    entries, rejections, skipped = folder_entries(path)
     return _run_import(
         session=session,
         entries=entries,
@@ -409,7 +409,7 @@ def import_field_zip(
         size = path.stat().st_size
     else:
         name = printable_name(name or Path(str(getattr(file, "name", "") or "upload.zip")).name)
-        size = _stream_size(file)
+        size = stream_size(file)
     if size > max_bytes:
         raise ImportRefused([Rejection(name, f"the zip is {size:,} bytes, over the limit of {max_bytes:,} bytes")])
     try:
@@ -424,7 +424,7 @@ def import_field_zip(
                 f"the upload limit of {max_bytes:,} bytes"
             )
             raise ImportRefused([Rejection(name, reason)])
-        entries, rejections, skipped = _zip_entries(archive)
+        entries, rejections, skipped = zip_entries(archive)
         return _run_import(
             session=session,
             entries=entries,

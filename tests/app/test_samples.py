@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from app import db
-from app.cells.cli import import_command
 from app.cells.sources import ImportRefused
 from app.db import session_scope
 from app.labelling.service import record_label
@@ -24,6 +23,7 @@ from app.main import create_app
 from app.models import Cell, Field, ImportBatch, Label, ModelVersion, Prediction, Sample, User
 from app.samples import service
 from app.samples.fields import DISPLAY_MAX_SIDE, import_field_folder
+from cli.importing import import_command
 from tests.app.fieldgen import make_field, save
 from tests.support.database import SHARED_DATA
 from tests.support.factories import make_user

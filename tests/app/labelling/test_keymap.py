@@ -31,7 +31,7 @@ def test_buttons_help_and_script_config_are_one_keymap(client: TestClient) -> No
     assert by_label["artefact"]["keys"] == [dict(classes)["artefact"], "x"]
 
     buttons = re.findall(
-        r'<button type="button" data-(label|action)="([^"]+)"><kbd>([^<]+)</kbd> ([^<]+)</button>', page
+        r'<button type="button" data-(label|action)="([^"]+)"[^>]*><kbd>([^<]+)</kbd> ([^<]+)</button>', page
     )
     assert [(kind, value, key, text.strip()) for kind, value, key, text in buttons] == [
         ("label" if e["action"] == "label" else "action", e.get("label", e["action"]), e["keys"][0], e["button"])
