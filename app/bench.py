@@ -140,20 +140,33 @@ def start_server(
     raise RuntimeError(f"the server did not become ready in {timeout_s:.0f} s")
 
 
-async def _drive(base: str, users: int, seconds: float, classes: list[str], think_s: float, warmup_s: float) -> dict:
+async def _login(client, users: int) -> list[str]:  # type: ignore[no-untyped-def]
+    tokens = []
+    for i in range(users):
+        response = await client.post("/api/v1/auth/token", data={"username": f"bench{i}", "password": PASSWORD})
+        response.raise_for_status()
+        tokens.append(response.json()["access_token"])
+    return tokens
+
+
+async def _drive(
+    base: str, users: int, seconds: float, classes: list[str], think_s: float, warmup_s: float, floor_s: float = 0.0
+) -> dict:
+    """Each labeller asks for the next cell, looks at it for ``think_s`` (0.5 to 1.5 times), labels it, again.
+
+    Then, for ``floor_s``, the same labellers send the same two requests, in the same rhythm, to the floor
+    (``/bench/floor``: the same stack, one SQL round trip) so every latency can be read as a ratio to it.
+    """
     import httpx
 
     next_latency: list[float] = []
     label_latency: list[float] = []
+    floor_latency: list[float] = []
     acknowledged: list[int] = []
     errors: list[str] = []
     limits = httpx.Limits(max_connections=users * 2)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-        tokens = []
-        for i in range(users):
-            response = await client.post("/api/v1/auth/token", data={"username": f"bench{i}", "password": PASSWORD})
-            response.raise_for_status()
-            tokens.append(response.json()["access_token"])
+        tokens = await _login(client, users)
         measure_from = time.perf_counter() + warmup_s  # connections, pools and caches warm up first
         deadline = measure_from + seconds
 
@@ -162,7 +175,7 @@ async def _drive(base: str, users: int, seconds: float, classes: list[str], thin
             try:
                 response = await client.request(method, url, **kwargs)
             except httpx.HTTPError as error:
-                errors.append(f"{url.split('/')[-1]}: {error.__class__.__name__}")
+                errors.append(f"{url.split('?')[0].split('/')[-1]}: {error.__class__.__name__}")
                 return None
             if started >= measure_from:
                 latencies.append(time.perf_counter() - started)
@@ -189,76 +202,243 @@ async def _drive(base: str, users: int, seconds: float, classes: list[str], thin
                 elif response is not None:
                     errors.append(f"label: HTTP {response.status_code}")
 
+        async def floor_labeller(token: str, until: float) -> None:
+            headers = {"Authorization": f"Bearer {token}"}
+            while time.perf_counter() < until:
+                for method in ("GET", "POST"):
+                    response = await timed(method, "/bench/floor", floor_latency, headers=headers)
+                    if response is not None and response.status_code != 200:
+                        errors.append(f"floor: HTTP {response.status_code}")
+                    if method == "GET":
+                        await asyncio.sleep(random.uniform(0.5, 1.5) * think_s)
+
         started = time.perf_counter()
         await asyncio.gather(*(labeller(token) for token in tokens))
         elapsed = time.perf_counter() - max(started, measure_from)
-    return {
+        if floor_s > 0:
+            floor_until = time.perf_counter() + floor_s
+            await asyncio.gather(*(floor_labeller(token, floor_until) for token in tokens))
+    result = {
         "next": _percentiles(next_latency),
         "label": _percentiles(label_latency),
+        "labels_per_s": round(len(label_latency) / elapsed, 1),
         "requests_per_s": round((len(next_latency) + len(label_latency)) / elapsed, 1),
         "errors": len(errors),
         "error_samples": sorted(set(errors))[:10],
         "acknowledged": acknowledged,
     }
+    if floor_latency:
+        floor = _percentiles(floor_latency)
+        result["floor"] = floor
+        result["ratio_to_floor"] = {
+            f"{name}_{p}": round(result[name][f"{p}_ms"] / floor[f"{p}_ms"], 2)
+            for name in ("next", "label")
+            for p in ("p50", "p99")
+            if floor[f"{p}_ms"]
+        }
+    return result
+
+
+# --- where the server's time goes: py-spy samples of the worker processes, summarised ---------------
+
+PROFILE_BUCKETS = (
+    "auth",
+    "SQL (driver and waiting for PostgreSQL)",
+    "ORM and SQL building (SQLAlchemy)",
+    "handler Python",
+    "serialisation",
+    "event loop, HTTP and middleware",
+)
+_AUTH = ("current_user ", "caller ", "load_caller ", "read_token ", "refuse_caller ")
+_SERIALISE = ("serialize_response ", "jsonable_encoder ", "_json (app/labelling", "orjson", "pydantic")
+_HANDLER = ("app/labelling/", "app/consensus/", "app/deps.py", "app/db.py", "app/main.py")
+
+
+def classify_stack(stack: str) -> str | None:
+    """The bucket of one sampled stack (root first, ``;``-separated); None for a thread waiting for work."""
+    frames = stack.split(";")
+    leaf = frames[-1]
+    if "WorkerThread.run" in stack and not any(part in stack for part in _HANDLER):
+        return None  # a thread-pool thread waiting for a request
+    if any(name in leaf for name in ("select (selectors", "_run_once (asyncio", "wait (threading", "get (queue")) and (
+        not any(part in stack for part in _HANDLER)
+    ):
+        return None  # the event loop or a thread with nothing to do
+    if any(any(name in frame for name in _AUTH) for frame in frames):
+        return "auth"
+    if any(any(name in frame for name in _SERIALISE) for frame in frames):
+        return "serialisation"
+    if any(any(part in frame for part in _HANDLER) for frame in frames):
+        if any("psycopg" in frame or "sqlite3" in frame for frame in frames):
+            return "SQL (driver and waiting for PostgreSQL)"
+        if any("sqlalchemy/" in frame for frame in frames):
+            return "ORM and SQL building (SQLAlchemy)"
+        return "handler Python"
+    return "event loop, HTTP and middleware"
+
+
+def summarise_profile(paths: list[Path]) -> dict:
+    """Per-bucket shares of the busy samples in py-spy ``--format raw`` files (the server's worker processes)."""
+    from collections import Counter
+
+    buckets: Counter = Counter()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            bucket = classify_stack(stack)
+            if bucket is not None:
+                buckets[bucket] += int(count)
+    total = sum(buckets.values())
+    return {
+        "busy_samples": total,
+        "share": {name: round(buckets[name] / total, 3) if total else 0.0 for name in PROFILE_BUCKETS},
+    }
+
+
+def _profile_workers(server: subprocess.Popen, seconds: float, out_dir: Path) -> list[subprocess.Popen]:
+    """Start ``py-spy record`` on each of the server's worker processes (``--idle``: time waiting for SQL counts)."""
+    import shutil
+
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+    pids = [pid for pid in children if pid.isdigit()] or [str(server.pid)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                pid,
+                "--duration",
+                str(max(1, int(seconds))),
+                "--rate",
+                "200",
+                "--idle",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "-o",
+                str(out_dir / f"worker-{pid}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+
+
+def _create_bench_database(name: str) -> str:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 
 
 def labelling_command(
     json_out: Annotated[Path, typer.Option("--json", help="where to write the report")],
     cells: Annotated[int, typer.Option(help="generated cells")] = 100_000,
-    users: Annotated[int, typer.Option(help="concurrent simulated labellers")] = 20,
+    users: Annotated[int, typer.Option("--labellers", "--users", help="concurrent simulated labellers")] = 20,
     seconds: Annotated[float, typer.Option(help="how long to drive the server")] = 30.0,
-    database_url: Annotated[
-        str | None, typer.Option(help="use this database instead of creating leukolab_bench on local Postgres")
-    ] = None,
+    database: Annotated[
+        str, typer.Option(help="postgres (a fresh leukolab_bench database on local PostgreSQL) or sqlite (a temp file)")
+    ] = "postgres",
+    database_url: Annotated[str | None, typer.Option(help="use this (empty) database instead of creating one")] = None,
+    database_name: Annotated[
+        str, typer.Option(help="the PostgreSQL database to (re)create for --database postgres")
+    ] = BENCH_DB,
     server_workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
     think_ms: Annotated[
         float,
         typer.Option(help="mean pause between seeing a cell and labelling it; 0 drives the server flat out"),
     ] = 250.0,
     warmup_s: Annotated[float, typer.Option(help="seconds of driving before latencies are recorded")] = 3.0,
+    floor_s: Annotated[
+        float, typer.Option(help="seconds of the same load on the one-round-trip floor endpoint, after the run")
+    ] = 10.0,
+    profile: Annotated[
+        bool, typer.Option(help="sample the server workers with py-spy while measuring (shares in the report)")
+    ] = False,
 ) -> None:
-    """Drive the web server with concurrent labellers and report latency percentiles and lost labels."""
+    """Drive the web server with concurrent labellers and report latency percentiles, their ratio to the floor
+    (the same stack answering after one SQL round trip) and lost labels."""
+    import tempfile
+
     from sqlalchemy import func, select
 
     from app import db
     from app.models import Label
 
+    if database not in ("postgres", "sqlite"):
+        raise typer.BadParameter("--database is postgres or sqlite")
+    scratch = Path(tempfile.mkdtemp(prefix="leukolab-bench-"))
     if database_url is None:
-        import psycopg
-
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {BENCH_DB}")
-        database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DB}"
+        database_url = (
+            f"sqlite:///{scratch / 'bench.db'}" if database == "sqlite" else _create_bench_database(database_name)
+        )
+    started_fill = time.perf_counter()
     _fill(database_url, cells, users)
+    fill_s = time.perf_counter() - started_fill
 
     try:
-        server, base = start_server(database_url, workers=server_workers)
+        server, base = start_server(database_url, workers=server_workers, env={"LEUKOLAB_BENCH_FLOOR": "1"})
     except RuntimeError as error:
         raise typer.Exit(2) from error
+    load_before = os.getloadavg()
+    spies: list[subprocess.Popen] = []
     try:
         classes = _class_names(database_url)
         typer.echo(f"driving {base} with {users} labellers for {seconds:.0f} s")
-        result = asyncio.run(_drive(base, users, seconds, classes, think_ms / 1000, warmup_s))
+        if profile:
+
+            async def delayed() -> dict:
+                run = asyncio.create_task(_drive(base, users, seconds, classes, think_ms / 1000, warmup_s, floor_s))
+                await asyncio.sleep(warmup_s + 1)  # logins and warm-up first
+                spies.extend(_profile_workers(server, seconds - 2, scratch / "profile"))
+                return await run
+
+            result = asyncio.run(delayed())
+        else:
+            result = asyncio.run(_drive(base, users, seconds, classes, think_ms / 1000, warmup_s, floor_s))
     finally:
+        for spy in spies:
+            spy.wait(timeout=60)
         server.terminate()
         server.wait(timeout=30)
+    load_after = os.getloadavg()
 
     acknowledged = result.pop("acknowledged")
     engine = db.make_engine(database_url)
     with engine.connect() as conn:
-        stored = conn.scalar(select(func.count(Label.id)).where(Label.id.in_(acknowledged))) if acknowledged else 0
+        stored = 0
+        for start in range(0, len(acknowledged), 10_000):
+            chunk = acknowledged[start : start + 10_000]
+            stored += conn.scalar(select(func.count(Label.id)).where(Label.id.in_(chunk)))
     engine.dispose()
     result.update(
         labels_acknowledged=len(acknowledged),
         lost_labels=len(acknowledged) - stored,
+        database=engine.dialect.name,
         cells=cells,
         users=users,
         seconds=seconds,
         think_ms=think_ms,
         warmup_s=warmup_s,
+        floor_s=floor_s,
         server_workers=server_workers,
+        fill_s=round(fill_s, 1),
+        machine={
+            "cpus": os.cpu_count(),
+            "load_1min_before": round(load_before[0], 2),
+            "load_1min_after": round(load_after[0], 2),
+        },
     )
+    if profile:
+        result["profile"] = summarise_profile(sorted((scratch / "profile").glob("worker-*.txt")))
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))

@@ -199,7 +199,7 @@
         if (upcoming && upcoming.cell_id !== current.cell_id) release(upcoming);
         upcoming = current;
       }
-      show({ cell_id: body.cell_id, image_url: `/api/v1/cells/${body.cell_id}/image`, reason: "undo", reason_text: `you undid your label ${body.label}`, suggestion: null });
+      show({ cell_id: body.cell_id, image_url: body.image_url || `/api/v1/cells/${body.cell_id}/image`, reason: "undo", reason_text: `you undid your label ${body.label}`, suggestion: null });
       toast(`label ${body.label} undone: cell ${body.cell_id} is back`);
       refreshStats();
     });
