@@ -164,6 +164,7 @@ async def _drive(
     floor_latency: list[float] = []
     acknowledged: list[int] = []
     errors: list[str] = []
+    exhausted: list[str] = []
     limits = httpx.Limits(max_connections=users * 2)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
         tokens = await _login(client, users)
@@ -185,6 +186,9 @@ async def _drive(
             headers = {"Authorization": f"Bearer {token}"}
             while time.perf_counter() < deadline:
                 response = await timed("GET", "/api/v1/queue/next", next_latency, headers=headers)
+                if response is not None and response.status_code == 204:
+                    exhausted.append(token)  # every cell labelled: this labeller is done
+                    return
                 if response is None or response.status_code != 200:
                     errors.append(f"next: HTTP {response.status_code}") if response is not None else None
                     continue
@@ -225,6 +229,7 @@ async def _drive(
         "requests_per_s": round((len(next_latency) + len(label_latency)) / elapsed, 1),
         "errors": len(errors),
         "error_samples": sorted(set(errors))[:10],
+        "labellers_out_of_cells": len(exhausted),
         "acknowledged": acknowledged,
     }
     if floor_latency:
@@ -254,16 +259,34 @@ _SERIALISE = ("serialize_response ", "jsonable_encoder ", "_json (app/labelling"
 _HANDLER = ("app/labelling/", "app/consensus/", "app/deps.py", "app/db.py", "app/main.py")
 
 
+# Frames a thread sits in with nothing to do: the event loop in select(), uvicorn's supervisor
+# pipe, a thread-pool thread waiting for a request, the master process.
+_IDLE_LEAVES = {
+    "Runner.run",
+    "Connection._recv",
+    "main",
+    "Condition.wait",
+    "Queue.get",
+    "BaseSelector.select",
+    "EpollSelector.select",
+    "BaseEventLoop._run_once",
+    "BaseEventLoop.run_forever",
+    "Event.wait",
+    "Thread._bootstrap",
+    "Thread._bootstrap_inner",
+    "WorkerThread.run",
+    "sleep",
+    "Server.main_loop",
+}
+
+
 def classify_stack(stack: str) -> str | None:
-    """The bucket of one sampled stack (root first, ``;``-separated); None for a thread waiting for work."""
+    """The bucket of one sampled stack (root first, ``;``-separated); None for a thread with nothing to do."""
     frames = stack.split(";")
-    leaf = frames[-1]
-    if "WorkerThread.run" in stack and not any(part in stack for part in _HANDLER):
-        return None  # a thread-pool thread waiting for a request
-    if any(name in leaf for name in ("select (selectors", "_run_once (asyncio", "wait (threading", "get (queue")) and (
-        not any(part in stack for part in _HANDLER)
-    ):
-        return None  # the event loop or a thread with nothing to do
+    if not stack.strip() or frames[-1].split(" (")[0] in _IDLE_LEAVES:
+        return None
+    if any("app/users/" in frame for frame in frames):
+        return None  # the labellers' logins before the measurement, not the hot path
     if any(any(name in frame for name in _AUTH) for frame in frames):
         return "auth"
     if any(any(name in frame for name in _SERIALISE) for frame in frames):
@@ -437,6 +460,8 @@ def labelling_command(
             "load_1min_after": round(load_after[0], 2),
         },
     )
+    if engine.dialect.name == "postgresql":
+        result["plans"] = explain_hot_path(database_url)
     if profile:
         result["profile"] = summarise_profile(sorted((scratch / "profile").glob("worker-*.txt")))
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -696,3 +721,56 @@ def races_command(
     typer.echo(json.dumps(result, indent=2))
     if any(result[name] for name in RACE_FAILURES):
         raise typer.Exit(1)
+
+
+# --- the hot path's query plans: the queue's cost must not grow with the number of cells ----------------
+
+PLAN_KEYS = ("Index", "Seq Scan", "LockRows", "Insert", "Update", "Delete", "Execution Time", "Planning Time")
+
+
+def explain_hot_path(url: str, *, username: str = "bench0") -> dict[str, list[str]]:
+    """EXPLAIN ANALYZE of the one-statement ``queue/next`` and of a label's two statements on PostgreSQL,
+    run in a transaction that is rolled back; only the plan lines that show access paths and timings."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, text
+
+    from app.labelling import service
+    from app.models import Cell, User, utcnow
+
+    engine = db_engine(url)
+    plans: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        user = conn.execute(select(User.id, User.session_version).where(User.username == username)).one()
+        now = utcnow()
+        common = {"uid": user.id, "sv": user.session_version, "may_change": False}
+        queries = {
+            "queue/next": (
+                service._NEXT_SQL,
+                {**common, "now": now, "until": now + timedelta(minutes=5), "exclude": [], "start": random.random()},
+            )
+        }
+        cell_id = conn.scalar(select(Cell.id).where(Cell.current_label_id.is_(None)).limit(1)) or conn.scalar(
+            select(Cell.id).limit(1)
+        )
+        label = {**common, "cell": cell_id, "value": "basophil"}
+        queries["label: lock and check"] = (service._LOCK_SQL, {**label, "unsure": "unsure"})
+        queries["label: store"] = (
+            service._STORE_SQL,
+            {**label, "key": None, "now": now, "readers": 1, "min_confidence": 0.5},
+        )
+        try:
+            for name, (sql, params) in queries.items():
+                lines = conn.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql), params).scalars().all()
+                plans[name] = [line.strip() for line in lines if any(key in line for key in PLAN_KEYS)]
+        finally:
+            transaction.rollback()
+    engine.dispose()
+    return plans
+
+
+def db_engine(url: str):  # type: ignore[no-untyped-def]
+    from app import db
+
+    return db.make_engine(url)
