@@ -244,6 +244,39 @@ async def _drive(
     return result
 
 
+# --- the browser path: key press to the next cell painted, read from the page's Performance API ------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def browser_key_to_paint(base: str, username: str, labels: int, pace_s: float) -> dict:
+    """Log ``username`` in with headless Chromium, press a class key every ``pace_s`` for ``labels`` labels,
+    and give the percentiles of static/label.js's ``leukolab:key-to-paint`` measures (prefetch included)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context().new_page()
+            page.goto(f"{base}/login")
+            page.fill("input[name=username]", username)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/label")
+            page.wait_for_selector("#cell-image[data-cell-id]")
+            for _ in range(labels):
+                page.keyboard.press("1")
+                page.wait_for_timeout(pace_s * 1000)
+            page.wait_for_timeout(1000)
+            durations = page.evaluate(
+                "performance.getEntriesByName('leukolab:key-to-paint').map((entry) => entry.duration / 1000)"
+            )
+        finally:
+            browser.close()
+    return {**_percentiles(durations), "keys": labels, "pace_ms": round(pace_s * 1000)}
+
+
 # --- where the server's time goes: py-spy samples of the worker processes, summarised ---------------
 
 PROFILE_BUCKETS = (
@@ -386,6 +419,11 @@ def labelling_command(
     profile: Annotated[
         bool, typer.Option(help="sample the server workers with py-spy while measuring (shares in the report)")
     ] = False,
+    browser_labels: Annotated[
+        int,
+        typer.Option(help="labels given in headless Chromium, alone and then under the load (0: no browser)"),
+    ] = 0,
+    browser_pace_ms: Annotated[float, typer.Option(help="one key press per this many ms in the browser")] = 600.0,
 ) -> None:
     """Drive the web server with concurrent labellers and report latency percentiles, their ratio to the floor
     (the same stack answering after one SQL round trip) and lost labels."""
@@ -404,7 +442,7 @@ def labelling_command(
             f"sqlite:///{scratch / 'bench.db'}" if database == "sqlite" else _create_bench_database(database_name)
         )
     started_fill = time.perf_counter()
-    _fill(database_url, cells, users)
+    _fill(database_url, cells, users + (1 if browser_labels else 0))  # the last one is the browser's
     fill_s = time.perf_counter() - started_fill
 
     try:
@@ -415,18 +453,27 @@ def labelling_command(
     spies: list[subprocess.Popen] = []
     try:
         classes = _class_names(database_url)
+        browser: dict = {}
+        if browser_labels:
+            typer.echo(f"{browser_labels} labels in Chromium, one per {browser_pace_ms:.0f} ms, no other load")
+            browser["quiet"] = browser_key_to_paint(base, f"bench{users}", browser_labels, browser_pace_ms / 1000)
         typer.echo(f"driving {base} with {users} labellers for {seconds:.0f} s")
-        if profile:
 
-            async def delayed() -> dict:
-                run = asyncio.create_task(_drive(base, users, seconds, classes, think_ms / 1000, warmup_s, floor_s))
-                await asyncio.sleep(warmup_s + 1)  # logins and warm-up first
+        async def measured() -> dict:
+            run = asyncio.create_task(_drive(base, users, seconds, classes, think_ms / 1000, warmup_s, floor_s))
+            await asyncio.sleep(warmup_s + 1)  # logins and warm-up first
+            if profile:
                 spies.extend(_profile_workers(server, seconds - 2, scratch / "profile"))
-                return await run
+            if browser_labels:  # as many as fit in the measured window
+                keys = max(1, min(browser_labels, int((seconds - 5) / (browser_pace_ms / 1000))))
+                browser["under_load"] = await asyncio.to_thread(
+                    browser_key_to_paint, base, f"bench{users}", keys, browser_pace_ms / 1000
+                )
+            return await run
 
-            result = asyncio.run(delayed())
-        else:
-            result = asyncio.run(_drive(base, users, seconds, classes, think_ms / 1000, warmup_s, floor_s))
+        result = asyncio.run(measured())
+        if browser:
+            result["browser_key_to_paint"] = browser
     finally:
         for spy in spies:
             spy.wait(timeout=60)
@@ -733,17 +780,24 @@ def explain_hot_path(url: str, *, username: str = "bench0") -> dict[str, list[st
     run in a transaction that is rolled back; only the plan lines that show access paths and timings."""
     from datetime import timedelta
 
-    from sqlalchemy import select, text
+    from sqlalchemy import exists, select, text
 
     from app.labelling import service
-    from app.models import Cell, User, utcnow
+    from app.models import Cell, QueueEntry, User, utcnow
 
     engine = db_engine(url)
     plans: dict[str, list[str]] = {}
     with engine.connect() as conn:
         transaction = conn.begin()
-        user = conn.execute(select(User.id, User.session_version).where(User.username == username)).one()
         now = utcnow()
+        leased = select(QueueEntry.id).where(QueueEntry.leased_to == User.id, QueueEntry.lease_until > now)
+        # a user holding no live lease, so the plan shows the whole walk (queue, then a random cell)
+        user = (
+            conn.execute(
+                select(User.id, User.session_version).where(~exists(leased)).order_by(User.id).limit(1)
+            ).first()
+            or conn.execute(select(User.id, User.session_version).where(User.username == username)).one()
+        )
         common = {"uid": user.id, "sv": user.session_version, "may_change": False}
         queries = {
             "queue/next": (

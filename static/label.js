@@ -60,6 +60,19 @@
     return cell;
   }
 
+  // Key press to the next cell painted, as a Performance API measure ("leukolab:key-to-paint") that
+  // `leukolab bench labelling --browser-labels N` reads; a mark and a measure per key, nothing else.
+  let keyMark = null;
+  function markPainted(cell) {
+    if (!keyMark) return;
+    const start = keyMark.startTime;
+    keyMark = null;
+    const measure = () => requestAnimationFrame(() => setTimeout(() => {
+      performance.measure("leukolab:key-to-paint", { start, detail: cell.cell_id });
+    }, 0));
+    image.decode().then(measure, measure);
+  }
+
   function show(cell, loading = false) {
     current = cell;
     $("empty").hidden = Boolean(cell) || loading;
@@ -79,6 +92,7 @@
     }
     image.src = cell.image_url;
     image.dataset.cellId = cell.cell_id;
+    markPainted(cell);
     $("cell-reason").textContent = `why this cell: ${cell.reason_text || cell.reason}`;
     $("suggestion").textContent = suggested
       ? `model suggests ${suggested} (${Math.round(cell.suggestion.confidence * 100)} %)` : "";
@@ -264,6 +278,7 @@
     const entry = keys.get(event.key);
     if (!entry) return;
     event.preventDefault();
+    if (entry.action === "label") keyMark = performance.mark("leukolab:key");
     act(entry);
   });
   $("buttons").addEventListener("click", (event) => {
