@@ -76,7 +76,7 @@ def queue_next(
         user = load_caller(request=request, session=session, claims=claims)
         lease = service.next_cell(session=session, user=user, exclude=exclude)
         if lease is not None:
-            sha256 = service.get_cell(session=session, cell_id=lease.cell_id).sha256
+            sha256 = service.cell_sha256(session=session, cell_id=lease.cell_id)
             # a blind second read gets no suggestion (and never the first label)
             suggestion = service.shown_suggestion(session=session, cell_id=lease.cell_id)
             top = reasons.top_classes(session=session, cell_id=lease.cell_id)
@@ -175,7 +175,7 @@ def undo(session: SessionDep, user: CurrentUser) -> UndoOut:
     """Undo the caller's newest label given here (recorded as a row; imported labels are never undone);
     the cell is leased back to them. 409 when another undo sent at the same moment took that label."""
     label = service.undo_last(session=session, user=user)
-    sha256 = service.get_cell(session=session, cell_id=label.cell_id).sha256
+    sha256 = service.cell_sha256(session=session, cell_id=label.cell_id)
     return UndoOut(
         undone_label_id=label.id, cell_id=label.cell_id, label=label.value, image_url=image_url(label.cell_id, sha256)
     )
