@@ -602,7 +602,10 @@ lease AS (SELECT cell_id, reason FROM taken UNION ALL SELECT cell_id, reason FRO
 SELECT caller.id IS NOT NULL AS found, caller.is_active, caller.session_version, caller.must_change_password,
        (SELECT count(*) FROM fresh) AS tried_fresh,
        lease.cell_id, lease.reason, cells.sha256, cells.first_reader_id,
-       p.predicted, p.confidence, p.probs, mv.class_names
+       p.predicted, p.confidence, p.probs, mv.class_names,
+       -- a lease needs no fsync before the reply: lost in a crash, the cell is simply free again
+       -- (labels keep synchronous commit: an acknowledged label is on disk)
+       set_config('synchronous_commit', 'off', true) AS lease_commit
 FROM (SELECT 1) AS one
 LEFT JOIN caller ON true
 LEFT JOIN lease ON true
