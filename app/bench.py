@@ -79,6 +79,11 @@ def _fill(url: str, cells: int, users: int) -> None:
     if engine.dialect.name == "postgresql":  # fresh statistics, as autovacuum would give a live site
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
+    else:  # the fill's WAL (GBs) copied into the database now, not by a checkpoint in the middle of the run
+        with engine.connect() as conn:
+            conn.exec_driver_sql("COMMIT")  # out of the BEGIN IMMEDIATE the engine starts with
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.exec_driver_sql("ANALYZE")
     engine.dispose()
 
 
@@ -234,6 +239,7 @@ async def _drive(
     }
     if floor_latency:
         floor = _percentiles(floor_latency)
+        floor["requests_per_s"] = round(len(floor_latency) / floor_s, 1)  # what the stack alone sustains
         result["floor"] = floor
         result["ratio_to_floor"] = {
             f"{name}_{p}": round(result[name][f"{p}_ms"] / floor[f"{p}_ms"], 2)
@@ -338,6 +344,7 @@ def summarise_profile(paths: list[Path]) -> dict:
     from collections import Counter
 
     buckets: Counter = Counter()
+    sql: Counter = Counter()
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
@@ -346,11 +353,28 @@ def summarise_profile(paths: list[Path]) -> dict:
             bucket = classify_stack(stack)
             if bucket is not None:
                 buckets[bucket] += int(count)
+            if bucket == PROFILE_BUCKETS[1]:
+                sql[_sql_step(stack)] += int(count)
     total = sum(buckets.values())
     return {
         "busy_samples": total,
         "share": {name: round(buckets[name] / total, 3) if total else 0.0 for name in PROFILE_BUCKETS},
+        # the SQL bucket by step, as shares of all busy samples
+        "sql_steps": {name: round(sql[name] / total, 3) if total else 0.0 for name in SQL_STEPS},
     }
+
+
+SQL_STEPS = ("COMMIT", "pool pre-ping", "BEGIN and connection checkout", "statements")
+
+
+def _sql_step(stack: str) -> str:
+    if "do_ping" in stack:
+        return "pool pre-ping"
+    if "commit (" in stack.lower() or "_commit_impl" in stack:
+        return "COMMIT"
+    if "_connection_for_bind" in stack and "Cursor.execute" not in stack:
+        return "BEGIN and connection checkout"
+    return "statements"
 
 
 def _profile_workers(server: subprocess.Popen, seconds: float, out_dir: Path) -> list[subprocess.Popen]:
@@ -407,7 +431,9 @@ def labelling_command(
     database_name: Annotated[
         str, typer.Option(help="the PostgreSQL database to (re)create for --database postgres")
     ] = BENCH_DB,
-    server_workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
+    server_workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes (default: 2 on PostgreSQL, 1 on SQLite: one writer)")
+    ] = None,
     think_ms: Annotated[
         float,
         typer.Option(help="mean pause between seeing a cell and labelling it; 0 drives the server flat out"),
@@ -437,6 +463,8 @@ def labelling_command(
     if database not in ("postgres", "sqlite"):
         raise typer.BadParameter("--database is postgres or sqlite")
     scratch = Path(tempfile.mkdtemp(prefix="leukolab-bench-"))
+    if server_workers is None:
+        server_workers = 1 if database == "sqlite" or (database_url or "").startswith("sqlite") else 2
     if database_url is None:
         database_url = (
             f"sqlite:///{scratch / 'bench.db'}" if database == "sqlite" else _create_bench_database(database_name)

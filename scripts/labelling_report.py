@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SQL_STEPS = ("COMMIT", "pool pre-ping", "BEGIN and connection checkout", "statements")
 
 LABEL_STUDIO = """\
 ## Side by side with Label Studio
@@ -74,7 +75,8 @@ def _row(label: str, report: dict) -> str:
         f"| {report['next']['p50_ms']} / {report['next']['p99_ms']} | {report['label']['p50_ms']} / "
         f"{report['label']['p99_ms']} | {floor.get('p50_ms', '–')} / {floor.get('p99_ms', '–')} "
         f"| {ratio.get('next_p99', '–')} / {ratio.get('label_p99', '–')} "
-        f"| {report.get('labels_per_s', '–')} | {report['errors']} | {report['lost_labels']} "
+        f"| {report.get('labels_per_s', '–')} | {floor.get('requests_per_s', '–')} | {report['errors']} "
+        f"| {report['lost_labels']} "
         f"| {machine.get('cpus', '?')} cpus, load {machine.get('load_1min_before', '?')}→"
         f"{machine.get('load_1min_after', '?')} |"
     )
@@ -90,11 +92,12 @@ def render(reports: dict[str, dict]) -> str:
         "[--labellers N] [--database sqlite] [--profile]`). Latencies in ms, p50 / p99; the floor is the same",
         "request shape against a one-round-trip endpoint in the same run; *ratio* is p99 / floor p99 (next / label).",
         "The load column is the 1-minute load average before → after the run: above the CPU count, other",
-        "work shared the cores and every absolute figure is inflated.",
+        "work shared the cores and every absolute figure is inflated. *floor req/s* is what the bare stack",
+        "answered with the same labellers (flat out: the most it can do; a label costs two requests).",
         "",
-        "| run | database | cells | labellers | think | next | label | floor | ratio p99 | labels/s | errors"
-        " | lost | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | database | cells | labellers | think | next | label | floor | ratio p99 | labels/s | floor req/s"
+        " | errors | lost | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(label, report) for label, report in sorted(runs.items())),
         "",
         "Targets (issue 14, on a quiet 2-core machine): think 250 ms, 20 labellers, 100k cells: p99 < 50 ms for",
@@ -116,6 +119,17 @@ def render(reports: dict[str, dict]) -> str:
             *(
                 f"| {label} | {profile['busy_samples']} | "
                 + " | ".join(f"{100 * profile['share'][name]:.0f} %" for name in buckets)
+                + " |"
+                for label, profile in profiled.items()
+            ),
+            "",
+            "The SQL column by step (shares of all busy samples):",
+            "",
+            "| run | " + " | ".join(SQL_STEPS) + " |",
+            "|---|" + "---|" * len(SQL_STEPS),
+            *(
+                f"| {label} | "
+                + " | ".join(f"{100 * profile.get('sql_steps', {}).get(name, 0):.0f} %" for name in SQL_STEPS)
                 + " |"
                 for label, profile in profiled.items()
             ),

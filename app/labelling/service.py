@@ -149,6 +149,8 @@ def next_cell(*, session: Session, user: User, exclude: Collection[int] = ()) ->
 
 def _random_unlabelled_cell(session: Session, user: User, exclude: Collection[int], postgres: bool) -> int | None:
     """A random cell ``user`` may read with no queue entry, found through the indexed ``random_key``."""
+    if not postgres:
+        return _random_unlabelled_cell_sqlite(session, user, exclude)
     in_queue = exists(select(QueueEntry.id).where(QueueEntry.cell_id == Cell.id))
     base = select(Cell.id).where(readable_by(user), ~in_queue)
     if exclude:
@@ -159,6 +161,30 @@ def _random_unlabelled_cell(session: Session, user: User, exclude: Collection[in
         if postgres:
             query = query.with_for_update(skip_locked=True, of=Cell)
         cell_id = session.scalar(query)
+        if cell_id is not None:
+            return cell_id
+    return None
+
+
+# SQLite's planner prefers the index on current_label_id and sorts every unlabelled cell by random_key
+# (0.4 s at 100k cells); INDEXED BY holds it to the walk from a random point, whatever the cell count.
+_SQLITE_RANDOM_SQL = """
+SELECT c.id FROM cells AS c INDEXED BY ix_cells_unlabelled_random
+WHERE c.current_label_id IS NULL AND c.awaits_adjudication IS 0
+    AND (c.first_reader_id IS NULL OR c.first_reader_id != :uid)
+    AND NOT EXISTS (SELECT 1 FROM queue_entries AS q WHERE q.cell_id = c.id)
+    AND c.id NOT IN (:exclude) AND c.random_key {direction} :start
+ORDER BY c.random_key LIMIT 1
+"""
+
+
+def _random_unlabelled_cell_sqlite(session: Session, user: User, exclude: Collection[int]) -> int | None:
+    from sqlalchemy import bindparam, text
+
+    start = random.random()
+    for direction in (">=", "<"):
+        query = text(_SQLITE_RANDOM_SQL.format(direction=direction)).bindparams(bindparam("exclude", expanding=True))
+        cell_id = session.scalar(query, {"uid": user.id, "exclude": list(exclude) or [-1], "start": start})
         if cell_id is not None:
             return cell_id
     return None

@@ -287,3 +287,22 @@ def session_scope_for(engine):  # type: ignore[no-untyped-def]
 
     with Session(engine) as session:
         yield session
+
+
+def test_sqlite_random_walk_uses_the_random_key_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Without INDEXED BY, SQLite sorted every unlabelled cell by random_key for each queue/next (0.4 s at 100k)."""
+    from sqlalchemy import text
+
+    from app.labelling.service import _SQLITE_RANDOM_SQL
+
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        for direction in (">=", "<"):
+            sql = _SQLITE_RANDOM_SQL.format(direction=direction).replace("(:exclude)", "(-1)")
+            plan = " ".join(
+                str(row) for row in conn.execute(text("EXPLAIN QUERY PLAN " + sql), {"uid": 1, "start": 0.5})
+            )
+            assert "ix_cells_unlabelled_random" in plan and "TEMP B-TREE" not in plan, plan
+    engine.dispose()
