@@ -173,7 +173,7 @@ SELECT c.id FROM cells AS c INDEXED BY ix_cells_unlabelled_random
 WHERE c.current_label_id IS NULL AND c.awaits_adjudication IS 0
     AND (c.first_reader_id IS NULL OR c.first_reader_id != :uid)
     AND NOT EXISTS (SELECT 1 FROM queue_entries AS q WHERE q.cell_id = c.id)
-    AND c.id NOT IN (:exclude) AND c.random_key {direction} :start
+    AND c.id NOT IN :exclude AND c.random_key {direction} :start
 ORDER BY c.random_key LIMIT 1
 """
 

@@ -300,7 +300,7 @@ def test_sqlite_random_walk_uses_the_random_key_index(tmp_path) -> None:  # type
     engine = db.make_engine(url)
     with engine.connect() as conn:
         for direction in (">=", "<"):
-            sql = _SQLITE_RANDOM_SQL.format(direction=direction).replace("(:exclude)", "(-1)")
+            sql = _SQLITE_RANDOM_SQL.format(direction=direction).replace(":exclude", "(-1)")
             plan = " ".join(
                 str(row) for row in conn.execute(text("EXPLAIN QUERY PLAN " + sql), {"uid": 1, "start": 0.5})
             )
