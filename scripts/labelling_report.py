@@ -135,6 +135,24 @@ def render(reports: dict[str, dict]) -> str:
             ),
             "",
         ]
+    browsed = {label: r["browser_key_to_paint"] for label, r in sorted(reports.items()) if "browser_key_to_paint" in r}
+    if browsed:
+        lines += [
+            "## Browser: key press to the next cell painted",
+            "",
+            "Headless Chromium, one class key per pace; static/label.js marks the key and measures after the next",
+            "cell's image is decoded and a frame has passed (Performance API). Target: p95 < 100 ms.",
+            "",
+            "| run | phase | keys | pace | p50 | p95 | p99 |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {label} | {phase} | {figures['keys']} | {figures['pace_ms']} ms | {figures['p50_ms']} "
+                f"| {figures['p95_ms']} | {figures['p99_ms']} |"
+                for label, phases in browsed.items()
+                for phase, figures in phases.items()
+            ),
+            "",
+        ]
     planned = {label: report["plans"] for label, report in sorted(reports.items()) if "plans" in report}
     if planned:
         lines += [
