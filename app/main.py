@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from app.db import ROOT, check_migrated
-from app.deps import CurrentUser
+from app.deps import CurrentUser, SessionDep
 from app.errors import (
     InvalidInput,
     LeukolabError,
@@ -168,6 +168,16 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         # The Content-Security-Policy runs inline scripts only with this request's nonce.
         body = page.body.decode().replace("<script>", f'<script nonce="{csp_nonce(request.state)}">')
         return HTMLResponse(body)
+
+    if settings.bench_floor:
+
+        @app.api_route("/bench/floor", methods=["GET", "POST"], include_in_schema=False)
+        def bench_floor(session: SessionDep) -> Response:
+            """The floor of ``leukolab bench labelling``: one SQL round trip in a request-owned transaction."""
+            import orjson
+            from sqlalchemy import text
+
+            return Response(orjson.dumps({"one": session.scalar(text("SELECT 1"))}), media_type="application/json")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

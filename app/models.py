@@ -310,7 +310,11 @@ class QueueEntry(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (Index("ix_queue_priority", "priority", "id"),)
+    __table_args__ = (
+        Index("ix_queue_priority", "priority", "id"),
+        # queue/next's "the caller's own live lease"
+        Index("ix_queue_entries_leased_to", "leased_to", "lease_until"),
+    )
 
     @property
     def leased(self) -> bool:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     token_max_age_s: int = 12 * 3600
     lease_seconds: int = 300
+    # `leukolab bench labelling` only: serve /bench/floor, the same stack answering after one SQL round trip.
+    bench_floor: bool = False
     # Below this the model's suggestion is near chance (six classes: 17 %) and is not shown.
     suggestion_min_confidence: float = 0.5
     # How often the labelling page asks again while the queue is empty (it backs off to 6x this).

@@ -64,6 +64,19 @@
     return cell;
   }
 
+  // Key press to the next cell painted, as a Performance API measure ("leukolab:key-to-paint") that
+  // `leukolab bench labelling --browser-labels N` reads; a mark and a measure per key, nothing else.
+  let keyMark = null;
+  function markPainted(cell) {
+    if (!keyMark) return;
+    const start = keyMark.startTime;
+    keyMark = null;
+    const measure = () => requestAnimationFrame(() => setTimeout(() => {
+      performance.measure("leukolab:key-to-paint", { start, detail: cell.cell_id });
+    }, 0));
+    image.decode().then(measure, measure);
+  }
+
   function show(cell, loading = false) {
     current = cell;
     $("empty").hidden = Boolean(cell) || loading;
@@ -83,6 +96,7 @@
     }
     image.src = cell.image_url;
     image.dataset.cellId = cell.cell_id;
+    markPainted(cell);
     $("cell-reason").textContent = `why this cell: ${cell.reason_text || cell.reason}`;
     const names = new Map([...document.querySelectorAll("#buttons button[data-label]")].map((b) => [b.dataset.label, b.textContent.replace(/^\s*\S+\s+/, "")]));
     $("suggestion").textContent = cell.suggestion && cell.suggestion.unlike_known
@@ -205,7 +219,7 @@
         if (upcoming && upcoming.cell_id !== current.cell_id) release(upcoming);
         upcoming = current;
       }
-      show({ cell_id: body.cell_id, image_url: `/api/v1/cells/${body.cell_id}/image`, reason: "undo", reason_text: `you undid your label ${body.label}`, suggestion: null });
+      show({ cell_id: body.cell_id, image_url: body.image_url || `/api/v1/cells/${body.cell_id}/image`, reason: "undo", reason_text: `you undid your label ${body.label}`, suggestion: null });
       toast(`label ${body.label} undone: cell ${body.cell_id} is back`);
       refreshStats();
     });
@@ -270,6 +284,7 @@
     const entry = keys.get(event.key);
     if (!entry) return;
     event.preventDefault();
+    if (entry.action === "label") keyMark = performance.mark("leukolab:key");
     act(entry);
   });
   $("buttons").addEventListener("click", (event) => {

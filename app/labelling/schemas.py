@@ -56,6 +56,7 @@ class UndoOut(BaseModel):
     undone_label_id: int
     cell_id: int
     label: str
+    image_url: str = ""
 
 
 class Stats(BaseModel):

@@ -51,6 +51,27 @@ def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def is_postgres(session: Session) -> bool:
+    """Whether ``session`` talks to PostgreSQL (the one-statement hot path) rather than SQLite."""
+    return _is_postgres(session)
+
+
+def cell_sha256(*, session: Session, cell_id: int) -> str:
+    """The content hash of ``cell_id``'s image, or ``NotFound``."""
+    sha256 = session.scalar(select(Cell.sha256).where(Cell.id == cell_id))
+    if sha256 is None:
+        raise NotFound(f"no cell with id {cell_id}")
+    return sha256
+
+
+def display_png(*, session: Session, cell_id: int) -> bytes:
+    """``cell_id``'s display pixels (PNG), or ``NotFound``."""
+    png = session.scalar(select(Cell.display_png).where(Cell.id == cell_id))
+    if png is None:
+        raise NotFound(f"no cell with id {cell_id}")
+    return png
+
+
 def readable_by(user: User):  # type: ignore[no-untyped-def]
     """The condition that ``user`` may read ``Cell``: no expert label yet, not waiting for an admin,
     and, if it waits for a second read, ``user`` was not its first reader."""
@@ -131,6 +152,8 @@ def next_cell(*, session: Session, user: User, exclude: Collection[int] = ()) ->
 
 def _random_unlabelled_cell(session: Session, user: User, exclude: Collection[int], postgres: bool) -> int | None:
     """A random cell ``user`` may read with no queue entry, found through the indexed ``random_key``."""
+    if not postgres:
+        return _random_unlabelled_cell_sqlite(session, user, exclude)
     in_queue = exists(select(QueueEntry.id).where(QueueEntry.cell_id == Cell.id))
     base = select(Cell.id).where(readable_by(user), ~in_queue)
     if exclude:
@@ -141,6 +164,30 @@ def _random_unlabelled_cell(session: Session, user: User, exclude: Collection[in
         if postgres:
             query = query.with_for_update(skip_locked=True, of=Cell)
         cell_id = session.scalar(query)
+        if cell_id is not None:
+            return cell_id
+    return None
+
+
+# SQLite's planner prefers the index on current_label_id and sorts every unlabelled cell by random_key
+# (0.4 s at 100k cells); INDEXED BY holds it to the walk from a random point, whatever the cell count.
+_SQLITE_RANDOM_SQL = """
+SELECT c.id FROM cells AS c INDEXED BY ix_cells_unlabelled_random
+WHERE c.current_label_id IS NULL AND c.awaits_adjudication IS 0
+    AND (c.first_reader_id IS NULL OR c.first_reader_id != :uid)
+    AND NOT EXISTS (SELECT 1 FROM queue_entries AS q WHERE q.cell_id = c.id)
+    AND c.id NOT IN :exclude AND c.random_key {direction} :start
+ORDER BY c.random_key LIMIT 1
+"""
+
+
+def _random_unlabelled_cell_sqlite(session: Session, user: User, exclude: Collection[int]) -> int | None:
+    from sqlalchemy import bindparam, text
+
+    start = random.random()
+    for direction in (">=", "<"):
+        query = text(_SQLITE_RANDOM_SQL.format(direction=direction)).bindparams(bindparam("exclude", expanding=True))
+        cell_id = session.scalar(query, {"uid": user.id, "exclude": list(exclude) or [-1], "start": start})
         if cell_id is not None:
             return cell_id
     return None
@@ -522,3 +569,297 @@ def suggestion_for(*, session: Session, cell_id: int) -> dict | None:
     from app import predictions  # the retraining loop fills predictions; absent until then
 
     return predictions.suggestion_for(session=session, cell_id=cell_id)
+
+
+# --- The hot path on PostgreSQL: one statement per request -------------------------------------------
+# ``queue/next`` and a label POST are most of a labelling site's traffic. On PostgreSQL each is one
+# statement (plus the transaction's BEGIN/COMMIT): the caller's user row is checked in the same
+# statement (``app.deps.Caller``), and the lease is taken with ``FOR UPDATE SKIP LOCKED`` so two
+# callers never get one cell. SQLite and the rare paths (double reading) keep the general functions.
+
+_CALLER = """
+caller AS (
+    SELECT id, username, is_active, session_version, must_change_password FROM users WHERE id = :uid
+),
+allowed AS (
+    SELECT id FROM caller WHERE is_active AND session_version = :sv AND (NOT must_change_password OR :may_change)
+)"""
+
+_READABLE = """c.current_label_id IS NULL AND c.awaits_adjudication IS false
+        AND (c.first_reader_id IS NULL OR c.first_reader_id != :uid)"""
+
+_NEXT_SQL = f"""
+WITH {_CALLER},
+own AS (
+    SELECT q.id FROM queue_entries q JOIN cells c ON c.id = q.cell_id
+    WHERE q.leased_to = :uid AND q.lease_until > :now
+        AND q.cell_id != ALL(CAST(:exclude AS integer[])) AND {_READABLE}
+        AND EXISTS (SELECT 1 FROM allowed)
+    ORDER BY q.lease_until DESC LIMIT 1
+    FOR UPDATE OF q SKIP LOCKED
+),
+queued AS (
+    SELECT q.id FROM queue_entries q JOIN cells c ON c.id = q.cell_id
+    WHERE (q.leased_to IS NULL OR q.lease_until <= :now)
+        AND q.cell_id != ALL(CAST(:exclude AS integer[])) AND {_READABLE}
+        AND EXISTS (SELECT 1 FROM allowed) AND NOT EXISTS (SELECT 1 FROM own)
+    ORDER BY q.priority DESC, q.id LIMIT 1
+    FOR UPDATE OF q SKIP LOCKED
+),
+taken AS (
+    UPDATE queue_entries SET leased_to = :uid, lease_until = :until
+    WHERE id = (SELECT id FROM own UNION ALL SELECT id FROM queued LIMIT 1)
+    RETURNING cell_id, reason
+),
+fresh_above AS (
+    SELECT c.id FROM cells c
+    WHERE {_READABLE} AND c.random_key >= :start AND c.id != ALL(CAST(:exclude AS integer[]))
+        AND NOT EXISTS (SELECT 1 FROM queue_entries q WHERE q.cell_id = c.id)
+        AND EXISTS (SELECT 1 FROM allowed) AND NOT EXISTS (SELECT 1 FROM own) AND NOT EXISTS (SELECT 1 FROM queued)
+    ORDER BY c.random_key LIMIT 1 FOR UPDATE OF c SKIP LOCKED
+),
+fresh_below AS (  -- wrapping round: only looked at when nothing lies above the random start
+    SELECT c.id FROM cells c
+    WHERE {_READABLE} AND c.random_key < :start AND c.id != ALL(CAST(:exclude AS integer[]))
+        AND NOT EXISTS (SELECT 1 FROM queue_entries q WHERE q.cell_id = c.id)
+        AND EXISTS (SELECT 1 FROM allowed) AND NOT EXISTS (SELECT 1 FROM own) AND NOT EXISTS (SELECT 1 FROM queued)
+        AND NOT EXISTS (SELECT 1 FROM fresh_above)
+    ORDER BY c.random_key LIMIT 1 FOR UPDATE OF c SKIP LOCKED
+),
+fresh AS (SELECT id FROM fresh_above UNION ALL SELECT id FROM fresh_below),
+inserted AS (
+    INSERT INTO queue_entries (cell_id, priority, reason, leased_to, lease_until, created_at)
+    SELECT id, 0.0, 'unlabelled', :uid, :until, :now FROM fresh
+    ON CONFLICT DO NOTHING
+    RETURNING cell_id, reason
+),
+lease AS (SELECT cell_id, reason FROM taken UNION ALL SELECT cell_id, reason FROM inserted)
+SELECT caller.id IS NOT NULL AS found, caller.is_active, caller.session_version, caller.must_change_password,
+       (SELECT count(*) FROM fresh) AS tried_fresh,
+       lease.cell_id, lease.reason, cells.sha256, cells.first_reader_id,
+       p.predicted, p.confidence, p.probs, p.ood_score, mv.class_names, mv.ood_threshold,
+       -- a lease needs no fsync before the reply: lost in a crash, the cell is simply free again
+       -- (labels keep synchronous commit: an acknowledged label is on disk)
+       set_config('synchronous_commit', 'off', true) AS lease_commit
+FROM (SELECT 1) AS one
+LEFT JOIN caller ON true
+LEFT JOIN lease ON true
+LEFT JOIN cells ON cells.id = lease.cell_id
+LEFT JOIN model_versions mv ON mv.is_active
+LEFT JOIN predictions p ON p.model_version_id = mv.id AND p.cell_id = lease.cell_id
+"""
+
+
+@dataclass(frozen=True)
+class FastLease:
+    """What ``queue/next`` answers with, read in the statement that took the lease."""
+
+    lease: Lease | None
+    sha256: str | None
+    suggestion: dict | None
+    top: list[tuple[str, float]]
+    caller: dict  # the caller's user row: found, is_active, session_version, must_change_password
+
+
+def _suggestion_and_top(row, min_confidence: float) -> tuple[dict | None, list[tuple[str, float]]]:  # type: ignore[no-untyped-def]
+    """The suggestion shown (none on a blind second read, none near chance) and the two likeliest classes."""
+    top: list[tuple[str, float]] = []
+    if row.probs and row.class_names and len(row.probs) == len(row.class_names):
+        ranked = sorted(zip(row.class_names, row.probs, strict=True), key=lambda pair: pair[1], reverse=True)
+        top = [(name, float(p)) for name, p in ranked[:2]]
+    suggestion = None
+    if row.predicted is not None and row.first_reader_id is None:
+        confidence = round(float(row.confidence), 4)
+        suggestion = {"label": row.predicted, "confidence": confidence}
+        if row.ood_score is not None and row.ood_threshold is not None:  # as app.predictions.suggestion_for
+            suggestion["ood_score"] = round(float(row.ood_score), 4)
+            suggestion["unlike_known"] = bool(row.ood_score > row.ood_threshold)
+        if confidence < min_confidence and not suggestion.get("unlike_known"):
+            suggestion = None  # near chance: shown, it would read as advice
+    return suggestion, top
+
+
+def lease_next_fast(
+    *, session: Session, user_id: int, session_version: int, may_change_password: bool, exclude: Collection[int] = ()
+) -> FastLease:
+    """``next_cell`` on PostgreSQL in one statement, checking the caller's user row in it."""
+    from sqlalchemy import text
+
+    settings = get_settings()
+    now = utcnow()
+    params = dict(
+        uid=user_id,
+        sv=session_version,
+        may_change=may_change_password,
+        now=now,
+        until=now + timedelta(seconds=settings.lease_seconds),
+        exclude=list(exclude),
+    )
+    for _attempt in range(5):
+        row = session.execute(text(_NEXT_SQL), {**params, "start": random.random()}).one()
+        caller = {
+            "found": row.found,
+            "is_active": bool(row.is_active),
+            "session_version": row.session_version,
+            "must_change_password": bool(row.must_change_password),
+        }
+        if row.cell_id is not None or not row.tried_fresh:
+            break  # a lease, or no cell left (a conflict on the fresh cell's insert tries again)
+    if row.cell_id is None:
+        return FastLease(None, None, None, [], caller)
+    suggestion, top = _suggestion_and_top(row, settings.suggestion_min_confidence)
+    return FastLease(Lease(row.cell_id, row.reason, params["until"]), row.sha256, suggestion, top, caller)
+
+
+_LOCK_SQL = f"""
+WITH {_CALLER},
+locked AS (
+    SELECT id, readers_required, first_reader_id FROM cells
+    WHERE id = :cell AND EXISTS (SELECT 1 FROM allowed) FOR UPDATE
+)
+SELECT caller.id IS NOT NULL AS found, caller.username, caller.is_active, caller.session_version,
+       caller.must_change_password, locked.id AS cell_id, locked.readers_required, locked.first_reader_id,
+       (CAST(:value AS text) = :unsure
+        OR EXISTS (SELECT 1 FROM classes WHERE name = :value AND retired_at IS NULL)) AS known_value,
+       (SELECT value FROM settings WHERE key = 'readers_per_cell') AS readers_per_cell,
+       (SELECT value FROM settings WHERE key = 'double_read_fraction') AS double_read_fraction
+FROM (SELECT 1) AS one LEFT JOIN caller ON true LEFT JOIN locked ON true
+"""
+
+# Runs after _LOCK_SQL took the cell's row lock, so (READ COMMITTED) it sees every earlier try committed.
+_STORE_SQL = """
+WITH earlier AS (
+    SELECT id, cell_id, value, created_at, lease_holder_id, idempotency_key FROM labels
+    WHERE user_id = :uid AND idempotency_key = :key
+),
+shown AS (
+    SELECT p.predicted, round(p.confidence::numeric, 4)::float8 AS confidence
+    FROM predictions p JOIN model_versions mv ON mv.id = p.model_version_id AND mv.is_active
+    WHERE p.cell_id = :cell AND round(p.confidence::numeric, 4) >= :min_confidence
+),
+stored AS (
+    INSERT INTO labels (cell_id, user_id, kind, value, source, created_at, idempotency_key, lease_holder_id,
+                        suggested_label, suggested_confidence)
+    SELECT :cell, :uid, 'label', :value, 'manual', :now, :key,
+           (SELECT leased_to FROM queue_entries WHERE cell_id = :cell AND leased_to != :uid AND lease_until > :now),
+           (SELECT predicted FROM shown), (SELECT confidence FROM shown)
+    WHERE NOT EXISTS (SELECT 1 FROM earlier)
+    RETURNING id, cell_id, value, created_at, lease_holder_id, idempotency_key
+),
+cached AS (
+    UPDATE cells SET current_label_id = stored.id, readers_required = :readers, first_reader_id = NULL,
+                     awaits_adjudication = false
+    FROM stored WHERE cells.id = :cell
+    RETURNING cells.id
+),
+dequeued AS (DELETE FROM queue_entries WHERE cell_id = :cell AND EXISTS (SELECT 1 FROM stored) RETURNING id)
+SELECT rows.*, users.username AS holder FROM (
+    SELECT stored.*, true AS created FROM stored
+    UNION ALL
+    SELECT earlier.*, false AS created FROM earlier
+) AS rows LEFT JOIN users ON users.id = rows.lease_holder_id
+"""
+
+
+@dataclass(frozen=True)
+class FastLabel:
+    """A stored (or, for a retried idempotency key, earlier) label as the API answers it."""
+
+    id: int
+    cell_id: int
+    value: str
+    created_at: datetime
+    idempotency_key: str | None
+    lease_holder: str | None
+    created: bool
+    username: str
+
+
+def record_label_fast(
+    *,
+    session: Session,
+    user_id: int,
+    session_version: int,
+    may_change_password: bool,
+    cell_id: int,
+    value: str,
+    idempotency_key: str | None = None,
+    refuse,  # type: ignore[no-untyped-def]
+) -> FastLabel:
+    """``record_label`` for a single-read cell on PostgreSQL in two statements: lock and check (the caller's
+    user row, the class, the cell's reading state), then store the row, set the cached current label (the
+    new row is the newest standing one: the cell is locked) and drop its queue entry. Double reading goes
+    through ``record_label``. ``refuse(row)`` raises for a caller whose user row does not let them in."""
+    from sqlalchemy import text
+
+    settings = get_settings()
+    params = dict(uid=user_id, sv=session_version, may_change=may_change_password, cell=cell_id, value=value)
+    row = session.execute(text(_LOCK_SQL), {**params, "unsure": UNSURE}).one()
+    refuse(row)
+    if not row.known_value:
+        allowed = class_names(session=session)
+        raise InvalidInput(
+            f"unknown label {value!r}: use one of {', '.join([*allowed, UNSURE])}", allowed=[*allowed, UNSURE]
+        )
+    if row.cell_id is None:
+        raise NotFound(f"no cell with id {cell_id}")
+    readers = row.readers_required
+    if readers is None:
+        readers = rules.readers_for_new_cell(
+            cell_id=cell_id,
+            readers_per_cell=int(
+                row.readers_per_cell if row.readers_per_cell is not None else rules.DEFAULT_SETTINGS["readers_per_cell"]
+            ),
+            double_read_fraction=float(
+                row.double_read_fraction
+                if row.double_read_fraction is not None
+                else rules.DEFAULT_SETTINGS["double_read_fraction"]
+            ),
+        )
+    if readers >= 2 or row.first_reader_id is not None:  # double reading: the general path (lock held)
+        user = session.get(User, user_id)
+        recorded = record_label(
+            session=session, user=user, cell_id=cell_id, value=value, idempotency_key=idempotency_key
+        )
+        label = recorded.label
+        return FastLabel(
+            label.id,
+            label.cell_id,
+            label.value,
+            as_utc(label.created_at),
+            label.idempotency_key,
+            username(session=session, user_id=label.lease_holder_id),
+            recorded.created,
+            row.username,
+        )
+    try:
+        stored = session.execute(
+            text(_STORE_SQL),
+            {
+                **params,
+                "key": idempotency_key,
+                "now": utcnow(),
+                "readers": readers,
+                "min_confidence": settings.suggestion_min_confidence,
+            },
+        ).one()
+    except IntegrityError as error:  # the same key sent for another cell at the same moment
+        raise Conflict(
+            f"idempotency key {idempotency_key!r} was just used for another label: send a new key for a new label"
+        ) from error
+    if not stored.created and (stored.cell_id, stored.value) != (cell_id, value):
+        raise Conflict(
+            f"idempotency key {idempotency_key!r} was already used for label {stored.id} "
+            f"({stored.value!r} on cell {stored.cell_id}): send a new key for a new label",
+            label_id=stored.id,
+        )
+    return FastLabel(
+        stored.id,
+        stored.cell_id,
+        stored.value,
+        as_utc(stored.created_at),
+        stored.idempotency_key,
+        stored.holder,
+        stored.created,
+        row.username,
+    )
