@@ -15,14 +15,14 @@ from sqlalchemy import event, func, select, update
 from typer.testing import CliRunner
 
 from app import db
-from app.cli import app as cli_app
 from app.db import session_scope
 from app.labelling.service import current_label_mismatches
 from app.main import create_app
 from app.models import Cell, Label, QueueEntry, User
-from tests.app.factories import PASSWORD, make_cells, make_model, make_user
-from tests.app.test_api import token_headers
-from tests.conftest import create_pg_database, drop_pg_database
+from cli.main import app as cli_app
+from tests.support.database import create_pg_database, drop_pg_database
+from tests.support.factories import PASSWORD, make_cells, make_model, make_user
+from tests.support.http import token_headers
 
 NEXT_STATEMENTS = 1  # the lease, the caller's check and what is shown, in one statement
 LABEL_STATEMENTS = 2  # lock and check, then store and cache
@@ -221,8 +221,9 @@ def test_bench_labelling_tiny_load_through_the_cli(tmp_path) -> None:  # type: i
 
 
 def test_two_server_processes_keep_leases_exclusive_and_labels(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from app.bench import PASSWORD as BENCH_PASSWORD
-    from app.bench import _fill, start_server
+    from bench.labelling import PASSWORD as BENCH_PASSWORD
+    from bench.labelling import _fill
+    from cli.server import start_server
 
     name = "leukolab_test_two_processes"
     url = create_pg_database(name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app.factories import PASSWORD, make_cells, make_user
 from tests.browser.conftest import login
+from tests.support.factories import PASSWORD, make_cells, make_user
 
 pytestmark = pytest.mark.browser
 
