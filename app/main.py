@@ -19,6 +19,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from app.db import ROOT, check_migrated
 from app.deps import CurrentUser, SessionDep
 from app.errors import (
+    ERROR_DESCRIPTIONS,
     InvalidInput,
     LeukolabError,
     PasswordChangeRequired,
@@ -87,6 +88,23 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     return await _leukolab_error(request, InvalidInput(_one_line(errors), errors=errors))
 
 
+def document_body_errors(schema: dict) -> None:
+    """Every operation with a request body can answer 400 (a body that does not parse) and 413 (over the
+    body limit, app.limits): document both where a route did not, so no route can forget them."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "requestBody" not in operation:
+                continue
+            for status in (400, 413):
+                operation["responses"].setdefault(
+                    str(status),
+                    {
+                        "description": ERROR_DESCRIPTIONS[status],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+                    },
+                )
+
+
 def create_app(*, check_schema: bool = True) -> FastAPI:
     settings = get_settings()
 
@@ -151,6 +169,16 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     ):
         app.include_router(module.api)
         app.include_router(module.pages)
+
+    generate_openapi = app.openapi
+
+    def openapi_with_body_errors() -> dict:
+        """The schema, with the errors that any route taking a body can answer documented on every such route."""
+        if app.openapi_schema is None:
+            document_body_errors(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi_with_body_errors
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(user: CurrentUser) -> dict:

@@ -19,7 +19,7 @@ import typer
 from bench.ssl import write_json
 
 
-def _load(folder: Path, size: int, split: str, class_names: list[str] | None = None):  # type: ignore[no-untyped-def]
+def _load(folder: Path, size: int, split: str, class_names: list[str] | None = None):
     """An ImageFolder; a folder with a MANIFEST.csv gives the rows of ``split`` (all rows if it has none)."""
     from ml.data import load_image_folder, load_manifest_split, read_manifest
 

@@ -35,7 +35,7 @@ def _admin(session: Session, name: str | None) -> User:
     return user
 
 
-def _run(action) -> object:  # type: ignore[no-untyped-def]
+def _run(action) -> object:
     try:
         with session_scope() as session:
             return action(session)
@@ -119,5 +119,5 @@ def unmerge_command(event_id: int, as_admin: AsAdmin = None) -> None:
     typer.echo(_run(unmerge))
 
 
-def _describe(cls) -> str:  # type: ignore[no-untyped-def]
+def _describe(cls) -> str:
     return f"{cls.display_name!r} (key {cls.name}, hotkey {cls.hotkey}, {'WBC' if cls.is_wbc else 'not a WBC'})"

@@ -55,7 +55,7 @@ def activity(
 
 
 @pages.get("/cells/{cell_id}")
-def cell_page(request: Request, session: SessionDep, user: CurrentUser, cell_id: DbId):  # type: ignore[no-untyped-def]
+def cell_page(request: Request, session: SessionDep, user: CurrentUser, cell_id: DbId):
     events = service.cell_history(session=session, user=user, cell_id=cell_id)
     return render(request, "cell.html", {"cell_id": cell_id, "events": events})
 
@@ -69,7 +69,7 @@ def activity_page(
     source: Source | None = None,
     kind: Literal["label", "undo"] | None = None,
     before_id: QueryId | None = None,
-):  # type: ignore[no-untyped-def]
+):
     events = service.activity(session=session, user_id=user_id, source=source, kind=kind, before_id=before_id)
     return render(
         request,

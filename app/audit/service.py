@@ -38,7 +38,7 @@ def _event_name(label: Label) -> str:
     return "bulk label" if label.action_id is not None else "label"
 
 
-def _events(session: Session, query) -> list[Event]:  # type: ignore[no-untyped-def]
+def _events(session: Session, query) -> list[Event]:
     events = []
     for label, name in session.execute(query):
         suggestion = None

@@ -93,7 +93,7 @@ def undo_merge(session: SessionDep, admin: AdminUser, event_id: DbId) -> ClassEv
 # --- the admin page ------------------------------------------------------------------------------
 
 
-def _page(request: Request, session: Session, error: str | None = None, status_code: int = 200):  # type: ignore[no-untyped-def]
+def _page(request: Request, session: Session, error: str | None = None, status_code: int = 200):
     classes = service.list_classes(session=session, include_retired=True)
     names = {c.id: c.display_name for c in classes}
     return render(
@@ -111,7 +111,7 @@ def _page(request: Request, session: Session, error: str | None = None, status_c
     )
 
 
-def _act(request: Request, session: Session, action) -> object:  # type: ignore[no-untyped-def]
+def _act(request: Request, session: Session, action) -> object:
     try:
         action()
     except LeukolabError as exc:
@@ -121,12 +121,12 @@ def _act(request: Request, session: Session, action) -> object:  # type: ignore[
 
 
 @pages.get("/admin/classes")
-def classes_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
+def classes_page(request: Request, session: SessionDep, admin: AdminUser):
     return _page(request, session)
 
 
 @pages.post("/admin/classes")
-def classes_add(  # type: ignore[no-untyped-def]
+def classes_add(
     request: Request,
     session: SessionDep,
     admin: AdminUser,
@@ -143,7 +143,7 @@ def classes_add(  # type: ignore[no-untyped-def]
 
 
 @pages.post("/admin/classes/{class_id}")
-def classes_edit(  # type: ignore[no-untyped-def]
+def classes_edit(
     request: Request,
     session: SessionDep,
     admin: AdminUser,
@@ -161,17 +161,17 @@ def classes_edit(  # type: ignore[no-untyped-def]
 
 
 @pages.post("/admin/classes/{class_id}/retire")
-def classes_retire(request: Request, session: SessionDep, admin: AdminUser, class_id: DbId):  # type: ignore[no-untyped-def]
+def classes_retire(request: Request, session: SessionDep, admin: AdminUser, class_id: DbId):
     return _act(request, session, lambda: service.retire_class(session=session, user=admin, ref=class_id))
 
 
 @pages.post("/admin/classes/{class_id}/restore")
-def classes_restore(request: Request, session: SessionDep, admin: AdminUser, class_id: DbId):  # type: ignore[no-untyped-def]
+def classes_restore(request: Request, session: SessionDep, admin: AdminUser, class_id: DbId):
     return _act(request, session, lambda: service.restore_class(session=session, user=admin, ref=class_id))
 
 
 @pages.post("/admin/classes/{class_id}/merge")
-def classes_merge(  # type: ignore[no-untyped-def]
+def classes_merge(
     request: Request, session: SessionDep, admin: AdminUser, class_id: DbId, into: Annotated[int, Form(ge=1)]
 ):
     return _act(
@@ -180,5 +180,5 @@ def classes_merge(  # type: ignore[no-untyped-def]
 
 
 @pages.post("/admin/class-events/{event_id}/undo")
-def classes_undo_merge(request: Request, session: SessionDep, admin: AdminUser, event_id: DbId):  # type: ignore[no-untyped-def]
+def classes_undo_merge(request: Request, session: SessionDep, admin: AdminUser, event_id: DbId):
     return _act(request, session, lambda: service.undo_merge(session=session, user=admin, event_id=event_id))

@@ -49,7 +49,7 @@ class ClassEventOut(BaseModel):
     created_at: datetime
 
 
-def class_out(cls) -> ClassOut:  # type: ignore[no-untyped-def]
+def class_out(cls) -> ClassOut:
     return ClassOut(
         id=cls.id,
         name=cls.name,

@@ -46,7 +46,7 @@ def put_reading_settings(session: SessionDep, admin: AdminUser, body: ReadingSet
     )
 
 
-def _agreement_out(session) -> AgreementOut:  # type: ignore[no-untyped-def]
+def _agreement_out(session) -> AgreementOut:
     result = service.agreement(session=session)
     return AgreementOut(
         pairs=[
@@ -81,7 +81,7 @@ def _case(request: Request, cell_id: int, reads: list) -> AdjudicationCase:
 @api.get(
     "/adjudication/next", response_model=AdjudicationCase, responses={204: {"description": "nothing to adjudicate"}}
 )
-def adjudication_next(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
+def adjudication_next(request: Request, session: SessionDep, admin: AdminUser):
     """The next cell whose readers disagree, with both reads. 204 when none waits."""
     found = service.next_adjudication(session=session)
     if found is None:
@@ -110,7 +110,7 @@ def double_read(session: SessionDep, admin: AdminUser, cell_id: DbId) -> dict:
 
 
 @pages.get("/admin/agreement")
-def agreement_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
+def agreement_page(request: Request, session: SessionDep, admin: AdminUser):
     return render(
         request,
         "admin/agreement.html",
@@ -125,7 +125,7 @@ def agreement_settings(
     admin: AdminUser,
     readers_per_cell: Annotated[int, Form()],
     double_read_fraction: Annotated[float, Form()],
-):  # type: ignore[no-untyped-def]
+):
     rules.update_reading_settings(
         session=session, user=admin, readers_per_cell=readers_per_cell, double_read_fraction=double_read_fraction
     )
@@ -133,7 +133,7 @@ def agreement_settings(
 
 
 @pages.get("/admin/adjudication")
-def adjudication_page(request: Request, session: SessionDep, admin: AdminUser):  # type: ignore[no-untyped-def]
+def adjudication_page(request: Request, session: SessionDep, admin: AdminUser):
     found = service.next_adjudication(session=session)
     classes = labelling.list_classes(session=session)
     return render(
@@ -148,7 +148,7 @@ def adjudication_page(request: Request, session: SessionDep, admin: AdminUser): 
 
 
 @pages.get("/admin/unsure")
-def unsure_page(request: Request, session: SessionDep, admin: AdminUser, error: str | None = None):  # type: ignore[no-untyped-def]
+def unsure_page(request: Request, session: SessionDep, admin: AdminUser, error: str | None = None):
     return render(
         request,
         "admin/unsure.html",
@@ -163,7 +163,7 @@ def unsure_page(request: Request, session: SessionDep, admin: AdminUser, error: 
 @pages.post("/admin/unsure/{cell_id}")
 def unsure_resolve(
     request: Request, session: SessionDep, admin: AdminUser, cell_id: DbId, action: Annotated[str, Form()]
-):  # type: ignore[no-untyped-def]
+):
     """``action``: a class name (label it), or ``double-read`` (send it to two readers)."""
     try:
         if action == "double-read":

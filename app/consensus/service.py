@@ -23,7 +23,7 @@ class Read:
     value: str
 
 
-def _standing_reads_by_cell(session: Session, cell_filter) -> dict[int, list[Read]]:  # type: ignore[no-untyped-def]
+def _standing_reads_by_cell(session: Session, cell_filter) -> dict[int, list[Read]]:
     """Each reader's newest standing read (not adjudications) of the cells ``cell_filter`` selects, oldest first."""
     undo = aliased(Label)
     rows = session.execute(

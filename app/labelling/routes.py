@@ -33,8 +33,8 @@ def image_url(cell_id: int, sha256: str | None) -> str:
     return f"/api/v1/cells/{cell_id}/image" + (f"?v={sha256}" if sha256 else "")
 
 
-def _refuser(request: Request, claims):  # type: ignore[no-untyped-def]
-    def refuse(row) -> None:  # type: ignore[no-untyped-def]
+def _refuser(request: Request, claims):
+    def refuse(row) -> None:
         refuse_caller(
             request,
             found=bool(row.found),
@@ -118,7 +118,7 @@ def release_lease(session: SessionDep, user: CurrentUser, cell_id: DbId) -> Resp
     },
     response_class=Response,
 )
-def add_label(request: Request, session: SessionDep, claims: CallerDep, cell_id: DbId, body: LabelIn):  # type: ignore[no-untyped-def]
+def add_label(request: Request, session: SessionDep, claims: CallerDep, cell_id: DbId, body: LabelIn):
     """Label a cell with a class name or ``unsure``. 422 lists the allowed names.
 
     Send an ``idempotency_key`` to make retries safe: the same key again answers 200 with the first row.

@@ -72,7 +72,7 @@ def display_png(*, session: Session, cell_id: int) -> bytes:
     return png
 
 
-def readable_by(user: User):  # type: ignore[no-untyped-def]
+def readable_by(user: User):
     """The condition that ``user`` may read ``Cell``: no expert label yet, not waiting for an admin,
     and, if it waits for a second read, ``user`` was not its first reader."""
     return (
@@ -661,7 +661,7 @@ class FastLease:
     caller: dict  # the caller's user row: found, is_active, session_version, must_change_password
 
 
-def _suggestion_and_top(row, min_confidence: float) -> tuple[dict | None, list[tuple[str, float]]]:  # type: ignore[no-untyped-def]
+def _suggestion_and_top(row, min_confidence: float) -> tuple[dict | None, list[tuple[str, float]]]:
     """The suggestion shown (none on a blind second read, none near chance) and the two likeliest classes."""
     top: list[tuple[str, float]] = []
     if row.probs and row.class_names and len(row.probs) == len(row.class_names):
@@ -784,7 +784,7 @@ def record_label_fast(
     cell_id: int,
     value: str,
     idempotency_key: str | None = None,
-    refuse,  # type: ignore[no-untyped-def]
+    refuse,
 ) -> FastLabel:
     """``record_label`` for a single-read cell on PostgreSQL in two statements: lock and check (the caller's
     user row, the class, the cell's reading state), then store the row, set the cached current label (the

@@ -52,7 +52,7 @@ def review_undo(session: SessionDep, user: CurrentUser) -> UndoActionOut:
 
 
 @pages.get("/review")
-def review_grid(request: Request, session: SessionDep, user: CurrentUser):  # type: ignore[no-untyped-def]
+def review_grid(request: Request, session: SessionDep, user: CurrentUser):
     classes = labelling.list_classes(session=session)
     return render(
         request,

@@ -90,7 +90,7 @@ def api_cell_field(session: SessionDep, user: CurrentUser, cell_id: DbId) -> Cel
 
 
 @pages.get("/samples")
-def samples_page(request: Request, session: SessionDep, user: CurrentUser):  # type: ignore[no-untyped-def]
+def samples_page(request: Request, session: SessionDep, user: CurrentUser):
     return render(
         request,
         "samples/list.html",
@@ -106,7 +106,7 @@ def import_fields_upload(
     file: Annotated[UploadFile, File()],
     sample: Annotated[str, Form()] = "",
     um_per_px: Annotated[str, Form()] = "",
-):  # type: ignore[no-untyped-def]
+):
     htmx = bool(request.headers.get("hx-request"))
     template = "samples/_import_result.html" if htmx else "samples/list.html"
     try:
@@ -135,13 +135,13 @@ def import_fields_upload(
 
 
 @pages.get("/samples/{sample_id}")
-def sample_page(request: Request, session: SessionDep, user: CurrentUser, sample_id: DbId):  # type: ignore[no-untyped-def]
+def sample_page(request: Request, session: SessionDep, user: CurrentUser, sample_id: DbId):
     detail = service.sample_detail(session=session, sample_id=sample_id)
     return render(request, "samples/sample.html", {"sample": detail})
 
 
 @pages.get("/samples/{sample_id}/differential")
-def differential_page(request: Request, session: SessionDep, user: CurrentUser, sample_id: DbId):  # type: ignore[no-untyped-def]
+def differential_page(request: Request, session: SessionDep, user: CurrentUser, sample_id: DbId):
     report = service.differential(session=session, sample_id=sample_id)
     sample = service.get_sample(session=session, sample_id=sample_id)
     return render(request, "samples/differential.html", {"report": report, "sample": sample})

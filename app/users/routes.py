@@ -83,7 +83,7 @@ def deactivate_user(session: SessionDep, admin: AdminUser, user_id: DbId) -> Use
 
 
 @api.post("/users/{user_id}/password", response_model=UserOut, responses=responses(400, 403, 404, 409, 413))
-def reset_password(session: SessionDep, admin: AdminUser, user_id: DbId, body: PasswordReset):  # type: ignore[no-untyped-def]
+def reset_password(session: SessionDep, admin: AdminUser, user_id: DbId, body: PasswordReset):
     """Set another user's password; their sessions and tokens end and they must change it at the next login."""
     return service.reset_password(session=session, user_id=user_id, new_password=body.new_password, acting_user=admin)
 
@@ -195,7 +195,7 @@ def users_create(
 @pages.post("/admin/users/{user_id}/password")
 def users_reset_password(
     request: Request, session: SessionDep, admin: AdminUser, user_id: DbId, new_password: Annotated[str, Form()]
-):  # type: ignore[no-untyped-def]
+):
     error = None
     try:
         service.reset_password(session=session, user_id=user_id, new_password=new_password, acting_user=admin)

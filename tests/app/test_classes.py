@@ -17,7 +17,7 @@ from tests.support.factories import get_user, make_cells, make_user
 from tests.support.http import token_headers
 
 
-def _events(session, class_id: int) -> list[str]:  # type: ignore[no-untyped-def]
+def _events(session, class_id: int) -> list[str]:
     return list(
         session.scalars(select(ClassEvent.action).where(ClassEvent.class_id == class_id).order_by(ClassEvent.id))
     )

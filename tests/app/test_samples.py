@@ -293,7 +293,7 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _predict(session, model_id: int, cell_id: int, name: str) -> None:  # type: ignore[no-untyped-def]
+def _predict(session, model_id: int, cell_id: int, name: str) -> None:
     session.add(
         Prediction(
             model_version_id=model_id,

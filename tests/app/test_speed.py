@@ -29,11 +29,11 @@ LABEL_STATEMENTS = 2  # lock and check, then store and cache
 
 
 @contextmanager
-def counted_statements():  # type: ignore[no-untyped-def]
+def counted_statements():
     """The SQL statements the app's engine sends while the block runs."""
     statements: list[str] = []
 
-    def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+    def count(_conn, _cursor, statement, *_args) -> None:
         statements.append(statement)
 
     engine = db.get_engine()
@@ -45,7 +45,7 @@ def counted_statements():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def pg_client(pg_db_url: str):  # type: ignore[no-untyped-def]
+def pg_client(pg_db_url: str):
     with TestClient(create_app()) as client:
         yield client
 
@@ -155,7 +155,7 @@ def test_must_change_password_is_refused_on_the_hot_path(client: TestClient) -> 
 
 
 @pytest.fixture
-def client(any_db_url: str):  # type: ignore[no-untyped-def]
+def client(any_db_url: str):
     with TestClient(create_app()) as client:
         yield client
 
@@ -183,7 +183,7 @@ def test_cell_image_cached_for_good_by_content_hash(client: TestClient) -> None:
     assert client.post("/api/v1/labels/undo", headers=headers).json()["image_url"] == cell["image_url"]
 
 
-def test_bench_labelling_tiny_load_through_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bench_labelling_tiny_load_through_the_cli(tmp_path) -> None:
     out = tmp_path / "bench.json"
     name = "leukolab_test_bench_tiny"
     try:
@@ -220,7 +220,7 @@ def test_bench_labelling_tiny_load_through_the_cli(tmp_path) -> None:  # type: i
     assert report["database"] == "postgresql" and report["users"] == 2
 
 
-def test_two_server_processes_keep_leases_exclusive_and_labels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_server_processes_keep_leases_exclusive_and_labels(tmp_path) -> None:
     from bench.labelling import PASSWORD as BENCH_PASSWORD
     from bench.labelling import _fill
     from cli.server import start_server
@@ -283,14 +283,14 @@ def test_two_server_processes_keep_leases_exclusive_and_labels(tmp_path) -> None
 
 
 @contextmanager
-def session_scope_for(engine):  # type: ignore[no-untyped-def]
+def session_scope_for(engine):
     from sqlalchemy.orm import Session
 
     with Session(engine) as session:
         yield session
 
 
-def test_sqlite_random_walk_uses_the_random_key_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_random_walk_uses_the_random_key_index(tmp_path) -> None:
     """Without INDEXED BY, SQLite sorted every unlabelled cell by random_key for each queue/next (0.4 s at 100k)."""
     from sqlalchemy import text
 

@@ -14,7 +14,7 @@ from tests.support.factories import PASSWORD, get_user, make_cells, make_user
 pytestmark = pytest.mark.browser
 
 
-def test_label_with_a_letter_hotkey(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_label_with_a_letter_hotkey(live_server: str, page) -> None:
     make_user("ada", role="admin")
     make_user("carla")
     make_cells(3)

@@ -11,7 +11,7 @@ from tests.support.factories import PASSWORD, make_cells, make_user
 pytestmark = pytest.mark.browser
 
 
-def test_each_label_key_gives_a_key_to_paint_measure(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_each_label_key_gives_a_key_to_paint_measure(live_server: str, page) -> None:
     make_user("dora")
     make_cells(8)
     image_requests: list[str] = []

@@ -15,14 +15,14 @@ from tests.support.factories import PASSWORD, make_cells, make_model, make_user
 pytestmark = pytest.mark.browser
 
 
-def _status(page, text: str) -> None:  # type: ignore[no-untyped-def]
+def _status(page, text: str) -> None:
     page.wait_for_function(
         f"document.getElementById('review-status').textContent.includes({text!r})"
         " && document.getElementById('review-status').dataset.pending === '0'"
     )
 
 
-def test_grid_review_by_keyboard(live_server: str, page) -> None:  # type: ignore[no-untyped-def]
+def test_grid_review_by_keyboard(live_server: str, page) -> None:
     make_user("carla")
     ids = make_cells(6)
     make_model({cell_id: ("neutrophil", 0.4 + i / 20) for i, cell_id in enumerate(ids)})
@@ -68,7 +68,7 @@ def test_grid_review_by_keyboard(live_server: str, page) -> None:  # type: ignor
     assert "bulk label" in page.locator("#history-rows").inner_text()
 
 
-def test_double_reading_by_two_users_then_adjudication(live_server: str, browser) -> None:  # type: ignore[no-untyped-def]
+def test_double_reading_by_two_users_then_adjudication(live_server: str, browser) -> None:
     make_user("root", role="admin")
     make_user("ana")
     make_user("bob")

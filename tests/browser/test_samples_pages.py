@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 SHOWN = "document.getElementById('cell-image').dataset.cellId !== undefined"
 
 
-def test_field_view_and_differential_page(live_server: str, page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_field_view_and_differential_page(live_server: str, page, tmp_path) -> None:
     make_user("root", role="admin")
     make_user("carla")
     field, _ = make_field([(150, 140, 40), (420, 200, 50)])
