@@ -66,19 +66,24 @@ async def check_csrf(request: Request) -> None:
         raise Forbidden("missing or wrong CSRF token: reload the page and try again")
 
 
+async def _claims(request: Request, bearer: HTTPAuthorizationCredentials | None) -> tuple[int, int | None]:
+    """The user id and session version a bearer token or the session cookie (then CSRF-checked) claims."""
+    if bearer is not None:
+        return security.read_token(bearer.credentials)
+    user_id, session_version = request.session.get("uid"), request.session.get("sv")
+    if user_id is None:
+        raise Unauthenticated("log in first")
+    await check_csrf(request)
+    return user_id, session_version
+
+
 async def current_user(
     request: Request,
     session: SessionDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
     """The user of a bearer token or of the session cookie (then CSRF-checked)."""
-    if bearer is not None:
-        user_id, session_version = security.read_token(bearer.credentials)
-    else:
-        user_id, session_version = request.session.get("uid"), request.session.get("sv")
-        if user_id is None:
-            raise Unauthenticated("log in first")
-        await check_csrf(request)
+    user_id, session_version = await _claims(request, bearer)
     user = session.get(User, user_id)
     if user is None or not user.is_active:
         request.session.pop("uid", None)
@@ -115,13 +120,7 @@ class Caller:
 
 async def caller(request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
     """The claims of a bearer token or of the session cookie (then CSRF-checked); no database work."""
-    if bearer is not None:
-        user_id, session_version = security.read_token(bearer.credentials)
-    else:
-        user_id, session_version = request.session.get("uid"), request.session.get("sv")
-        if user_id is None:
-            raise Unauthenticated("log in first")
-        await check_csrf(request)
+    user_id, session_version = await _claims(request, bearer)
     return Caller(
         user_id=int(user_id),
         session_version=-1 if session_version is None else int(session_version),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,6 +24,22 @@ def _print_summary(summary: ImportSummary) -> None:
     )
     if summary.skipped:
         typer.echo(f"skipped {len(summary.skipped)} non-image files: {', '.join(summary.skipped)}")
+
+
+def refuse_import(error: LeukolabError) -> NoReturn:
+    """Say why nothing was imported (each refused file for an ``ImportRefused``) and exit with status 2."""
+    if isinstance(error, ImportRefused):
+        for rejection in error.rejections:
+            typer.secho(f"refused: {rejection.file}: {rejection.reason}", err=True, fg=typer.colors.RED)
+        count = len(error.rejections)
+        typer.secho(
+            f"error: {count} file{'s' if count != 1 else ''} refused; nothing was imported",
+            err=True,
+            fg=typer.colors.RED,
+        )
+    else:
+        typer.secho(f"error: {error.message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2) from None
 
 
 def import_command(
@@ -81,17 +97,6 @@ def import_command(
                 from cli.samples import attach_to_sample
 
                 attach_to_sample(session=session, import_id=summary.import_id, sample=sample, user_id=user_id)
-    except ImportRefused as refused:
-        for rejection in refused.rejections:
-            typer.secho(f"refused: {rejection.file}: {rejection.reason}", err=True, fg=typer.colors.RED)
-        count = len(refused.rejections)
-        typer.secho(
-            f"error: {count} file{'s' if count != 1 else ''} refused; nothing was imported",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        raise typer.Exit(2) from None
     except LeukolabError as error:
-        typer.secho(f"error: {error.message}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+        refuse_import(error)
     _print_summary(summary)

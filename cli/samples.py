@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.orm import Session
 
-from app.cells.sources import ImportRefused
 from app.db import session_scope
 from app.errors import LeukolabError
 from app.samples.fields import FieldImportSummary, import_field_folder, import_field_zip
+from cli.importing import refuse_import
 
 
 def print_summary(summary: FieldImportSummary) -> None:
@@ -65,19 +65,8 @@ def import_fields(
             summary = run(
                 session=session, **target, sample=sample, user_id=user_id, um_per_px=um_per_px, progress=progress
             )
-    except ImportRefused as refused:
-        for rejection in refused.rejections:
-            typer.secho(f"refused: {rejection.file}: {rejection.reason}", err=True, fg=typer.colors.RED)
-        count = len(refused.rejections)
-        typer.secho(
-            f"error: {count} file{'s' if count != 1 else ''} refused; nothing was imported",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        raise typer.Exit(2) from None
     except LeukolabError as error:
-        typer.secho(f"error: {error.message}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+        refuse_import(error)
     print_summary(summary)
 
 

@@ -29,20 +29,19 @@ from app.cells.images import prepare_image
 # The tile import's file walking: links, zip escapes, encrypted entries, names that are not UTF-8,
 # notes beside the images and the decompression-bomb budget are handled the same way for fields.
 from app.cells.sources import (
-    ZIP_EXPANSION_LIMIT,
     Entry,
+    Found,
     ImportRefused,
     Rejection,
     check_pixel_budget,
     folder_entries,
+    open_zip,
     printable_name,
-    stream_size,
     zip_entries,
 )
 from app.errors import Conflict, InvalidInput
 from app.models import Cell, Field, ImportBatch, Sample
 from app.samples.service import check_identifier, get_or_create_sample, sample_pixel_sizes
-from app.settings import get_settings
 from ml.locate import (
     ArrayReader,
     FieldError,
@@ -268,9 +267,7 @@ def _write_field(
 def _run_import(
     *,
     session: Session,
-    entries: list[Entry],
-    rejections: list[Rejection],
-    skipped: list[str],
+    found: Found,
     sample: str | None,
     um_per_px: float | None,
     note: str | None,
@@ -278,6 +275,8 @@ def _run_import(
     source: str,
     progress: Progress | None,
 ) -> FieldImportSummary:
+    """Find, cut and write the cells of the fields ``found`` (files, refusals, skipped notes), all or nothing."""
+    entries, rejections, skipped = found
     if sample is not None:
         sample = check_identifier(sample)
     assigned, problems = _assign_samples(entries, sample)
@@ -372,12 +371,9 @@ def import_field_folder(
     path = Path(path)
     if not path.is_dir():
         raise InvalidInput(f"{printable_name(str(path))}: not a folder")
-    entries, rejections, skipped = folder_entries(path)
     return _run_import(
         session=session,
-        entries=entries,
-        rejections=rejections,
-        skipped=skipped,
+        found=folder_entries(path),
         sample=sample,
         um_per_px=um_per_px,
         note=note,
@@ -400,36 +396,11 @@ def import_field_zip(
     name: str | None = None,
 ) -> FieldImportSummary:
     """Import the smear fields in a .zip into ``sample`` (else one sample per top-level folder)."""
-    max_bytes = max_bytes if max_bytes is not None else get_settings().max_upload_bytes
-    if isinstance(file, (str, Path)):
-        path = Path(file)
-        name = printable_name(name or path.name)
-        if not path.is_file():
-            raise InvalidInput(f"{printable_name(str(path))}: not a file")
-        size = path.stat().st_size
-    else:
-        name = printable_name(name or Path(str(getattr(file, "name", "") or "upload.zip")).name)
-        size = stream_size(file)
-    if size > max_bytes:
-        raise ImportRefused([Rejection(name, f"the zip is {size:,} bytes, over the limit of {max_bytes:,} bytes")])
-    try:
-        archive = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
-        raise ImportRefused([Rejection(name, f"not a zip file ({error})")]) from error
+    archive, name = open_zip(file, max_bytes=max_bytes, name=name)  # the tile import's checks: size, names, bombs
     with archive:
-        unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > ZIP_EXPANSION_LIMIT * max_bytes:
-            reason = (
-                f"zip bomb: it unpacks to {unpacked:,} bytes, over {ZIP_EXPANSION_LIMIT}× "
-                f"the upload limit of {max_bytes:,} bytes"
-            )
-            raise ImportRefused([Rejection(name, reason)])
-        entries, rejections, skipped = zip_entries(archive)
         return _run_import(
             session=session,
-            entries=entries,
-            rejections=rejections,
-            skipped=skipped,
+            found=zip_entries(archive),
             sample=sample,
             um_per_px=um_per_px,
             note=note,

@@ -8,10 +8,9 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models import Cell, Sample
-from tests.app.fieldgen import make_field
-from tests.app.test_samples import _png
 from tests.browser.conftest import login
 from tests.support.factories import PASSWORD, make_user
+from tests.support.fields import make_field, png_bytes
 from tests.support.images import make_zip
 
 pytestmark = pytest.mark.browser
@@ -23,7 +22,9 @@ def test_field_view_and_differential_page(live_server: str, page, tmp_path) -> N
     make_user("carla")
     field, _ = make_field([(150, 140, 40), (420, 200, 50)])
     archive = tmp_path / "fields.zip"
-    archive.write_bytes(make_zip({"slide-9/a.png": _png(field), "slide-9/empty.png": _png(make_field([])[0])}))
+    archive.write_bytes(
+        make_zip({"slide-9/a.png": png_bytes(field), "slide-9/empty.png": png_bytes(make_field([])[0])})
+    )
 
     login(page, live_server, "root", PASSWORD)
     page.wait_for_url(f"{live_server}/label")

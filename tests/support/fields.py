@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +32,10 @@ def save(path: Path, field: np.ndarray, fmt: str = "PNG") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(field).save(path, format=fmt)
     return path
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """``array`` (a field) encoded as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -24,9 +24,9 @@ from app.models import Cell, Field, ImportBatch, Label, ModelVersion, Prediction
 from app.samples import service
 from app.samples.fields import DISPLAY_MAX_SIDE, import_field_folder
 from cli.importing import import_command
-from tests.app.fieldgen import make_field, save
 from tests.support.database import SHARED_DATA
 from tests.support.factories import make_user
+from tests.support.fields import make_field, png_bytes, save
 from tests.support.http import browser_login, token_headers
 from tests.support.images import huge_png, make_imagefolder, make_zip, zip_folder
 
@@ -262,8 +262,8 @@ def test_api_and_page_import_fields_and_show_them(pg_db_url: str, tmp_path: Path
         before = counts()
         bad = make_zip(
             {
-                "new-sample/good.png": _png(make_field(FIELD_B1)[0]),
-                "new-sample/tiny.png": _png(make_field([])[0][:16, :16]),
+                "new-sample/good.png": png_bytes(make_field(FIELD_B1)[0]),
+                "new-sample/tiny.png": png_bytes(make_field([])[0][:16, :16]),
             }
         )
         refused = client.post(
@@ -275,7 +275,7 @@ def test_api_and_page_import_fields_and_show_them(pg_db_url: str, tmp_path: Path
         assert refused.status_code == 422
         assert "Nothing was imported" in refused.text and "new-sample/tiny.png" in refused.text
         assert counts() == before
-        good = make_zip({"a.png": _png(make_field(FIELD_B1)[0])})
+        good = make_zip({"a.png": png_bytes(make_field(FIELD_B1)[0])})
         ok = client.post(
             "/admin/samples/import",
             data={"csrf_token": csrf, "sample": "from-page", "um_per_px": "0.06"},
@@ -285,12 +285,6 @@ def test_api_and_page_import_fields_and_show_them(pg_db_url: str, tmp_path: Path
         assert ok.status_code == 200, ok.text
         assert "<strong>1</strong> fields, <strong>2</strong> white cells" in ok.text
         assert counts()["samples"] == 3
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _predict(session, model_id: int, cell_id: int, name: str) -> None:
