@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -24,6 +26,16 @@ def _print_summary(summary: ImportSummary) -> None:
     )
     if summary.skipped:
         typer.echo(f"skipped {len(summary.skipped)} non-image files: {', '.join(summary.skipped)}")
+
+
+@contextmanager
+def progress_bar(console: Console, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar on ``console``; yields the ``progress(done, total)`` callback the imports take."""
+    with Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
+    ) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def refuse_import(error: LeukolabError) -> NoReturn:
@@ -70,23 +82,8 @@ def import_command(
         import_fields(path, sample=sample, um_per_px=um_per_px, user_id_for=user_id_for, console=console)
         return
     try:
-        with (
-            session_scope() as session,
-            Progress(
-                TextColumn("importing"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            ) as bar,
-        ):
+        with session_scope() as session, progress_bar(console, "importing") as progress:
             user_id = importing_user(session=session, as_user=as_user, labelled=labelled)
-            task = bar.add_task("import", total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
             if path.is_dir():
                 summary = import_folder(
                     session=session, path=path, labelled=labelled, user_id=user_id, progress=progress

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.errors import LeukolabError
 from app.samples.fields import FieldImportSummary, import_field_folder, import_field_zip
-from cli.importing import refuse_import
+from cli.importing import progress_bar, refuse_import
 
 
 def print_summary(summary: FieldImportSummary) -> None:
@@ -43,23 +42,8 @@ def import_fields(
 ) -> None:
     """Import the smear fields at ``path`` (folder or .zip) with a progress bar, or exit 2 saying why not."""
     try:
-        with (
-            session_scope() as session,
-            Progress(
-                TextColumn("locating cells"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            ) as bar,
-        ):
+        with session_scope() as session, progress_bar(console, "locating cells") as progress:
             user_id = user_id_for(session)
-            task = bar.add_task("import", total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
             run = import_field_folder if path.is_dir() else import_field_zip
             target = {"path": path} if path.is_dir() else {"file": path}
             summary = run(
