@@ -29,6 +29,7 @@ def test_each_label_key_gives_a_key_to_paint_measure(live_server: str, page) -> 
     durations = page.evaluate("performance.getEntriesByName('leukolab:key-to-paint').map((e) => e.duration)")
     assert all(duration >= 0 for duration in durations)
     page.wait_for_function("document.getElementById('save-status').dataset.pending === '0'")
+    page.wait_for_load_state("networkidle")  # the prefetch and the stats refresh have settled
     page.keyboard.press("z")  # undo: the last labelled cell comes back, from the browser's cache
     page.wait_for_function(f"document.getElementById('cell-image').dataset.cellId === '{shown[-1]}'")
     page.wait_for_timeout(300)
