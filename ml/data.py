@@ -53,17 +53,32 @@ def read_manifest(root: str | Path) -> list[dict]:
 
 
 def load_manifest_split(root: str | Path, split: str, size: int, class_names: list[str] | None = None) -> ImageSet:
-    """The rows of ``root/MANIFEST.csv`` whose split is ``split``. Classes sort by name,
-    as in torchvision's ImageFolder, unless ``class_names`` is given."""
+    """The rows of ``root/MANIFEST.csv`` of ``split`` (``train`` excludes the fixed validation
+    cells: ``_split_rows``). Classes sort by name, as in torchvision's ImageFolder, unless
+    ``class_names`` is given."""
     rows = read_manifest(root)
     if class_names is None:
         class_names = sorted({r["label"] for r in rows})
     index = {name: i for i, name in enumerate(class_names)}
-    rows = [r for r in rows if r["split"] == split]
+    rows = _split_rows(root, rows, split)
     files = [r["file"] for r in rows]
     x = load_images([Path(root) / f for f in files], size)
     y = torch.tensor([index[r["label"]] for r in rows], dtype=torch.long)
     return ImageSet(x, y, list(class_names), files)
+
+
+def _split_rows(root: str | Path, rows: list[dict], split: str) -> list[dict]:
+    """``train`` is the manifest's train split less the fixed validation cells (``ml.splits``),
+    ``validation`` those cells, ``train+validation`` the whole train split; other names as written."""
+    from ml.splits import VALIDATION, validation_files
+
+    if split == "train+validation":
+        return [r for r in rows if r["split"] == "train"]
+    if split not in ("train", VALIDATION):
+        return [r for r in rows if r["split"] == split]
+    held_out = validation_files(root, rows)
+    keep = (lambda f: f in held_out) if split == VALIDATION else (lambda f: f not in held_out)
+    return [r for r in rows if r["split"] == "train" and keep(r["file"])]
 
 
 def load_image_folder(root: str | Path, size: int, class_names: list[str] | None = None) -> ImageSet:
