@@ -1,49 +1,89 @@
 """``leukolab bench active``: the product's labelling loop, simulated, with MANIFEST labels as
 the cytologist.
 
-Start from 2 labels per class of the train split. Each round trains (warm-started from the
-previous round's model, as a lab would retrain), scores the unlabelled pool, runs the same
-pseudo-label filters and selection as the queue refresh (``ml.active.rank_for_queue``), and
-"labels" the first ``step`` cells the queue would show, until ``budget`` labels are spent.
-Accuracy on the test split is recorded after every round; a PNG plots accuracy against labels
-for every strategy whose JSON lies beside ``--json``.
+Cold start: the first labels are chosen with no model (``ml.coldstart``: k-means++ over colour and
+texture features, one cell per cluster; or a uniform draw). Each round then retrains exactly as
+the worker does (``ml.retrain.retrain``: a fifth of the labels held out, the config from the
+profile, method and run params, warm-started from the previous round's model), scores the
+unlabelled pool, and "labels" the first cells the product's queue would show
+(``ml.active.rank_for_queue``: pseudo-label filters, cells unlike any known class first, then the
+strategy). ``random`` is the baseline: a random cold start and random rounds.
+
+Every round records the accuracy on the fixed validation split (``ml.splits``; choices are made
+on it) and on the test split, with the macro-F1 and its wall time. ``plot_active`` draws accuracy
+against labels per strategy, the mean over seeds with a min-max band.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ml.active import STRATEGIES
+from ml.active import DEFAULT_STRATEGY, STRATEGIES
+from ml.coldstart import COLD_STARTS, DEFAULT_FEATURES, FEATURES
 from ml.config import DEFAULT_METHOD, METHODS, PROFILES
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from ml.config import TrainConfig
-
 BENCH = "active"
+# The issue's targets: test accuracy (mean of 3 seeds) at these total label counts.
+TARGETS = {100: 0.985, 250: 0.990}
+
+
+def parse_schedule(schedule: str | None, budget: int, step: int, initial: int | None) -> list[int]:
+    """Total labels after each round: ``schedule`` ("50,100,250"), else ``initial`` (default
+    ``step``) then ``+step`` up to ``budget``. Raises typer.BadParameter when not increasing."""
+    if schedule:
+        try:
+            totals = [int(part) for part in schedule.split(",") if part.strip()]
+        except ValueError:
+            message = f"--schedule {schedule!r}: expected increasing label counts, e.g. 50,100,250"
+            raise typer.BadParameter(message) from None
+    else:
+        first = initial if initial is not None else step
+        totals = list(range(first, budget, step)) + [budget] if first < budget else [budget]
+    if not totals or totals[0] < 2 or any(b <= a for a, b in zip(totals, totals[1:], strict=False)):
+        raise typer.BadParameter(f"label counts {totals}: they must start at 2 or more and increase")
+    return totals
 
 
 def bench_active(
     data: Annotated[Path, typer.Option("--data", help="ImageFolder with MANIFEST.csv (train/test split)")],
     budget: Annotated[int, typer.Option("--budget", help="labels to spend in all")] = 250,
     step: Annotated[int, typer.Option("--step", help="labels added per round")] = 50,
-    strategy: Annotated[str, typer.Option("--strategy", help=f"one of {', '.join(STRATEGIES)}")] = "diverse",
+    schedule: Annotated[
+        str | None, typer.Option("--schedule", help="total labels after each round, e.g. 50,100,250 (overrides)")
+    ] = None,
+    initial: Annotated[int | None, typer.Option("--initial", help="labels of the cold start (default: step)")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help=f"one of {', '.join(STRATEGIES)}")] = DEFAULT_STRATEGY,
+    cold_start: Annotated[
+        str | None,
+        typer.Option("--cold-start", help=f"one of {', '.join(COLD_STARTS)} (default: random for random, else kmeans)"),
+    ] = None,
+    cold_features: Annotated[
+        str, typer.Option("--cold-features", help=f"features of the k-means cold start: {', '.join(FEATURES)}")
+    ] = DEFAULT_FEATURES,
     profile: Annotated[str, typer.Option("--profile", help=f"one of {', '.join(PROFILES)}")] = "cpu",
     method: Annotated[str, typer.Option("--method", help=f"one of {', '.join(METHODS)}")] = DEFAULT_METHOD,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
-    initial_per_class: Annotated[int, typer.Option("--initial-per-class", help="labels per class to start")] = 2,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="the run param 'epochs' of the first round (default: profile's)")
+    ] = None,
+    warm_epochs: Annotated[
+        int | None, typer.Option("--warm-epochs", help="the run param 'epochs' of warm-started rounds")
+    ] = None,
     warm_fraction: Annotated[
-        float, typer.Option("--warm-fraction", help="epochs of a warm-started round, as a fraction of the first's")
+        float, typer.Option("--warm-fraction", help="without --warm-epochs: warm rounds' epochs over the first's")
     ] = 0.25,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="epochs of the first round (profile's)")] = None,
     pool_limit: Annotated[
         int | None, typer.Option("--pool-limit", help="use at most this many train images (quick runs)")
     ] = None,
@@ -52,20 +92,29 @@ def bench_active(
         list[str] | None, typer.Option("--set", help="training config override key=value (JSON value), repeatable")
     ] = None,
 ) -> dict:
-    """Simulate active labelling with STRATEGY; report test accuracy after each round."""
+    """Simulate the product's labelling loop with STRATEGY; report validation and test accuracy
+    after each round."""
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+    cold_start = cold_start or ("random" if strategy == "random" else "kmeans")
+    if cold_start not in COLD_STARTS:
+        raise typer.BadParameter(f"unknown cold start {cold_start!r}; choose from {COLD_STARTS}")
+    if cold_features not in FEATURES:
+        raise typer.BadParameter(f"unknown cold-start features {cold_features!r}; choose from {FEATURES}")
+    totals = parse_schedule(schedule, budget, step, initial)
     import numpy as np
     import torch
 
     from ml.checkpoint import load_model
-    from ml.config import entropy_threshold_for, make_config, parse_overrides
+    from ml.coldstart import cold_start as choose_cold
+    from ml.config import make_config, parse_overrides
     from ml.data import load_manifest_split, resize
     from ml.device import device_name, pick_device
     from ml.images import MODEL_SIZE
     from ml.infer import predict
     from ml.metrics import classification_metrics
-    from ml.train import train
+    from ml.retrain import ActiveModel, retrain
+    from ml.splits import VALIDATION
 
     started = time.perf_counter()
     try:
@@ -75,104 +124,95 @@ def bench_active(
     device = pick_device()
     rng = np.random.default_rng(seed)
     train_set = load_manifest_split(data, "train", MODEL_SIZE)  # 64 px, like the stored cells
-    test_set = load_manifest_split(data, "test", MODEL_SIZE, class_names=train_set.class_names)
+    names = train_set.class_names
+    val_set = load_manifest_split(data, VALIDATION, MODEL_SIZE, class_names=names)
+    test_set = load_manifest_split(data, "test", MODEL_SIZE, class_names=names)
     x_pool, y_pool = _subsample(rng, train_set.x, train_set.y.numpy(), pool_limit)
     x_test, y_test = _subsample(rng, test_set.x, test_set.y.numpy(), test_limit)
-    names = train_set.class_names
+    x_val, y_val = val_set.x, val_set.y.numpy()
     n_classes = len(names)
+    first_epochs = epochs or make_config(profile, method, **extra).epochs
+    warm = warm_epochs or max(1, round(first_epochs * warm_fraction))
 
-    labelled = np.concatenate(
-        [rng.choice(np.flatnonzero(y_pool == c), initial_per_class, replace=False) for c in range(n_classes)]
-    )
-    first = make_config(profile, method, **{"seed": seed, **extra, **({"epochs": epochs} if epochs else {})})
-    size = first.image_size
-    x_pool_small, x_test_small = resize(x_pool, size), resize(x_test, size)
+    cold_started = time.perf_counter()
+    labelled = choose_cold(x_pool, totals[0], method=cold_start, features=cold_features, seed=seed)
+    cold_seconds = time.perf_counter() - cold_started
     rounds: list[dict] = []
-    checkpoint = None
     out: dict = {
         "bench": BENCH,
         "dataset": str(data),
         "strategy": strategy,
+        "cold_start": cold_start,
+        "cold_features": cold_features if cold_start == "kmeans" else None,
+        "cold_start_seconds": round(cold_seconds, 1),
         "method": method,
         "profile": profile,
         "seed": seed,
-        "budget": budget,
-        "step": step,
-        "initial_per_class": initial_per_class,
-        "warm_fraction": warm_fraction,
+        "schedule": totals,
+        "params_first_round": {"epochs": epochs} if epochs else {},
+        "params_warm_rounds": {"epochs": warm},
         "overrides": extra,
         "n_pool": int(len(y_pool)),
+        "n_validation": int(len(y_val)),
         "n_test": int(len(y_test)),
         "class_names": names,
         "device": device_name(device),
         "rounds": rounds,
     }
-    while True:
+    previous: dict | None = None
+    for number, total in enumerate(totals):
         round_started = time.perf_counter()
-        per_class = int(np.bincount(y_pool[labelled], minlength=n_classes).min())
-        overrides = {
-            "entropy_threshold": entropy_threshold_for(max(per_class, 1)),
-            **extra,
-            "seed": seed + len(rounds),
-        }
-        if checkpoint is None:
-            overrides["epochs"] = first.epochs
-        else:  # a warm-started round is shorter, as a lab's retrain on top of the last model
-            overrides["epochs"] = max(1, round(first.epochs * warm_fraction))
-            overrides["round_epochs"] = max(1, round(first.round_epochs * warm_fraction))
-        config = make_config(profile, method, **overrides)
-        unlabelled = np.setdiff1d(np.arange(len(y_pool)), labelled)
-        t_lab, t_unl = torch.from_numpy(np.sort(labelled)), torch.from_numpy(unlabelled)
-        result = train(
-            config,
-            x_pool_small[t_lab],
-            torch.from_numpy(y_pool[np.sort(labelled)]),
-            x_pool_small[t_unl],
-            names,
-            init_checkpoint=checkpoint,
-            device=device,
-        )
-        checkpoint = result.checkpoint
-        model = load_model(checkpoint, which="teacher", device=device)
-        test = predict(model, x_test_small)
-        metrics = classification_metrics(y_test, test.labels, names)
-        record = {
-            "labels": int(len(labelled)),
-            "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_f1"],
-            "per_class_labels": np.bincount(y_pool[labelled], minlength=n_classes).tolist(),
-            "train_seconds": round(result.wall_seconds, 1),
-            "funnel": result.funnel,
-        }
-        if len(labelled) < budget and len(unlabelled):
-            chosen = _pick(
-                model,
-                config,
-                x_pool_small,
-                y_pool,
-                labelled,
-                unlabelled,
-                n=min(step, budget - len(labelled), len(unlabelled)),
-                strategy=strategy,
-                seed=seed + len(rounds),
-                record=record,
+        if number:  # the queue of the previous round's model tops the labels up to ``total``
+            chosen = _next_labels(
+                previous, x_pool, y_pool, labelled, total - len(labelled), strategy, seed + number, rounds[-1]
             )
             labelled = np.concatenate([labelled, chosen])
+        unlabelled = np.setdiff1d(np.arange(len(y_pool)), labelled)
+        warm_start = previous["checkpoint"] if previous else None
+        retrained = retrain(
+            x_pool[torch.from_numpy(labelled)],
+            y_pool[labelled].tolist(),
+            x_pool[torch.from_numpy(unlabelled)],
+            names,
+            method=method,
+            profile=profile,
+            params={"epochs": warm} if previous else ({"epochs": epochs} if epochs else {}),
+            seed=seed * 1000 + number,
+            active=ActiveModel(id=number - 1, load=lambda c=warm_start: c) if warm_start is not None else None,
+            overrides=extra,
+            device=device,
+        )
+        model = load_model(retrained.result.checkpoint, which="teacher", device=device)
+        size = retrained.config.image_size
+        val = classification_metrics(y_val, predict(model, resize(x_val, size)).labels, names)
+        test = classification_metrics(y_test, predict(model, resize(x_test, size)).labels, names)
+        record = {
+            "labels": int(len(labelled)),
+            "val_accuracy": val["accuracy"],
+            "val_macro_f1": val["macro_f1"],
+            "accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "per_class_labels": np.bincount(y_pool[labelled], minlength=n_classes).tolist(),
+            "data": retrained.data,
+            "epochs": retrained.config.epochs,
+            "round_epochs": retrained.config.round_epochs,
+            "train_seconds": round(retrained.result.wall_seconds, 1),
+            "funnel": retrained.result.funnel,
+        }
         record["round_seconds"] = round(time.perf_counter() - round_started, 1)
         rounds.append(record)
+        previous = {"checkpoint": retrained.result.checkpoint, "model": model, "retrained": retrained}
         typer.echo(
-            f"[{strategy}] {record['labels']:4d} labels: accuracy {100 * record['accuracy']:.2f} %, "
-            f"macro-F1 {record['macro_f1']:.3f} ({record['round_seconds']:.0f} s)"
+            f"[{strategy}/{cold_start}] {record['labels']:4d} labels: validation {100 * record['val_accuracy']:.2f} %, "
+            f"test {100 * record['accuracy']:.2f} %, macro-F1 {record['macro_f1']:.3f} "
+            f"({record['round_seconds']:.0f} s)"
         )
         out["wall_seconds"] = round(time.perf_counter() - started, 1)
         if json_out is not None:
             _write_json(json_out, out)
-        if record["labels"] >= budget or len(unlabelled) == 0:
-            break
     if json_out is not None:
         plot = json_out.with_suffix(".png")
-        summary = plot_strategies(json_out.parent, plot)
-        out["comparison"] = summary
+        out["comparison"] = plot_active(json_out.parent, plot, method=method, profile=profile)
         _write_json(json_out, out)
         typer.echo(f"wrote {json_out} and {plot}")
     return out
@@ -189,44 +229,58 @@ def _subsample(rng: np.random.Generator, x: torch.Tensor, y: np.ndarray, limit: 
     return x[torch.from_numpy(keep)], y[keep]
 
 
-def _pick(
-    model: torch.nn.Module,
-    config: TrainConfig,
+def _next_labels(
+    previous: dict,
     x_pool: torch.Tensor,
     y_pool: np.ndarray,
     labelled: np.ndarray,
-    unlabelled: np.ndarray,
-    *,
     n: int,
     strategy: str,
     seed: int,
     record: dict,
 ) -> np.ndarray:
-    """The ``n`` unlabelled pool images the strategy would queue next (their indices in the pool); what it
-    picked and why goes into ``record``."""
+    """The ``n`` unlabelled pool cells the product's queue shows first after ``previous``'s
+    model (``worker.scoring.refresh_queue``'s call of ``rank_for_queue``, with the OOD score);
+    ``random`` draws them uniformly. What was picked and why goes into ``record``."""
     import numpy as np
     import torch
 
     from ml.active import rank_for_queue
+    from ml.data import resize
     from ml.infer import predict
+    from ml.ood import OODScorer
 
-    t_lab, t_unl = torch.from_numpy(np.sort(labelled)), torch.from_numpy(unlabelled)
-    scored = predict(model, x_pool[t_unl])
-    lab_features = predict(model, x_pool[t_lab]).features
-    selection, pseudo = rank_for_queue(
-        scored.probs.astype(np.float64),
-        scored.features,
-        lab_features,
-        y_pool[np.sort(labelled)],
-        config,
-        n,
-        strategy=strategy,
-        seed=seed,
-    )
-    chosen = unlabelled[selection.indices]
+    unlabelled = np.setdiff1d(np.arange(len(y_pool)), labelled)
+    n = min(n, len(unlabelled))
+    if strategy == "random":  # the strategy needs no scores: skip scoring the pool
+        chosen = unlabelled[np.random.default_rng(seed).permutation(len(unlabelled))[:n]]
+        record["reasons"] = {"random": int(n)}
+    else:
+        model, retrained = previous["model"], previous["retrained"]
+        size = retrained.config.image_size
+        scored = predict(model, resize(x_pool[torch.from_numpy(unlabelled)], size))
+        lab_features = predict(model, resize(x_pool[torch.from_numpy(labelled)], size)).features
+        ood_state = previous["checkpoint"].get("ood")
+        ood_scores = ood_threshold = None
+        if ood_state:
+            ood_scores = OODScorer.from_state(ood_state).score(scored.logits, scored.features)
+            ood_threshold = float(ood_state["threshold"])
+        selection, pseudo = rank_for_queue(
+            scored.probs.astype(np.float64),
+            scored.features,
+            lab_features,
+            y_pool[labelled],
+            retrained.config,
+            n,
+            strategy=strategy,
+            seed=seed,
+            ood_scores=ood_scores,
+            ood_threshold=ood_threshold,
+        )
+        chosen = unlabelled[selection.indices]
+        record["reasons"] = {r: selection.reasons.count(r) for r in sorted(set(selection.reasons))}
+        record["queue_funnel"] = pseudo.funnel
     record["picked_per_class"] = np.bincount(y_pool[chosen], minlength=len(record["per_class_labels"])).tolist()
-    record["reasons"] = {r: selection.reasons.count(r) for r in sorted(set(selection.reasons))}
-    record["queue_funnel"] = pseudo.funnel
     return chosen
 
 
@@ -237,52 +291,128 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-def labels_to_reach(rounds: list[dict], accuracy: float) -> int | None:
-    """The fewest labels at which a run reached ``accuracy``; None if it never did."""
-    for record in rounds:
-        if record["accuracy"] >= accuracy:
-            return int(record["labels"])
-    return None
-
-
-def plot_strategies(folder: Path, png: Path) -> dict:
-    """Plot accuracy against labels for every ``bench active`` JSON in ``folder``; return, per
-    strategy, the labels it needed to reach ``random``'s final accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
+def load_runs(folder: Path, method: str | None = None, profile: str | None = None) -> list[dict]:
+    """The ``bench active`` JSONs in ``folder`` of this loop (with validation figures), of
+    ``method`` and ``profile`` when given."""
     runs = []
     for path in sorted(folder.glob("*.json")):
         try:
             payload = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(payload, dict) and payload.get("bench") == BENCH and payload.get("rounds"):
-            runs.append(payload)
-    figure = Figure(figsize=(6.4, 4.2), dpi=110)
-    axes = figure.add_subplot()
+        if not (isinstance(payload, dict) and payload.get("bench") == BENCH and payload.get("rounds")):
+            continue
+        if "val_accuracy" not in payload["rounds"][0] or "cold_start" not in payload:
+            continue  # an earlier version of the bench (no validation split, labelled start)
+        if (method and payload.get("method") != method) or (profile and payload.get("profile") != profile):
+            continue
+        payload["_file"] = path.name
+        runs.append(payload)
+    return runs
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per arm (strategy / cold start) and total labels: the seeds and their test and validation
+    accuracy (mean, sd, min, max), macro-F1 and round seconds."""
+    table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in runs:
-        xs = [r["labels"] for r in run["rounds"]]
-        ys = [100 * r["accuracy"] for r in run["rounds"]]
-        axes.plot(xs, ys, marker="o", label=f"{run['strategy']} (seed {run['seed']})")
-    randoms = [r for r in runs if r["strategy"] == "random"]
+        arm = f"{run['strategy']} / {run['cold_start']}"
+        for record in run["rounds"]:
+            cell = table[arm][int(record["labels"])]
+            cell["seeds"].append(run["seed"])
+            for key in ("accuracy", "val_accuracy", "macro_f1", "round_seconds"):
+                cell[key].append(record[key])
     summary: dict = {}
-    if randoms:
-        target = sum(r["rounds"][-1]["accuracy"] for r in randoms) / len(randoms)
-        axes.axhline(100 * target, color="grey", linestyle="--", linewidth=1, label="random at its budget")
-        summary["random_final_accuracy"] = target
-        summary["labels_to_reach_random_final"] = {
-            f"{r['strategy']}/seed{r['seed']}": labels_to_reach(r["rounds"], target) for r in runs
-        }
-    axes.set_xlabel("expert labels")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title("Active labelling: accuracy against labels")
-    axes.grid(alpha=0.3)
-    if runs:
-        axes.legend(fontsize=8)
+    for arm, by_labels in table.items():
+        summary[arm] = {}
+        for labels, cell in sorted(by_labels.items()):
+            entry: dict = {"seeds": sorted(cell["seeds"])}
+            for key in ("accuracy", "val_accuracy", "macro_f1", "round_seconds"):
+                values = cell[key]
+                entry[key] = {
+                    "mean": statistics.mean(values),
+                    "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "min": min(values),
+                    "max": max(values),
+                }
+            summary[arm][labels] = entry
+    return summary
+
+
+def plot_active(folder: Path, png: Path, method: str | None = None, profile: str | None = None) -> dict:
+    """Plot test and validation accuracy against total labels for each arm of the ``bench active``
+    runs in ``folder`` (mean over seeds, min-max band); return ``summarise``'s table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    summary = summarise(load_runs(folder, method, profile))
+    figure = Figure(figsize=(10, 4.2), dpi=110)
+    panels = figure.subplots(1, 2, sharey=True)
+    for axes, key, title in ((panels[0], "accuracy", "test split"), (panels[1], "val_accuracy", "validation split")):
+        for arm, by_labels in sorted(summary.items()):
+            xs = sorted(by_labels)
+            mean = [100 * by_labels[x][key]["mean"] for x in xs]
+            low = [100 * by_labels[x][key]["min"] for x in xs]
+            high = [100 * by_labels[x][key]["max"] for x in xs]
+            seeds = max(len(by_labels[x]["seeds"]) for x in xs)
+            (line,) = axes.plot(xs, mean, marker="o", label=f"{arm} ({seeds} seed{'s' if seeds > 1 else ''})")
+            axes.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if key == "accuracy":
+            for labels, target in TARGETS.items():
+                axes.plot([labels], [100 * target], marker="*", color="black", markersize=10, linestyle="none")
+            axes.plot([], [], marker="*", color="black", linestyle="none", label="issue's target")
+        axes.set_xlabel("expert labels in total")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+    panels[0].set_ylabel("accuracy (%), mean over seeds, band min-max")
+    if summary:
+        panels[0].legend(fontsize=8, loc="lower right")
+    figure.suptitle(f"The product's labelling loop{f' ({method}, {profile} profile)' if method else ''}")
     figure.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png)
     return summary
+
+
+def results_lines(folder: Path, png: Path, link: str, method: str = DEFAULT_METHOD, profile: str = "cpu") -> list[str]:
+    """The ``docs/results.md`` section of the loop: a table per total labels (test and validation
+    accuracy per arm, mean ± sd over seeds) and the plot, drawn into ``png`` and linked as ``link``."""
+    summary = plot_active(folder, png, method, profile)
+    if not summary:
+        return []
+    arms = sorted(summary)
+    labels = sorted({n for arm in arms for n in summary[arm]})
+    lines = [
+        "",
+        "## The product's loop (`bench active`)",
+        "",
+        f"{method}, {profile} profile: a cold start without a model, then rounds chosen by the product's queue, "
+        "each retrained as the worker does (`ml.retrain`), warm-started from the round before. Accuracy in %, "
+        "mean ± sd over seeds (`docs/results/active/`, `docs/results/active/README.md` for the commands).",
+        "",
+        "| labels | " + " | ".join(f"{arm}: test | {arm}: validation | seeds" for arm in arms) + " |",
+        "|---:|" + "---:|---:|---|" * len(arms),
+    ]
+    for n in labels:
+        cells = []
+        for arm in arms:
+            entry = summary[arm].get(n)
+            if entry is None:
+                cells += ["–", "–", "–"]
+                continue
+            cells += [
+                _mean_sd(entry["accuracy"]),
+                _mean_sd(entry["val_accuracy"]),
+                ", ".join(map(str, entry["seeds"])),
+            ]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", f"![accuracy against labels, the product's loop]({link})"]
+    return lines
+
+
+def _mean_sd(stats: dict) -> str:
+    if stats["sd"] == 0.0 and stats["min"] == stats["max"]:
+        return f"{100 * stats['mean']:.1f}"
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['sd']:.1f}"

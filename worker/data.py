@@ -1,4 +1,4 @@
-"""Cells from the database as the uint8 tensors ``ml`` trains on, and the validation split."""
+"""Cells from the database as the uint8 tensors ``ml`` trains on."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from sqlalchemy.orm import Session
 
 from app.models import Cell
 from ml.images import MODEL_SIZE
-
-VAL_FRACTION = 0.2
 
 
 def cells_to_tensor(model_inputs: Sequence[bytes]) -> torch.Tensor:
@@ -31,18 +29,3 @@ def load_inputs(session: Session, cell_ids: Sequence[int], chunk: int = 2000) ->
         part = ids[start : start + chunk]
         by_id.update(session.execute(select(Cell.id, Cell.model_input).where(Cell.id.in_(part))).tuples().all())
     return cells_to_tensor([by_id[i] for i in ids])
-
-
-def stratified_split(y: Sequence[int], seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, validation): about ``val_fraction`` of each class held out, but a class
-    with fewer than 3 labels stays whole in training, and at least one label per class trains."""
-    y = np.asarray(y, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        n_val = int(round(val_fraction * len(members))) if len(members) >= 3 else 0
-        n_val = min(n_val, len(members) - 1)
-        val.extend(members[:n_val].tolist())
-        train.extend(members[n_val:].tolist())
-    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))

@@ -22,12 +22,12 @@ from app.models import UNSURE
 from app.settings import get_settings
 from app.statuses import RunStatus
 from app.training import broker, service
-from ml.checkpoint import load_checkpoint, model_config_of, save_checkpoint
-from ml.config import entropy_threshold_for, make_config
+from ml.checkpoint import load_checkpoint, save_checkpoint
 from ml.data import resize
 from ml.device import device_name, pick_device
-from ml.train import Progress, TrainingCancelled, train
-from worker.data import load_inputs, stratified_split
+from ml.retrain import ActiveModel, retrain
+from ml.train import Progress, TrainingCancelled
+from worker.data import load_inputs
 from worker.exports import write_registered_exports
 
 log = logging.getLogger("leukolab.worker")
@@ -174,61 +174,28 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         active = service.active_model(session=session)
         active_info = (active.id, active.artefact_path, list(active.class_names), active.metrics) if active else None
 
-    train_idx, val_idx = stratified_split(y, seed=run_id)
-    y_all = torch.tensor(y, dtype=torch.long)
-    per_class_train = Counter(np.asarray(y)[train_idx].tolist())
-    overrides: dict = {"seed": run_id}
-    if params.get("epochs"):
-        epochs = int(params["epochs"])
-        overrides["epochs"] = epochs
-        base = make_config(profile, method)
-        # a round retrained from scratch needs the full length; a warm-started one half of it
-        overrides["round_epochs"] = epochs if base.round_reinit else max(1, epochs // 2)
-        if base.pretrain_epochs:  # the student's supervised pre-training scales with round 1
-            overrides["pretrain_epochs"] = epochs
-    overrides["entropy_threshold"] = params.get("entropy_threshold") or entropy_threshold_for(
-        int(np.median(list(per_class_train.values())))
-    )
-    config = make_config(profile, method, **overrides)
-
-    init = None
-    warm_from = None
-    if params.get("warm_start", True) and active_info is not None:
-        checkpoint = load_checkpoint(active_info[1])
-        model_config = model_config_of(checkpoint)
-        # Across a class change the network is warm-started and the head rebuilt (ml.train._load_init).
-        if (
-            model_config.image_size == config.image_size
-            and model_config.width == config.width
-            and model_config.arch == config.arch
-        ):
-            init, warm_from = checkpoint, active_info[0]
-    size = config.image_size
-    data = {
-        "n_train": int(len(train_idx)),
-        "n_val": int(len(val_idx)),
-        "n_unlabelled": int(len(x_unlabelled)),
-        "per_class_train": {names[c]: int(n) for c, n in sorted(per_class_train.items())},
-        "per_class_val": {names[c]: int(n) for c, n in sorted(Counter(np.asarray(y)[val_idx].tolist()).items())},
-        "warm_started_from": warm_from,
-        "entropy_threshold": config.entropy_threshold,
-    }
-    reporter.note("training", **{k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from")})
-    t_train = torch.from_numpy(train_idx)
-    t_val = torch.from_numpy(val_idx)
-    result = train(
-        config,
-        resize(x_all[t_train], size),
-        y_all[t_train],
-        resize(x_unlabelled, size),
+    warm_source = None
+    if active_info is not None:
+        artefact_path = active_info[1]
+        warm_source = ActiveModel(id=active_info[0], load=lambda: load_checkpoint(artefact_path))
+    retrained = retrain(
+        x_all,
+        y,
+        x_unlabelled,
         names,
-        val_x=resize(x_all[t_val], size) if len(val_idx) else None,
-        val_y=y_all[t_val] if len(val_idx) else None,
-        init_checkpoint=init,
+        method=method,
+        profile=profile,
+        params=params,
+        seed=run_id,
+        active=warm_source,
+        on_start=lambda data: reporter.note(
+            "training", **{k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from")}
+        ),
         progress=reporter.progress,
         should_stop=reporter.should_stop,
         device=pick_device(),
     )
+    result, data, val_idx = retrained.result, retrained.data, retrained.val_idx
     metrics = dict(result.metrics or {})
     metrics.setdefault("accuracy", None)
     metrics["funnel"] = result.funnel
@@ -238,10 +205,10 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
     metrics["device"] = device_name()
     if active_info is not None and len(val_idx):
         reporter.note("evaluating the active model on the same validation cells")
-        truth = [names[int(c)] for c in y_all[t_val]]
+        truth = [names[int(c)] for c in np.asarray(y)[val_idx]]
         metrics["baseline"] = {
             "model_version": active_info[0],
-            "accuracy": _accuracy_of(active_info[1], active_info[2], x_all[t_val], truth),
+            "accuracy": _accuracy_of(active_info[1], active_info[2], x_all[torch.from_numpy(val_idx)], truth),
         }
 
     reporter.note("saving", fraction=1.0)

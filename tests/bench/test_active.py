@@ -1,55 +1,83 @@
-"""``leukolab bench active`` on a tiny generated dataset: rounds, JSON and the comparison plot."""
+"""``leukolab bench active`` on a tiny generated dataset: a cold start, rounds of the product's
+queue retrained through the worker's recipe, validation and test figures, and the plot."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from bench.active import results_lines
 from cli.main import app
+from ml import retrain as recipe
 from tests.support.images import make_manifest_dataset
 
+# 50 train cells per class go to the fixed validation split (ml.splits); 20 per class stay in the pool.
+TRAIN_PER_CLASS = 70
 
-def test_bench_active_writes_rounds_and_a_plot(tmp_path: Path) -> None:
-    data = make_manifest_dataset(tmp_path / "data")
+
+def _run(data: Path, out: Path, strategy: str, method: str, *extra: str) -> dict:
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench", "active", "--data", str(data), "--schedule", "6,9,12", "--strategy", strategy,
+            "--profile", "tiny", "--method", method, "--epochs", "2", "--warm-epochs", "1", "--seed", "0",
+            "--set", "batch_size=12", "--set", "steps_per_epoch=3", "--json", str(out / f"{strategy}.json"), *extra,
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads((out / f"{strategy}.json").read_text())
+
+
+def test_bench_active_cold_start_rounds_validation_and_test_and_the_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_manifest_dataset(tmp_path / "data", train_per_class=TRAIN_PER_CLASS)
     out = tmp_path / "results"
-    runner = CliRunner()
-    for strategy, budget in (("random", "6"), ("diverse", "9")):
-        result = runner.invoke(
-            app,
-            [
-                "bench",
-                "active",
-                "--data",
-                str(data),
-                "--budget",
-                budget,
-                "--step",
-                "3",
-                "--strategy",
-                strategy,
-                "--profile",
-                "tiny",
-                "--method",
-                "supervised",
-                "--epochs",
-                "1",
-                "--seed",
-                "0",
-                "--set",
-                "batch_size=12",
-                "--set",
-                "steps_per_epoch=6",
-                "--json",
-                str(out / f"{strategy}.json"),
-            ],
-        )
-        assert result.exit_code == 0, result.output
-    report = json.loads((out / "diverse.json").read_text())
-    assert [r["labels"] for r in report["rounds"]] == [6, 9]  # 2 per class, then +3 a round
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in report["rounds"])
-    assert sum(report["rounds"][0]["picked_per_class"]) == 3
-    assert set(report["rounds"][0]["reasons"]) <= {"high entropy", "low margin", "rejected by filters", "diverse"}
-    assert "labels_to_reach_random_final" in report["comparison"]
-    assert (out / "diverse.png").read_bytes().startswith(b"\x89PNG")
+    calls: list[dict] = []
+    real = recipe.retrain
+
+    def spy(*args, **kwargs):
+        calls.append({"n_labels": len(args[1]), "n_unlabelled": len(args[2]), **kwargs})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "retrain", spy)
+    baseline = _run(data, out, "random", "supervised")
+    assert baseline["cold_start"] == "random" and baseline["n_pool"] == 3 * (TRAIN_PER_CLASS - 50)
+    assert baseline["n_validation"] == 3 * 50 and baseline["n_test"] == 3 * 4
+    product = _run(data, out, "diverse", "lp+mean-teacher")
+    assert product["cold_start"] == "kmeans" and product["cold_features"] == "colour"
+
+    for report in (baseline, product):
+        assert [r["labels"] for r in report["rounds"]] == [6, 9, 12]
+        for record in report["rounds"]:
+            assert 0.0 <= record["val_accuracy"] <= 1.0 and 0.0 <= record["accuracy"] <= 1.0
+            assert 0.0 <= record["macro_f1"] <= 1.0 and record["round_seconds"] > 0
+            assert sum(record["per_class_labels"]) == record["labels"]
+        assert [sum(r["picked_per_class"]) for r in report["rounds"][:-1]] == [3, 3]
+    reasons = {"high entropy", "low margin", "rejected by filters", "diverse", "unlike any known class"}
+    assert all(set(r["reasons"]) <= reasons for r in product["rounds"][:-1])
+
+    # every round went through the worker's recipe: cold first, then warm-started from the round before
+    assert len(calls) == 6 and [c["n_labels"] for c in calls] == [6, 9, 12] * 2
+    for run in (calls[:3], calls[3:]):
+        assert run[0]["active"] is None and run[0]["params"] == {"epochs": 2}
+        assert [c["active"].id for c in run[1:]] == [0, 1] and all(c["params"] == {"epochs": 1} for c in run[1:])
+        assert all(c["n_labels"] + c["n_unlabelled"] == 3 * (TRAIN_PER_CLASS - 50) for c in run)
+    assert product["rounds"][1]["data"]["warm_started_from"] == 0
+
+    png = out / "diverse.png"
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert set(product["comparison"]) == {"diverse / kmeans"}  # only runs of its method and profile
+    lines = results_lines(out, tmp_path / "loop.png", "loop.png", method="supervised", profile="tiny")
+    assert any(line.startswith("| 6 |") for line in lines) and "random / random" in "\n".join(lines)
+    assert (tmp_path / "loop.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_active_refuses_a_schedule_that_does_not_grow(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["bench", "active", "--data", str(tmp_path), "--schedule", "10,5", "--profile", "tiny"]
+    )
+    assert result.exit_code != 0 and "increase" in result.output

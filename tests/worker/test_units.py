@@ -14,8 +14,9 @@ from app.models import TrainingRun
 from app.settings import Settings
 from app.training import broker, service
 from ml.data import resize
+from ml.retrain import stratified_split
 from tests.support.factories import make_running_run, make_user
-from worker.data import cells_to_tensor, stratified_split
+from worker.data import cells_to_tensor
 
 
 def test_stratified_split_holds_out_a_fifth_and_keeps_rare_classes_whole() -> None:
