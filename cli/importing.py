@@ -97,3 +97,16 @@ def import_command(
     except LeukolabError as error:
         refuse_import(error)
     _print_summary(summary)
+
+
+def cold_start_command(
+    seed: Annotated[int, typer.Option("--seed", help="the k-means seed")] = 0,
+) -> None:
+    """Before any model: queue the cells that cover the variety of the unlabelled ones (k-means++)."""
+    from worker.coldstart import cold_start_queue
+
+    written = cold_start_queue(seed=seed)
+    if written:
+        typer.echo(f"queued {written} cells for a cold start")
+    else:
+        typer.echo("nothing queued: a model is active (its scores order the queue) or no cell is unlabelled")

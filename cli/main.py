@@ -208,12 +208,13 @@ def _register_commands_from_other_modules() -> None:
     from bench.labelling import labelling_command
     from bench.races import races_command
     from cli.classes import classes_app
-    from cli.importing import import_command
+    from cli.importing import cold_start_command, import_command
     from cli.worker import worker_command
 
     app.command("import", help="Import a folder or .zip of cell images; class sub-folders with --labelled.")(
         import_command
     )
+    app.command("cold-start")(cold_start_command)
     bench_app.command("labelling")(labelling_command)
     bench_app.command("races")(races_command)
     bench_app.command("ssl")(bench_cli.ssl)

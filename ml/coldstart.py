@@ -13,8 +13,12 @@ Features (``FEATURES``):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 FEATURES: tuple[str, ...] = ("colour", "random-net")
 DEFAULT_FEATURES = "colour"
@@ -57,6 +61,7 @@ def _texture(grey: np.ndarray) -> np.ndarray:
 
 def colour_texture_features(x: torch.Tensor, chunk: int = 1024) -> np.ndarray:
     """``colour`` features of uint8 images N×3×S×S (any S ≥ 16)."""
+    import torch
     from skimage.color import rgb2hsv
 
     parts = []
@@ -85,6 +90,8 @@ def colour_texture_features(x: torch.Tensor, chunk: int = 1024) -> np.ndarray:
 
 def random_net_features(x: torch.Tensor, seed: int = 0, width: float = 0.25, image_size: int = 64) -> np.ndarray:
     """Penultimate features of the classifier's network, untrained (random weights by ``seed``)."""
+    import torch
+
     from ml.data import resize
     from ml.infer import predict
     from ml.model import ModelConfig, build_model

@@ -396,7 +396,17 @@ def missing_lines(groups: dict) -> list[str]:
     return missing
 
 
-def render(groups: dict, plot_name: str, results: Path, throughput: dict | None = None) -> str:
+def active_lines(results: Path, page: Path) -> list[str]:
+    """The product loop's section (``bench.active``), its plot drawn into results/active/loop.png."""
+    from bench.active import results_lines
+
+    png = results / "active" / "loop.png"
+    return results_lines(results / "active", png, png.relative_to(page.parent).as_posix())
+
+
+def render(
+    groups: dict, plot_name: str, results: Path, throughput: dict | None = None, active: list[str] | None = None
+) -> str:
     """docs/results.md: the template, with the tables of ``groups`` and of ``results``' sub-folders."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE.parent),
@@ -420,6 +430,7 @@ def render(groups: dict, plot_name: str, results: Path, throughput: dict | None 
         ablation_lines=ablation_lines(results),
         missing_lines=missing_lines(groups),
         throughput=throughput,
+        active_lines=active or [],
     )
 
 
@@ -437,7 +448,8 @@ def main() -> None:
     plot(groups, plot_path)
     throughput_path = args.results / "throughput.json"
     throughput = json.loads(throughput_path.read_text()) if throughput_path.exists() else None
-    page = render(groups, str(plot_path.relative_to(args.out.parent)), args.results, throughput)
+    active = active_lines(args.results, args.out)
+    page = render(groups, str(plot_path.relative_to(args.out.parent)), args.results, throughput, active)
     args.out.write_text(page)
     print(f"wrote {args.out} and {plot_path}")
 

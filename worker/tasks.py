@@ -48,3 +48,10 @@ def refresh_queue(model_id: int) -> int:
         with session_scope() as session:
             finish_scoring(session=session, model_id=model_id, status=ScoringStatus.FAILED)
         raise
+
+
+@celery_app.task(name=broker.TASK_COLD_START)
+def cold_start_queue() -> int:
+    from worker.coldstart import cold_start_queue as write
+
+    return write()

@@ -31,6 +31,8 @@ def plain_reason(reason: str, top: list[tuple[str, float]]) -> str:
         return "unlike the cells labelled so far: it helps the model learn more kinds of cells"
     if reason == "unlike any known class":
         return "unlike every class the model was taught: perhaps a kind of cell the lab has no class for yet"
+    if reason == "cold start":
+        return "one of the first cells to label, chosen to cover the variety of the cells (no model yet)"
     if reason == "random":
         return "picked at random, to check the model"
     if reason == "unlabelled":

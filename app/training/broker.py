@@ -19,6 +19,7 @@ TASK_RETRAIN = "leukolab.retrain"
 TASK_SCORE_ALL = "leukolab.score_all"
 TASK_SCORE = "leukolab.score"
 TASK_REFRESH_QUEUE = "leukolab.refresh_queue"
+TASK_COLD_START = "leukolab.cold_start_queue"
 QUEUE_TRAIN = "train"
 QUEUE_SCORE = "score"
 TASK_QUEUES = {
@@ -26,6 +27,7 @@ TASK_QUEUES = {
     TASK_SCORE_ALL: QUEUE_SCORE,
     TASK_SCORE: QUEUE_SCORE,
     TASK_REFRESH_QUEUE: QUEUE_SCORE,
+    TASK_COLD_START: QUEUE_SCORE,
 }
 BROKER_CHECK_TIMEOUT_S = 1.0
 # A paper-profile run on a GPU can take hours: Redis must not hand its message to another
