@@ -382,6 +382,14 @@ def results_lines(folder: Path, png: Path, link: str, method: str = DEFAULT_METH
     summary = plot_active(folder, png, method, profile)
     if not summary:
         return []
+    settings = sorted(
+        {
+            f"run param epochs {r['params_first_round'].get('epochs', 'default')} for the cold round and "
+            f"{r['params_warm_rounds'].get('epochs')} for warm rounds, overrides {r['overrides'] or 'none'}, "
+            f"labels after each round {r['schedule']}"
+            for r in load_runs(folder, method, profile)
+        }
+    )
     arms = sorted(summary)
     labels = sorted({n for arm in arms for n in summary[arm]})
     lines = [
@@ -390,7 +398,8 @@ def results_lines(folder: Path, png: Path, link: str, method: str = DEFAULT_METH
         "",
         f"{method}, {profile} profile: a cold start without a model, then rounds chosen by the product's queue, "
         "each retrained as the worker does (`ml.retrain`), warm-started from the round before. Accuracy in %, "
-        "mean ± sd over seeds (`docs/results/active/`, `docs/results/active/README.md` for the commands).",
+        "mean ± sd over seeds (`docs/results/active/`, `docs/results/active/README.md` for the commands). "
+        f"Settings: {'; '.join(settings)}.",
         "",
         "| labels | " + " | ".join(f"{arm}: test | {arm}: validation | seeds" for arm in arms) + " |",
         "|---:|" + "---:|---:|---|" * len(arms),
@@ -408,6 +417,17 @@ def results_lines(folder: Path, png: Path, link: str, method: str = DEFAULT_METH
                 ", ".join(map(str, entry["seeds"])),
             ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    choice = folder / "cold_start_choice.json"
+    if choice.exists():
+        picked = json.loads(choice.read_text())
+        means = ", ".join(f"{name} {100 * v:.1f} %" for name, v in picked["mean_val_accuracy"].items())
+        lines += [
+            "",
+            f"The k-means cold start's features were chosen on the validation split (`scripts/cold_start_choice.py`: "
+            f"{picked['labels']} first labels, a {picked['epochs']}-epoch supervised run, seeds "
+            f"{', '.join(map(str, picked['seeds']))}; mean validation accuracy {means}): "
+            f"**{picked['chosen_features']}**.",
+        ]
     lines += ["", f"![accuracy against labels, the product's loop]({link})"]
     return lines
 

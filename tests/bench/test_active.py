@@ -71,8 +71,13 @@ def test_bench_active_cold_start_rounds_validation_and_test_and_the_plot(
     png = out / "diverse.png"
     assert png.read_bytes().startswith(b"\x89PNG")
     assert set(product["comparison"]) == {"diverse / kmeans"}  # only runs of its method and profile
+    choice = {"labels": 6, "epochs": 2, "seeds": [0], "chosen_features": "random-net",
+              "mean_val_accuracy": {"random": 0.5, "kmeans/colour": 0.6, "kmeans/random-net": 0.7}}  # fmt: skip
+    (out / "cold_start_choice.json").write_text(json.dumps(choice))
     lines = results_lines(out, tmp_path / "loop.png", "loop.png", method="supervised", profile="tiny")
-    assert any(line.startswith("| 6 |") for line in lines) and "random / random" in "\n".join(lines)
+    page = "\n".join(lines)
+    assert any(line.startswith("| 6 |") for line in lines) and "random / random" in page
+    assert "kmeans/random-net 70.0 %" in page and "**random-net**" in page
     assert (tmp_path / "loop.png").read_bytes().startswith(b"\x89PNG")
 
 
