@@ -56,13 +56,17 @@ def write_validation_file(root: str | Path, rows: list[dict]) -> Path:
 
 def validation_files(root: str | Path, rows: list[dict]) -> set[str]:
     """The manifest files of the validation split: from the repository's file when there is one
-    (checked against the manifest), else carved by the fixed seed."""
+    and it lists this data set's files (checked against the manifest: a file of it missing or moved
+    to another split is an error), else carved by the fixed seed."""
     path = validation_file(root)
     if not path.exists():
         return {r["file"] for r in carve_validation(rows)}
     by_file = {r["file"]: r for r in rows}
     with open(path, newline="") as f:
         listed = list(csv.DictReader(f))
+    if not any(entry["file"] in by_file for entry in listed):
+        # another data set that happens to share the folder's name: none of its files are listed
+        return {r["file"] for r in carve_validation(rows)}
     for entry in listed:
         row = by_file.get(entry["file"])
         if row is None or row["split"] != "train" or row["label"] != entry["label"]:

@@ -56,6 +56,13 @@ def test_the_file_pins_the_split_and_is_checked_against_the_manifest(dataset):
     with pytest.raises(splits.ValidationSplitError, match=test_row["file"]):
         load_manifest_split(dataset, "train", 32)
 
+    # a file listing none of this data set's cells belongs to another data set of the same name
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "label", "sha256"])
+        writer.writeheader()
+        writer.writerow({"file": "elsewhere/cell.jpg", "label": "basophil", "sha256": ""})
+    assert splits.validation_files(dataset, read_manifest(dataset)) == carved
+
 
 @pytest.mark.shared_data
 def test_the_pbc_file_matches_the_shared_manifest():
