@@ -15,6 +15,7 @@ Strategies:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,8 +229,9 @@ def rank_for_queue(
 ) -> tuple[Selection, PseudoLabels]:
     """The queue's order: the pseudo-label filters of ``config`` (entropy, then label propagation
     against the labelled cells' features), then ``select_for_labelling``. Cells whose OOD score
-    exceeds ``ood_threshold`` are never pseudo-labelled and come first, most foreign first, with
-    the reason ``unlike any known class``."""
+    exceeds ``ood_threshold`` are never pseudo-labelled; the most foreign of them come first, with
+    the reason ``unlike any known class``, up to ``config.queue_ood_share`` of the ``n`` (the others
+    wait for later batches), and the rest of the batch is chosen among the cells not flagged."""
     unlike = None
     if ood_scores is not None and ood_threshold is not None:
         unlike = np.asarray(ood_scores, dtype=np.float64) > ood_threshold
@@ -258,7 +260,8 @@ def rank_for_queue(
         )
         return selection, pseudo
     foreign = np.flatnonzero(unlike)
-    foreign = foreign[np.argsort(-np.asarray(ood_scores)[foreign], kind="stable")][:n]
+    cap = min(n, math.ceil(config.queue_ood_share * n))
+    foreign = foreign[np.argsort(-np.asarray(ood_scores)[foreign], kind="stable")][:cap]
     rest = np.flatnonzero(~unlike)
     chosen = select_for_labelling(
         probs[rest],

@@ -107,6 +107,10 @@ class TrainConfig:
     ood_method: str = "auto"
     ood_target_tpr: float = 0.95
     ood_filter: bool = True
+    # At most this share of a queue batch goes to cells unlike any known class (most foreign
+    # first). Uncapped, an early model's loose threshold flagged 1.4k-3.3k of 8.5k PBC cells and
+    # filled every batch with them (docs/results/active/README.md), starving the known classes.
+    queue_ood_share: float = 0.2
     extra: dict = field(default_factory=dict)
 
     @property

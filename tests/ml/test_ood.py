@@ -116,3 +116,24 @@ def test_unlike_cells_are_never_pseudo_labelled_and_come_first_in_the_queue() ->
     assert UNLIKE_ANY_CLASS not in selection.reasons[2:]
     assert len(selection) == 6 and np.all(np.diff(selection.priorities) < 0)
     assert pseudo.outcome[3] == REJECTED and pseudo.outcome[7] == REJECTED
+
+
+def test_unlike_cells_take_at_most_their_share_of_a_batch() -> None:
+    """An early model flags thousands of cells; they must not fill the whole batch."""
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(3), size=40)
+    features = rng.normal(size=(40, 8))
+    scores = np.where(np.arange(40) < 30, 2.0 + np.arange(40) / 10, 0.0)  # 30 of 40 flagged
+    config = make_config("tiny", "pseudo-single", queue_ood_share=0.2)
+    selection, _ = rank_for_queue(
+        probs, features, None, np.zeros(0, dtype=np.int64), config, 10, ood_scores=scores, ood_threshold=1.0
+    )
+    assert selection.reasons.count(UNLIKE_ANY_CLASS) == 2
+    assert list(selection.indices[:2]) == [29, 28]  # the two most foreign
+    assert len(selection) == 10 and set(selection.indices[2:].tolist()) <= set(range(30, 40))
+
+    none = make_config("tiny", "pseudo-single", queue_ood_share=0.0)
+    selection, _ = rank_for_queue(
+        probs, features, None, np.zeros(0, dtype=np.int64), none, 10, ood_scores=scores, ood_threshold=1.0
+    )
+    assert UNLIKE_ANY_CLASS not in selection.reasons and len(selection) == 10
