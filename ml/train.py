@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.augment import Augmenter
+from ml.augment import Augmenter, StainAugment
 from ml.checkpoint import make_checkpoint, model_config_of
 from ml.config import TrainConfig
 from ml.data import autocast
@@ -340,7 +340,14 @@ class _Run:
         self.class_names = class_names
         self.generator = torch.Generator().manual_seed(config.seed)
         self.student, self.teacher = self.fresh_models(init_checkpoint)
-        self.augmenter = Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
+        self.augmenter = Augmenter(
+            config.translate,
+            config.hflip,
+            config.vflip,
+            config.rot90,
+            config.seed,
+            stain=StainAugment(**config.stain_augment),
+        )
         self.xl_all, self.yl_all, self.xu_all = (t.to(device) for t in data)
         self.pool_x, self.pool_y = self.xl_all, self.yl_all  # labels, then accepted pseudo-labels
         self.validation = validation

@@ -8,6 +8,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,14 @@ from app.labelling.service import class_names as ordered_class_names
 from app.labelling.service import current_labels
 from app.models import UNSURE
 from app.settings import get_settings
-from app.statuses import RunStatus
+from app.statuses import ModelOrigin, RunStatus
 from app.training import broker, service
 from ml.checkpoint import load_checkpoint, model_config_of, save_checkpoint
 from ml.config import entropy_threshold_for, make_config
 from ml.data import resize
 from ml.device import device_name, pick_device
 from ml.train import Progress, TrainingCancelled, train
+from ml.transfer import warm_start_overrides
 from worker.data import load_inputs, stratified_split
 from worker.exports import write_registered_exports
 
@@ -145,6 +147,20 @@ def run_retrain(run_id: int) -> str:
     return RunStatus.SUCCEEDED
 
 
+def warm_start_source(
+    params: dict, local: tuple[int, str] | None, reference: tuple[int, str] | None
+) -> tuple[int, str] | None:
+    """(model id, artefact path) a run starts from: this lab's active model with ``warm_start``
+    (default on), else the installed reference with ``warm_start_from_reference`` (default: on
+    when one is installed), else None (a fresh network)."""
+    if local is not None and params.get("warm_start", True):
+        return local
+    from_reference = params.get("warm_start_from_reference")
+    if reference is not None and (from_reference is None or from_reference):
+        return reference
+    return None
+
+
 def snapshot_labels(*, session: Session) -> tuple[list[int], list[int], list[str]]:
     """(cell ids, class indices, class names): the standing expert labels, ``unsure`` left out.
     The model learns the classes, in display order, that have at least one label."""
@@ -173,6 +189,9 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         x_unlabelled = load_inputs(session, unlabelled_ids)
         active = service.active_model(session=session)
         active_info = (active.id, active.artefact_path, list(active.class_names), active.metrics) if active else None
+        reference = service.reference_model(session=session)
+        reference_info = (reference.id, reference.artefact_path) if reference is not None else None
+        active_is_local = active is not None and active.origin == ModelOrigin.LOCAL
 
     train_idx, val_idx = stratified_split(y, seed=run_id)
     y_all = torch.tensor(y, dtype=torch.long)
@@ -191,10 +210,10 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
     )
     config = make_config(profile, method, **overrides)
 
-    init = None
-    warm_from = None
-    if params.get("warm_start", True) and active_info is not None:
-        checkpoint = load_checkpoint(active_info[1])
+    init, warm_from, from_reference = None, None, False
+    source = warm_start_source(params, active_info[:2] if active_is_local else None, reference_info)
+    if source is not None:
+        checkpoint = load_checkpoint(source[1])
         model_config = model_config_of(checkpoint)
         # Across a class change the network is warm-started and the head rebuilt (ml.train._load_init).
         if (
@@ -202,7 +221,11 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
             and model_config.width == config.width
             and model_config.arch == config.arch
         ):
-            init, warm_from = checkpoint, active_info[0]
+            init, warm_from = checkpoint, source[0]
+            from_reference = reference_info is not None and source[0] == reference_info[0]
+            if from_reference:
+                # a trained network: a lower peak learning rate, and no pre-training of the student
+                config = replace(config, **warm_start_overrides(config))
     size = config.image_size
     data = {
         "n_train": int(len(train_idx)),
@@ -211,6 +234,7 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         "per_class_train": {names[c]: int(n) for c, n in sorted(per_class_train.items())},
         "per_class_val": {names[c]: int(n) for c, n in sorted(Counter(np.asarray(y)[val_idx].tolist()).items())},
         "warm_started_from": warm_from,
+        "warm_started_from_reference": from_reference,
         "entropy_threshold": config.entropy_threshold,
     }
     reporter.note("training", **{k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from")})
