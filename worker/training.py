@@ -237,7 +237,12 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         "warm_started_from_reference": from_reference,
         "entropy_threshold": config.entropy_threshold,
     }
-    reporter.note("training", **{k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from")})
+    reporter.note(
+        "training",
+        **{
+            k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from", "warm_started_from_reference")
+        },
+    )
     t_train = torch.from_numpy(train_idx)
     t_val = torch.from_numpy(val_idx)
     result = train(
