@@ -129,7 +129,6 @@ def install_command(
     shutil.copyfile(path, tmp)
     tmp.replace(target)
     card_path(target).write_text(json.dumps(card, indent=2) + "\n")
-    ood = (checkpoint.get("metrics") or {}).get("ood") or {}
     try:
         with session_scope() as session:
             version, promoted = service.install_reference(
@@ -137,8 +136,10 @@ def install_command(
                 artefact_path=str(target),
                 class_names=names,
                 card=card,
-                ood_threshold=ood.get("threshold"),
-                ood_method=ood.get("method"),
+                # No "unlike any known class" threshold: calibrated on the reference's own cells, it would
+                # call most cells of a lab with another stain unlike any known class and hide the suggestions.
+                ood_threshold=None,
+                ood_method=None,
             )
             version_id = version.id
     except LeukolabError as error:

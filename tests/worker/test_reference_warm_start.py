@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from app.db import session_scope
@@ -71,3 +72,27 @@ def test_first_retrain_starts_from_the_reference_and_uses_unlabelled_cells(env: 
     metrics, checkpoint = _retrain({"epochs": 1, "warm_start_from_reference": False})
     assert metrics["data"]["warm_started_from"] is None and not metrics["data"]["warm_started_from_reference"]
     assert checkpoint["train_config"]["lr"] == pytest.approx(tiny.lr)
+
+
+def test_a_reference_scores_with_batchnorm_statistics_of_the_labs_cells(env: Path, monkeypatch) -> None:
+    from app.settings import get_settings
+    from ml.adapt import batchnorm_layers
+    from worker.scoring import model_of, scoring_model
+
+    insert_cells({name: 1 for name in CLASSES}, unlabelled=10)
+    result = CliRunner().invoke(cli, ["reference", "install", str(write_reference(env / "ref.pt"))])
+    assert result.exit_code == 0, result.output
+    with session_scope() as session:
+        reference = service.reference_model(session=session)
+        ref_id, path = reference.id, reference.artefact_path
+        assert reference.ood_threshold is None  # a threshold from the reference's own cells would hide everything
+    plain, _ = model_of(path)
+    adapted, meta = scoring_model(ref_id, path, "reference")
+    assert meta["class_names"] == list(reference.class_names)
+    first, first_adapted = batchnorm_layers(plain)[0], batchnorm_layers(adapted)[0]
+    assert not torch.allclose(first.running_mean, first_adapted.running_mean)
+    assert scoring_model(ref_id, path, "reference")[0] is adapted  # once per process and file
+    assert scoring_model(ref_id, path, "local")[0] is plain
+    monkeypatch.setenv("LEUKOLAB_REFERENCE_ADAPT_BATCHNORM", "false")
+    get_settings.cache_clear()
+    assert scoring_model(ref_id, path, "reference")[0] is plain
