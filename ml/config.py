@@ -117,6 +117,9 @@ class TrainConfig:
     ood_method: str = "auto"
     ood_target_tpr: float = 0.95
     ood_filter: bool = True
+    # Fit the OOD score after training (a pass over every training cell). A reference model skips it: its
+    # threshold, from its own lab's cells, is not used in another lab (cli/reference.py).
+    fit_ood: bool = True
     extra: dict = field(default_factory=dict)
 
     @property

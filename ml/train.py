@@ -568,7 +568,9 @@ def train(
         run.run_stage(stage)
     metrics = run.final_metrics(class_names)
     run.student.eval()
-    ood = fit_ood_for(run.algorithm.eval_model, config, run.pool_x, run.pool_y, validation, len(class_names))
+    ood = None
+    if config.fit_ood:
+        ood = fit_ood_for(run.algorithm.eval_model, config, run.pool_x, run.pool_y, validation, len(class_names))
     if ood is not None:
         metrics = dict(metrics or {})
         metrics["ood"] = ood.summary()
