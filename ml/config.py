@@ -103,6 +103,8 @@ class TrainConfig:
     stain_grey_p: float = 0.0
     stain_blur_p: float = 0.0
     stain_blur_sigma: float = 1.0
+    # The network's input normalisation (ml.model.ModelConfig.input_norm): "dataset" or "lab-instance".
+    input_norm: str = "dataset"
     # Predict (pseudo-labels, evaluation, scoring) as the mean over the eight symmetries of
     # the square: eight times the inference cost, for steadier probabilities.
     tta: bool = False

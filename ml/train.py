@@ -244,6 +244,7 @@ def _model_config(config: TrainConfig, n_classes: int, mean, std) -> ModelConfig
         tta=config.tta,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        input_norm=config.input_norm,
     )
 
 

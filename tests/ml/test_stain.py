@@ -98,3 +98,27 @@ def test_adapt_batchnorm_takes_the_new_cells_statistics_and_keeps_the_weights() 
     assert torch.allclose(conv.mean(dim=(0, 2, 3)), first_adapted.running_mean, atol=1e-3)
     for (name, p), (_, q) in zip(model.named_parameters(), adapted.named_parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_lab_instance_normalisation_is_skimage_lab_standardised_per_image() -> None:
+    from skimage.color import rgb2lab
+
+    from ml.model import rgb_to_lab
+
+    x = _batch(1)[:2]
+    ours = rgb_to_lab(x.float()).permute(0, 2, 3, 1).numpy()
+    theirs = np.stack([rgb2lab(img / 255.0) for img in x.permute(0, 2, 3, 1).numpy()])
+    assert np.abs(ours - theirs).max() < 0.05
+    model = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32, input_norm="lab-instance")).eval()
+    normalised = model.normalise(x)
+    assert torch.allclose(normalised.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-4)
+    # a yellow cast (less blue) moves the dataset-normalised input far more than the per-image LAB one
+    yellow = (x.float() * torch.tensor([1.0, 1.0, 0.7]).view(1, 3, 1, 1)).round()
+    plain = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32)).eval()
+    moved_lab = (model.normalise(yellow) - normalised).abs().mean()
+    moved_plain = (plain.normalise(yellow) - plain.normalise(x)).abs().mean()
+    assert moved_lab < 0.5 * moved_plain
+    with torch.no_grad():
+        assert model(x).shape == (2, 5)
+    config = make_config("tiny", "supervised", input_norm="lab-instance")
+    assert config.input_norm == "lab-instance"
