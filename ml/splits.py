@@ -28,9 +28,7 @@ def validation_file(root: str | Path) -> Path:
     return SPLITS_DIR / f"{Path(root).resolve().name}_validation.csv"
 
 
-def carve_validation(
-    rows: list[dict], per_class: int = VALIDATION_PER_CLASS, seed: int = VALIDATION_SEED
-) -> list[dict]:
+def carve_validation(rows: list[dict], per_class: int = VALIDATION_PER_CLASS, seed: int = VALIDATION_SEED) -> list[dict]:
     """``per_class`` train rows of each label, drawn by ``seed`` from the rows sorted by file name."""
     rng = np.random.default_rng(seed)
     train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["file"])
