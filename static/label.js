@@ -140,8 +140,9 @@
           }
           emptyDelay = config.empty_poll_ms;
           if (!current) show(cell);
-          else if (cell.cell_id !== current.cell_id) upcoming = cell;
-          else break;
+          else if (cell.cell_id === current.cell_id || cell.cell_id === upcoming?.cell_id) break;
+          else if (!upcoming) upcoming = cell;
+          else { release(cell); break; }  // an undo filled the slot while this fetch was out
         }
       } catch (error) {
         // Offline or a server error: keep trying, or the page would wait for a key it ignores.
