@@ -16,8 +16,8 @@ CLASSES = ("basophil", "eosinophil", "lymphocyte")
 TINY = ["--set", "epochs=1", "--set", "steps_per_epoch=3", "--set", "batch_size=12", "--set", "tta=false"]
 
 
-def make_lab(root: Path, train_per_class: int = 56, test_per_class: int = 3) -> Path:
-    """A MANIFEST data set big enough that the fixed validation carve (50 a class) leaves train cells."""
+def make_lab(root: Path, train_per_class: int = 20, test_per_class: int = 3) -> Path:
+    """A MANIFEST data set (PBC's layout) of 32 px generated cells."""
     rows = []
     for c, name in enumerate(CLASSES):
         for i in range(train_per_class + test_per_class):
@@ -48,9 +48,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_reference_build_writes_checkpoint_and_card(reference: Path) -> None:
     import torch
 
+    from ml.data import read_manifest
+    from ml.splits import validation_files
+
     card = json.loads(reference.with_name("ref.card.json").read_text())
     assert card["class_names"] == list(CLASSES)
-    assert card["data"]["n_train"] == 3 * 6 and card["data"]["n_validation"] == 3 * 50
+    held_out = len(validation_files(card["data"]["path"], read_manifest(card["data"]["path"])))
+    assert 0 < held_out < 3 * 20
+    assert card["data"]["n_validation"] == held_out and card["data"]["n_train"] == 3 * 20 - held_out
     assert set(card["metrics"]) == {"validation", "test"}
     assert card["metrics"]["test"]["n"] == 9
     assert set(card["transfer"]["src-a"]) == {"reference", "adapted_batchnorm"}
