@@ -107,7 +107,7 @@ def reference_section(card: dict | None) -> list[str]:
 
 def main() -> int:
     rows = grid()
-    if not rows:
+    if not rows and not (RESULTS / "ablation").is_dir():
         print(f"no reports in {RESULTS}", file=sys.stderr)
         return 1
     card = load(RESULTS / "reference.card.json")
@@ -151,6 +151,8 @@ def main() -> int:
                 f"| {name} | {r['n']} | {label} | {r['splits']} | {pct(r['accuracy'], r['accuracy_sd'])} | "
                 f"{r['macro_f1']:.3f} | {met} | {recalls} |"
             )
+    if not rows:
+        lines.append("| (no `bench transfer` report yet) |" + " |" * (6 + len(CLASS_ORDER)))
     lines += ["", "Recall per class: mean over the splits that left test cells of that class (n: its cells).", ""]
     lines += ablation_table()
     lines += ["![accuracy against labels per class](transfer.png)", ""]
