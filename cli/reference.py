@@ -77,7 +77,8 @@ def reference_recipe(profile: str) -> dict:
     """The stain augmentation of a reference model, by profile (chosen in docs/results/transfer.md)."""
     from ml.config import STAIN_ROBUST
 
-    return {**(STAIN_ROBUST if profile != "tiny" else {}), "fit_ood": False}
+    recipe = {**STAIN_ROBUST, "input_norm": "lab-instance"} if profile != "tiny" else {}
+    return {**recipe, "fit_ood": False}
 
 
 def _card_of(path: Path, checkpoint: dict) -> dict:
