@@ -26,6 +26,7 @@ from app.statuses import (
     FilterOutcome,
     LabelKind,
     LabelSource,
+    ModelOrigin,
     Role,
     RunStatus,
     ScoringStatus,
@@ -381,8 +382,18 @@ class ModelVersion(Base):
     # "Unlike any known class": the OOD method the model chose and its threshold (ml.ood).
     ood_threshold: Mapped[float | None] = mapped_column(Float)
     ood_method: Mapped[str | None] = mapped_column(String(16))
+    # "reference": installed from another lab's data (leukolab reference install); its suggestions
+    # are marked as the reference model's. At most one is installed.
+    origin: Mapped[str] = mapped_column(String(16), default=ModelOrigin.LOCAL, server_default=ModelOrigin.LOCAL.value)
 
     __table_args__ = (
+        Index(
+            "uq_model_versions_one_reference",
+            "origin",
+            unique=True,
+            postgresql_where=text("origin = 'reference'"),
+            sqlite_where=text("origin = 'reference'"),
+        ),
         Index(
             "uq_model_versions_one_active",
             "is_active",

@@ -13,8 +13,14 @@ def suggestion_for(*, session: Session, cell_id: int) -> dict | None:
     prediction = prediction_for(session=session, cell_id=cell_id)
     if prediction is None:
         return None
-    suggestion = {"label": prediction.predicted, "confidence": round(float(prediction.confidence), 4)}
-    threshold = session.get(ModelVersion, prediction.model_version_id).ood_threshold
+    version = session.get(ModelVersion, prediction.model_version_id)
+    suggestion = {
+        "label": prediction.predicted,
+        "confidence": round(float(prediction.confidence), 4),
+        # "reference": the installed reference model (another lab's cells) serves it; "local": this lab's own
+        "source": version.origin,
+    }
+    threshold = version.ood_threshold
     if prediction.ood_score is not None and threshold is not None:
         suggestion["ood_score"] = round(float(prediction.ood_score), 4)
         # Far from everything the model was taught: its class guess would mislead, so it is not shown.

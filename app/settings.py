@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     bench_floor: bool = False
     # Below this the model's suggestion is near chance (six classes: 17 %) and is not shown.
     suggestion_min_confidence: float = 0.5
+    # A reference model (trained on another lab's cells) scores with BatchNorm statistics re-estimated on
+    # this lab's unlabelled cells (docs/results/transfer.md).
+    reference_adapt_batchnorm: bool = True
     # How often the labelling page asks again while the queue is empty (it backs off to 6x this).
     empty_queue_poll_s: float = 10.0
     login_max_failures: int = 5  # failed logins for one user name before its lock (clients that fail only)

@@ -34,6 +34,13 @@ class RunStatus(StrEnum):
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+class ModelOrigin(StrEnum):
+    """Where a model version comes from."""
+
+    LOCAL = "local"  # trained by this instance on its own labels
+    REFERENCE = "reference"  # installed from a file (leukolab reference install), trained elsewhere
+
+
 class ScoringStatus(StrEnum):
     """Scoring of the unlabelled cells by a model version after its promotion."""
 

@@ -1,4 +1,4 @@
-"""The benchmark commands: ``leukolab bench ssl|throughput|active|locate`` (the leukolab CLI registers
+"""The benchmark commands: ``leukolab bench ssl|throughput|active|locate|transfer`` (the leukolab CLI registers
 them; ``review`` only here), and ``python -m bench.cli`` to run them without the rest of leukolab.
 
 torch is imported inside the commands, so that importing this module stays cheap.
@@ -17,6 +17,7 @@ from bench.locate import locate_command as locate
 from bench.ood import ood_command as ood
 from bench.review import review_command as review
 from bench.ssl import ssl, write_json
+from bench.transfer import transfer_command as transfer
 
 
 def throughput(
@@ -47,6 +48,7 @@ app.command("active")(bench_active)
 app.command("locate")(locate)
 app.command("review")(review)
 app.command("ood")(ood)
+app.command("transfer")(transfer)
 
 
 def main() -> None:

@@ -209,6 +209,7 @@ def _register_commands_from_other_modules() -> None:
     from bench.races import races_command
     from cli.classes import classes_app
     from cli.importing import cold_start_command, import_command
+    from cli.reference import reference_app
     from cli.worker import worker_command
 
     app.command("import", help="Import a folder or .zip of cell images; class sub-folders with --labelled.")(
@@ -223,7 +224,9 @@ def _register_commands_from_other_modules() -> None:
     app.command("worker")(worker_command)
     bench_app.command("active")(bench_cli.bench_active)
     bench_app.command("ood")(bench_cli.ood)
+    bench_app.command("transfer")(bench_cli.transfer)
     app.add_typer(classes_app, name="classes")
+    app.add_typer(reference_app, name="reference")
 
 
 _register_commands_from_other_modules()

@@ -7,6 +7,9 @@ units. Every random choice is drawn per sample as a tensor, and applied with ind
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -64,6 +67,96 @@ def colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator |
     return x.clamp(0, 255)
 
 
+# skimage.color's H&E-DAB colour deconvolution (Ruifrok & Johnston 2001): rows are the RGB optical
+# densities of haematoxylin, eosin and DAB; its inverse separates a pixel's OD into the three stains.
+_HED_CACHE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _hed_matrices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if device not in _HED_CACHE:
+        from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
+
+        _HED_CACHE[device] = (
+            torch.as_tensor(hed_from_rgb, dtype=torch.float32, device=device),
+            torch.as_tensor(rgb_from_hed, dtype=torch.float32, device=device),
+        )
+    return _HED_CACHE[device]
+
+
+def rgb_to_hed(x: torch.Tensor) -> torch.Tensor:
+    """Stain optical densities (N×3×S×S: H, E, D) of pixel images, as ``skimage.color.rgb2hed``
+    without its clip at zero and in natural OD units (skimage divides by -log(1e-6))."""
+    hed_from_rgb, _ = _hed_matrices(x.device)
+    od = -torch.log((x.float() / 255.0).clamp_min(1e-6))
+    return torch.einsum("nchw,cd->ndhw", od, hed_from_rgb)
+
+
+def hed_to_rgb(stains: torch.Tensor) -> torch.Tensor:
+    """Pixel images (float 0-255) from stain optical densities: the inverse of ``rgb_to_hed``."""
+    _, rgb_from_hed = _hed_matrices(stains.device)
+    od = torch.einsum("ndhw,dc->nchw", stains, rgb_from_hed)
+    return (torch.exp(-od) * 255.0).clamp(0, 255)
+
+
+def hed_jitter(x: torch.Tensor, alpha: float, beta: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stain augmentation (Tellez et al. 2018): each image's haematoxylin, eosin and DAB densities
+    are scaled by U(1-alpha, 1+alpha) and shifted by U(-beta, beta) OD, per stain and image."""
+    if alpha <= 0 and beta <= 0:
+        return x.float()
+    n = x.shape[0]
+    scale = 1.0 + alpha * (2 * torch.rand(n, 3, 1, 1, device=x.device, generator=generator) - 1)
+    shift = beta * (2 * torch.rand(n, 3, 1, 1, device=x.device, generator=generator) - 1)
+    return hed_to_rgb(rgb_to_hed(x) * scale + shift)
+
+
+def random_grey(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image turned to grey (three equal channels) with probability ``p``: shape without colour."""
+    if p <= 0:
+        return x
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+    return _where(torch.rand(x.shape[0], device=x.device, generator=generator) < p, grey, x)
+
+
+def random_blur(x: torch.Tensor, p: float, max_sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian blur of a random sigma in (0, ``max_sigma``] px on each image with probability ``p``
+    (focus and optics differ between microscopes); one grouped convolution for the batch."""
+    if p <= 0 or max_sigma <= 0:
+        return x
+    n, c, h, w = x.shape
+    radius = max(1, int(math.ceil(2 * max_sigma)))
+    sigma = max_sigma * torch.rand(n, device=x.device, generator=generator).clamp_min(1e-3)
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel_1d = torch.exp(-(offsets[None, :] ** 2) / (2 * sigma[:, None] ** 2))
+    kernel_1d = kernel_1d / kernel_1d.sum(dim=1, keepdim=True)
+    kernel = (kernel_1d[:, :, None] * kernel_1d[:, None, :]).repeat_interleave(c, dim=0)[:, None]
+    padded = F.pad(x.float().reshape(1, n * c, h, w), (radius,) * 4, mode="replicate")
+    blurred = F.conv2d(padded, kernel, groups=n * c).reshape(n, c, h, w)
+    return _where(torch.rand(n, device=x.device, generator=generator) < p, blurred, x)
+
+
+@dataclass(frozen=True)
+class StainAugment:
+    """Stain and optics augmentation of the weak (training) view; all zero: off."""
+
+    hed_alpha: float = 0.0
+    hed_beta: float = 0.0
+    colour: float = 0.0
+    grey_p: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        return any(v > 0 for v in (self.hed_alpha, self.hed_beta, self.colour, self.grey_p, self.blur_p))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = hed_jitter(x, self.hed_alpha, self.hed_beta, generator)
+        if self.colour > 0:
+            x = colour_jitter(x, self.colour, generator)
+        x = random_grey(x, self.grey_p, generator)
+        return random_blur(x, self.blur_p, self.blur_sigma, generator)
+
+
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Blank one size×size square per image (grey), at a random centre."""
     n, _, h, w = x.shape
@@ -78,11 +171,21 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None)
 
 
 class Augmenter:
-    """Weak (translation + flips/rotations) and strong (plus colour and cutout) views."""
+    """Weak (translation + flips/rotations, then ``stain`` when given) and strong (plus colour and
+    cutout) views."""
 
-    def __init__(self, translate_fraction: float, hflip: bool, vflip: bool, rot90: bool, seed: int = 0):
+    def __init__(
+        self,
+        translate_fraction: float,
+        hflip: bool,
+        vflip: bool,
+        rot90: bool,
+        seed: int = 0,
+        stain: StainAugment | None = None,
+    ):
         self.translate_fraction = translate_fraction
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
+        self.stain = stain if stain is not None and stain.enabled else None
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
 
@@ -97,7 +200,8 @@ class Augmenter:
         gen = self._generator(x.device)
         x = x.float()
         x = translate(x, int(round(self.translate_fraction * x.shape[-1])), gen)
-        return flips_and_rotations(x, self.hflip, self.vflip, self.rot90, gen)
+        x = flips_and_rotations(x, self.hflip, self.vflip, self.rot90, gen)
+        return self.stain(x, gen) if self.stain is not None else x
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:
         gen = self._generator(x.device)

@@ -28,6 +28,10 @@ class ModelConfig:
     tta: bool = False  # ml.infer.predict averages the eight symmetries of the square
     mean: tuple[float, float, float] = (0.5 * 255, 0.5 * 255, 0.5 * 255)
     std: tuple[float, float, float] = (0.25 * 255, 0.25 * 255, 0.25 * 255)
+    # "dataset": (x - mean) / std with the training set's channel statistics. "lab-instance": each image in
+    # CIELAB, standardised per channel over its own pixels (Reinhard-style colour normalisation inside the
+    # network, so every lab's stain and background cast is removed the same way at training and at use).
+    input_norm: str = "dataset"
 
 
 class ConvBlock(nn.Sequential):
@@ -59,12 +63,36 @@ class ChannelAttention(nn.Module):
         return x * weights[:, :, None, None]
 
 
+_RGB_TO_XYZ = torch.tensor(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
+_D65_WHITE = (0.950456, 1.0, 1.088754)
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """sRGB pixels (0-255, N×3×S×S) to CIELAB (D65), as ``skimage.color.rgb2lab``."""
+    c = (x / 255.0).clamp(0, 1)
+    linear = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = torch.einsum("ij,njhw->nihw", _RGB_TO_XYZ.to(x.device, x.dtype), linear)
+    white = torch.tensor(_D65_WHITE, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    t = xyz / white
+    f = torch.where(t > 0.008856, t.clamp_min(1e-12) ** (1.0 / 3.0), 7.787 * t + 16.0 / 116.0)
+    fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
+    light = torch.where(t[:, 1:2] > 0.008856, 116.0 * fy - 16.0, 903.3 * t[:, 1:2])
+    return torch.cat([light, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
+
+
 class _Normalised(nn.Module):
     def _init_normalisation(self, config: ModelConfig) -> None:
         self.register_buffer("input_mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("input_std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.config, "input_norm", "dataset") == "lab-instance":
+            lab = rgb_to_lab(x.float())
+            mean = lab.mean(dim=(2, 3), keepdim=True)
+            std = lab.std(dim=(2, 3), keepdim=True)
+            return (lab - mean) / (std + 1.0)  # +1 (in LAB units): a flat image stays flat, not amplified noise
         return (x.float() - self.input_mean) / self.input_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from ml.checkpoint import model_config_of
 from ml.config import TrainConfig, entropy_threshold_for, make_config
 from ml.data import resize
 from ml.train import Progress, TrainResult, train
+from ml.transfer import warm_start_overrides
 
 VAL_FRACTION = 0.2
 
@@ -43,10 +44,12 @@ def stratified_split(y: Sequence[int], seed: int, val_fraction: float = VAL_FRAC
 @dataclass
 class ActiveModel:
     """The model a retrain may warm-start from: its version id and a loader of its checkpoint
-    (called only when the run warm-starts)."""
+    (called only when the run warm-starts). ``reference``: the installed reference model of
+    another lab (issue 17), which the run fine-tunes at a lower learning rate."""
 
     id: int | None
     load: Callable[[], dict]
+    reference: bool = False
 
 
 @dataclass
@@ -85,7 +88,10 @@ def warm_start_checkpoint(config: TrainConfig, params: dict, active: ActiveModel
     """The active model's checkpoint when the run warm-starts (``params['warm_start']``, default
     on) and its network has this config's shape; across a class change the network is kept and
     the head rebuilt (``ml.train._load_init``)."""
-    if not params.get("warm_start", True) or active is None:
+    if active is None:
+        return None
+    # a reference was chosen by its own option (worker.training.warm_start_source)
+    if not active.reference and not params.get("warm_start", True):
         return None
     checkpoint = active.load()
     model_config = model_config_of(checkpoint)
@@ -123,6 +129,10 @@ def retrain(
     per_class_train = Counter(np.asarray(y)[train_idx].tolist())
     config = retrain_config(profile, method, params, per_class_train, seed, overrides)
     init = warm_start_checkpoint(config, params, active)
+    from_reference = init is not None and active is not None and active.reference
+    if from_reference:
+        # a trained network: a lower peak learning rate, and no pre-training of the student
+        config = replace(config, **warm_start_overrides(config))
     data = {
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),
@@ -130,6 +140,7 @@ def retrain(
         "per_class_train": {class_names[c]: int(n) for c, n in sorted(per_class_train.items())},
         "per_class_val": {class_names[c]: int(n) for c, n in sorted(Counter(np.asarray(y)[val_idx].tolist()).items())},
         "warm_started_from": active.id if init is not None and active is not None else None,
+        "warm_started_from_reference": from_reference,
         "entropy_threshold": config.entropy_threshold,
     }
     if on_start is not None:

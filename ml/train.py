@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.augment import Augmenter
+from ml.augment import Augmenter, StainAugment
 from ml.checkpoint import make_checkpoint, model_config_of
 from ml.config import TrainConfig
 from ml.data import autocast
@@ -244,6 +244,7 @@ def _model_config(config: TrainConfig, n_classes: int, mean, std) -> ModelConfig
         tta=config.tta,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        input_norm=config.input_norm,
     )
 
 
@@ -340,7 +341,14 @@ class _Run:
         self.class_names = class_names
         self.generator = torch.Generator().manual_seed(config.seed)
         self.student, self.teacher = self.fresh_models(init_checkpoint)
-        self.augmenter = Augmenter(config.translate, config.hflip, config.vflip, config.rot90, config.seed)
+        self.augmenter = Augmenter(
+            config.translate,
+            config.hflip,
+            config.vflip,
+            config.rot90,
+            config.seed,
+            stain=StainAugment(**config.stain_augment),
+        )
         self.xl_all, self.yl_all, self.xu_all = (t.to(device) for t in data)
         self.pool_x, self.pool_y = self.xl_all, self.yl_all  # labels, then accepted pseudo-labels
         self.validation = validation
@@ -561,7 +569,9 @@ def train(
         run.run_stage(stage)
     metrics = run.final_metrics(class_names)
     run.student.eval()
-    ood = fit_ood_for(run.algorithm.eval_model, config, run.pool_x, run.pool_y, validation, len(class_names))
+    ood = None
+    if config.fit_ood:
+        ood = fit_ood_for(run.algorithm.eval_model, config, run.pool_x, run.pool_y, validation, len(class_names))
     if ood is not None:
         metrics = dict(metrics or {})
         metrics["ood"] = ood.summary()

@@ -83,10 +83,14 @@
     image.hidden = !cell;
     // The server leaves out suggestions too unsure to help; the one shown also marks its button.
     const suggested = cell && cell.suggestion ? cell.suggestion.label : null;
+    // Before this lab has a model of its own, the reference model (another lab's cells) suggests: say so.
+    const fromReference = Boolean(cell && cell.suggestion && cell.suggestion.source === "reference");
+    const mark = $("suggestion-source");
+    mark.hidden = !(suggested && fromReference);
     for (const button of document.querySelectorAll("#buttons button[data-label]")) {
       const on = button.dataset.label === suggested;
       button.classList.toggle("suggested", on);
-      if (on) button.title = "the model's suggestion"; else button.removeAttribute("title");
+      if (on) button.title = fromReference ? "the reference model's suggestion" : "the model's suggestion"; else button.removeAttribute("title");
     }
     if (!cell) {
       delete image.dataset.cellId;
@@ -99,9 +103,10 @@
     markPainted(cell);
     $("cell-reason").textContent = `why this cell: ${cell.reason_text || cell.reason}`;
     const names = new Map([...document.querySelectorAll("#buttons button[data-label]")].map((b) => [b.dataset.label, b.textContent.replace(/^\s*\S+\s+/, "")]));
+    const who = fromReference ? "reference model" : "model";
     $("suggestion").textContent = cell.suggestion && cell.suggestion.unlike_known
-      ? "model: unlike any known class"
-      : suggested ? `model suggests ${names.get(suggested) || suggested} (${Math.round(cell.suggestion.confidence * 100)} %)` : "";
+      ? `${who}: unlike any known class`
+      : suggested ? `${who} suggests ${names.get(suggested) || suggested} (${Math.round(cell.suggestion.confidence * 100)} %)` : "";
   }
 
   // While the queue is empty, or the server cannot be reached, ask again later with backoff.

@@ -14,8 +14,11 @@ from app.classes.service import retired_class_names
 from app.db import session_scope
 from app.labelling.service import current_labels
 from app.models import Cell, ModelVersion, Prediction
+from app.settings import get_settings
+from app.statuses import ModelOrigin
 from app.training import broker, service
 from ml.active import margin, rank_for_queue
+from ml.adapt import adapt_batchnorm
 from ml.checkpoint import load_checkpoint, load_model
 from ml.config import TrainConfig, config_from_dict
 from ml.data import resize
@@ -27,7 +30,10 @@ from worker.data import load_inputs
 
 log = logging.getLogger("leukolab.worker")
 MAX_LABELLED_FOR_PROPAGATION = 5000
+# A reference model's BatchNorm statistics are re-estimated on up to this many of the lab's unlabelled cells.
+ADAPT_CELLS = 2000
 _models: dict[str, tuple[float, nn.Module, dict]] = {}
+_adapted: dict[tuple[str, float], nn.Module] = {}
 
 
 def model_of(path: str) -> tuple[nn.Module, dict]:
@@ -45,6 +51,27 @@ def model_of(path: str) -> tuple[nn.Module, dict]:
         )
     _, model, meta = _models[path]
     return model, meta
+
+
+def scoring_model(version_id: int, path: str, origin: str) -> tuple[nn.Module, dict]:
+    """The network that scores for a model version. A reference model (trained on another lab's
+    cells) gets, with ``settings.reference_adapt_batchnorm``, BatchNorm statistics re-estimated on
+    this lab's unlabelled cells (``ml.adapt``; no labels), once per worker process and file; the
+    sample is drawn by the version id, so the processes of one worker agree."""
+    model, meta = model_of(path)
+    if origin != ModelOrigin.REFERENCE or not get_settings().reference_adapt_batchnorm:
+        return model, meta
+    key = (path, os.path.getmtime(path))
+    if key not in _adapted:
+        with session_scope() as session:
+            ids = service.unlabelled_cell_ids(session=session)
+            if len(ids) > ADAPT_CELLS:
+                ids = sorted(np.random.default_rng(version_id).choice(ids, ADAPT_CELLS, replace=False).tolist())
+            x = load_inputs(session, ids)
+        _adapted.clear()
+        _adapted[key] = adapt_batchnorm(model, resize(x, model.config.image_size))
+        log.info("reference model v%s: BatchNorm statistics adapted to %s unlabelled cells", version_id, len(x))
+    return _adapted[key], meta
 
 
 def _train_config(meta: dict) -> TrainConfig:
@@ -86,11 +113,11 @@ def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
         version = session.get(ModelVersion, model_id)
         if version is None or not version.is_active:
             return 0
-        path, names = version.artefact_path, list(version.class_names)
+        path, names, origin = version.artefact_path, list(version.class_names), version.origin
         ood_threshold = version.ood_threshold
         retired = retired_class_names(session=session)
         x = load_inputs(session, cell_ids)
-    model, meta = model_of(path)
+    model, meta = scoring_model(model_id, path, origin)
     threshold = _train_config(meta).entropy_threshold
     predictions = predict(model, resize(x, model.config.image_size))
     probs = without_classes(predictions.probs.astype(np.float64), [i for i, n in enumerate(names) if n in retired])
@@ -131,7 +158,7 @@ def refresh_queue(model_id: int) -> int:
         version = session.get(ModelVersion, model_id)
         if version is None or not version.is_active:
             return 0
-        path, names = version.artefact_path, list(version.class_names)
+        path, names, origin = version.artefact_path, list(version.class_names), version.origin
         ood_threshold = version.ood_threshold
         rows = session.execute(
             select(
@@ -152,7 +179,7 @@ def refresh_queue(model_id: int) -> int:
             keep = np.random.default_rng(model_id).choice(len(labelled), MAX_LABELLED_FOR_PROPAGATION, replace=False)
             labelled = [labelled[i] for i in sorted(keep)]
         x_labelled = load_inputs(session, [c for c, _ in labelled])
-    model, meta = model_of(path)
+    model, meta = scoring_model(model_id, path, origin)
     config = _train_config(meta)
     if not rows:
         with session_scope() as session:

@@ -20,7 +20,7 @@ from app.labelling.service import class_names as ordered_class_names
 from app.labelling.service import current_labels
 from app.models import UNSURE
 from app.settings import get_settings
-from app.statuses import RunStatus
+from app.statuses import ModelOrigin, RunStatus
 from app.training import broker, service
 from ml.checkpoint import load_checkpoint, save_checkpoint
 from ml.data import resize
@@ -145,6 +145,20 @@ def run_retrain(run_id: int) -> str:
     return RunStatus.SUCCEEDED
 
 
+def warm_start_source(
+    params: dict, local: tuple[int, str] | None, reference: tuple[int, str] | None
+) -> tuple[int, str] | None:
+    """(model id, artefact path) a run starts from: this lab's active model with ``warm_start``
+    (default on), else the installed reference with ``warm_start_from_reference`` (default: on
+    when one is installed), else None (a fresh network)."""
+    if local is not None and params.get("warm_start", True):
+        return local
+    from_reference = params.get("warm_start_from_reference")
+    if reference is not None and (from_reference is None or from_reference):
+        return reference
+    return None
+
+
 def snapshot_labels(*, session: Session) -> tuple[list[int], list[int], list[str]]:
     """(cell ids, class indices, class names): the standing expert labels, ``unsure`` left out.
     The model learns the classes, in display order, that have at least one label."""
@@ -173,11 +187,19 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         x_unlabelled = load_inputs(session, unlabelled_ids)
         active = service.active_model(session=session)
         active_info = (active.id, active.artefact_path, list(active.class_names), active.metrics) if active else None
+        reference = service.reference_model(session=session)
+        reference_info = (reference.id, reference.artefact_path) if reference is not None else None
+        active_is_local = active is not None and active.origin == ModelOrigin.LOCAL
 
+    source = warm_start_source(params, active_info[:2] if active_is_local else None, reference_info)
     warm_source = None
-    if active_info is not None:
-        artefact_path = active_info[1]
-        warm_source = ActiveModel(id=active_info[0], load=lambda: load_checkpoint(artefact_path))
+    if source is not None:
+        source_id, artefact_path = source
+        warm_source = ActiveModel(
+            id=source_id,
+            load=lambda: load_checkpoint(artefact_path),
+            reference=reference_info is not None and source_id == reference_info[0],
+        )
     retrained = retrain(
         x_all,
         y,
@@ -189,7 +211,11 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         seed=run_id,
         active=warm_source,
         on_start=lambda data: reporter.note(
-            "training", **{k: data[k] for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from")}
+            "training",
+            **{
+                k: data[k]
+                for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from", "warm_started_from_reference")
+            },
         ),
         progress=reporter.progress,
         should_stop=reporter.should_stop,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -17,6 +18,11 @@ class Suggestion(ShownSuggestion):
         default=False, description="the cell lies far from every class the model knows ('unlike any known class')"
     )
     ood_score: float | None = None
+    source: Literal["local", "reference"] = Field(
+        default="local",
+        description="which model suggests it: 'reference' is the installed reference model (trained on another "
+        "lab's cells; it serves until this lab's own model is promoted), 'local' a model trained here",
+    )
 
 
 class NextCell(BaseModel):

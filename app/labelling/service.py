@@ -637,7 +637,7 @@ lease AS (SELECT cell_id, reason FROM taken UNION ALL SELECT cell_id, reason FRO
 SELECT caller.id IS NOT NULL AS found, caller.is_active, caller.session_version, caller.must_change_password,
        (SELECT count(*) FROM fresh) AS tried_fresh,
        lease.cell_id, lease.reason, cells.sha256, cells.first_reader_id,
-       p.predicted, p.confidence, p.probs, p.ood_score, mv.class_names, mv.ood_threshold,
+       p.predicted, p.confidence, p.probs, p.ood_score, mv.class_names, mv.ood_threshold, mv.origin,
        -- a lease needs no fsync before the reply: lost in a crash, the cell is simply free again
        -- (labels keep synchronous commit: an acknowledged label is on disk)
        set_config('synchronous_commit', 'off', true) AS lease_commit
@@ -670,7 +670,7 @@ def _suggestion_and_top(row, min_confidence: float) -> tuple[dict | None, list[t
     suggestion = None
     if row.predicted is not None and row.first_reader_id is None:
         confidence = round(float(row.confidence), 4)
-        suggestion = {"label": row.predicted, "confidence": confidence}
+        suggestion = {"label": row.predicted, "confidence": confidence, "source": row.origin or "local"}
         if row.ood_score is not None and row.ood_threshold is not None:  # as app.predictions.suggestion_for
             suggestion["ood_score"] = round(float(row.ood_score), 4)
             suggestion["unlike_known"] = bool(row.ood_score > row.ood_threshold)

@@ -152,6 +152,7 @@ def _training_page(
         "methods": METHODS,
         "default_method": DEFAULT_METHOD,
         "profiles": PROFILES,
+        "reference": service.reference_model(session=session),
         "error": error,
     }
     return render(request, "admin/training.html", context, status_code, fragment="admin/_runs.html")
@@ -173,6 +174,7 @@ def training_start(
     epochs: Annotated[str, Form()] = "",
     entropy_threshold: Annotated[str, Form()] = "",
     warm_start: Annotated[bool, Form()] = False,
+    warm_start_from_reference: Annotated[bool, Form()] = False,
     auto_promote: Annotated[bool, Form()] = False,
 ) -> Response:
     error, status_code = None, 200
@@ -183,6 +185,7 @@ def training_start(
             epochs=int(epochs) if epochs.strip() else None,
             entropy_threshold=float(entropy_threshold) if entropy_threshold.strip() else None,
             warm_start=warm_start,
+            warm_start_from_reference=warm_start_from_reference,
             auto_promote=auto_promote,
         )
         start_run(session, admin, body)

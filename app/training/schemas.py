@@ -14,6 +14,13 @@ class RunCreate(BaseModel):
     epochs: int | None = Field(default=None, ge=1, le=1000)
     entropy_threshold: float | None = Field(default=None, gt=0, le=2)
     warm_start: bool = True
+    # None: on when a reference model is installed. A run starts from the active model of this lab's
+    # when there is one (warm_start), else from the reference model.
+    warm_start_from_reference: bool | None = Field(
+        default=None,
+        description="start from the installed reference model when no model of this lab's is active "
+        "(default: on when a reference is installed)",
+    )
     auto_promote: bool = False
 
     def params(self) -> dict:
@@ -63,6 +70,7 @@ class ModelOut(BaseModel):
     class_names: list[str]
     ood_threshold: float | None = None
     ood_method: str | None = None
+    origin: str = Field(default="local", description="'local': trained here; 'reference': the installed reference")
     metrics: dict | None
     created_at: datetime
     promoted_at: datetime | None

@@ -24,7 +24,7 @@ from app.models import (
     as_utc,
     utcnow,
 )
-from app.statuses import ACTIVE_RUN_STATUSES, RunStatus, ScoringStatus
+from app.statuses import ACTIVE_RUN_STATUSES, ModelOrigin, RunStatus, ScoringStatus
 
 # A running run whose worker has not written for this long is considered lost. A killed train
 # worker is caught sooner, by the next worker's start-up; this catches a worker that never comes
@@ -277,6 +277,70 @@ def promote(*, session: Session, model_id: int, confirm_missing: bool = False) -
     version.is_active = True
     version.promoted_at = utcnow()
     version.scoring_status, version.scoring_total, version.scoring_done = ScoringStatus.QUEUED, 0, 0
+    session.flush()
+    return version
+
+
+# --- the reference model -----------------------------------------------------------------------
+
+
+def reference_model(*, session: Session) -> ModelVersion | None:
+    """The installed reference model (trained on another lab's cells), if any."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.origin == ModelOrigin.REFERENCE))
+
+
+def local_model_exists(*, session: Session) -> bool:
+    """Whether this instance has trained a model of its own (promoted or not)."""
+    return session.scalar(select(func.count(ModelVersion.id)).where(ModelVersion.origin == ModelOrigin.LOCAL)) > 0
+
+
+def install_reference(
+    *,
+    session: Session,
+    artefact_path: str,
+    class_names: list[str],
+    card: dict,
+    ood_threshold: float | None = None,
+    ood_method: str | None = None,
+) -> tuple[ModelVersion, bool]:
+    """Record the reference model; make it the active model when no model of this lab's is active.
+    Returns (version, promoted): the caller enqueues scoring after commit when promoted.
+    ``Conflict`` when one is installed already."""
+    installed = reference_model(session=session)
+    if installed is not None:
+        raise Conflict(
+            f"a reference model is installed already (model v{installed.id}, {installed.artefact_path}): "
+            "run `leukolab reference uninstall` first",
+            model_id=installed.id,
+        )
+    version = ModelVersion(
+        run_id=None,
+        artefact_path=artefact_path,
+        class_names=list(class_names),
+        metrics={"reference_card": card, "accuracy": None},
+        is_active=False,
+        origin=ModelOrigin.REFERENCE,
+        ood_threshold=ood_threshold,
+        ood_method=ood_method,
+    )
+    session.add(version)
+    session.flush()
+    promoted = active_model(session=session) is None
+    if promoted:
+        # the lab may have classes the reference never saw: it serves suggestions for the ones it knows
+        promote(session=session, model_id=version.id, confirm_missing=True)
+    return version, promoted
+
+
+def uninstall_reference(*, session: Session) -> ModelVersion:
+    """Remove the reference model's row and its predictions (``NotFound`` when none is installed).
+    When it was active, no model is active afterwards (the queue it ordered stays, as cells to
+    label); the caller deletes the file."""
+    version = reference_model(session=session)
+    if version is None:
+        raise NotFound("no reference model is installed")
+    session.execute(delete(Prediction).where(Prediction.model_version_id == version.id))
+    session.delete(version)
     session.flush()
     return version
 

@@ -1,0 +1,55 @@
+"""Test-time adaptation to a new lab's stain: BatchNorm statistics re-estimated on its cells.
+
+A network trained on one lab's cells normalises each layer with that lab's feature statistics;
+another stain shifts them. Re-estimating the running means and variances on the new lab's
+unlabelled cells (AdaBN, Li et al. 2016) needs no labels and no gradient step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ml.infer import dihedral
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 128, symmetries: bool = True) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are the cumulative average over
+    ``x`` (uint8 N×3×S×S, the new lab's cells; with ``symmetries`` all eight views of each).
+    The weights are untouched; the copy is in eval mode. Fewer than two cells: an unchanged copy."""
+    adapted = copy.deepcopy(model).eval()
+    layers = batchnorm_layers(adapted)
+    if len(x) < 2 or not layers:
+        return adapted
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over every batch seen
+        layer.train()
+    device = next(adapted.parameters()).device
+    views = range(8) if symmetries and x.shape[-1] == x.shape[-2] else range(1)
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size].to(device)
+        if len(batch) < 2:
+            continue  # a batch of one has no variance
+        for k in views:
+            adapted(dihedral(batch, k).contiguous(memory_format=torch.channels_last))
+    return adapted.eval()
+
+
+def adapt_checkpoint(checkpoint: dict, x: torch.Tensor, which: tuple[str, ...] = ("teacher", "student")) -> dict:
+    """A copy of ``checkpoint`` whose networks carry BatchNorm statistics adapted to ``x``."""
+    from ml.checkpoint import load_model
+
+    out = dict(checkpoint)
+    for name in which:
+        model = adapt_batchnorm(load_model(checkpoint, which=name), x)
+        out[name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    out["adapted_batchnorm"] = {"cells": int(len(x))}
+    return out

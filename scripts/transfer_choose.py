@@ -1,0 +1,46 @@
+"""Print the ``--set`` options of the stain recipe to build the reference with, chosen from the ablation cards.
+
+    python scripts/transfer_choose.py [docs/results/transfer/ablation]
+
+The choice reads the PBC validation split and zheng-dev only (never a test split): among the variants whose
+validation accuracy is at most 0.3 points below the variant without stain augmentation ("none"), the one with the
+best mean accuracy over the zheng-dev sources (the model alone, no adaptation). Without a "none" card every
+variant is eligible.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = tuple((k, 0.0) for k in ("stain_hed_alpha", "stain_hed_beta", "stain_colour", "stain_grey_p", "stain_blur_p"))
+KEYS += (("stain_blur_sigma", 1.0),)
+
+
+def choose(folder: Path) -> tuple[str, dict]:
+    cards = {p.name.removesuffix(".card.json"): json.loads(p.read_text()) for p in sorted(folder.glob("*.card.json"))}
+    if not cards:
+        raise SystemExit(f"no ablation cards in {folder}")
+    floor = cards["none"]["metrics"]["validation"]["accuracy"] - 0.003 if "none" in cards else 0.0
+
+    def transfer(card: dict) -> float:
+        figures = [v["reference"]["accuracy"] for v in card["transfer"].values()]
+        return sum(figures) / len(figures) if figures else 0.0
+
+    eligible = {n: c for n, c in cards.items() if c["metrics"]["validation"]["accuracy"] >= floor} or cards
+    name = max(eligible, key=lambda n: (transfer(eligible[n]), eligible[n]["metrics"]["validation"]["accuracy"]))
+    return name, cards[name]["config"]
+
+
+def main(argv: list[str]) -> int:
+    folder = Path(argv[0]) if argv else ROOT / "docs" / "results" / "transfer" / "ablation"
+    name, config = choose(folder)
+    print(f"chosen: {name}", file=sys.stderr)
+    print(" ".join(f"--set {k}={config.get(k, default)}" for k, default in (*KEYS, ("input_norm", "dataset"))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,112 @@
+"""``leukolab reference build`` and ``leukolab bench transfer`` on generated data (tiny profile)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.support.images import make_cell_image, make_imagefolder, write_image
+
+CLASSES = ("basophil", "eosinophil", "lymphocyte")
+TINY = ["--set", "epochs=1", "--set", "steps_per_epoch=3", "--set", "batch_size=12", "--set", "tta=false"]
+
+
+def make_lab(root: Path, train_per_class: int = 20, test_per_class: int = 3) -> Path:
+    """A MANIFEST data set (PBC's layout) of 32 px generated cells."""
+    rows = []
+    for c, name in enumerate(CLASSES):
+        for i in range(train_per_class + test_per_class):
+            file = f"{name}/{name}_{i:03d}.png"
+            write_image(root / file, make_cell_image(1000 * c + i, 32, c))
+            rows.append({"file": file, "label": name, "split": "train" if i < train_per_class else "test"})
+    with (root / "MANIFEST.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    data = make_lab(root / "gen-lab")
+    other = root / "other-labs" / "src-a"
+    make_imagefolder(other, classes=CLASSES, per_class=4, seed=7)
+    out = root / "out" / "ref.pt"
+    args = ["reference", "build", "--data", str(data), "--out", str(out), "--profile", "tiny"]
+    args += ["--transfer", str(root / "other-labs"), *TINY]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_reference_build_writes_checkpoint_and_card(reference: Path) -> None:
+    import torch
+
+    from ml.data import read_manifest
+    from ml.splits import validation_files
+
+    card = json.loads(reference.with_name("ref.card.json").read_text())
+    assert card["class_names"] == list(CLASSES)
+    held_out = len(validation_files(card["data"]["path"], read_manifest(card["data"]["path"])))
+    assert 0 < held_out < 3 * 20
+    assert card["data"]["n_validation"] == held_out and card["data"]["n_train"] == 3 * 20 - held_out
+    assert set(card["metrics"]) == {"validation", "test"}
+    assert card["metrics"]["test"]["n"] == 9
+    assert set(card["transfer"]["src-a"]) == {"reference", "adapted_batchnorm"}
+    assert card["transfer"]["src-a"]["reference"]["n"] == 12
+    assert "src-a" in reference.with_name("ref.card.md").read_text()
+    checkpoint = torch.load(reference, weights_only=True)
+    assert checkpoint["class_names"] == list(CLASSES)
+    assert checkpoint["reference_card"]["method"] == "supervised"
+
+
+def _transfer(reference: Path, data: Path, out: Path, n: int, *extra: str) -> dict:
+    args = ["bench", "transfer", "--reference", str(reference), "--data", str(data), "--labels-per-class", str(n)]
+    args += ["--json", str(out), "--profile", "tiny", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def test_bench_transfer_reference_alone_and_fine_tuned(reference: Path, tmp_path: Path) -> None:
+    lab = tmp_path / "new-lab"
+    make_imagefolder(lab, classes=CLASSES[:2], per_class=6, seed=11)
+    write_image(lab / "lymphocyte" / "only.png", make_cell_image(5, 32, 2))  # one cell: always labelled when N > 0
+    write_image(lab / "platelet" / "p.png", make_cell_image(6, 32, 4))  # a class the reference does not know
+
+    alone = _transfer(reference, lab, tmp_path / "n0.json", 0)
+    assert alone["splits"] == 1 and alone["method"] == "reference"  # deterministic: one split is enough
+    assert alone["n"] == 13 and alone["n_per_class"] == {"basophil": 6, "eosinophil": 6, "lymphocyte": 1}
+    assert alone["classes_ignored"] == ["platelet"]
+    assert alone["runs"][0]["n_test"] == 13 and alone["runs"][0]["n_labelled"] == 0
+    assert 0.0 <= alone["accuracy"] <= 1.0 and alone["accuracy_sd"] == 0.0
+
+    adapted = _transfer(reference, lab, tmp_path / "n0bn.json", 0, "--adapt-bn", "--splits", "2")
+    assert adapted["adapt_bn"] is True and adapted["splits"] == 2
+
+    short = ["--splits", "2", "--epochs", "1", "--steps-per-epoch", "2"]
+    tuned = _transfer(reference, lab, tmp_path / "n2.json", 2, *short)
+    assert tuned["splits"] == 2 and tuned["method"] == "mean-teacher"
+    for run in tuned["runs"]:
+        assert run["n_labelled"] == 2 + 2 + 1 and run["n_test"] == 13 - 5
+        assert run["per_class"]["lymphocyte"]["support"] == 0
+    lymph = tuned["per_class"]["lymphocyte"]
+    assert lymph["splits_scored"] == 0 and lymph["recall"] is None and lymph["n"] == 1
+    assert tuned["per_class"]["basophil"]["recall"] is not None
+    assert tuned["finetune_config"]["rounds"] == 1 and tuned["finetune_config"]["epochs"] == 1
+    # the fine-tuning starts from the reference at a lower learning rate than the profile's
+    assert tuned["finetune_config"]["lr"] < 0.05
+    # different splits draw different labelled cells: the per-split figures are their own
+    assert {run["split"] for run in tuned["runs"]} == {0, 1}
+
+
+def test_bench_transfer_refuses_a_missing_reference(tmp_path: Path) -> None:
+    args = ["bench", "transfer", "--reference", str(tmp_path / "none.pt"), "--data", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--labels-per-class", "1"])
+    assert result.exit_code == 2 and "--reference" in result.output

@@ -1,0 +1,124 @@
+"""Stain augmentation and BatchNorm adaptation: shapes, ranges, the skimage matrix, and that they act."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skimage.color import rgb2hed
+
+from ml.adapt import adapt_batchnorm, batchnorm_layers
+from ml.augment import Augmenter, StainAugment, hed_jitter, hed_to_rgb, random_blur, random_grey, rgb_to_hed
+from ml.config import STAIN_ROBUST, TrainConfig, make_config
+from ml.model import ModelConfig, build_model
+from tests.ml.conftest import synthetic_cells
+
+
+def _batch(n: int = 2) -> torch.Tensor:
+    x, _ = synthetic_cells(n, size=32, seed=3)
+    return x
+
+
+def test_rgb_to_hed_is_skimage_rgb2hed_in_natural_units() -> None:
+    x = _batch(1)[:3]
+    ours = rgb_to_hed(x).permute(0, 2, 3, 1).numpy()
+    theirs = np.stack([rgb2hed(img) for img in x.permute(0, 2, 3, 1).numpy()])  # divided by -log(1e-6), clipped at 0
+    scaled = np.maximum(ours / -np.log(1e-6), 0)
+    assert np.allclose(scaled, theirs, atol=1e-5)
+
+
+def test_hed_round_trip_gives_the_image_back() -> None:
+    x = _batch()
+    back = hed_to_rgb(rgb_to_hed(x))
+    assert back.shape == x.shape
+    assert (back - x.float()).abs().max() < 0.5  # pixels of 0 are clamped to 1e-6 first
+
+
+def test_stain_augment_keeps_shape_dtype_and_range_and_changes_colour() -> None:
+    x = _batch(4)
+    augment = StainAugment(**{k.removeprefix("stain_"): v for k, v in STAIN_ROBUST.items()})
+    assert augment.enabled
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 255
+    # each image's mean colour moves, by a different amount per image
+    shift = (out.mean(dim=(2, 3)) - x.float().mean(dim=(2, 3))).abs().sum(dim=1)
+    assert float(shift.min()) > 0.5 and float(shift.std()) > 0.1
+
+
+def test_hed_jitter_moves_colour_not_shape() -> None:
+    x = _batch(2)
+    out = hed_jitter(x, alpha=0.3, beta=0.1, generator=torch.Generator().manual_seed(1))
+    assert (out - x.float()).abs().mean() > 2
+    # where the image is dark it stays darker than where it is bright: the structure is kept
+    grey_in, grey_out = x.float().mean(dim=1).flatten(1), out.mean(dim=1).flatten(1)
+    corr = [np.corrcoef(a, b)[0, 1] for a, b in zip(grey_in.numpy(), grey_out.numpy(), strict=True)]
+    assert min(corr) > 0.8
+    assert torch.equal(hed_jitter(x, 0.0, 0.0), x.float())
+
+
+def test_grey_and_blur() -> None:
+    x = _batch(2).float()
+    grey = random_grey(x, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    blurred = random_blur(x, 1.0, 1.5, torch.Generator().manual_seed(0))
+    assert blurred.shape == x.shape
+    # a blur lowers the pixel-to-pixel differences, keeps the mean
+    assert blurred.diff(dim=-1).abs().mean() < x.diff(dim=-1).abs().mean()
+    assert torch.allclose(blurred.mean(), x.mean(), atol=1.0)
+    assert torch.equal(random_blur(x, 0.0, 1.5), x)
+
+
+def test_augmenter_applies_stain_only_when_configured() -> None:
+    x = _batch(2)
+    plain = Augmenter(0.0, False, False, False, seed=0)
+    stained = Augmenter(0.0, False, False, False, seed=0, stain=StainAugment(hed_alpha=0.2, hed_beta=0.05))
+    assert torch.equal(plain.weak(x), x.float())
+    assert (stained.weak(x) - x.float()).abs().mean() > 1
+
+
+def test_config_fields_feed_the_stain_augment() -> None:
+    assert not StainAugment(**TrainConfig().stain_augment).enabled  # off unless asked for
+    config = make_config("tiny", "supervised", **STAIN_ROBUST)
+    assert StainAugment(**config.stain_augment).enabled
+    assert config.stain_augment["hed_alpha"] == STAIN_ROBUST["stain_hed_alpha"]
+
+
+def test_adapt_batchnorm_takes_the_new_cells_statistics_and_keeps_the_weights() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32)).eval()
+    x = _batch(4)
+    yellow = (x.float() * torch.tensor([1.0, 0.95, 0.55]).view(1, 3, 1, 1)).to(torch.uint8)
+    adapted = adapt_batchnorm(model, yellow, symmetries=False)
+    first, first_adapted = batchnorm_layers(model)[0], batchnorm_layers(adapted)[0]
+    assert not torch.allclose(first.running_mean, first_adapted.running_mean)
+    assert torch.allclose(first.running_mean, torch.zeros_like(first.running_mean))  # the original is untouched
+    # the first BN layer now sees the yellow cells' conv outputs as zero-mean
+    with torch.no_grad():
+        conv = adapted.backbone[0][0](adapted.normalise(yellow))
+    assert torch.allclose(conv.mean(dim=(0, 2, 3)), first_adapted.running_mean, atol=1e-3)
+    for (name, p), (_, q) in zip(model.named_parameters(), adapted.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_lab_instance_normalisation_is_skimage_lab_standardised_per_image() -> None:
+    from skimage.color import rgb2lab
+
+    from ml.model import rgb_to_lab
+
+    x = _batch(1)[:2]
+    ours = rgb_to_lab(x.float()).permute(0, 2, 3, 1).numpy()
+    theirs = np.stack([rgb2lab(img / 255.0) for img in x.permute(0, 2, 3, 1).numpy()])
+    assert np.abs(ours - theirs).max() < 0.05
+    model = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32, input_norm="lab-instance")).eval()
+    normalised = model.normalise(x)
+    assert torch.allclose(normalised.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-4)
+    # a yellow cast (less blue) moves the dataset-normalised input far more than the per-image LAB one
+    yellow = (x.float() * torch.tensor([1.0, 1.0, 0.7]).view(1, 3, 1, 1)).round()
+    plain = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32)).eval()
+    moved_lab = (model.normalise(yellow) - normalised).abs().mean()
+    moved_plain = (plain.normalise(yellow) - plain.normalise(x)).abs().mean()
+    assert moved_lab < 0.5 * moved_plain
+    with torch.no_grad():
+        assert model(x).shape == (2, 5)
+    config = make_config("tiny", "supervised", input_norm="lab-instance")
+    assert config.input_norm == "lab-instance"

@@ -1,0 +1,77 @@
+"""scripts/transfer_choose.py (the stain recipe from the ablation cards) and scripts/transfer_report.py (the page)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _card(folder: Path, name: str, validation: float, transfer: tuple[float, float], **config) -> None:
+    card = {
+        "config": {
+            "epochs": 6,
+            "stain_hed_alpha": 0.0,
+            "stain_hed_beta": 0.0,
+            "stain_colour": 0.0,
+            "stain_grey_p": 0.0,
+            "stain_blur_p": 0.0,
+            "stain_blur_sigma": 1.0,
+            **config,
+        },
+        "metrics": {"validation": {"accuracy": validation}},
+        "transfer": {
+            source: {"reference": {"accuracy": a}, "adapted_batchnorm": {"accuracy": a + 0.05}}
+            for source, a in zip(("zheng2018-cellavision", "zheng2018-tecom"), transfer, strict=True)
+        },
+    }
+    (folder / f"{name}.card.json").write_text(json.dumps(card))
+
+
+def test_choose_takes_the_best_transfer_that_keeps_pbc_within_0_3_points(tmp_path: Path) -> None:
+    choose = _script("transfer_choose").choose
+    _card(tmp_path, "none", 0.952, (0.36, 0.17))
+    _card(tmp_path, "robust", 0.952, (0.60, 0.40), stain_hed_alpha=0.2)
+    _card(tmp_path, "strong", 0.940, (0.80, 0.70), stain_hed_alpha=0.3)  # 1.2 points below: not eligible
+    name, config = choose(tmp_path)
+    assert name == "robust" and config["stain_hed_alpha"] == 0.2
+    _card(tmp_path, "strong", 0.950, (0.80, 0.70), stain_hed_alpha=0.3)  # 0.2 points below: eligible
+    assert choose(tmp_path)[0] == "strong"
+
+
+def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> None:
+    results = tmp_path / "transfer"
+    (results / "ablation").mkdir(parents=True)
+    _card(results / "ablation", "none", 0.952, (0.36, 0.17))
+    names = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    for source in ("zheng2018-cellavision", "zheng2018-tecom"):
+        for n, accuracy in ((0, 0.5), (5, 0.93)):
+            per_class = {c: {"n": 10, "recall": accuracy, "precision": accuracy, "f1": accuracy} for c in names}
+            report = {
+                "labels_per_class": n,
+                "adapt_bn": False,
+                "accuracy": accuracy,
+                "accuracy_sd": 0.01,
+                "macro_f1": accuracy,
+                "splits": 3,
+                "n": 50,
+                "per_class": per_class,
+            }
+            (results / f"{source}_n{n}.json").write_text(json.dumps(report))
+    monkeypatch.setenv("TRANSFER_RESULTS", str(results))
+    report = _script("transfer_report")
+    assert report.main() == 0
+    page = (tmp_path / "transfer.md").read_text()
+    assert "| Tecom | 50 | N=0 | 3 | 50.0 ± 1.0 | 0.500 | ≥ 70: not met |" in page
+    assert "| CellaVision blog | 50 | N=5 | 3 | 93.0 ± 1.0 | 0.930 | ≥ 92: met |" in page
+    assert "| none | 0.0/0.0 | 0.0 | 0.0 | 0.0 | dataset |" in page
+    assert (tmp_path / "transfer.png").stat().st_size > 1000
