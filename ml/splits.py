@@ -18,6 +18,7 @@ SPLITS_DIR = Path(__file__).resolve().parent / "split_files"
 VALIDATION_PER_CLASS = 50
 VALIDATION_SEED = 20261201
 VALIDATION = "validation"
+MAX_VALIDATION_SHARE = 4  # a class gives at most 1/4 of its train rows
 
 
 class ValidationSplitError(ValueError):
@@ -28,14 +29,17 @@ def validation_file(root: str | Path) -> Path:
     return SPLITS_DIR / f"{Path(root).resolve().name}_validation.csv"
 
 
-def carve_validation(rows: list[dict], per_class: int = VALIDATION_PER_CLASS, seed: int = VALIDATION_SEED) -> list[dict]:
-    """``per_class`` train rows of each label, drawn by ``seed`` from the rows sorted by file name."""
+def carve_validation(
+    rows: list[dict], per_class: int = VALIDATION_PER_CLASS, seed: int = VALIDATION_SEED
+) -> list[dict]:
+    """``per_class`` train rows of each label, drawn by ``seed`` from the rows sorted by file name;
+    at most a quarter of a class's train rows, so a small data set keeps most of them to train on."""
     rng = np.random.default_rng(seed)
     train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["file"])
     chosen: list[dict] = []
     for label in sorted({r["label"] for r in train}):
         members = [r for r in train if r["label"] == label]
-        picks = rng.choice(len(members), size=min(per_class, len(members)), replace=False)
+        picks = rng.choice(len(members), size=min(per_class, len(members) // MAX_VALIDATION_SHARE), replace=False)
         chosen.extend(members[i] for i in sorted(picks))
     return chosen
 
