@@ -62,6 +62,8 @@ ACCURACY_HEADER = (
 ACCURACY_RULE = "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 # The set-up of runs whose JSON has no val_accuracy: their settings were chosen on test accuracy
 BEFORE_VALIDATION = "chosen on test, before the validation split"
+# docs/results/variants/<FP32_VARIANT>: the float32 half of the seed-paired speed check
+FP32_VARIANT = "fp32-val"
 # Config fields that a benchmark sets per run, or that do not change what is trained
 _PER_RUN_FIELDS = {"method", "profile", "seed", "entropy_threshold", "eval_every", "extra"}
 
@@ -407,6 +409,37 @@ def ablation_lines(results: Path) -> list[str]:
     return lines
 
 
+def _runs_by_seed(folder: Path) -> dict:
+    runs = {}
+    for path in sorted(folder.glob("*.json")):
+        run = json.loads(path.read_text())
+        if "accuracy" in run and "method" in run:
+            runs[(run["method"], run["labels_per_class"], run["seed"])] = run
+    return runs
+
+
+def speed_lines(results: Path) -> list[str]:
+    """Seed-paired runs: the current cpu profile (``results/val``) against the same seed in float32
+    without the OOD cap (``results/variants/fp32-val``): validation and test accuracy, minutes."""
+    fast, slow = _runs_by_seed(results / "val"), _runs_by_seed(results / "variants" / FP32_VARIANT)
+    pairs = sorted(set(fast) & set(slow), key=lambda k: (k[0], _key_labels(k[1]), k[2]))
+    if not pairs:
+        return []
+    lines = [
+        "| method | labels/class | seed | val % float32 | val % bf16 | test % float32 | test % bf16 "
+        "| minutes float32 | minutes bf16 | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in pairs:
+        a, b = slow[key], fast[key]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {_percent(a.get('val_accuracy'))} | {_percent(b.get('val_accuracy'))} "
+            f"| {_percent(a['accuracy'])} | {_percent(b['accuracy'])} | {a['wall_seconds'] / 60:.1f} "
+            f"| {b['wall_seconds'] / 60:.1f} | {a['wall_seconds'] / b['wall_seconds']:.2f}× |"
+        )
+    return lines
+
+
 def missing_lines(groups: dict) -> list[str]:
     """The required rows that lack seeds 0-2 of the current profile."""
     missing = []
@@ -433,6 +466,8 @@ def render(groups: dict, plot_name: str, results: Path, throughput: dict | None 
         accuracy_rule=ACCURACY_RULE,
         accuracy_rows=accuracy_rows(groups),
         before_validation=BEFORE_VALIDATION,
+        speed_lines=speed_lines(results),
+        ood_reference_cells=f"{make_config('cpu', 'lp+mean-teacher').ood_reference_cells:,}",
         run_time_rows=run_time_rows(groups),
         plot_name=plot_name,
         paper_entropy=PAPER_TABLE4_ENTROPY,

@@ -115,7 +115,8 @@ def test_page_ends_with_the_throughput_run_when_there_is_one(results_script, tmp
         f"`leukolab bench throughput` on {FAST}: training 332 img/s (reference 226 img/s, 1.5×), inference "
         "648 img/s (reference 357 img/s). The reference is torchvision ImageFolder + DataLoader + per-image "
         "PIL transforms, same model, same process.\n"
-        "\nWith bf16 training on this CPU (`cpu_bf16`, off by default): 580 img/s, 2.6× the reference.\n"
+        "\nWith bf16 training on this CPU (`cpu_bf16`, off by default when this was measured): 580 img/s, 2.6× "
+        "the reference.\n"
     )
     assert "- supervised @ all: target ≥ 99.0 %, got 99.0 % — met" in page
 
@@ -142,3 +143,17 @@ def test_runs_before_the_validation_split_are_marked_and_kept_apart(results_scri
     assert "| supervised | 20 | cpu | 0 | 94.0 | 92.0 | 91.0 |" in page
     # the per-class table stands on the run under the validation rule, not on those chosen on test
     assert "**supervised, 20 labels/class, cpu, seed 0** (accuracy 94.0 %)" in page
+
+
+def test_speed_table_pairs_bf16_and_float32_runs_by_seed(results_script, tmp_path):
+    fast = _run("lp+mean-teacher", 20, 0, 0.95, 300, FAST)
+    slow = _run("lp+mean-teacher", 20, 0, 0.96, 600, FAST, cpu_bf16=False, ood_reference_cells=None)
+    unpaired = _run("lp+mean-teacher", 20, 1, 0.94, 310, FAST)
+    _write(tmp_path / "val", [fast, unpaired])
+    _write(tmp_path / "variants" / results_script.FP32_VARIANT, [slow])
+    assert results_script.speed_lines(tmp_path)[2:] == [
+        "| lp+mean-teacher | 20 | 0 | 94.0 | 93.0 | 96.0 | 95.0 | 10.0 | 5.0 | 2.00× |"
+    ]
+    # the float32 runs differ from the current profile, and say so where they are listed
+    groups = results_script.load_runs(tmp_path / "variants" / results_script.FP32_VARIANT)
+    assert list(groups) == [("lp+mean-teacher", 20, "cpu", "cpu_bf16=False, ood_reference_cells=None")]
