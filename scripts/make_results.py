@@ -62,8 +62,9 @@ ACCURACY_HEADER = (
 ACCURACY_RULE = "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 # The set-up of runs whose JSON has no val_accuracy: their settings were chosen on test accuracy
 BEFORE_VALIDATION = "chosen on test, before the validation split"
-# docs/results/variants/<FP32_VARIANT>: the float32 half of the seed-paired speed check
+# docs/results/variants/<...>: the two halves of the seed-paired speed check (scripts/speed_check)
 FP32_VARIANT = "fp32-val"
+BF16_VARIANT = "bf16-val"
 # Config fields that a benchmark sets per run, or that do not change what is trained
 _PER_RUN_FIELDS = {"method", "profile", "seed", "entropy_threshold", "eval_every", "extra"}
 
@@ -419,9 +420,10 @@ def _runs_by_seed(folder: Path) -> dict:
 
 
 def speed_lines(results: Path) -> list[str]:
-    """Seed-paired runs: the current cpu profile (``results/val``) against the same seed in float32
-    without the OOD cap (``results/variants/fp32-val``): validation and test accuracy, minutes."""
-    fast, slow = _runs_by_seed(results / "val"), _runs_by_seed(results / "variants" / FP32_VARIANT)
+    """Seed-paired runs (scripts/speed_check): bf16 with the capped OOD reference against the same
+    seed in float32 with the uncapped one: validation and test accuracy, minutes."""
+    fast = _runs_by_seed(results / "variants" / BF16_VARIANT)
+    slow = _runs_by_seed(results / "variants" / FP32_VARIANT)
     pairs = sorted(set(fast) & set(slow), key=lambda k: (k[0], _key_labels(k[1]), k[2]))
     if not pairs:
         return []
@@ -467,7 +469,8 @@ def render(groups: dict, plot_name: str, results: Path, throughput: dict | None 
         accuracy_rows=accuracy_rows(groups),
         before_validation=BEFORE_VALIDATION,
         speed_lines=speed_lines(results),
-        ood_reference_cells=f"{make_config('cpu', 'lp+mean-teacher').ood_reference_cells:,}",
+        ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
+        profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
         run_time_rows=run_time_rows(groups),
         plot_name=plot_name,
         paper_entropy=PAPER_TABLE4_ENTROPY,

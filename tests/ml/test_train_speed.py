@@ -1,18 +1,10 @@
-"""The cpu profile's speed settings: bf16 training where the CPU has it, and a capped OOD reference."""
+"""A speed setting of training: the OOD reference of the trained model is capped."""
 
 from __future__ import annotations
 
 import torch
 
-from ml.config import make_config
 from ml.train import ood_reference
-
-
-def test_the_cpu_profile_trains_in_bf16_and_the_others_do_not_by_default() -> None:
-    assert make_config("cpu", "lp+mean-teacher").cpu_bf16 is True
-    assert make_config("cpu", "supervised").cpu_bf16 is True
-    assert make_config("tiny", "lp+mean-teacher").cpu_bf16 is False
-    assert make_config("cpu", "lp+mean-teacher", cpu_bf16=False).cpu_bf16 is False
 
 
 def test_the_ood_reference_keeps_every_true_label_and_caps_the_pseudo_labels() -> None:
