@@ -1,6 +1,11 @@
 """``leukolab bench ssl``: train a method with N labels per class from a MANIFEST's train split
 and evaluate it on the test split; the JSON it writes is what docs/results/*.json hold.
 
+The fixed validation split (``ml.splits``: 50 cells per class carved from the train split) is
+the training's validation data: its learning curve, the out-of-distribution calibration and
+``val_accuracy``, on which every choice is made. Its cells are never labelled nor unlabelled.
+The test split is predicted once, after training, for ``accuracy``.
+
 torch is imported inside the functions, so that importing this module stays cheap.
 """
 
@@ -23,18 +28,17 @@ if TYPE_CHECKING:
     from ml.train import Progress, TrainResult
 
 PAPER_TABLE5_ORDER = ("neutrophil", "monocyte", "basophil", "eosinophil", "lymphocyte")
-MONITOR_CELLS = 500
 
 
 @dataclass
 class Split:
-    """The benchmark's data: the train split's rows by role, and the test set."""
+    """The benchmark's data: the train split's rows by role, the validation and the test set."""
 
-    train_set: ImageSet
+    train_set: ImageSet  # the manifest's train split less the validation cells
+    validation: ImageSet  # the fixed validation split (ml.splits); every choice is made on it
     test_set: ImageSet
     labelled: np.ndarray
     unlabelled: np.ndarray
-    monitor: np.ndarray  # unlabelled train cells whose labels read the learning curve only
 
 
 def print_table5(rows: list[tuple[str, dict]]) -> None:
@@ -126,15 +130,18 @@ def load_split(
     seed: int,
     extra_classes: Path | None = None,
 ) -> Split:
-    """Draw ``per_class`` labels per class from the train split (by ``seed``); the rest is the
-    unlabelled pool when the method uses one. ``extra_classes`` (a MANIFEST folder of other
-    classes) adds its classes: ``extra_class_rows`` splits them into test cells and train cells."""
+    """Draw ``per_class`` labels per class from the train split less the validation cells (by
+    ``seed``); the rest is the unlabelled pool when the method uses one. ``extra_classes`` (a
+    MANIFEST folder of other classes) adds its classes: ``extra_class_rows`` splits them into test
+    cells and train cells (the validation split keeps the manifest's classes only)."""
     from ml.data import load_image_folder, load_manifest_split, read_manifest, split_labelled
+    from ml.splits import VALIDATION
 
     names = None
     if extra_classes is not None:
         names = sorted({r["label"] for r in read_manifest(data)} | {r["label"] for r in read_manifest(extra_classes)})
     train_set = load_manifest_split(data, "train", config.image_size, class_names=names)
+    validation = load_manifest_split(data, VALIDATION, config.image_size, class_names=train_set.class_names)
     if test_dir is not None:
         test_set = load_image_folder(test_dir, config.image_size, class_names=train_set.class_names)
     else:
@@ -146,13 +153,12 @@ def load_split(
             test_set = _with_extra(test_set, extra_classes, test_files, test_y, config.image_size)
     labelled, rest = split_labelled(train_set.y, per_class, seed)
     uses_unlabelled = config.algorithm != "supervised" or config.pseudo_filter is not None
-    monitor = np.random.default_rng(seed).permutation(rest)[:MONITOR_CELLS]
-    return Split(train_set, test_set, labelled, rest if uses_unlabelled else rest[:0], monitor)
+    return Split(train_set, validation, test_set, labelled, rest if uses_unlabelled else rest[:0])
 
 
 def train_with_progress(config: TrainConfig, split: Split, title: str, started: float) -> TrainResult:
     """Train with a progress bar (a line per epoch where stderr is not a terminal). The learning
-    curve is read on the monitor cells; the test split is touched only once, after training."""
+    curve is read on the validation split; the test split is not passed to training at all."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as RichProgress
 
@@ -167,7 +173,7 @@ def train_with_progress(config: TrainConfig, split: Split, title: str, started: 
         def on_progress(p: Progress) -> None:
             info = f"{p.phase} epoch {p.epoch}/{p.epochs} step {p.step}/{p.steps} loss {p.loss:.3f}"
             if p.val_accuracy is not None:
-                info += f" monitor acc {p.val_accuracy:.3f}"
+                info += f" val acc {p.val_accuracy:.3f}"
             if p.funnel:
                 info += f" funnel {p.funnel}"
             bar.update(task, total=p.epochs, completed=p.epoch - 1 + (p.step / p.steps if p.steps else 1), info=info)
@@ -181,8 +187,8 @@ def train_with_progress(config: TrainConfig, split: Split, title: str, started: 
             y[split.labelled],
             x[split.unlabelled],
             split.train_set.class_names,
-            val_x=x[split.monitor],
-            val_y=y[split.monitor],
+            val_x=split.validation.x,
+            val_y=split.validation.y,
             progress=on_progress,
         )
 
@@ -216,28 +222,35 @@ def pseudo_label_report(pl: PseudoLabels, truth: np.ndarray, class_names: list[s
     }
 
 
-def evaluate(result: TrainResult, config: TrainConfig, split: Split) -> dict:
-    """Test-split metrics; the student's monitor accuracy; with TTA, the same checkpoint's
-    single-view accuracy (a paired measure of what TTA adds)."""
-    from ml.checkpoint import load_model
+def validation_metrics(result: TrainResult, config: TrainConfig, split: Split) -> dict:
+    """The checkpoint on the validation split: the training's own final metrics (the model that
+    pseudo-labels and predicts, with TTA where configured) and, with TTA, the single-view accuracy
+    of the same checkpoint (a paired measure of what TTA adds)."""
     from ml.infer import predict
     from ml.metrics import classification_metrics
 
-    test_x, test_y = split.test_set.x, split.test_set.y.numpy()
-    predictions = predict(result.checkpoint, test_x)
-    student_monitor = None
-    if len(split.monitor):
-        monitor_x = split.train_set.x[split.monitor]
-        student_preds = predict(load_model(result.checkpoint, which="student"), monitor_x).labels
-        student_monitor = float((student_preds == split.train_set.y[split.monitor].numpy()).mean())
+    val_x, val_y = split.validation.x, split.validation.y.numpy()
+    metrics = result.metrics or {}
+    if "accuracy" not in metrics and len(val_y):  # the training had no validation metrics
+        metrics = classification_metrics(val_y, predict(result.checkpoint, val_x).labels, split.train_set.class_names)
     single_view = None
-    if config.tta:
-        single_view = float((predict(result.checkpoint, test_x, tta=False).labels == test_y).mean())
+    if config.tta and len(val_y):
+        single_view = float((predict(result.checkpoint, val_x, tta=False).labels == val_y).mean())
     return {
-        "metrics": classification_metrics(test_y, predictions.labels, split.train_set.class_names),
-        "single_view_accuracy": single_view,
-        "student_monitor_accuracy": student_monitor,
+        "val_accuracy": metrics.get("accuracy"),
+        "val_macro_f1": metrics.get("macro_f1"),
+        "val_per_class": metrics.get("per_class"),
+        "val_single_view_accuracy": single_view,
     }
+
+
+def evaluate_test(result: TrainResult, split: Split) -> dict:
+    """The test split's metrics: its one prediction of the run, after every choice is made."""
+    from ml.infer import predict
+    from ml.metrics import classification_metrics
+
+    predictions = predict(result.checkpoint, split.test_set.x)
+    return classification_metrics(split.test_set.y.numpy(), predictions.labels, split.train_set.class_names)
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -265,12 +278,18 @@ def ssl(
             "by a fixed seed, the rest to the train split",
         ),
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="torch.set_num_threads (default: torch's own)")
+    ] = None,
 ) -> dict:
-    """Train METHOD with N labels per class from the train split; evaluate on the test split."""
+    """Train METHOD with N labels per class from the train split less the validation split;
+    report validation metrics, and evaluate once on the test split."""
     import torch
 
     from ml.device import device_name, pick_device
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     per_class = None if labels_per_class.strip().lower() == "all" else int(labels_per_class)
     config = bench_config(profile, method, seed, per_class, overrides)
@@ -279,8 +298,8 @@ def ssl(
     load_seconds = time.perf_counter() - started
     result = train_with_progress(config, split, f"{method} @{labels_per_class}", started)
     train_seconds = time.perf_counter() - started - load_seconds
-    evaluation = evaluate(result, config, split)
-    metrics = evaluation["metrics"]
+    validation = validation_metrics(result, config, split)
+    metrics = evaluate_test(result, split)
     pseudo = None
     if result.pseudo_labels is not None:
         truth = split.train_set.y[split.unlabelled].numpy()
@@ -298,11 +317,12 @@ def ssl(
         "labels_per_class": per_class if per_class is not None else "all",
         "n_labelled": int(len(split.labelled)),
         "n_unlabelled": int(len(split.unlabelled)),
+        "n_validation": int(len(split.validation.y)),
         "n_test": int(len(split.test_set.y)),
         "test": str(test_dir) if test_dir is not None else "manifest test split",
+        **validation,
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
-        "single_view_accuracy": evaluation["single_view_accuracy"],
         "per_class": metrics["per_class"],
         "confusion": metrics["confusion"],
         "class_names": split.train_set.class_names,
@@ -311,10 +331,9 @@ def ssl(
         "train_seconds": train_seconds,
         "load_seconds": load_seconds,
         "images_per_second": result.images_per_second,
-        "monitor_accuracy": (result.metrics or {}).get("accuracy"),
         "ood": (result.metrics or {}).get("ood"),
-        "student_monitor_accuracy": evaluation["student_monitor_accuracy"],
         "device": device_name(device),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "config": asdict(config),
         "history": result.history,
@@ -327,8 +346,10 @@ def ssl(
 
 def _summarise(out: dict, label: str, metrics: dict) -> None:
     print_table5([(label, metrics)])
-    summary = (
-        f"accuracy {100 * out['accuracy']:.2f} %  macro-F1 {out['macro_f1']:.4f}  wall {out['wall_seconds']:.0f} s"
+    val = out["val_accuracy"]
+    summary = f"val accuracy {100 * val:.2f} %  val macro-F1 {out['val_macro_f1']:.4f}  " if val is not None else ""
+    summary += (
+        f"test accuracy {100 * out['accuracy']:.2f} %  macro-F1 {out['macro_f1']:.4f}  wall {out['wall_seconds']:.0f} s"
     )
     pseudo = out["pseudo_labels"]
     if pseudo:

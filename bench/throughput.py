@@ -3,8 +3,9 @@
 The reference is the textbook pipeline: ``ImageFolder`` + ``DataLoader`` + per-image PIL
 transforms (resize, random translation, flips), an NCHW model in float32. leukolab decodes
 the images once into a uint8 tensor (timed separately, as ``decode_seconds``), augments whole
-batches on tensors and runs the model channels_last, under bf16 autocast on CUDA. On a CPU with
-native bf16 it also times the loop with ``cpu_bf16`` (faster, but off by default: see ml.config).
+batches on tensors and runs the model channels_last, under bf16 autocast on CUDA, and on a CPU
+with native bf16 where the profile sets ``cpu_bf16`` (the cpu profile does). The loop is timed
+both in float32 and, where the CPU has native bf16, in bf16; ``train`` is the profile's own.
 ``leukolab bench throughput`` (bench.cli) runs it.
 """
 
@@ -90,11 +91,13 @@ def measure(
         loss.backward()
         opt.step()
 
-    # as configured (float32 on the CPU by default), and with bf16 where this CPU has it
-    our_train = batch * steps / _sync(_timed, lambda: our_step(config.cpu_bf16), steps, device)
+    # float32, and bf16 where this CPU has it natively; the profile's setting picks ``train``
+    our_train_fp32 = batch * steps / _sync(_timed, lambda: our_step(False), steps, device)
     our_train_bf16 = None
-    if device.type == "cpu" and cpu_has_bf16() and not config.cpu_bf16:
+    if device.type == "cpu" and cpu_has_bf16():
         our_train_bf16 = batch * steps / _sync(_timed, lambda: our_step(True), steps, device)
+    configured_bf16 = device.type == "cuda" or (config.cpu_bf16 and our_train_bf16 is not None)
+    our_train = our_train_bf16 if configured_bf16 and our_train_bf16 is not None else our_train_fp32
     n_infer = min(len(x_all), 2048)
     infer_start = time.perf_counter()
     predict(ours, x_all[:n_infer], batch_size=256)
@@ -149,6 +152,8 @@ def measure(
         "train": {"leukolab": our_train, "reference": ref_train},
         "inference": {"leukolab": our_infer, "reference": ref_infer},
         "train_speedup": our_train / ref_train,
+        "train_precision": "bf16" if configured_bf16 else "float32",
+        "train_fp32": {"leukolab": our_train_fp32, "speedup": our_train_fp32 / ref_train},
         "train_bf16": None
         if our_train_bf16 is None
         else {"leukolab": our_train_bf16, "speedup": our_train_bf16 / ref_train, "cpu_bf16": True},

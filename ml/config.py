@@ -110,7 +110,9 @@ class TrainConfig:
     tta: bool = False
     seed: int = 0
     # bf16 autocast for training on CPUs with native bf16 (it is always on with CUDA). Off by
-    # default: 1.5-1.8x faster here, but supervised @20 seed 1 fell from 95.4 to 92.5 %.
+    # default: 1.5-1.8x faster here, but supervised @20 seed 1 fell from 95.4 to 92.5 % (test).
+    # scripts/speed_check measures it seed-paired on the validation split ("Training speed" in
+    # docs/results.md); turn it on in the cpu profile when validation accuracy holds.
     cpu_bf16: bool = False
     eval_every: int = 1  # epochs between validation passes, when validation data is given
     # "Unlike any known class" (ml.ood): the method ("auto": chosen on the validation cells by
@@ -126,6 +128,10 @@ class TrainConfig:
     # Fit the OOD score after training (a pass over every training cell). A reference model skips it: its
     # threshold, from its own lab's cells, is not used in another lab (cli/reference.py).
     fit_ood: bool = True
+    # The OOD reference of the trained model: its true labels and up to this many cells in all,
+    # the rest drawn from the accepted pseudo-labels (None: all of them). Class means and one
+    # covariance need far fewer than the ~6,500 cells of a cpu run, each predicted 8 times (TTA).
+    ood_reference_cells: int | None = 2000
     extra: dict = field(default_factory=dict)
 
     @property

@@ -18,6 +18,7 @@ SPLITS_DIR = Path(__file__).resolve().parent / "split_files"
 VALIDATION_PER_CLASS = 50
 VALIDATION_SEED = 20261201
 VALIDATION = "validation"
+MAX_VALIDATION_SHARE = 4  # a class gives at most 1/4 of its train rows
 
 
 class ValidationSplitError(ValueError):
@@ -31,14 +32,14 @@ def validation_file(root: str | Path) -> Path:
 def carve_validation(
     rows: list[dict], per_class: int = VALIDATION_PER_CLASS, seed: int = VALIDATION_SEED
 ) -> list[dict]:
-    """``per_class`` train rows of each label (at most a fifth of the label's rows, so a small data set
-    keeps most of its cells for training), drawn by ``seed`` from the rows sorted by file name."""
+    """``per_class`` train rows of each label, drawn by ``seed`` from the rows sorted by file name;
+    at most a quarter of a class's train rows, so a small data set keeps most of them to train on."""
     rng = np.random.default_rng(seed)
     train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["file"])
     chosen: list[dict] = []
     for label in sorted({r["label"] for r in train}):
         members = [r for r in train if r["label"] == label]
-        picks = rng.choice(len(members), size=min(per_class, len(members) // 5), replace=False)
+        picks = rng.choice(len(members), size=min(per_class, len(members) // MAX_VALIDATION_SHARE), replace=False)
         chosen.extend(members[i] for i in sorted(picks))
     return chosen
 

@@ -571,7 +571,8 @@ def train(
     run.student.eval()
     ood = None
     if config.fit_ood:
-        ood = fit_ood_for(run.algorithm.eval_model, config, run.pool_x, run.pool_y, validation, len(class_names))
+        ref_x, ref_y = ood_reference(run.pool_x, run.pool_y, len(labelled_y), config.seed, config.ood_reference_cells)
+        ood = fit_ood_for(run.algorithm.eval_model, config, ref_x, ref_y, validation, len(class_names))
     if ood is not None:
         metrics = dict(metrics or {})
         metrics["ood"] = ood.summary()
@@ -640,6 +641,19 @@ def pseudo_label(
         min_class_fraction=config.pseudo_min_class_fraction,
         unlike=unlike,
     )
+
+
+def ood_reference(
+    pool_x: torch.Tensor, pool_y: torch.Tensor, n_true: int, seed: int, cap: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n_true`` cells of the pool (the true labels) and, up to ``cap`` cells in all
+    (None: no cap), a seeded random draw of the rest (the accepted pseudo-labels)."""
+    if cap is None or len(pool_x) <= max(cap, n_true):
+        return pool_x, pool_y
+    extra = torch.randperm(len(pool_x) - n_true, generator=torch.Generator().manual_seed(seed))
+    keep = torch.cat([torch.arange(n_true), n_true + extra[: max(0, cap - n_true)].sort().values])
+    keep = keep.to(pool_x.device)
+    return pool_x[keep], pool_y[keep]
 
 
 def fit_ood_for(

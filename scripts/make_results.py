@@ -6,6 +6,9 @@ Each JSON is the output of ``leukolab bench ssl ... --json``; runs are grouped b
 (method, labels per class, profile, set-up) and reported as mean ± sd over seeds. The set-up
 is what a run's resolved config changed from the profile's current config for its method
 (empty: the current profile), so runs of an earlier profile stay apart and say how they differ.
+Runs made before the validation split (their JSON has no ``val_accuracy``) had their settings
+chosen on the test split; their set-up says so (``BEFORE_VALIDATION``).
+Runs under the validation rule are kept in ``docs/results/val/`` beside the older ones.
 """
 
 from __future__ import annotations
@@ -53,10 +56,15 @@ TEMPLATE = Path(__file__).resolve().parent / "results.md.j2"
 
 
 ACCURACY_HEADER = (
-    "| method | labels/class | profile | seeds | accuracy % | single view % | macro-F1 % | wall s "
+    "| method | labels/class | profile | seeds | accuracy % | val % | single view % | macro-F1 % | wall s "
     "| pseudo-labels kept | pseudo-label accuracy % | paper % |"
 )
-ACCURACY_RULE = "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"
+ACCURACY_RULE = "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+# The set-up of runs whose JSON has no val_accuracy: their settings were chosen on test accuracy
+BEFORE_VALIDATION = "chosen on test, before the validation split"
+# docs/results/variants/<...>: the two halves of the seed-paired speed check (scripts/speed_check)
+FP32_VARIANT = "fp32-val"
+BF16_VARIANT = "bf16-val"
 # Config fields that a benchmark sets per run, or that do not change what is trained
 _PER_RUN_FIELDS = {"method", "profile", "seed", "entropy_threshold", "eval_every", "extra"}
 
@@ -108,6 +116,13 @@ def setup_of(run: dict) -> str:
     return ", ".join(changed)
 
 
+def group_setup(run: dict) -> str:
+    """``setup_of``, led by ``BEFORE_VALIDATION`` for a run made before the validation split."""
+    parts = [] if "val_accuracy" in run else [BEFORE_VALIDATION]
+    changed = setup_of(run)
+    return "; ".join(parts + ([changed] if changed else []))
+
+
 def load_runs(folder: Path) -> dict:
     """Runs grouped by (method, labels per class, profile, set-up)."""
     groups: dict = defaultdict(list)
@@ -115,7 +130,7 @@ def load_runs(folder: Path) -> dict:
         run = json.loads(path.read_text())
         if "accuracy" not in run or "method" not in run:
             continue
-        groups[(run["method"], run["labels_per_class"], run["profile"], setup_of(run))].append(run)
+        groups[(run["method"], run["labels_per_class"], run["profile"], group_setup(run))].append(run)
     return groups
 
 
@@ -164,7 +179,7 @@ def plot(groups: dict, out: Path) -> None:
                 color=colours[index % len(colours)],
                 linestyle="-" if current else ":",
                 markerfacecolor=None if current else "white",
-                label=f"leukolab {method}" + ("" if current else ", earlier profile"),
+                label=f"leukolab {method}" + ("" if current else ", earlier set-up"),
             )
     for index, (method, table) in enumerate(PAPER_TABLE4.items(), start=len(methods)):
         ax.plot(
@@ -203,7 +218,8 @@ def accuracy_rows(groups: dict) -> list[str]:
         runs = groups[key]
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         acc = _mean_sd([100 * r["accuracy"] for r in runs])
-        single = _mean_sd([100 * r["single_view_accuracy"] for r in runs if r.get("single_view_accuracy") is not None])
+        val = _mean_sd([100 * r["val_accuracy"] for r in runs if r.get("val_accuracy") is not None])
+        single = _mean_sd([100 * v for r in runs if (v := _single_view(r)) is not None])
         f1 = _mean_sd([100 * r["macro_f1"] for r in runs])
         wall = _mean_sd([r["wall_seconds"] for r in runs])
         pls = [r["pseudo_labels"] for r in runs if r.get("pseudo_labels")]
@@ -215,9 +231,17 @@ def accuracy_rows(groups: dict) -> list[str]:
         paper_s = f"{paper:.1f}" if paper is not None else "–"
         label = _profile_label(profile, setup)
         rows.append(
-            f"| {method} | {n} | {label} | {seeds} | {acc} | {single} | {f1} | {wall} | {kept} | {pacc} | {paper_s} |"
+            f"| {method} | {n} | {label} | {seeds} | {acc} | {val} | {single} | {f1} | {wall} | {kept} | {pacc} "
+            f"| {paper_s} |"
         )
     return rows
+
+
+def _single_view(run: dict) -> float | None:
+    """Single-view accuracy: on the validation split, or on the test split before there was one."""
+    if "val_accuracy" in run:
+        return run.get("val_single_view_accuracy")
+    return run.get("single_view_accuracy")
 
 
 def _cpu_of(run: dict) -> str:
@@ -297,7 +321,7 @@ def per_class_lines(chosen: dict) -> list[str]:
     for method, n, profile in _by_profile_method_labels(chosen):
         runs = [r for r in chosen[(method, n, profile)] if r["seed"] == 0] or chosen[(method, n, profile)][:1]
         r = runs[0]
-        label = _profile_label(profile, setup_of(r))
+        label = _profile_label(profile, group_setup(r))
         title = f"**{method}, {n} labels/class, {label}, seed {r['seed']}** (accuracy {100 * r['accuracy']:.1f} %)"
         lines += [title, "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         for name in r["per_class"]:
@@ -318,6 +342,7 @@ def _tag(chosen: dict, method: str, n, profile: str = "cpu") -> str:
     seeds = sorted(r["seed"] for r in runs)
     word = "seed" if len(seeds) == 1 else "seeds"
     parts = [f"{word} {','.join(map(str, seeds))}"] if seeds != [0, 1, 2] else []
+    parts += ["chosen on test"] if any("val_accuracy" not in r for r in runs) else []
     parts += ["earlier profile"] if any(setup_of(r) for r in runs) else []
     return f" [{'; '.join(parts)}]" if parts else ""
 
@@ -385,6 +410,38 @@ def ablation_lines(results: Path) -> list[str]:
     return lines
 
 
+def _runs_by_seed(folder: Path) -> dict:
+    runs = {}
+    for path in sorted(folder.glob("*.json")):
+        run = json.loads(path.read_text())
+        if "accuracy" in run and "method" in run:
+            runs[(run["method"], run["labels_per_class"], run["seed"])] = run
+    return runs
+
+
+def speed_lines(results: Path) -> list[str]:
+    """Seed-paired runs (scripts/speed_check): bf16 with the capped OOD reference against the same
+    seed in float32 with the uncapped one: validation and test accuracy, minutes."""
+    fast = _runs_by_seed(results / "variants" / BF16_VARIANT)
+    slow = _runs_by_seed(results / "variants" / FP32_VARIANT)
+    pairs = sorted(set(fast) & set(slow), key=lambda k: (k[0], _key_labels(k[1]), k[2]))
+    if not pairs:
+        return []
+    lines = [
+        "| method | labels/class | seed | val % float32 | val % bf16 | test % float32 | test % bf16 "
+        "| minutes float32 | minutes bf16 | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in pairs:
+        a, b = slow[key], fast[key]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {_percent(a.get('val_accuracy'))} | {_percent(b.get('val_accuracy'))} "
+            f"| {_percent(a['accuracy'])} | {_percent(b['accuracy'])} | {a['wall_seconds'] / 60:.1f} "
+            f"| {b['wall_seconds'] / 60:.1f} | {a['wall_seconds'] / b['wall_seconds']:.2f}× |"
+        )
+    return lines
+
+
 def missing_lines(groups: dict) -> list[str]:
     """The required rows that lack seeds 0-2 of the current profile."""
     missing = []
@@ -420,6 +477,10 @@ def render(
         accuracy_header=ACCURACY_HEADER,
         accuracy_rule=ACCURACY_RULE,
         accuracy_rows=accuracy_rows(groups),
+        before_validation=BEFORE_VALIDATION,
+        speed_lines=speed_lines(results),
+        ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
+        profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
         run_time_rows=run_time_rows(groups),
         plot_name=plot_name,
         paper_entropy=PAPER_TABLE4_ENTROPY,
@@ -443,6 +504,9 @@ def main() -> None:
     # runs of earlier cpu profiles, kept beside the current profile's (bench_grid reruns only
     # what docs/results/*.json lacks)
     for key, runs in load_runs(args.results / "earlier").items():
+        groups.setdefault(key, []).extend(runs)
+    # runs under the validation rule (val_accuracy beside accuracy)
+    for key, runs in load_runs(args.results / "val").items():
         groups.setdefault(key, []).extend(runs)
     plot_path = args.results / "accuracy_vs_labels.png"
     plot(groups, plot_path)

@@ -25,3 +25,7 @@ def test_throughput_compares_both_loops_on_the_same_model(tmp_path):
     assert (out["train_bf16"] is not None) == cpu_has_bf16()
     if out["train_bf16"] is not None:
         assert out["train_bf16"]["speedup"] == pytest.approx(out["train_bf16"]["leukolab"] / out["train"]["reference"])
+    # the tiny profile trains in float32: its own figure is the float32 loop's
+    assert out["train_precision"] == "float32"
+    assert out["train"]["leukolab"] == out["train_fp32"]["leukolab"]
+    assert out["train_fp32"]["speedup"] == pytest.approx(out["train_speedup"])

@@ -25,16 +25,19 @@ def results_script():
     return module
 
 
-def _run(method: str, n, seed: int, accuracy: float, wall: float, device: str, **config) -> dict:
+def _run(
+    method: str, n, seed: int, accuracy: float, wall: float, device: str, *, before_validation: bool = False, **config
+) -> dict:
+    """A run's JSON as ``bench ssl`` writes it now (validation figures 2 points below test), or as it
+    wrote it before the validation split (no val_* keys; the single view scored on the test split)."""
     per_class = {c: {"precision": accuracy, "recall": accuracy, "f1": accuracy, "support": 200} for c in CLASSES}
-    return {
+    run = {
         "method": method,
         "labels_per_class": n,
         "profile": "cpu",
         "seed": seed,
         "accuracy": accuracy,
         "macro_f1": accuracy,
-        "single_view_accuracy": accuracy - 0.01,
         "wall_seconds": wall,
         "device": device,
         "per_class": per_class,
@@ -42,6 +45,11 @@ def _run(method: str, n, seed: int, accuracy: float, wall: float, device: str, *
         "pseudo_labels": None,
         "config": asdict(make_config("cpu", method, **config)),
     }
+    if before_validation:
+        run["single_view_accuracy"] = accuracy - 0.01
+    else:
+        run.update(val_accuracy=accuracy - 0.02, val_macro_f1=accuracy - 0.02, val_single_view_accuracy=accuracy - 0.03)
+    return run
 
 
 def _write(folder: Path, runs: list[dict]) -> None:
@@ -83,8 +91,8 @@ def test_page_reports_mean_sd_and_missing_seeds(results_script, tmp_path):
         ],
     )
     page = results_script.render(results_script.load_runs(tmp_path), "plot.png", tmp_path)
-    assert "| supervised | all | cpu | 0,1 | 98.0 ± 1.4 | 97.0 ± 1.4 |" in page
-    assert "| supervised | 20 | cpu (tta=False) | 0 | 90.0 |" in page
+    assert "| supervised | all | cpu | 0,1 | 98.0 ± 1.4 | 96.0 ± 1.4 | 95.0 ± 1.4 |" in page
+    assert "| supervised | 20 | cpu (tta=False) | 0 | 90.0 | 88.0 | 87.0 |" in page
     missing = page.split("## Missing runs", 1)[1]
     assert "supervised @ all: seeds 2 not run with the current profile" in missing
     # the earlier profile's run does not count for the current profile
@@ -107,6 +115,46 @@ def test_page_ends_with_the_throughput_run_when_there_is_one(results_script, tmp
         f"`leukolab bench throughput` on {FAST}: training 332 img/s (reference 226 img/s, 1.5×), inference "
         "648 img/s (reference 357 img/s). The reference is torchvision ImageFolder + DataLoader + per-image "
         "PIL transforms, same model, same process.\n"
-        "\nWith bf16 training on this CPU (`cpu_bf16`, off by default): 580 img/s, 2.6× the reference.\n"
+        "\nWith bf16 training on this CPU (`cpu_bf16`, off by default when this was measured): 580 img/s, 2.6× "
+        "the reference.\n"
     )
     assert "- supervised @ all: target ≥ 99.0 %, got 99.0 % — met" in page
+
+
+def test_runs_before_the_validation_split_are_marked_and_kept_apart(results_script, tmp_path):
+    _write(
+        tmp_path,
+        [
+            _run("supervised", 20, 0, 0.95, 600, FAST, before_validation=True),
+            _run("supervised", 20, 1, 0.93, 600, FAST, before_validation=True, tta=False),
+            _run("supervised", 20, 0, 0.94, 500, FAST),
+        ],
+    )
+    groups = results_script.load_runs(tmp_path)
+    marker = results_script.BEFORE_VALIDATION
+    assert sorted(groups) == [
+        ("supervised", 20, "cpu", ""),
+        ("supervised", 20, "cpu", marker),
+        ("supervised", 20, "cpu", f"{marker}; tta=False"),
+    ]
+    page = results_script.render(groups, "plot.png", tmp_path)
+    # the old run: no val figure, its single view on the test split; the new run: both on validation
+    assert f"| supervised | 20 | cpu ({marker}) | 0 | 95.0 | – | 94.0 |" in page
+    assert "| supervised | 20 | cpu | 0 | 94.0 | 92.0 | 91.0 |" in page
+    # the per-class table stands on the run under the validation rule, not on those chosen on test
+    assert "**supervised, 20 labels/class, cpu, seed 0** (accuracy 94.0 %)" in page
+
+
+def test_speed_table_pairs_bf16_and_float32_runs_by_seed(results_script, tmp_path):
+    fast = _run("lp+mean-teacher", 20, 0, 0.95, 300, FAST, cpu_bf16=True, ood_reference_cells=2000)
+    slow = _run("lp+mean-teacher", 20, 0, 0.96, 600, FAST, cpu_bf16=False, ood_reference_cells=None)
+    unpaired = _run("lp+mean-teacher", 20, 1, 0.94, 310, FAST, cpu_bf16=True, ood_reference_cells=2000)
+    _write(tmp_path / "variants" / results_script.BF16_VARIANT, [fast, unpaired])
+    _write(tmp_path / "variants" / results_script.FP32_VARIANT, [slow])
+    assert results_script.speed_lines(tmp_path)[2:] == [
+        "| lp+mean-teacher | 20 | 0 | 94.0 | 93.0 | 96.0 | 95.0 | 10.0 | 5.0 | 2.00× |"
+    ]
+    # the float32 runs differ from the current profile, and say so where they are listed
+    groups = results_script.load_runs(tmp_path / "variants" / results_script.FP32_VARIANT)
+    assert list(groups) == [("lp+mean-teacher", 20, "cpu", "ood_reference_cells=None")]
+    assert "| lp+mean-teacher | 20 | 0 | 94.0 | 93.0 |" in results_script.render({}, "plot.png", tmp_path)

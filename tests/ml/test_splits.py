@@ -27,8 +27,8 @@ def test_validation_is_carved_from_train_and_left_out_of_it(dataset):
     assert not set(train.files) & set(validation.files)
     assert not set(validation.files) & set(test.files)
     assert set(train.files) | set(validation.files) == set(whole.files)
-    # a fifth of each class at most: 4 of 20
-    assert sorted(validation.y.bincount().tolist()) == [4, 4, 4]
+    # a quarter of each class at most: 5 of 20
+    assert sorted(validation.y.bincount().tolist()) == [5, 5, 5]
 
 
 def test_the_file_pins_the_split_and_is_checked_against_the_manifest(dataset):

@@ -29,14 +29,15 @@ def _ssl(data: Path, out: Path, *extra: str, method: str = "supervised") -> dict
 def test_extra_classes_are_split_by_a_fixed_seed_into_test_and_pool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = make_manifest_dataset(tmp_path / "pbc", train_per_class=6, test_per_class=2)
+    data = make_manifest_dataset(tmp_path / "cells", train_per_class=6, test_per_class=2)
     extra = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=4, test_per_class=2)
     monkeypatch.setattr(bench_ssl, "EXTRA_TEST_PER_CLASS", 2)
     report = _ssl(data, tmp_path / "run.json", "--extra-classes", str(extra), method="pseudo-single")
     assert report["class_names"] == ["basophil", "eosinophil", "ig", "lymphocyte", "platelet"]
     assert report["n_test"] == 3 * 2 + 2 * 2
     assert report["n_labelled"] == 5 * 3
-    assert report["n_labelled"] + report["n_unlabelled"] == 3 * 6 + 2 * (6 - 2)
+    # a quarter of each manifest class (1 of 6) is validation; the extra classes give 2 of 6 to test
+    assert report["n_labelled"] + report["n_unlabelled"] == 3 * (6 - 1) + 2 * (6 - 2)
     assert "ig" in report["per_class"] and "recall" in report["per_class"]["ig"]
 
 
@@ -53,7 +54,7 @@ def test_the_shared_extra_classes_split_is_fixed_and_disjoint() -> None:
 
 
 def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
-    data = make_manifest_dataset(tmp_path / "pbc", train_per_class=8, test_per_class=4)
+    data = make_manifest_dataset(tmp_path / "cells", train_per_class=8, test_per_class=4)
     other = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=0, test_per_class=5)
     checkpoint = tmp_path / "model.pt"
     report = _ssl(data, tmp_path / "run.json", "--checkpoint", str(checkpoint))
