@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.support.images import make_cell_image, make_imagefolder, write_image
+from tests.support.images import make_cell_image, make_imagefolder, make_manifest_dataset, write_image
 
 CLASSES = ("basophil", "eosinophil", "lymphocyte")
 TINY = ["--set", "epochs=1", "--set", "steps_per_epoch=3", "--set", "batch_size=12", "--set", "tta=false"]
@@ -18,17 +17,7 @@ TINY = ["--set", "epochs=1", "--set", "steps_per_epoch=3", "--set", "batch_size=
 
 def make_lab(root: Path, train_per_class: int = 20, test_per_class: int = 3) -> Path:
     """A MANIFEST data set (PBC's layout) of 32 px generated cells."""
-    rows = []
-    for c, name in enumerate(CLASSES):
-        for i in range(train_per_class + test_per_class):
-            file = f"{name}/{name}_{i:03d}.png"
-            write_image(root / file, make_cell_image(1000 * c + i, 32, c))
-            rows.append({"file": file, "label": name, "split": "train" if i < train_per_class else "test"})
-    with (root / "MANIFEST.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "label", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+    return make_manifest_dataset(root, CLASSES, train_per_class, test_per_class, size=32)
 
 
 @pytest.fixture(scope="module")

@@ -81,13 +81,14 @@ def make_manifest_dataset(
     classes: Sequence[str] = ("basophil", "eosinophil", "lymphocyte"),
     train_per_class: int = 16,
     test_per_class: int = 4,
+    size: int = 48,
 ) -> Path:
-    """An ImageFolder of 48 px cells with a PBC-style MANIFEST.csv (file, label, split)."""
+    """An ImageFolder of ``size`` px cells with a PBC-style MANIFEST.csv (file, label, split)."""
     rows = []
     for c, name in enumerate(classes):
         for i in range(train_per_class + test_per_class):
             file = f"{name}/{name}_{i:03d}.png"
-            write_image(root / file, make_cell_image(1000 * c + i, 48, c))
+            write_image(root / file, make_cell_image(1000 * c + i, size, c))
             rows.append({"file": file, "label": name, "split": "train" if i < train_per_class else "test"})
     with (root / "MANIFEST.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["file", "label", "split"])

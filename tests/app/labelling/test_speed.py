@@ -72,7 +72,7 @@ def test_hot_path_round_trips_on_postgres(pg_client: TestClient) -> None:
         assert len(statements) <= LABEL_STATEMENTS, statements
         if cell["reason"] == "low margin":  # the queued cell came first, with its suggestion and reason
             assert cell["cell_id"] == cells[2]
-            assert cell["suggestion"] == {"label": "neutrophil", "confidence": 0.9}
+            assert cell["suggestion"] == {"label": "neutrophil", "confidence": 0.9, "source": "local"}
             assert "neutrophil and " in cell["reason_text"]
     with session_scope() as session:
         stored = session.scalars(select(Label).where(Label.cell_id == cells[2])).one()
