@@ -290,7 +290,8 @@
     const entry = keys.get(event.key);
     if (!entry) return;
     event.preventDefault();
-    if (entry.action === "label") keyMark = performance.mark("leukolab:key");
+    // a label key with no cell on screen does nothing, so it must not restart the pending measure
+    if (entry.action === "label" && current) keyMark = performance.mark("leukolab:key");
     act(entry);
   });
   $("buttons").addEventListener("click", (event) => {
