@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from ml.train import Progress, TrainResult, train
 from ml.transfer import warm_start_overrides
 
 VAL_FRACTION = 0.2
+T = TypeVar("T")
 
 
 def stratified_split(y: Sequence[int], seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
@@ -43,13 +45,11 @@ def stratified_split(y: Sequence[int], seed: int, val_fraction: float = VAL_FRAC
 
 @dataclass
 class ActiveModel:
-    """The model a retrain may warm-start from: its version id and a loader of its checkpoint
-    (called only when the run warm-starts). ``reference``: the installed reference model of
-    another lab (issue 17), which the run fine-tunes at a lower learning rate."""
+    """A model a retrain may warm-start from: its version id and a loader of its checkpoint
+    (called only when the run warm-starts)."""
 
     id: int | None
     load: Callable[[], dict]
-    reference: bool = False
 
 
 @dataclass
@@ -84,16 +84,24 @@ def retrain_config(
     return make_config(profile, method, **values)
 
 
-def warm_start_checkpoint(config: TrainConfig, params: dict, active: ActiveModel | None) -> dict | None:
-    """The active model's checkpoint when the run warm-starts (``params['warm_start']``, default
-    on) and its network has this config's shape; across a class change the network is kept and
-    the head rebuilt (``ml.train._load_init``)."""
-    if active is None:
+def warm_start_source(params: dict, local: T | None, reference: T | None) -> T | None:
+    """What a run starts from: this lab's active model with ``params['warm_start']`` (default on),
+    else the installed reference model of another lab with ``params['warm_start_from_reference']``
+    (default on), else None (a fresh network)."""
+    if local is not None and params.get("warm_start", True):
+        return local
+    from_reference = params.get("warm_start_from_reference")
+    if reference is not None and (from_reference is None or from_reference):
+        return reference
+    return None
+
+
+def _same_network(config: TrainConfig, source: ActiveModel | None) -> dict | None:
+    """``source``'s checkpoint when its network has this config's shape; across a class change the
+    network is kept and the head rebuilt (``ml.train._load_init``)."""
+    if source is None:
         return None
-    # a reference was chosen by its own option (worker.training.warm_start_source)
-    if not active.reference and not params.get("warm_start", True):
-        return None
-    checkpoint = active.load()
+    checkpoint = source.load()
     model_config = model_config_of(checkpoint)
     same_shape = (
         model_config.image_size == config.image_size
@@ -101,6 +109,14 @@ def warm_start_checkpoint(config: TrainConfig, params: dict, active: ActiveModel
         and model_config.arch == config.arch
     )
     return checkpoint if same_shape else None
+
+
+def warm_start_checkpoint(
+    config: TrainConfig, params: dict, active: ActiveModel | None, reference: ActiveModel | None = None
+) -> dict | None:
+    """The checkpoint the run warm-starts from (``warm_start_source``), or None: no source, or a
+    network of another shape."""
+    return _same_network(config, warm_start_source(params, active, reference))
 
 
 def retrain(
@@ -114,6 +130,7 @@ def retrain(
     params: dict,
     seed: int,
     active: ActiveModel | None = None,
+    reference: ActiveModel | None = None,
     overrides: dict | None = None,
     on_start: Callable[[dict], None] | None = None,
     progress: Callable[[Progress], None] | None = None,
@@ -122,14 +139,17 @@ def retrain(
 ) -> Retrained:
     """Train on the labels ``y`` of the cells ``x_labelled`` (uint8, 64 px) and the unlabelled
     ``x_unlabelled`` as the worker does; ``seed`` fixes the validation split and the training.
+    ``active`` is this lab's model, ``reference`` the installed reference model (``warm_start_source``
+    picks one); a run from the reference fine-tunes it at a lower learning rate.
     ``overrides`` set config fields after the recipe's (benchmarks only); ``on_start`` gets the
     data summary just before training starts."""
     train_idx, val_idx = stratified_split(y, seed=seed)
     y_all = torch.tensor(np.asarray(y), dtype=torch.long)
     per_class_train = Counter(np.asarray(y)[train_idx].tolist())
     config = retrain_config(profile, method, params, per_class_train, seed, overrides)
-    init = warm_start_checkpoint(config, params, active)
-    from_reference = init is not None and active is not None and active.reference
+    source = warm_start_source(params, active, reference)
+    init = _same_network(config, source)
+    from_reference = init is not None and source is reference
     if from_reference:
         # a trained network: a lower peak learning rate, and no pre-training of the student
         config = replace(config, **warm_start_overrides(config))
@@ -139,7 +159,7 @@ def retrain(
         "n_unlabelled": int(len(x_unlabelled)),
         "per_class_train": {class_names[c]: int(n) for c, n in sorted(per_class_train.items())},
         "per_class_val": {class_names[c]: int(n) for c, n in sorted(Counter(np.asarray(y)[val_idx].tolist()).items())},
-        "warm_started_from": active.id if init is not None and active is not None else None,
+        "warm_started_from": source.id if init is not None else None,
         "warm_started_from_reference": from_reference,
         "entropy_threshold": config.entropy_threshold,
     }

@@ -145,20 +145,6 @@ def run_retrain(run_id: int) -> str:
     return RunStatus.SUCCEEDED
 
 
-def warm_start_source(
-    params: dict, local: tuple[int, str] | None, reference: tuple[int, str] | None
-) -> tuple[int, str] | None:
-    """(model id, artefact path) a run starts from: this lab's active model with ``warm_start``
-    (default on), else the installed reference with ``warm_start_from_reference`` (default: on
-    when one is installed), else None (a fresh network)."""
-    if local is not None and params.get("warm_start", True):
-        return local
-    from_reference = params.get("warm_start_from_reference")
-    if reference is not None and (from_reference is None or from_reference):
-        return reference
-    return None
-
-
 def snapshot_labels(*, session: Session) -> tuple[list[int], list[int], list[str]]:
     """(cell ids, class indices, class names): the standing expert labels, ``unsure`` left out.
     The model learns the classes, in display order, that have at least one label."""
@@ -191,15 +177,12 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         reference_info = (reference.id, reference.artefact_path) if reference is not None else None
         active_is_local = active is not None and active.origin == ModelOrigin.LOCAL
 
-    source = warm_start_source(params, active_info[:2] if active_is_local else None, reference_info)
-    warm_source = None
-    if source is not None:
-        source_id, artefact_path = source
-        warm_source = ActiveModel(
-            id=source_id,
-            load=lambda: load_checkpoint(artefact_path),
-            reference=reference_info is not None and source_id == reference_info[0],
-        )
+    local = None
+    if active_is_local:
+        local = ActiveModel(id=active_info[0], load=lambda path=active_info[1]: load_checkpoint(path))
+    reference_model = None
+    if reference_info is not None:
+        reference_model = ActiveModel(id=reference_info[0], load=lambda path=reference_info[1]: load_checkpoint(path))
     retrained = retrain(
         x_all,
         y,
@@ -209,7 +192,8 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
         profile=profile,
         params=params,
         seed=run_id,
-        active=warm_source,
+        active=local,
+        reference=reference_model,
         on_start=lambda data: reporter.note(
             "training",
             **{

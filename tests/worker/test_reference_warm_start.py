@@ -15,10 +15,11 @@ from app.training import service
 from cli.main import app as cli
 from ml.checkpoint import load_checkpoint
 from ml.config import make_config
+from ml.retrain import warm_start_source
 from tests.app.training.test_reference import write_reference
 from tests.support.database import use_database
 from tests.worker.conftest import CLASSES, insert_cells
-from worker.training import run_retrain, warm_start_source
+from worker.training import run_retrain
 
 
 def test_warm_start_source_prefers_the_labs_model_then_the_reference() -> None:
