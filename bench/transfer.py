@@ -25,17 +25,6 @@ from bench.ssl import write_json
 FINETUNE_METHODS = ("supervised", "mean-teacher", "fixmatch")
 
 
-def draw_split(y: np.ndarray, per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(labelled, rest) indices: ``per_class`` cells of each class drawn by ``rng`` (all of a
-    class that has no more), the rest in order."""
-    labelled = []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)
-        labelled.extend(rng.choice(members, size=min(per_class, len(members)), replace=False).tolist())
-    labelled_idx = np.sort(np.asarray(labelled, dtype=np.int64))
-    return labelled_idx, np.setdiff1d(np.arange(len(y)), labelled_idx)
-
-
 def split_metrics(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
     """``ml.metrics.classification_metrics``, with macro-F1 over the classes that have test cells
     (a class whose every cell was labelled has none to be scored on)."""
@@ -89,7 +78,7 @@ def run_transfer(
 
     from ml.adapt import adapt_batchnorm
     from ml.checkpoint import load_checkpoint, load_model
-    from ml.data import load_image_folder, resize
+    from ml.data import load_image_folder, resize, split_labelled
     from ml.device import device_name, pick_device
     from ml.infer import predict
     from ml.transfer import finetune, finetune_config
@@ -111,7 +100,7 @@ def run_transfer(
     n_splits = splits if (labels_per_class > 0 or adapt_bn) else 1  # the reference alone is deterministic
     for split in range(n_splits):
         if labels_per_class > 0:
-            labelled, rest = draw_split(y, labels_per_class, np.random.default_rng(seed + split))
+            labelled, rest = split_labelled(y, labels_per_class, seed + split)
         else:
             labelled, rest = np.empty(0, np.int64), np.arange(len(y))
         t0 = time.perf_counter()
