@@ -65,6 +65,10 @@ class TrainConfig:
     # from the pseudo-labels), or None to sample labels and pseudo-labels as one pool.
     true_label_share: float | None = None
     steps_per_epoch: int | None = None
+    # Later rounds draw the unlabelled half-batch class-balanced by the previous round's predicted
+    # class (issue 15's lever: basophils, lymphocytes and monocytes hold almost all errors and
+    # are a third of the pool); False: uniformly over the pool, as the paper.
+    balance_unlabelled: bool = False
     rounds: int | None = None  # None: the method's default (METHOD_SPECS)
     batch_size: int = 40
     labelled_per_batch: int = 20

@@ -26,11 +26,11 @@ class BalancedLabelledSampler:
         return torch.tensor(list(sampler), dtype=torch.long)
 
 
-class UnlabelledSampler:
-    """Draws unlabelled indices without replacement, reshuffling after each full pass."""
+class _Cycle:
+    """Indices drawn without replacement, reshuffled after each full pass."""
 
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n = n
+    def __init__(self, indices: torch.Tensor, generator: torch.Generator):
+        self.indices = indices
         self.generator = generator
         self._order = torch.empty(0, dtype=torch.long)
         self._pos = 0
@@ -39,13 +39,40 @@ class UnlabelledSampler:
         out = []
         while k > 0:
             if self._pos >= len(self._order):
-                self._order = torch.randperm(self.n, generator=self.generator)
+                self._order = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
                 self._pos = 0
             take = min(k, len(self._order) - self._pos)
             out.append(self._order[self._pos : self._pos + take])
             self._pos += take
             k -= take
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+class UnlabelledSampler:
+    """Draws unlabelled indices without replacement, reshuffling after each full pass.
+
+    With ``groups`` (a class per cell, e.g. the last round's predictions), each draw first picks
+    a group uniformly at random, so cells of a rare predicted class reach the consistency loss as
+    often as those of a common one; each group's cells still cycle without replacement."""
+
+    def __init__(self, n: int, generator: torch.Generator, groups: torch.Tensor | None = None):
+        self.generator = generator
+        if groups is None:
+            self._cycles = [_Cycle(torch.arange(n), generator)]
+        else:
+            groups = groups.long().cpu()
+            self._cycles = [_Cycle(torch.nonzero(groups == g).flatten(), generator) for g in groups.unique()]
+
+    def draw(self, k: int) -> torch.Tensor:
+        if len(self._cycles) == 1:
+            return self._cycles[0].draw(k)
+        which = torch.randint(len(self._cycles), (k,), generator=self.generator)
+        out = torch.empty(k, dtype=torch.long)
+        for g, cycle in enumerate(self._cycles):
+            slots = torch.nonzero(which == g).flatten()
+            if len(slots):
+                out[slots] = cycle.draw(len(slots))
+        return out
 
 
 class PoolSampler:

@@ -406,7 +406,10 @@ class _Run:
         n_unl = config.batch_size - config.labelled_per_batch if use_unlabelled else 0
         yl = self.yl_all
         labelled_sampler = PoolSampler(yl, self.pool_y[len(yl) :], config.true_label_share, self.generator)
-        unlabelled_sampler = UnlabelledSampler(len(self.xu_all), self.generator)
+        groups = None
+        if config.balance_unlabelled and self.pseudo is not None:
+            groups = torch.from_numpy(self.pseudo.label)
+        unlabelled_sampler = UnlabelledSampler(len(self.xu_all), self.generator, groups)
         optimizer = torch.optim.SGD(
             self.student.parameters(),
             lr=stage.lr,

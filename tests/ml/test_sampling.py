@@ -26,6 +26,23 @@ def test_unlabelled_sampler_without_replacement():
     assert len(second) == 30 and len(set(second.tolist())) == 30
 
 
+def test_unlabelled_sampler_balances_groups_and_cycles_each_without_replacement():
+    groups = torch.tensor([0] * 800 + [1] * 150 + [2] * 50)  # e.g. the last round's predictions
+    sampler = UnlabelledSampler(len(groups), torch.Generator().manual_seed(0), groups)
+    drawn = sampler.draw(3000)
+    share = torch.bincount(groups[drawn], minlength=3).double() / len(drawn)
+    assert torch.allclose(share, torch.full((3,), 1 / 3, dtype=torch.double), atol=0.03)
+    rare = drawn[groups[drawn] == 2][:50]  # the rare group's first full pass: each cell once
+    assert sorted(rare.tolist()) == list(range(950, 1000))
+
+
+def test_unlabelled_sampler_without_groups_draws_as_before():
+    """One group (or none) keeps the uniform pass, draw for draw, so runs stay reproducible."""
+    plain = UnlabelledSampler(100, torch.Generator().manual_seed(3))
+    reference = torch.randperm(100, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat([plain.draw(30), plain.draw(70)]), reference)
+
+
 def test_pool_sampler_keeps_a_share_of_true_labels_in_every_batch():
     from ml.sampling import PoolSampler
 

@@ -130,3 +130,23 @@ def test_round_reinit_trains_later_rounds_from_scratch(data, class_names, monkey
     assert result.metrics["accuracy"] > 0.6
     # training under bf16 autocast (where the CPU has it) leaves the weights in float32
     assert all(v.dtype == torch.float32 for v in result.checkpoint["student"].values() if v.is_floating_point())
+
+
+def test_balance_unlabelled_draws_later_rounds_by_the_last_predictions(data, class_names, monkeypatch):
+    import ml.train
+
+    given = []
+    real_sampler = ml.train.UnlabelledSampler
+
+    def recording_sampler(n, generator, groups=None):
+        given.append(groups)
+        return real_sampler(n, generator, groups)
+
+    monkeypatch.setattr(ml.train, "UnlabelledSampler", recording_sampler)
+    config = make_config("tiny", "lp+mean-teacher", balance_unlabelled=True, **SHORT_SEMI_SUPERVISED)
+    result = _fit(config, data, class_names)
+    xu = data[2]
+    assert given[0] is None  # round 1: no predictions yet
+    assert given[-1] is not None and len(given[-1]) == len(xu)  # round 2: one predicted class per cell
+    assert torch.equal(given[-1], torch.from_numpy(result.pseudo_labels.label))
+    assert result.metrics["accuracy"] > 0.6
