@@ -62,9 +62,9 @@ ACCURACY_HEADER = (
 ACCURACY_RULE = "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 # The set-up of runs whose JSON has no val_accuracy: their settings were chosen on test accuracy
 BEFORE_VALIDATION = "chosen on test, before the validation split"
-# docs/results/variants/<...>: the two halves of the seed-paired speed check (scripts/speed_check)
+# The seed-paired speed check (scripts/speed_check): the profile before issue 15 (float32, eight-view
+# predictions) in docs/results/variants/<FP32_VARIANT>, the current profile's runs in docs/results/val/
 FP32_VARIANT = "fp32-val"
-BF16_VARIANT = "bf16-val"
 # Config fields that a benchmark sets per run, or that do not change what is trained
 _PER_RUN_FIELDS = {"method", "profile", "seed", "entropy_threshold", "eval_every", "extra"}
 
@@ -420,16 +420,17 @@ def _runs_by_seed(folder: Path) -> dict:
 
 
 def speed_lines(results: Path) -> list[str]:
-    """Seed-paired runs (scripts/speed_check): bf16 with the capped OOD reference against the same
-    seed in float32 with the uncapped one: validation and test accuracy, minutes."""
-    fast = _runs_by_seed(results / "variants" / BF16_VARIANT)
+    """Seed-paired runs (scripts/speed_check): the current profile (docs/results/val/) against the
+    same seed as the profile was before (float32, eight-view predictions): validation and test
+    accuracy, minutes."""
+    fast = _runs_by_seed(results / "val")
     slow = _runs_by_seed(results / "variants" / FP32_VARIANT)
     pairs = sorted(set(fast) & set(slow), key=lambda k: (k[0], _key_labels(k[1]), k[2]))
     if not pairs:
         return []
     lines = [
-        "| method | labels/class | seed | val % float32 | val % bf16 | test % float32 | test % bf16 "
-        "| minutes float32 | minutes bf16 | speed-up |",
+        "| method | labels/class | seed | val % before | val % now | test % before | test % now "
+        "| minutes before | minutes now | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in pairs:
@@ -440,6 +441,49 @@ def speed_lines(results: Path) -> list[str]:
             f"| {b['wall_seconds'] / 60:.1f} | {a['wall_seconds'] / b['wall_seconds']:.2f}× |"
         )
     return lines
+
+
+def _paired_rows(runs: dict, base: dict, change) -> list[str]:
+    """One row per run of ``runs`` that has a same-seed run in ``base``; ``change(run)`` names it."""
+    rows = []
+    for key in sorted(set(runs) & set(base), key=lambda k: (k[0], _key_labels(k[1]), k[2])):
+        a, b = base[key], runs[key]
+        rows.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {change(b)} | {_percent(a.get('val_accuracy'))} "
+            f"| {_percent(b.get('val_accuracy'))} | {_percent(a['accuracy'])} | {_percent(b['accuracy'])} |"
+        )
+    return rows
+
+
+PAIRED_HEADER = [
+    "| method | labels/class | seed | change | val % profile | val % changed | test % profile | test % changed |",
+    "|---|---:|---:|---|---:|---:|---:|---:|",
+]
+
+
+def lever_lines(results: Path) -> list[str]:
+    """Runs of the current profile with one setting changed (``results/ablations-val``), each
+    against the same seed of the profile (``results/val``); the choice is made on the val columns."""
+    runs = _runs_by_seed(results / "ablations-val")
+    base = _runs_by_seed(results / "val")
+
+    def change(run: dict) -> str:
+        return setup_of(run) or "none"
+
+    rows = _paired_rows(runs, base, change)
+    return PAIRED_HEADER + rows if rows else []
+
+
+def thread_lines(results: Path) -> list[str]:
+    """The same command and seed with another ``--threads`` (``results/val-threads``) against ``results/val``."""
+    runs = _runs_by_seed(results / "val-threads")
+    base = _runs_by_seed(results / "val")
+
+    def change(run: dict) -> str:
+        return f"{run['threads']} thread(s), not {base[(run['method'], run['labels_per_class'], run['seed'])]['threads']}"
+
+    rows = _paired_rows(runs, base, change)
+    return PAIRED_HEADER + rows if rows else []
 
 
 def missing_lines(groups: dict) -> list[str]:
@@ -479,8 +523,11 @@ def render(
         accuracy_rows=accuracy_rows(groups),
         before_validation=BEFORE_VALIDATION,
         speed_lines=speed_lines(results),
+        lever_lines=lever_lines(results),
+        thread_lines=thread_lines(results),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
+        profile_tta=make_config("cpu", "lp+mean-teacher").tta,
         run_time_rows=run_time_rows(groups),
         plot_name=plot_name,
         paper_entropy=PAPER_TABLE4_ENTROPY,

@@ -145,16 +145,36 @@ def test_runs_before_the_validation_split_are_marked_and_kept_apart(results_scri
     assert "**supervised, 20 labels/class, cpu, seed 0** (accuracy 94.0 %)" in page
 
 
-def test_speed_table_pairs_bf16_and_float32_runs_by_seed(results_script, tmp_path):
-    fast = _run("lp+mean-teacher", 20, 0, 0.95, 300, FAST, cpu_bf16=True, ood_reference_cells=2000)
-    slow = _run("lp+mean-teacher", 20, 0, 0.96, 600, FAST, cpu_bf16=False, ood_reference_cells=None)
-    unpaired = _run("lp+mean-teacher", 20, 1, 0.94, 310, FAST, cpu_bf16=True, ood_reference_cells=2000)
-    _write(tmp_path / "variants" / results_script.BF16_VARIANT, [fast, unpaired])
-    _write(tmp_path / "variants" / results_script.FP32_VARIANT, [slow])
+def test_speed_table_pairs_the_profile_with_its_float32_eight_view_past_by_seed(results_script, tmp_path):
+    now = _run("lp+mean-teacher", 20, 0, 0.95, 300, FAST)
+    before = _run("lp+mean-teacher", 20, 0, 0.96, 600, FAST, cpu_bf16=not now["config"]["cpu_bf16"], tta=True)
+    unpaired = _run("lp+mean-teacher", 20, 1, 0.94, 310, FAST)
+    _write(tmp_path / "val", [now, unpaired])
+    _write(tmp_path / "variants" / results_script.FP32_VARIANT, [before])
     assert results_script.speed_lines(tmp_path)[2:] == [
         "| lp+mean-teacher | 20 | 0 | 94.0 | 93.0 | 96.0 | 95.0 | 10.0 | 5.0 | 2.00× |"
     ]
     # the float32 runs differ from the current profile, and say so where they are listed
     groups = results_script.load_runs(tmp_path / "variants" / results_script.FP32_VARIANT)
-    assert list(groups) == [("lp+mean-teacher", 20, "cpu", "ood_reference_cells=None")]
+    [(_, _, _, setup)] = list(groups)
+    assert "cpu_bf16=" in setup
     assert "| lp+mean-teacher | 20 | 0 | 94.0 | 93.0 |" in results_script.render({}, "plot.png", tmp_path)
+
+
+def test_levers_and_thread_counts_are_paired_with_the_profile_by_seed(results_script, tmp_path):
+    _write(tmp_path / "val", [_run("lp+mean-teacher", 20, seed, 0.95, 300, FAST) for seed in (0, 1)])
+    lever = _run("lp+mean-teacher", 20, 1, 0.97, 320, FAST, balance_unlabelled=True)
+    orphan = _run("lp+mean-teacher", 20, 5, 0.99, 320, FAST, balance_unlabelled=True)  # no seed-5 profile run
+    _write(tmp_path / "ablations-val", [lever, orphan])
+    threads = dict(_run("lp+mean-teacher", 20, 0, 0.93, 500, FAST), threads=1)
+    _write(tmp_path / "val-threads", [threads])
+    for path in (tmp_path / "val").glob("*.json"):
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), threads=2)))
+    assert results_script.lever_lines(tmp_path)[2:] == [
+        "| lp+mean-teacher | 20 | 1 | balance_unlabelled=True | 93.0 | 95.0 | 95.0 | 97.0 |"
+    ]
+    assert results_script.thread_lines(tmp_path)[2:] == [
+        "| lp+mean-teacher | 20 | 0 | 1 thread(s), not 2 | 93.0 | 91.0 | 95.0 | 93.0 |"
+    ]
+    page = results_script.render({}, "plot.png", tmp_path)
+    assert "| balance_unlabelled=True | 93.0 | 95.0 |" in page and "- no lever run yet" not in page
