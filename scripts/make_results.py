@@ -480,7 +480,8 @@ def thread_lines(results: Path) -> list[str]:
     base = _runs_by_seed(results / "val")
 
     def change(run: dict) -> str:
-        return f"{run['threads']} thread(s), not {base[(run['method'], run['labels_per_class'], run['seed'])]['threads']}"
+        paired = base[(run["method"], run["labels_per_class"], run["seed"])]
+        return f"{run['threads']} thread(s), not {paired['threads']}"
 
     rows = _paired_rows(runs, base, change)
     return PAIRED_HEADER + rows if rows else []
