@@ -28,6 +28,7 @@ import typer
 from ml.active import DEFAULT_STRATEGY, STRATEGIES
 from ml.coldstart import COLD_STARTS, DEFAULT_FEATURES, FEATURES
 from ml.config import DEFAULT_METHOD, METHODS, PROFILES
+from ml.files import atomic_write_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -285,10 +286,7 @@ def _next_labels(
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 def load_runs(folder: Path, method: str | None = None, profile: str | None = None) -> list[dict]:

@@ -107,6 +107,7 @@ def install_command(
     from app.settings import get_settings
     from app.training import broker, service
     from ml.checkpoint import load_checkpoint
+    from ml.files import atomic_path, atomic_write_text
     from ml.reference import card_path
 
     if not path.is_file():
@@ -126,10 +127,9 @@ def install_command(
     folder = (Path(get_settings().artefact_dir) / "reference").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"reference-{digest}.pt"
-    tmp = folder / f".{target.name}.tmp"
-    shutil.copyfile(path, tmp)
-    tmp.replace(target)
-    card_path(target).write_text(json.dumps(card, indent=2) + "\n")
+    with atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
+    atomic_write_text(card_path(target), json.dumps(card, indent=2) + "\n")
     try:
         with session_scope() as session:
             version, promoted = service.install_reference(

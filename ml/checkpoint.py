@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, fields
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from ml.files import atomic_path
 from ml.model import ModelConfig, build_model
 
 FORMAT_VERSION = 1
@@ -44,21 +43,10 @@ def make_checkpoint(
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
-    """Write to a temporary file in the same directory, then ``os.replace``: readers see the
-    old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write atomically (``ml.files.atomic_path``): readers see the old file or the new one,
+    never half of one."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -96,10 +84,8 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike) -> None:
     example = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
     with torch.no_grad():
         traced = torch.jit.trace(model, example)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    traced.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike) -> None:
@@ -107,15 +93,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike) -> None:
     model = model.eval()
     size = model.config.image_size
     example = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.onnx.export(
-        model,
-        (example,),
-        str(tmp),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ml.checkpoint import export_onnx, export_torchscript, load_model, model_config_of
+from ml.files import atomic_write_text
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -116,7 +117,5 @@ def export_model(checkpoint: dict, network_path: str | os.PathLike, *, format: s
         (export_onnx if format == "onnx" else export_torchscript)(model, network_path)
     card = model_card(checkpoint, format=format, file_name=network_path.name, facts=facts)
     path = card_path(network_path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(card, indent=2, sort_keys=False) + "\n")
     return path

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,6 +18,7 @@ import torch
 
 from ml.config import TrainConfig
 from ml.data import ImageSet, load_image_folder, load_manifest_split
+from ml.files import atomic_write_text
 from ml.infer import predict
 from ml.metrics import classification_metrics
 
@@ -149,15 +149,10 @@ def build(
 
 
 def write_card(path: str | os.PathLike, card: dict) -> Path:
-    """Write ``card`` as JSON beside the checkpoint at ``path`` (atomically) and a markdown summary."""
+    """Write ``card`` as JSON beside the checkpoint at ``path`` and a markdown summary, both atomically."""
     target = card_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(card, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, target)
-    target.with_suffix(".md").write_text(card_markdown(card))
+    atomic_write_text(target, json.dumps(card, indent=2) + "\n")
+    atomic_write_text(target.with_suffix(".md"), card_markdown(card))
     return target
 
 
