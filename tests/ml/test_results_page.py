@@ -66,11 +66,11 @@ def test_runs_group_by_setup_and_time_by_cpu(results_script, tmp_path):
             _run("supervised", 20, 0, 0.95, 600, FAST),
             _run("supervised", 20, 1, 0.93, 1800, UNRECORDED),
             _run("supervised", 20, 3, 0.94, 1200, "cpu: Intel(R) Xeon(R) Gold, 1 threads"),  # brackets, no unit
-            _run("supervised", 20, 2, 0.90, 300, FAST, tta=False),  # an earlier profile's run
+            _run("supervised", 20, 2, 0.90, 300, FAST, tta=True),  # an earlier profile's run
         ],
     )
     groups = results_script.load_runs(tmp_path)
-    assert sorted(groups) == [("supervised", 20, "cpu", ""), ("supervised", 20, "cpu", "tta=False")]
+    assert sorted(groups) == [("supervised", 20, "cpu", ""), ("supervised", 20, "cpu", "tta=True")]
     assert sorted(r["seed"] for r in groups[("supervised", 20, "cpu", "")]) == [0, 1, 3]
 
     rows = results_script.run_time_rows(groups)
@@ -87,12 +87,12 @@ def test_page_reports_mean_sd_and_missing_seeds(results_script, tmp_path):
         [
             _run("supervised", "all", 0, 0.99, 900, FAST),
             _run("supervised", "all", 1, 0.97, 900, FAST),
-            _run("supervised", 20, 0, 0.90, 300, FAST, tta=False),
+            _run("supervised", 20, 0, 0.90, 300, FAST, tta=True),
         ],
     )
     page = results_script.render(results_script.load_runs(tmp_path), "plot.png", tmp_path)
     assert "| supervised | all | cpu | 0,1 | 98.0 ± 1.4 | 96.0 ± 1.4 | 95.0 ± 1.4 |" in page
-    assert "| supervised | 20 | cpu (tta=False) | 0 | 90.0 | 88.0 | 87.0 |" in page
+    assert "| supervised | 20 | cpu (tta=True) | 0 | 90.0 | 88.0 | 87.0 |" in page
     missing = page.split("## Missing runs", 1)[1]
     assert "supervised @ all: seeds 2 not run with the current profile" in missing
     # the earlier profile's run does not count for the current profile
@@ -126,7 +126,7 @@ def test_runs_before_the_validation_split_are_marked_and_kept_apart(results_scri
         tmp_path,
         [
             _run("supervised", 20, 0, 0.95, 600, FAST, before_validation=True),
-            _run("supervised", 20, 1, 0.93, 600, FAST, before_validation=True, tta=False),
+            _run("supervised", 20, 1, 0.93, 600, FAST, before_validation=True, tta=True),
             _run("supervised", 20, 0, 0.94, 500, FAST),
         ],
     )
@@ -135,7 +135,7 @@ def test_runs_before_the_validation_split_are_marked_and_kept_apart(results_scri
     assert sorted(groups) == [
         ("supervised", 20, "cpu", ""),
         ("supervised", 20, "cpu", marker),
-        ("supervised", 20, "cpu", f"{marker}; tta=False"),
+        ("supervised", 20, "cpu", f"{marker}; tta=True"),
     ]
     page = results_script.render(groups, "plot.png", tmp_path)
     # the old run: no val figure, its single view on the test split; the new run: both on validation
