@@ -51,7 +51,7 @@ def refresh_queue(model_id: int) -> int:
 
 
 @celery_app.task(name=broker.TASK_COLD_START)
-def cold_start_queue() -> int:
+def cold_start_queue(newest_cell_id: int | None = None) -> int:
     from worker.coldstart import cold_start_queue as write
 
-    return write()
+    return write(newest_cell_id=newest_cell_id)

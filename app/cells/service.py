@@ -1,15 +1,24 @@
-"""Cells: who an import is attributed to, and the checks an upload passes before it is read. Services never commit.
+"""Cells: who an import is attributed to, the checks an upload passes before it is read, and the cold
+start an import sends once it commits. Services never commit.
 
 The import itself is app.cells.importer (writing) over app.cells.sources (reading and safety checks)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidInput, LeukolabError
-from app.models import User
+from app.db import after_commit
+from app.errors import InvalidInput, LeukolabError, ServiceUnavailable
+from app.models import Cell, User
 from app.settings import get_settings
+from app.training import broker
+from app.training.service import active_model
+
+log = logging.getLogger("leukolab.import")
 
 NO_ADMIN = "create an admin first: leukolab users create NAME --role admin --password-stdin"
 
@@ -36,3 +45,32 @@ def importing_user(*, session: Session, as_user: str | None, labelled: bool) -> 
     if admin_id is None:
         raise LeukolabError(f"labels need an admin to attribute them to; {NO_ADMIN}")
     return admin_id
+
+
+def cold_start_after_import(
+    *, session: Session, unlabelled: int, report: Callable[[str], object] = log.warning
+) -> bool:
+    """Send the cold start (the first cells to label, chosen for their variety) once this import commits,
+    when it added ``unlabelled`` cells and no model is active: neither the lab's nor an installed reference
+    model, whose scoring orders the queue instead. Returns whether it will be sent.
+
+    The task replaces the whole queue and skips when a cold start has already seen the newest cell, so a
+    run of imports queues no redundant clustering. A broker that cannot be reached leaves the import
+    committed: ``report`` gets the reason (a warning in the log by default), nothing is raised."""
+    if unlabelled <= 0 or active_model(session=session) is not None:
+        return False
+    newest_cell_id = session.scalar(select(func.max(Cell.id)))
+    after_commit(session, lambda: _send_cold_start(newest_cell_id, report))
+    return True
+
+
+def _send_cold_start(newest_cell_id: int, report: Callable[[str], object]) -> None:
+    try:
+        broker.enqueue(broker.TASK_COLD_START, newest_cell_id)
+    except ServiceUnavailable as error:
+        report(
+            f"the cold start was not sent ({error.message}). The cells are imported; labelling draws them at "
+            "random until `leukolab cold-start` is run or a model is promoted"
+        )
+    else:
+        log.info("cold start sent: no model is active and cells up to id %s are new", newest_cell_id)

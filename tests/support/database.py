@@ -43,7 +43,8 @@ def drop_pg_database(name: str) -> None:
 
 
 def use_database(url: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
-    """Point every cached engine and setting at ``url`` for one test."""
+    """Point every cached engine and setting at ``url`` for one test (pass ``broker_dir``: imports send tasks,
+    which must not reach the checkout's ``var/broker``, where a developer's worker would run them)."""
     monkeypatch.setenv("LEUKOLAB_DATABASE_URL", url)
     for key, value in env.items():
         monkeypatch.setenv(f"LEUKOLAB_{key.upper()}", value)
@@ -104,16 +105,16 @@ def any_db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, 
         copy = tmp_path / "leukolab.db"
         shutil.copyfile(template, copy)
         url = f"sqlite:///{copy}"
-    use_database(url, monkeypatch)
+    use_database(url, monkeypatch, broker_dir=str(tmp_path / "broker"))
     yield url
     reset_caches()
 
 
 @pytest.fixture
-def pg_db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def pg_db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """A clean PostgreSQL database for one test."""
     empty_tables(pg_url)
-    use_database(pg_url, monkeypatch)
+    use_database(pg_url, monkeypatch, broker_dir=str(tmp_path / "broker"))
     yield pg_url
     reset_caches()
 
