@@ -136,12 +136,15 @@ def load_runs(folder: Path) -> dict:
 
 def current_groups(groups: dict) -> dict:
     """One group per (method, labels, profile): the current set-up's where it was run, else the
-    most recent other set-up's (by file order, which is by name; earlier profiles sort first)."""
+    set-up closest to it (fewest settings changed; on a tie, the later in ``_ordered``)."""
+
+    def distance(key: tuple) -> tuple[bool, int]:
+        return key[3] != "", key[3].count("=")
+
     chosen: dict = {}
     for key in _ordered(groups):
-        method, n, profile, setup = key
-        if (method, n, profile) not in chosen or setup == "":
-            chosen[(method, n, profile)] = key
+        if key[:3] not in chosen or distance(key) <= distance(chosen[key[:3]]):
+            chosen[key[:3]] = key
     return {short: groups[key] for short, key in chosen.items()}
 
 

@@ -178,3 +178,13 @@ def test_levers_and_thread_counts_are_paired_with_the_profile_by_seed(results_sc
     ]
     page = results_script.render({}, "plot.png", tmp_path)
     assert "| balance_unlabelled=True | 93.0 | 95.0 |" in page and "- no lever run yet" not in page
+
+
+def test_the_figure_of_a_row_not_rerun_comes_from_the_set_up_closest_to_the_profile(results_script):
+    def groups(*setups: str) -> dict:
+        return {("supervised", 20, "cpu", setup): [setup] for setup in setups}
+
+    chosen = results_script.current_groups(groups("a=1, b=2", "a=1", "c=3, d=4, e=5"))
+    assert chosen[("supervised", 20, "cpu")] == ["a=1"]
+    chosen = results_script.current_groups(groups("a=1", "", "b=2"))
+    assert chosen[("supervised", 20, "cpu")] == [""]
