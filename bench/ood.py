@@ -121,6 +121,7 @@ def refit(model, checkpoint: dict, in_dir: Path, names: list[str], size: int) ->
             target_tpr=config.ood_target_tpr,
             train_descriptors=d_ref,
             val_descriptors=d_val,
+            descriptor_size=size,
         )
     return fitted
 

@@ -228,6 +228,9 @@ class OODScorer:
     morph: _MorphReference | None = None
     base: str | None = None  # the network method of morph-sum / morph-max
     combine_stats: dict = field(default_factory=dict)  # {"base": (mu, sigma), "morph": (mu, sigma)}
+    # the side of the training tiles the descriptors were taken from: a model trained at 32 px saw
+    # 32 px cells, so 64 px cells are brought to 32 px first and described the same way
+    morph_size: int | None = None
 
     @property
     def n_classes(self) -> int:
@@ -254,9 +257,18 @@ class OODScorer:
                 raise MorphologyRequired(self.method)
             from ml.morphology import describe
 
-            descriptors = describe(images)
+            descriptors = describe(self._at_morph_size(images))
         parts = _Parts(logits, features, descriptors, self.reference, self.morph)
         return parts.score(self.method, self.base, classes, self.mix_stats, self.combine_stats)
+
+    def _at_morph_size(self, images):
+        if not self.morph_size or images.shape[-1] == self.morph_size or images.shape[1] != 3:
+            return images
+        import torch
+
+        from ml.data import resize
+
+        return resize(torch.as_tensor(images), self.morph_size)
 
     def is_unlike(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -299,6 +311,7 @@ class OODScorer:
                 "precisions": torch.from_numpy(self.morph.precisions.astype(np.float64)),
             }
             state["base"] = self.base
+            state["morph_size"] = int(self.morph_size) if self.morph_size else None
             state["combine_stats"] = {k: [float(v[0]), float(v[1])] for k, v in self.combine_stats.items()}
         return state
 
@@ -329,6 +342,7 @@ class OODScorer:
             morph=morph,
             base=state.get("base"),
             combine_stats={k: (float(v[0]), float(v[1])) for k, v in (state.get("combine_stats") or {}).items()},
+            morph_size=state.get("morph_size"),
         )
 
 
@@ -437,11 +451,12 @@ def fit_ood(
     calibrated_on: str = "validation",
     train_descriptors: np.ndarray | None = None,
     val_descriptors: np.ndarray | None = None,
+    descriptor_size: int | None = None,
 ) -> OODScorer:
     """Fit the reference on the training cells; choose the method (``auto``) and set the
     threshold on the validation cells, all of known classes. With both cells' morphology
     descriptors (``ml.morphology.describe``), ``auto`` combines the network with them (module
-    docstring)."""
+    docstring); ``descriptor_size``: the side of the tiles they were taken from."""
     if method != "auto" and method not in ALL_METHODS:
         raise ValueError(f"unknown OOD method {method!r}; choose from {ALL_METHODS} or auto")
     ref = _Reference.fit(train_features, train_y, n_classes)
@@ -489,4 +504,5 @@ def fit_ood(
         morph=morph if method in MORPH_METHODS else None,
         base=base,
         combine_stats=combine_stats,
+        morph_size=descriptor_size if method in MORPH_METHODS else None,
     )

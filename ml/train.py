@@ -691,4 +691,5 @@ def fit_ood_for(
         calibrated_on=calibrated_on,
         train_descriptors=train_d,
         val_descriptors=val_d,
+        descriptor_size=int(train_x.shape[-1]),
     )

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ml.data import resize
 from ml.morphology import DESCRIPTOR_NAMES, describe
 from ml.ood import MorphologyRequired, OODScorer, auroc, fit_ood
 
@@ -116,6 +117,13 @@ def test_morphology_state_travels_in_a_checkpoint_and_old_state_scores_with_the_
     assert np.allclose(restored.score(logits, features, images=val_x), scorer.score(logits, features, images=val_x))
     with pytest.raises(MorphologyRequired):
         restored.score(logits, features)
+    # a model trained at 32 px: its cells are brought to 32 px before they are described
+    scorer.morph_size = 32
+    at_32 = OODScorer.from_state(scorer.state())
+    assert at_32.morph_size == 32
+    small = resize(torch.from_numpy(val_x), 32)
+    assert np.allclose(at_32.score(logits, features, images=val_x), at_32.score(logits, features, images=small))
+    assert not np.allclose(at_32.score(logits, features, images=val_x), restored.score(logits, features, images=val_x))
     # a checkpoint from before: no descriptors in its state, the network's method alone
     old = {k: v for k, v in scorer.state().items() if k not in ("morph", "base", "combine_stats")}
     old["method"] = "cosine"
