@@ -259,12 +259,13 @@ def _next_labels(
     else:
         model, retrained = previous["model"], previous["retrained"]
         size = retrained.config.image_size
-        scored = predict(model, resize(x_pool[torch.from_numpy(unlabelled)], size))
+        pool_images = x_pool[torch.from_numpy(unlabelled)]
+        scored = predict(model, resize(pool_images, size))
         lab_features = predict(model, resize(x_pool[torch.from_numpy(labelled)], size)).features
         ood_state = previous["checkpoint"].get("ood")
         ood_scores = ood_threshold = None
         if ood_state:
-            ood_scores = OODScorer.from_state(ood_state).score(scored.logits, scored.features)
+            ood_scores = OODScorer.from_state(ood_state).score(scored.logits, scored.features, images=pool_images)
             ood_threshold = float(ood_state["threshold"])
         selection, pseudo = rank_for_queue(
             scored.probs.astype(np.float64),

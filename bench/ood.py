@@ -3,7 +3,9 @@ unknown classes from cells of the classes it knows.
 
 The score's method and threshold were fixed in training, on validation cells of the known
 classes (``ml.ood``); this benchmark only measures them. The other methods' AUROC is reported
-beside it for reference (measured on the benchmark's data, so not for choosing).
+beside it for reference (measured on the benchmark's data, so not for choosing). ``--refit``
+also fits the score again on the network (``refit``: the train and validation splits of ``--in``,
+with the morphology descriptors of ``ml.morphology``) and measures that the same way.
 torch is imported inside the function, so that importing this module stays cheap.
 """
 
@@ -33,11 +35,104 @@ def _load(folder: Path, size: int, split: str, class_names: list[str] | None = N
     return load_image_folder(folder, size, class_names=class_names)
 
 
-def measure(checkpoint_path: Path, in_dir: Path, ood_dir: Path, split: str = "test") -> dict:
-    """AUROC and FPR at 95 % TPR of the checkpoint's OOD score, overall and per unknown class."""
+def _report(scorer, p_in, p_out, d_in, d_out, y_out, unknown_names: list[str], names: list[str]) -> dict:
+    """AUROC, FPR at 95 % TPR and what the threshold flags of ``scorer``, overall and per unknown class."""
+    from ml.ood import auroc, fpr_at_tpr
+
+    s_in = scorer.score(p_in.logits, p_in.features, descriptors=d_in)
+    s_out = scorer.score(p_out.logits, p_out.features, descriptors=d_out)
+    per_class = {}
+    for c, name in enumerate(unknown_names):
+        members = y_out == c
+        if members.any():
+            predicted = np.bincount(p_out.probs[members].argmax(axis=1), minlength=len(names))
+            per_class[name] = {
+                "n": int(members.sum()),
+                "auroc": auroc(s_in, s_out[members]),
+                "fpr_at_95tpr": fpr_at_tpr(s_in, s_out[members]),
+                "flagged_at_threshold": float((s_out[members] > scorer.threshold).mean()),
+                "msp_auroc": auroc(-p_in.probs.max(axis=1), -p_out.probs[members].max(axis=1)),
+                "called": {names[i]: round(float(n / members.sum()), 3) for i, n in enumerate(predicted) if n},
+            }
+    return {
+        "n_in": int(len(s_in)),
+        "n_ood": int(len(s_out)),
+        **scorer.summary(),
+        "selection_auroc (validation, leave one known class out)": scorer.selection,
+        "auroc": auroc(s_in, s_out),
+        "fpr_at_95tpr": fpr_at_tpr(s_in, s_out),
+        "tpr_at_threshold": float((s_in <= scorer.threshold).mean()),
+        "flagged_at_threshold": float((s_out > scorer.threshold).mean()),
+        "msp_auroc": auroc(-p_in.probs.max(axis=1), -p_out.probs.max(axis=1)),
+        "per_class": per_class,
+    }
+
+
+def _per_class_auroc(scorer, p_in, p_out, d_in, d_out, y_out, unknown_names: list[str]) -> dict:
+    from ml.ood import auroc
+
+    a = scorer.score(p_in.logits, p_in.features, descriptors=d_in)
+    b = scorer.score(p_out.logits, p_out.features, descriptors=d_out)
+    return {
+        "auroc": auroc(a, b),
+        "per_class": {n: auroc(a, b[y_out == c]) for c, n in enumerate(unknown_names) if (y_out == c).any()},
+    }
+
+
+def refit(model, checkpoint: dict, in_dir: Path, names: list[str], size: int) -> dict:
+    """The OOD score fitted again on a trained network, as ``ml.train.fit_ood_for`` does in training:
+    the reference from ``in_dir``'s train split (at most ``ood_reference_cells``, a seeded draw;
+    labelled with the network's own predictions, as pseudo-labels are: no label beyond training's),
+    the method and threshold from its validation split (true labels, known classes only); with the
+    morphology descriptors. Every method's scorer is returned, fitted the same way ("auto": the one
+    chosen on validation)."""
+    import torch
+
+    from ml.config import config_from_dict
+    from ml.data import load_manifest_split
+    from ml.infer import predict
+    from ml.morphology import describe
+    from ml.ood import ALL_METHODS, fit_ood
+    from ml.splits import VALIDATION
+    from ml.train import ood_reference
+
+    config = config_from_dict(checkpoint.get("train_config"))
+    if not (in_dir / "MANIFEST.csv").exists():
+        raise typer.BadParameter(f"--refit needs a MANIFEST folder with a train split: {in_dir}")
+    train = load_manifest_split(in_dir, "train", size, class_names=names)
+    validation = load_manifest_split(in_dir, VALIDATION, size, class_names=names)
+    if len(train.x) < 2 or not len(validation.x):
+        raise typer.BadParameter(f"--refit needs train and validation cells in {in_dir}/MANIFEST.csv")
+    # the draw does not look at the labels: predict the drawn cells only
+    ref_x, _ = ood_reference(train.x, torch.zeros(len(train.x)), 0, config.seed, config.ood_reference_cells)
+    ref, val = predict(model, ref_x), predict(model, validation.x)
+    ref_y = ref.probs.argmax(axis=1)
+    d_ref, d_val = describe(ref_x), describe(validation.x)
+    fitted = {}
+    for method in ("auto", *ALL_METHODS):
+        fitted[method] = fit_ood(
+            ref.features,
+            ref_y,
+            val.logits,
+            val.features,
+            validation.y.numpy(),
+            len(names),
+            method=method,
+            target_tpr=config.ood_target_tpr,
+            train_descriptors=d_ref,
+            val_descriptors=d_val,
+            descriptor_size=size,
+        )
+    return fitted
+
+
+def measure(checkpoint_path: Path, in_dir: Path, ood_dir: Path, split: str = "test", refit_ood: bool = False) -> dict:
+    """AUROC and FPR at 95 % TPR of the checkpoint's OOD score, overall and per unknown class; with
+    ``refit_ood`` also of the score fitted again with morphology (``refit``)."""
     from ml.checkpoint import load_checkpoint, load_model
     from ml.infer import predict
-    from ml.ood import OOD_METHODS, OODScorer, _score, auroc, fpr_at_tpr
+    from ml.morphology import describe
+    from ml.ood import OOD_METHODS, OODScorer, _mix_stats
 
     checkpoint = load_checkpoint(checkpoint_path)
     if not checkpoint.get("ood"):
@@ -51,54 +146,36 @@ def measure(checkpoint_path: Path, in_dir: Path, ood_dir: Path, split: str = "te
         raise typer.BadParameter("a MANIFEST folder with several splits and none named --split")
     scorer = OODScorer.from_state(checkpoint["ood"])
     p_in, p_out = predict(model, known.x), predict(model, unknown.x)
-    s_in, s_out = scorer.score(p_in.logits, p_in.features), scorer.score(p_out.logits, p_out.features)
+    d_in, d_out = describe(known.x), describe(unknown.x)
     y_out = unknown.y.numpy()
-    per_class = {}
-    for c, name in enumerate(unknown.class_names):
-        members = y_out == c
-        if members.any():
-            predicted = np.bincount(p_out.probs[members].argmax(axis=1), minlength=len(names))
-            per_class[name] = {
-                "n": int(members.sum()),
-                "auroc": auroc(s_in, s_out[members]),
-                "fpr_at_95tpr": fpr_at_tpr(s_in, s_out[members]),
-                "flagged_at_threshold": float((s_out[members] > scorer.threshold).mean()),
-                "msp_auroc": auroc(-p_in.probs.max(axis=1), -p_out.probs[members].max(axis=1)),
-                "called": {names[i]: round(float(n / members.sum()), 3) for i, n in enumerate(predicted) if n},
-            }
+    args = (p_in, p_out, d_in, d_out, y_out, unknown.class_names)
+    stored = _report(scorer, *args, names)
+    stored.pop("selection_auroc", None)
     classes = np.arange(len(names))
     reference = {}
     for method in OOD_METHODS:
         stats = scorer.mix_stats if method == scorer.method else {}
         if method == "mix" and not stats:
-            from ml.ood import _mix_stats
-
             stats = _mix_stats(p_in.logits, p_in.features, scorer.reference, classes)
-        a = _score(method, p_in.logits, p_in.features, scorer.reference, classes, stats)
-        b = _score(method, p_out.logits, p_out.features, scorer.reference, classes, stats)
-        reference[method] = {
-            "auroc": auroc(a, b),
-            "per_class": {n: auroc(a, b[y_out == c]) for c, n in enumerate(unknown.class_names) if (y_out == c).any()},
-        }
-    return {
+        other = OODScorer(method, scorer.threshold, scorer.reference, stats)
+        reference[method] = _per_class_auroc(other, *args)
+    out = {
         "checkpoint": str(checkpoint_path),
         "in": str(in_dir),
         "in_split": split,
         "ood": str(ood_dir),
-        "n_in": int(len(s_in)),
-        "n_ood": int(len(s_out)),
-        "method": scorer.method,
-        "threshold": scorer.threshold,
-        "selection_auroc (validation, leave one known class out)": scorer.selection,
-        "calibrated_on": scorer.calibrated_on,
-        "auroc": auroc(s_in, s_out),
-        "fpr_at_95tpr": fpr_at_tpr(s_in, s_out),
-        "tpr_at_threshold": float((s_in <= scorer.threshold).mean()),
-        "flagged_at_threshold": float((s_out > scorer.threshold).mean()),
-        "msp_auroc": auroc(-p_in.probs.max(axis=1), -p_out.probs.max(axis=1)),
-        "per_class": per_class,
+        **stored,
         "all_methods_for_reference": reference,
     }
+    if refit_ood:
+        fitted = refit(model, checkpoint, in_dir, names, size)
+        out["refit"] = {
+            **_report(fitted["auto"], *args, names),
+            "fitted_on": "the train split (network's predictions as labels) and the validation split of --in",
+            "all_methods_for_reference": {m: _per_class_auroc(s, *args) for m, s in fitted.items() if m != "auto"},
+        }
+        out["refit"].pop("selection_auroc", None)
+    return out
 
 
 def ood_command(
@@ -109,13 +186,21 @@ def ood_command(
     ood_dir: Annotated[Path, typer.Option("--ood", help="ImageFolder of unknown cells, one folder per kind")],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
     split: Annotated[str, typer.Option("--split", help="the MANIFEST split of --in to use")] = "test",
+    refit_ood: Annotated[
+        bool,
+        typer.Option("--refit", help="also fit the score again on --in's train and validation splits, with morphology"),
+    ] = False,
 ) -> dict:
     """AUROC and FPR at 95 % TPR of the checkpoint's "unlike any known class" score, per unknown class."""
     started = time.perf_counter()
-    out = measure(checkpoint, in_dir, ood_dir, split)
+    out = measure(checkpoint, in_dir, ood_dir, split, refit_ood)
     out["wall_seconds"] = time.perf_counter() - started
     summary = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in out["per_class"].items())
     typer.echo(f"{out['method']}: AUROC {out['auroc']:.3f} (per class: {summary}), FPR@95TPR {out['fpr_at_95tpr']:.3f}")
+    if "refit" in out:
+        r = out["refit"]
+        summary = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in r["per_class"].items())
+        typer.echo(f"refit {r['method']}: AUROC {r['auroc']:.3f} ({summary}), FPR@95TPR {r['fpr_at_95tpr']:.3f}")
     if json_out is not None:
         write_json(json_out, out)
     return out

@@ -11,11 +11,29 @@ model's logits and penultimate features (``ml.infer.Predictions``):
 - ``knn``: the cosine distance to the k-th nearest training cell.
 - ``mix``: energy plus mahalanobis, each standardised on the known validation cells.
 
+And one that does not look at the network (``ml.morphology``: the stained nucleus nearest the
+tile's centre, its size, shape and density), for cells whose network features look like a known
+class although the cell is no white blood cell at all (a platelet called a neutrophil):
+
+- ``morph``: the smallest Mahalanobis distance of the cell's descriptors to a class's Gaussian
+  (its mean and its own Ledoit-Wolf covariance, on the known training cells).
+- ``morph-sum`` / ``morph-max``: a network method (the ``base``) and ``morph``, each standardised
+  on the known validation cells, then summed or the larger taken.
+
 ``fit_ood`` chooses the method on validation cells of the known classes only, never on
 unknown cells: each known class in turn plays the unknown one (its prototype, mean, logit
 and training cells are left out) and the method with the best mean AUROC wins. The threshold
 is the score below which ``target_tpr`` of the validation cells fall, so that share of cells
 of known classes is kept (true-positive rate on known classes).
+
+Where the cells' descriptors are given, the score always combines the network with morphology
+(the base is the network method chosen as above; sum or max is chosen the same way). That rule
+is not chosen on data, and cannot be: leaving a known class out asks "which white blood cell
+is this", never "is this a white blood cell", so every held-out cell is a white blood cell and
+the descriptors' test has nothing to find. A cell whose descriptors lie far from every known
+class's training cells is by definition unlike them, and the threshold, set on the combined
+score of the known validation cells, still keeps ``target_tpr`` of them. State without
+descriptors (older checkpoints) scores with the network alone, as before.
 
 numpy in, numpy out; the state is a dict of tensors and plain values, so it travels inside a
 checkpoint that ``torch.load(weights_only=True)`` reads.
@@ -27,11 +45,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-OOD_METHODS: tuple[str, ...] = ("energy", "cosine", "mahalanobis", "knn", "mix")
+OOD_METHODS: tuple[str, ...] = ("energy", "cosine", "mahalanobis", "knn", "mix")  # network only
+MORPH_METHODS: tuple[str, ...] = ("morph", "morph-sum", "morph-max")
+ALL_METHODS: tuple[str, ...] = OOD_METHODS + MORPH_METHODS
 UNLIKE_ANY_CLASS = "unlike any known class"
 DEFAULT_TARGET_TPR = 0.95
 KNN_K = 5
 MAX_BANK = 5000
+MORPH_RIDGE = 1e-3  # added to each standardised descriptor covariance, so a flat class stays invertible
+
+
+class MorphologyRequired(ValueError):
+    """The scorer combines the network with morphology descriptors, and no cell images were given."""
+
+    status = 422
+
+    def __init__(self, method: str) -> None:
+        super().__init__(
+            f"the OOD method {method!r} needs the cells' morphology descriptors: pass the model-input "
+            "images (OODScorer.score(logits, features, images=x)) or descriptors=ml.morphology.describe(x)"
+        )
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -96,6 +129,50 @@ class _Reference:
         return cls(means, precision, _unit(prototypes), unit, y)
 
 
+@dataclass
+class _MorphReference:
+    """The known training cells' morphology descriptors: a Gaussian per class (Ledoit-Wolf)."""
+
+    centre: np.ndarray  # K, to standardise descriptors
+    scale: np.ndarray  # K
+    means: np.ndarray  # C×K, standardised; NaN rows for classes with no training cell
+    precisions: np.ndarray  # C×K×K
+
+    @classmethod
+    def fit(cls, descriptors: np.ndarray, y: np.ndarray, n_classes: int) -> _MorphReference:
+        from sklearn.covariance import LedoitWolf
+
+        d = np.asarray(descriptors, np.float64)
+        y = np.asarray(y, np.int64)
+        centre, scale = d.mean(axis=0), np.maximum(d.std(axis=0), 1e-6)
+        z = (d - centre) / scale
+        k = z.shape[1]
+        means = np.full((n_classes, k), np.nan)
+        for c in range(n_classes):
+            if (y == c).any():
+                means[c] = z[y == c].mean(axis=0)
+        centred = z - np.nan_to_num(means[y])
+        pooled = LedoitWolf().fit(centred).covariance_ if len(z) > 1 else np.eye(k)
+        precisions = np.zeros((n_classes, k, k))
+        for c in range(n_classes):
+            members = z[y == c]
+            # a class's own covariance once it has a few cells per dimension, the pooled one before
+            cov = LedoitWolf().fit(members).covariance_ if len(members) >= 2 * k else pooled
+            precisions[c] = np.linalg.inv(cov + MORPH_RIDGE * np.eye(k))
+        return cls(centre, scale, means, precisions)
+
+    def distance(self, descriptors: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """The smallest Mahalanobis distance to a class among ``classes`` (inf with none fitted)."""
+        z = (np.asarray(descriptors, np.float64) - self.centre) / self.scale
+        best = np.full(len(z), np.inf)
+        for c in classes:
+            if np.isnan(self.means[c]).any():
+                continue
+            diff = z - self.means[c]
+            best = np.minimum(best, np.einsum("nd,de,ne->n", diff, self.precisions[c], diff))
+        return np.sqrt(np.maximum(best, 0.0))
+
+
 def _energy(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float64)[:, classes]
     top = z.max(axis=1, keepdims=True)
@@ -148,34 +225,72 @@ class OODScorer:
     target_tpr: float = DEFAULT_TARGET_TPR
     selection: dict = field(default_factory=dict)  # leave-one-class-out AUROC per method
     calibrated_on: str = "validation"
+    morph: _MorphReference | None = None
+    base: str | None = None  # the network method of morph-sum / morph-max
+    combine_stats: dict = field(default_factory=dict)  # {"base": (mu, sigma), "morph": (mu, sigma)}
+    # the side of the training tiles the descriptors were taken from: a model trained at 32 px saw
+    # 32 px cells, so 64 px cells are brought to 32 px first and described the same way
+    morph_size: int | None = None
 
     @property
     def n_classes(self) -> int:
         return len(self.reference.means)
 
-    def score(self, logits: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """The OOD score of each cell (higher: farther from the known classes)."""
+    @property
+    def uses_morphology(self) -> bool:
+        return self.method in MORPH_METHODS
+
+    def score(
+        self,
+        logits: np.ndarray,
+        features: np.ndarray,
+        images=None,
+        descriptors: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The OOD score of each cell (higher: farther from the known classes). A morphology
+        method needs the cells' model-input ``images`` (uint8) or their ``descriptors``."""
         classes = np.arange(self.n_classes)
-        return _score(self.method, logits, features, self.reference, classes, self.mix_stats)
+        if not self.uses_morphology:
+            return _score(self.method, logits, features, self.reference, classes, self.mix_stats)
+        if descriptors is None:
+            if images is None:
+                raise MorphologyRequired(self.method)
+            from ml.morphology import describe
+
+            descriptors = describe(self._at_morph_size(images))
+        parts = _Parts(logits, features, descriptors, self.reference, self.morph)
+        return parts.score(self.method, self.base, classes, self.mix_stats, self.combine_stats)
+
+    def _at_morph_size(self, images):
+        if not self.morph_size or images.shape[-1] == self.morph_size or images.shape[1] != 3:
+            return images
+        import torch
+
+        from ml.data import resize
+
+        return resize(torch.as_tensor(images), self.morph_size)
 
     def is_unlike(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 
     def summary(self) -> dict:
-        return {
+        out = {
             "method": self.method,
             "threshold": float(self.threshold),
             "target_tpr": self.target_tpr,
             "selection_auroc": self.selection,
             "calibrated_on": self.calibrated_on,
         }
+        if self.base is not None:
+            out["base"] = self.base
+        return out
 
     def state(self) -> dict:
         """A checkpoint-safe dict (tensors, floats, strings)."""
         import torch
 
         ref = self.reference
-        return {
+        state = {
             "method": self.method,
             "threshold": float(self.threshold),
             "target_tpr": float(self.target_tpr),
@@ -188,14 +303,34 @@ class OODScorer:
             "bank": torch.from_numpy(ref.bank.astype(np.float16)),
             "bank_y": torch.from_numpy(ref.bank_y.astype(np.int64)),
         }
+        if self.morph is not None:
+            state["morph"] = {
+                "centre": torch.from_numpy(self.morph.centre.astype(np.float64)),
+                "scale": torch.from_numpy(self.morph.scale.astype(np.float64)),
+                "means": torch.from_numpy(self.morph.means.astype(np.float64)),
+                "precisions": torch.from_numpy(self.morph.precisions.astype(np.float64)),
+            }
+            state["base"] = self.base
+            state["morph_size"] = int(self.morph_size) if self.morph_size else None
+            state["combine_stats"] = {k: [float(v[0]), float(v[1])] for k, v in self.combine_stats.items()}
+        return state
 
     @classmethod
     def from_state(cls, state: dict) -> OODScorer:
-        def arr(key: str, dtype=np.float64) -> np.ndarray:
-            value = state[key]
-            return np.asarray(value.float().numpy() if hasattr(value, "numpy") else value, dtype=dtype)
+        def arr(value, dtype=np.float64) -> np.ndarray:
+            return np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=dtype)
 
-        ref = _Reference(arr("means"), arr("precision"), arr("prototypes"), arr("bank"), arr("bank_y", np.int64))
+        ref = _Reference(
+            arr(state["means"]),
+            arr(state["precision"]),
+            arr(state["prototypes"]),
+            arr(state["bank"].float() if hasattr(state["bank"], "float") else state["bank"]),
+            arr(state["bank_y"], np.int64),
+        )
+        morph = None
+        if state.get("morph"):
+            m = state["morph"]
+            morph = _MorphReference(arr(m["centre"]), arr(m["scale"]), arr(m["means"]), arr(m["precisions"]))
         return cls(
             method=state["method"],
             threshold=float(state["threshold"]),
@@ -204,6 +339,10 @@ class OODScorer:
             target_tpr=float(state.get("target_tpr", DEFAULT_TARGET_TPR)),
             selection=dict(state.get("selection") or {}),
             calibrated_on=state.get("calibrated_on", "validation"),
+            morph=morph,
+            base=state.get("base"),
+            combine_stats={k: (float(v[0]), float(v[1])) for k, v in (state.get("combine_stats") or {}).items()},
+            morph_size=state.get("morph_size"),
         )
 
 
@@ -232,22 +371,71 @@ def _mix_stats(logits: np.ndarray, features: np.ndarray, ref: _Reference, classe
     return stats
 
 
-def leave_one_class_out(
-    method: str, ref: _Reference, val_logits: np.ndarray, val_features: np.ndarray, val_y: np.ndarray
-) -> float:
-    """Mean AUROC of ``method`` when each known class in turn is treated as the unknown one."""
-    n_classes = len(ref.means)
+def _mean_sd(x: np.ndarray) -> tuple[float, float]:
+    finite = x[np.isfinite(x)]
+    return (float(finite.mean()), float(max(finite.std(), 1e-6))) if len(finite) else (0.0, 1.0)
+
+
+@dataclass
+class _Parts:
+    """One set of cells with everything any method scores: logits, features, descriptors."""
+
+    logits: np.ndarray
+    features: np.ndarray
+    descriptors: np.ndarray | None
+    ref: _Reference
+    morph: _MorphReference | None
+
+    def network(self, method: str, classes: np.ndarray, mix_stats: dict) -> np.ndarray:
+        return _score(method, self.logits, self.features, self.ref, classes, mix_stats)
+
+    def stats(self, method: str, base: str | None, classes: np.ndarray, known: np.ndarray) -> tuple[dict, dict]:
+        """``mix`` and combination statistics of ``method`` on the ``known`` cells."""
+        uses_mix = method == "mix" or (method in ("morph-sum", "morph-max") and base == "mix")
+        mix = _mix_stats(self.logits[known], self.features[known], self.ref, classes) if uses_mix else {}
+        combine = {}
+        if method in ("morph-sum", "morph-max"):
+            combine["base"] = _mean_sd(self.network(base, classes, mix)[known])
+            combine["morph"] = _mean_sd(self.morph.distance(self.descriptors[known], classes))
+        return mix, combine
+
+    def score(self, method: str, base: str | None, classes: np.ndarray, mix: dict, combine: dict) -> np.ndarray:
+        if method not in MORPH_METHODS:
+            return self.network(method, classes, mix)
+        if self.morph is None or self.descriptors is None:
+            raise MorphologyRequired(method)
+        morph = self.morph.distance(self.descriptors, classes)
+        if method == "morph":
+            return morph
+        z_base = (self.network(base, classes, mix) - combine["base"][0]) / combine["base"][1]
+        z_morph = (morph - combine["morph"][0]) / combine["morph"][1]
+        return z_base + z_morph if method == "morph-sum" else np.maximum(z_base, z_morph)
+
+
+def _leave_one_class_out(method: str, base: str | None, parts: _Parts, val_y: np.ndarray) -> float:
+    n_classes = len(parts.ref.means)
     aurocs = []
     for held in range(n_classes):
         unknown = val_y == held
         if not unknown.any() or unknown.all():
             continue
         classes = np.asarray([c for c in range(n_classes) if c != held])
-        known_mask = ~unknown
-        stats = _mix_stats(val_logits[known_mask], val_features[known_mask], ref, classes) if method == "mix" else {}
-        scores = _score(method, val_logits, val_features, ref, classes, stats)
-        aurocs.append(auroc(scores[known_mask], scores[unknown]))
+        mix, combine = parts.stats(method, base, classes, ~unknown)
+        scores = parts.score(method, base, classes, mix, combine)
+        aurocs.append(auroc(scores[~unknown], scores[unknown]))
     return float(np.mean(aurocs)) if aurocs else float("nan")
+
+
+def leave_one_class_out(
+    method: str, ref: _Reference, val_logits: np.ndarray, val_features: np.ndarray, val_y: np.ndarray
+) -> float:
+    """Mean AUROC of network ``method`` when each known class in turn is treated as the unknown one."""
+    return _leave_one_class_out(method, None, _Parts(val_logits, val_features, None, ref, None), val_y)
+
+
+def _best(selection: dict[str, float], candidates: tuple[str, ...], default: str) -> str:
+    finite = {k: selection[k] for k in candidates if k in selection and np.isfinite(selection[k])}
+    return max(finite, key=finite.get) if finite else default
 
 
 def fit_ood(
@@ -261,23 +449,60 @@ def fit_ood(
     method: str = "auto",
     target_tpr: float = DEFAULT_TARGET_TPR,
     calibrated_on: str = "validation",
+    train_descriptors: np.ndarray | None = None,
+    val_descriptors: np.ndarray | None = None,
+    descriptor_size: int | None = None,
 ) -> OODScorer:
     """Fit the reference on the training cells; choose the method (``auto``) and set the
-    threshold on the validation cells, all of known classes."""
+    threshold on the validation cells, all of known classes. With both cells' morphology
+    descriptors (``ml.morphology.describe``), ``auto`` combines the network with them (module
+    docstring); ``descriptor_size``: the side of the tiles they were taken from."""
+    if method != "auto" and method not in ALL_METHODS:
+        raise ValueError(f"unknown OOD method {method!r}; choose from {ALL_METHODS} or auto")
     ref = _Reference.fit(train_features, train_y, n_classes)
-    val_logits = np.asarray(val_logits, np.float64)
-    val_features = np.asarray(val_features, np.float64)
     val_y = np.asarray(val_y, np.int64)
+    morph = None
+    if train_descriptors is not None and val_descriptors is not None and len(train_descriptors) > 1:
+        morph = _MorphReference.fit(train_descriptors, train_y, n_classes)
+    elif method in MORPH_METHODS:
+        raise MorphologyRequired(method)
+    parts = _Parts(
+        np.asarray(val_logits, np.float64),
+        np.asarray(val_features, np.float64),
+        None if morph is None else np.asarray(val_descriptors, np.float64),
+        ref,
+        morph,
+    )
     selection: dict[str, float] = {}
-    if method == "auto":
+    base = None
+    if method == "auto" or method in ("morph-sum", "morph-max"):
         for candidate in OOD_METHODS:
-            selection[candidate] = leave_one_class_out(candidate, ref, val_logits, val_features, val_y)
-        finite = {k: v for k, v in selection.items() if np.isfinite(v)}
-        method = max(finite, key=finite.get) if finite else "energy"
-    elif method not in OOD_METHODS:
-        raise ValueError(f"unknown OOD method {method!r}; choose from {OOD_METHODS} or auto")
+            selection[candidate] = _leave_one_class_out(candidate, None, parts, val_y)
+        base = _best(selection, OOD_METHODS, "energy")
+        if morph is not None:
+            for candidate in MORPH_METHODS:
+                selection[candidate] = _leave_one_class_out(candidate, base, parts, val_y)
+            if method == "auto":
+                method = _best(selection, ("morph-sum", "morph-max"), "morph-sum")
+        elif method == "auto":
+            method, base = base, None
+    if method not in ("morph-sum", "morph-max"):
+        base = None
     classes = np.arange(n_classes)
-    mix_stats = _mix_stats(val_logits, val_features, ref, classes) if method == "mix" else {}
-    scores = _score(method, val_logits, val_features, ref, classes, mix_stats)
+    known = np.ones(len(val_y), dtype=bool)
+    mix_stats, combine_stats = parts.stats(method, base, classes, known)
+    scores = parts.score(method, base, classes, mix_stats, combine_stats)
     threshold = float(np.quantile(scores, target_tpr)) if len(scores) else float("inf")
-    return OODScorer(method, threshold, ref, mix_stats, target_tpr, selection, calibrated_on)
+    return OODScorer(
+        method,
+        threshold,
+        ref,
+        mix_stats,
+        target_tpr,
+        selection,
+        calibrated_on,
+        morph=morph if method in MORPH_METHODS else None,
+        base=base,
+        combine_stats=combine_stats,
+        morph_size=descriptor_size if method in MORPH_METHODS else None,
+    )

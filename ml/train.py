@@ -28,7 +28,8 @@ from ml.device import pick_device
 from ml.infer import predict
 from ml.metrics import classification_metrics
 from ml.model import ModelConfig, build_model
-from ml.ood import OODScorer, fit_ood
+from ml.morphology import describe
+from ml.ood import OOD_METHODS, OODScorer, fit_ood
 from ml.pseudo import PseudoLabels, filter_pseudo_labels
 from ml.sampling import PoolSampler, UnlabelledSampler
 
@@ -626,7 +627,8 @@ def pseudo_label(
             lab.features,
             y,
             int(y.max()) + 1,
-            method="mahalanobis" if config.ood_method == "auto" else config.ood_method,
+            # the network alone here: a morphology method is for the trained model's score (fit_ood_for)
+            method=config.ood_method if config.ood_method in OOD_METHODS else "mahalanobis",
             target_tpr=PSEUDO_OOD_TPR,
             calibrated_on="labelled",
         )
@@ -668,13 +670,16 @@ def fit_ood_for(
     n_classes: int,
 ) -> OODScorer | None:
     """The OOD score of a trained model: reference from its training cells (labels and accepted
-    pseudo-labels), method and threshold from the validation cells (else the training cells)."""
+    pseudo-labels), method and threshold from the validation cells (else the training cells);
+    with ``config.ood_morphology``, the cells' morphology descriptors too (``ml.morphology``)."""
     if len(train_x) < 2:
         return None
     train = predict(model, train_x)
+    train_d = val_d = describe(train_x) if config.ood_morphology else None
     if validation is not None:
         val = predict(model, validation[0])
         val_y, calibrated_on = validation[1].cpu().numpy(), "validation"
+        val_d = describe(validation[0]) if config.ood_morphology else None
     else:
         val, val_y, calibrated_on = train, train_y.cpu().numpy(), "training cells (no validation split)"
     return fit_ood(
@@ -687,4 +692,7 @@ def fit_ood_for(
         method=config.ood_method,
         target_tpr=config.ood_target_tpr,
         calibrated_on=calibrated_on,
+        train_descriptors=train_d,
+        val_descriptors=val_d,
+        descriptor_size=int(train_x.shape[-1]),
     )

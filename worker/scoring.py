@@ -121,7 +121,9 @@ def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
     threshold = _train_config(meta).entropy_threshold
     predictions = predict(model, resize(x, model.config.image_size))
     probs = without_classes(predictions.probs.astype(np.float64), [i for i, n in enumerate(names) if n in retired])
-    ood = OODScorer.from_state(meta["ood"]).score(predictions.logits, predictions.features) if meta.get("ood") else None
+    ood = None
+    if meta.get("ood"):
+        ood = OODScorer.from_state(meta["ood"]).score(predictions.logits, predictions.features, images=x)
     unlike = (ood > ood_threshold) if ood is not None and ood_threshold is not None else np.zeros(len(probs), bool)
     ent, mar = entropy(probs), margin(probs)
     passed = entropy_mask(probs, threshold) & ~unlike

@@ -43,7 +43,8 @@ def test_ood_score_separates_generated_out_of_class_images() -> None:
     scorer = OODScorer.from_state(result.checkpoint["ood"])
     known, foreign = torch.cat([_cells(20, k, 2) for k in range(3)]), _cells(40, 3, 2)
     p_in, p_out = predict(result.checkpoint, known), predict(result.checkpoint, foreign)
-    s_in, s_out = scorer.score(p_in.logits, p_in.features), scorer.score(p_out.logits, p_out.features)
+    s_in = scorer.score(p_in.logits, p_in.features, images=known)
+    s_out = scorer.score(p_out.logits, p_out.features, images=foreign)
     assert auroc(s_in, s_out) >= 0.9
     assert scorer.is_unlike(s_out).mean() >= 0.8
     assert scorer.is_unlike(s_in).mean() <= 0.25

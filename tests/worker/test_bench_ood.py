@@ -58,7 +58,7 @@ def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
     other = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=0, test_per_class=5)
     checkpoint = tmp_path / "model.pt"
     report = _ssl(data, tmp_path / "run.json", "--checkpoint", str(checkpoint))
-    assert report["ood"]["method"] in ("energy", "cosine", "mahalanobis", "knn", "mix")
+    assert report["ood"]["method"] in ("morph-sum", "morph-max")  # the network and morphology (ml.ood)
     out = tmp_path / "ood.json"
     args = ["bench", "ood", "--checkpoint", str(checkpoint), "--in", str(data), "--ood", str(other)]
     result = CliRunner().invoke(app, [*args, "--json", str(out)])
@@ -68,3 +68,10 @@ def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
     assert 0.0 <= ood["auroc"] <= 1.0 and 0.0 <= ood["fpr_at_95tpr"] <= 1.0
     assert set(ood["per_class"]) == {"ig", "platelet"}
     assert all(0.0 <= v["auroc"] <= 1.0 for v in ood["per_class"].values())
+
+    result = CliRunner().invoke(app, [*args, "--refit", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    refit = json.loads(out.read_text())["refit"]
+    assert refit["method"] in ("morph-sum", "morph-max") and refit["base"] in report["ood"]["selection_auroc"]
+    assert (refit["n_in"], refit["n_ood"]) == (12, 10) and set(refit["per_class"]) == {"ig", "platelet"}
+    assert {"morph", "morph-sum", "morph-max", "cosine"} <= set(refit["all_methods_for_reference"])
