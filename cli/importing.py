@@ -1,8 +1,9 @@
 """``leukolab import PATH [--labelled]``: a thin layer over ``app.cells.importer``.
 
-Before any model, an import of unlabelled cells sends the cold start to the worker once it commits
-(``app.cells.service.cold_start_after_import``), as ``reference install`` sends its scoring: the
-import needs no torch and does not wait for the clustering. ``leukolab cold-start`` runs it here."""
+Once an import of unlabelled cells commits, it sends the worker the cold start (before any model) or
+the scoring of its cells by the active model (``app.cells.service.after_import``), as ``reference
+install`` sends its scoring: the import needs no torch and waits for neither. ``leukolab cold-start``
+runs the cold start here."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy.orm import Session
 
 from app.cells.importer import ImportSummary, import_folder, import_zip
-from app.cells.service import cold_start_after_import, importing_user
+from app.cells.service import after_import, importing_user
 from app.cells.sources import ImportRefused
 from app.db import session_scope
 from app.errors import LeukolabError
+from app.training import broker
 
 
 def _print_summary(summary: ImportSummary) -> None:
@@ -37,23 +39,30 @@ def warn(message: str) -> None:
     typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
 
-class ColdStartReport:
-    """What became of the cold start an import sends after its commit, for the closing lines."""
+class AfterImportReport:
+    """What became of the task an import sends after its commit (``after_import``), for the closing lines."""
+
+    SENT = {
+        broker.TASK_COLD_START: "no model yet: the cold start was sent to the worker, which chooses the first cells "
+        "to label",
+        broker.TASK_SCORE_NEW: "a model is active: the new cells were sent to the worker for scoring; they get "
+        "suggestions and join the queue once scored",
+    }
 
     def __init__(self) -> None:
-        self.sent = False
+        self.sent: str | None = None
         self.failed = False
 
     def after_import(self, *, session: Session, unlabelled: int) -> None:
-        self.sent = cold_start_after_import(session=session, unlabelled=unlabelled, report=self._failed)
+        self.sent = after_import(session=session, unlabelled=unlabelled, report=self._failed)
 
     def _failed(self, message: str) -> None:
         self.failed = True
         warn(message)
 
     def print(self) -> None:
-        if self.sent and not self.failed:
-            typer.echo("no model yet: the cold start was sent to the worker, which chooses the first cells to label")
+        if self.sent is not None and not self.failed:
+            typer.echo(self.SENT[self.sent])
 
 
 @contextmanager
@@ -109,7 +118,7 @@ def import_command(
         user_id_for = lambda session: importing_user(session=session, as_user=as_user, labelled=False)  # noqa: E731
         import_fields(path, sample=sample, um_per_px=um_per_px, user_id_for=user_id_for, console=console)
         return
-    cold_start = ColdStartReport()
+    sent = AfterImportReport()
     try:
         with session_scope() as session, progress_bar(console, "importing") as progress:
             user_id = importing_user(session=session, as_user=as_user, labelled=labelled)
@@ -123,11 +132,11 @@ def import_command(
                 from cli.samples import attach_to_sample
 
                 attach_to_sample(session=session, import_id=summary.import_id, sample=sample, user_id=user_id)
-            cold_start.after_import(session=session, unlabelled=summary.imported - summary.labelled)
+            sent.after_import(session=session, unlabelled=summary.imported - summary.labelled)
     except LeukolabError as error:
         refuse_import(error)
     _print_summary(summary)
-    cold_start.print()
+    sent.print()
 
 
 def cold_start_command(

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.db import session_scope
 from app.errors import LeukolabError
 from app.samples.fields import FieldImportSummary, import_field_folder, import_field_zip
-from cli.importing import ColdStartReport, progress_bar, refuse_import
+from cli.importing import AfterImportReport, progress_bar, refuse_import
 
 
 def print_summary(summary: FieldImportSummary) -> None:
@@ -41,7 +41,7 @@ def import_fields(
     console: Console,
 ) -> None:
     """Import the smear fields at ``path`` (folder or .zip) with a progress bar, or exit 2 saying why not."""
-    cold_start = ColdStartReport()
+    sent = AfterImportReport()
     try:
         with session_scope() as session, progress_bar(console, "locating cells") as progress:
             user_id = user_id_for(session)
@@ -50,11 +50,11 @@ def import_fields(
             summary = run(
                 session=session, **target, sample=sample, user_id=user_id, um_per_px=um_per_px, progress=progress
             )
-            cold_start.after_import(session=session, unlabelled=summary.cells)
+            sent.after_import(session=session, unlabelled=summary.cells)
     except LeukolabError as error:
         refuse_import(error)
     print_summary(summary)
-    cold_start.print()
+    sent.print()
 
 
 def attach_to_sample(*, session: Session, import_id: int | None, sample: str, user_id: int | None) -> None:

@@ -1,4 +1,8 @@
-"""Scoring the unlabelled cells with the active model, in chunks, then refreshing the queue."""
+"""Scoring the unlabelled cells with the active model, in chunks, then refreshing the queue.
+
+A promotion scores every unlabelled cell (``score_all``); an import while a model is active scores only
+the cells that model has not scored (``score_new``). Either way the chunk that completes the count sends
+the queue refresh, and a refresh that finds cells imported during its pass sends ``score_new`` for them."""
 
 from __future__ import annotations
 
@@ -8,14 +12,16 @@ from collections.abc import Sequence
 
 import numpy as np
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 from torch import nn
 
 from app.classes.service import retired_class_names
 from app.db import session_scope
+from app.errors import ServiceUnavailable
 from app.labelling.service import current_labels
 from app.models import Cell, ModelVersion, Prediction
 from app.settings import get_settings
-from app.statuses import ModelOrigin
+from app.statuses import BUSY_SCORING_STATUSES, ModelOrigin
 from app.training import broker, service
 from ml.active import margin, rank_for_queue
 from ml.adapt import adapt_batchnorm
@@ -97,6 +103,35 @@ def score_all(model_id: int) -> int:
             return 0
         ids = service.unlabelled_cell_ids(session=session)
         service.start_scoring(session=session, model_id=model_id, total=len(ids))
+    return _send_chunks(model_id, ids)
+
+
+def score_new(model_id: int) -> int:
+    """Fan out the scoring of the unlabelled cells the active model ``model_id`` has no prediction for
+    (sent by an import after its commit); the chunk that completes them refreshes the queue. Returns the
+    number of chunks: none when every cell is scored, nor while a pass of this model is under way (the
+    refresh that ends it sends this again for cells it missed), so a burst of imports scores each cell
+    once and the cells scored before are not scored again."""
+    with session_scope() as session:
+        version = service.lock_model(session=session, model_id=model_id)
+        if version is None or not version.is_active:
+            log.info("model %s is not active any more: scoring of new cells skipped", model_id)
+            return 0
+        if version.scoring_status in BUSY_SCORING_STATUSES:
+            log.info(
+                "model %s: a scoring pass is under way (%s); new cells wait for its end",
+                model_id,
+                version.scoring_status,
+            )
+            return 0
+        ids = service.unscored_cell_ids(session=session, model_id=model_id)
+        if not ids:
+            return 0
+        service.start_scoring(session=session, model_id=model_id, total=len(ids))
+    return _send_chunks(model_id, ids)
+
+
+def _send_chunks(model_id: int, ids: list[int]) -> int:
     chunks = [ids[i : i + service.SCORE_CHUNK] for i in range(0, len(ids), service.SCORE_CHUNK)]
     for chunk in chunks:
         broker.enqueue(broker.TASK_SCORE, model_id, chunk)
@@ -186,7 +221,8 @@ def refresh_queue(model_id: int) -> int:
     if not rows:
         with session_scope() as session:
             service.replace_queue(session=session, items=[])
-            service.finish_scoring(session=session, model_id=model_id)
+            missed = _finish_refresh(session, model_id)
+        _score_missed(model_id, missed)
         return 0
     probs = np.asarray([r.probs for r in rows], dtype=np.float64)
     features = np.stack([np.frombuffer(r.features, dtype=np.float16) for r in rows]).astype(np.float32)
@@ -235,6 +271,26 @@ def refresh_queue(model_id: int) -> int:
             ],
         )
         written = service.replace_queue(session=session, items=items)
-        service.finish_scoring(session=session, model_id=model_id)
+        missed = _finish_refresh(session, model_id)
     log.info("model %s: queue refreshed with %s entries (funnel %s)", model_id, written, pseudo.funnel)
+    _score_missed(model_id, missed)
     return written
+
+
+def _finish_refresh(session: Session, model_id: int) -> int:
+    """End the pass; returns how many unlabelled cells the model has not scored (imported during it).
+    ``finish_scoring`` locks the model's row first: a ``score_new`` that saw the pass under way has
+    committed before it, and one that comes later waits for this commit and sees the pass ended."""
+    service.finish_scoring(session=session, model_id=model_id)
+    return len(service.unscored_cell_ids(session=session, model_id=model_id))
+
+
+def _score_missed(model_id: int, missed: int) -> None:
+    if not missed:
+        return
+    try:
+        broker.enqueue(broker.TASK_SCORE_NEW, model_id)
+    except ServiceUnavailable as error:  # the queue is written: the cells wait for the next import or promotion
+        log.warning("model %s: %s cells imported during scoring wait: %s", model_id, missed, error.message)
+    else:
+        log.info("model %s: %s cells imported during scoring sent for scoring", model_id, missed)

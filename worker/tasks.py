@@ -3,9 +3,27 @@ the commit that made its rows visible (see ``app.training.routes``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from app.statuses import ScoringStatus
 from app.training import broker
 from worker.celery_app import celery_app
+
+
+@contextmanager
+def _failed_scoring_on_error(model_id: int) -> Iterator[None]:
+    """A scoring step that raises marks the model's scoring failed, so the page says so and the next
+    import's ``score_new`` (which waits while a pass is under way) starts a new pass."""
+    try:
+        yield
+    except Exception:
+        from app.db import session_scope
+        from app.training.service import finish_scoring
+
+        with session_scope() as session:
+            finish_scoring(session=session, model_id=model_id, status=ScoringStatus.FAILED)
+        raise
 
 
 @celery_app.task(name=broker.TASK_RETRAIN)
@@ -19,35 +37,32 @@ def retrain(run_id: int) -> str:
 def score_all(model_id: int) -> int:
     from worker.scoring import score_all as fan_out
 
-    return fan_out(model_id)
+    with _failed_scoring_on_error(model_id):
+        return fan_out(model_id)
+
+
+@celery_app.task(name=broker.TASK_SCORE_NEW)
+def score_new(model_id: int) -> int:
+    from worker.scoring import score_new as fan_out
+
+    with _failed_scoring_on_error(model_id):
+        return fan_out(model_id)
 
 
 @celery_app.task(name=broker.TASK_SCORE)
 def score(model_id: int, cell_ids: list[int]) -> int:
-    from app.db import session_scope
-    from app.training.service import finish_scoring
     from worker.scoring import score_chunk
 
-    try:
+    with _failed_scoring_on_error(model_id):
         return score_chunk(model_id, cell_ids)
-    except Exception:
-        with session_scope() as session:  # the count can no longer complete: say so on the page
-            finish_scoring(session=session, model_id=model_id, status=ScoringStatus.FAILED)
-        raise
 
 
 @celery_app.task(name=broker.TASK_REFRESH_QUEUE)
 def refresh_queue(model_id: int) -> int:
-    from app.db import session_scope
-    from app.training.service import finish_scoring
     from worker.scoring import refresh_queue as refresh
 
-    try:
+    with _failed_scoring_on_error(model_id):
         return refresh(model_id)
-    except Exception:
-        with session_scope() as session:
-            finish_scoring(session=session, model_id=model_id, status=ScoringStatus.FAILED)
-        raise
 
 
 @celery_app.task(name=broker.TASK_COLD_START)

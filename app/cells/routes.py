@@ -1,5 +1,6 @@
-"""Importing cells from the browser (a .zip upload) and over the API; before any model, an import of
-unlabelled cells sends the cold start once it commits (``app.cells.service.cold_start_after_import``)."""
+"""Importing cells from the browser (a .zip upload) and over the API; once an import of unlabelled cells
+commits, it sends the cold start (before any model) or their scoring by the active model
+(``app.cells.service.after_import``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from app.cells.importer import ImportSummary, import_zip
 from app.cells.schemas import ImportSummaryOut
-from app.cells.service import check_upload_size, cold_start_after_import
+from app.cells.service import after_import, check_upload_size
 from app.deps import AdminUser, SessionDep
 from app.errors import InvalidInput, responses
 from app.templating import render
@@ -27,7 +28,7 @@ def api_import(
     """Import a .zip of cell images; class sub-folders import as expert labels. All or nothing."""
     check_upload_size(filename=file.filename, size=file.size)
     summary = import_zip(session=session, file=file.file, labelled=labelled, user_id=admin.id, name=file.filename)
-    cold_start_after_import(session=session, unlabelled=summary.imported - summary.labelled)
+    after_import(session=session, unlabelled=summary.imported - summary.labelled)
     return summary
 
 
@@ -49,7 +50,7 @@ def import_upload(
     try:
         check_upload_size(filename=file.filename, size=file.size)
         summary = import_zip(session=session, file=file.file, labelled=flag, user_id=admin.id, name=file.filename)
-        cold_start_after_import(session=session, unlabelled=summary.imported - summary.labelled)
+        after_import(session=session, unlabelled=summary.imported - summary.labelled)
     except InvalidInput as error:  # ImportRefused too: it lists every refused file
         refused, status_code = error, 422
     context = {"summary": summary, "refused": refused}

@@ -1,5 +1,6 @@
-"""Cells: who an import is attributed to, the checks an upload passes before it is read, and the cold
-start an import sends once it commits. Services never commit.
+"""Cells: who an import is attributed to, the checks an upload passes before it is read, and what an
+import sends once it commits (the cold start, or the scoring of its cells by the active model). Services
+never commit.
 
 The import itself is app.cells.importer (writing) over app.cells.sources (reading and safety checks)."""
 
@@ -47,21 +48,29 @@ def importing_user(*, session: Session, as_user: str | None, labelled: bool) -> 
     return admin_id
 
 
-def cold_start_after_import(
-    *, session: Session, unlabelled: int, report: Callable[[str], object] = log.warning
-) -> bool:
-    """Send the cold start (the first cells to label, chosen for their variety) once this import commits,
-    when it added ``unlabelled`` cells and no model is active: neither the lab's nor an installed reference
-    model, whose scoring orders the queue instead. Returns whether it will be sent.
+def after_import(*, session: Session, unlabelled: int, report: Callable[[str], object] = log.warning) -> str | None:
+    """Once this import commits, send what gets its ``unlabelled`` new cells to the labellers; returns
+    the task it will send (``None`` when it added none):
 
-    The task replaces the whole queue and skips when a cold start has already seen the newest cell, so a
-    run of imports queues no redundant clustering. A broker that cannot be reached leaves the import
-    committed: ``report`` gets the reason (a warning in the log by default), nothing is raised."""
-    if unlabelled <= 0 or active_model(session=session) is not None:
-        return False
-    newest_cell_id = session.scalar(select(func.max(Cell.id)))
-    after_commit(session, lambda: _send_cold_start(newest_cell_id, report))
-    return True
+    - no model active (neither the lab's nor an installed reference): the cold start, the first cells to
+      label chosen for their variety. It replaces the whole queue and skips when a cold start has already
+      seen the newest cell, so a run of imports clusters once;
+    - a model active: ``score_new``, which scores the cells that model has not scored, so they get
+      suggestions, then refreshes the queue, where the most informative of them take their place. It
+      scores nothing twice, and waits while a pass is under way, so a run of imports scores each cell once.
+
+    A broker that cannot be reached leaves the import committed: ``report`` gets the reason (a warning in
+    the log by default), nothing is raised."""
+    if unlabelled <= 0:
+        return None
+    model = active_model(session=session)
+    if model is None:
+        newest_cell_id = session.scalar(select(func.max(Cell.id)))
+        after_commit(session, lambda: _send_cold_start(newest_cell_id, report))
+        return broker.TASK_COLD_START
+    model_id = model.id
+    after_commit(session, lambda: _send_scoring(model_id, report))
+    return broker.TASK_SCORE_NEW
 
 
 def _send_cold_start(newest_cell_id: int, report: Callable[[str], object]) -> None:
@@ -74,3 +83,16 @@ def _send_cold_start(newest_cell_id: int, report: Callable[[str], object]) -> No
         )
     else:
         log.info("cold start sent: no model is active and cells up to id %s are new", newest_cell_id)
+
+
+def _send_scoring(model_id: int, report: Callable[[str], object]) -> None:
+    try:
+        broker.enqueue(broker.TASK_SCORE_NEW, model_id)
+    except ServiceUnavailable as error:
+        report(
+            f"the scoring of the new cells was not sent ({error.message}). The cells are imported; they get "
+            f"suggestions and join the queue once model v{model_id} scores them: with the next import that "
+            "reaches the worker, or when a model is promoted"
+        )
+    else:
+        log.info("new cells sent for scoring by the active model v%s", model_id)

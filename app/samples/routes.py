@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from app.cells.importer import ImportRefused
-from app.cells.service import cold_start_after_import
+from app.cells.service import after_import
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import InvalidInput, responses
 from app.params import DbId
@@ -49,7 +49,7 @@ def api_import_fields(
     summary = import_field_zip(
         session=session, file=file.file, sample=sample, user_id=admin.id, um_per_px=um_per_px, name=file.filename
     )
-    cold_start_after_import(session=session, unlabelled=summary.cells)
+    after_import(session=session, unlabelled=summary.cells)
     return summary.as_dict()
 
 
@@ -125,7 +125,7 @@ def import_fields_upload(
             um_per_px=pixel_size,
             name=file.filename,
         )
-        cold_start_after_import(session=session, unlabelled=summary.cells)
+        after_import(session=session, unlabelled=summary.cells)
     except (ImportRefused, InvalidInput) as refused:
         session.rollback()  # all or nothing: a refusal found while writing leaves nothing behind
         context = {"summary": None, "refused": refused, "samples": service.list_samples(session=session)}

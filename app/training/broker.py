@@ -18,6 +18,7 @@ from app.settings import Settings, get_settings
 TASK_RETRAIN = "leukolab.retrain"
 TASK_SCORE_ALL = "leukolab.score_all"
 TASK_SCORE = "leukolab.score"
+TASK_SCORE_NEW = "leukolab.score_new"
 TASK_REFRESH_QUEUE = "leukolab.refresh_queue"
 TASK_COLD_START = "leukolab.cold_start_queue"
 QUEUE_TRAIN = "train"
@@ -26,6 +27,7 @@ TASK_QUEUES = {
     TASK_RETRAIN: QUEUE_TRAIN,
     TASK_SCORE_ALL: QUEUE_SCORE,
     TASK_SCORE: QUEUE_SCORE,
+    TASK_SCORE_NEW: QUEUE_SCORE,
     TASK_REFRESH_QUEUE: QUEUE_SCORE,
     TASK_COLD_START: QUEUE_SCORE,
 }

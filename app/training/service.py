@@ -360,6 +360,21 @@ def unlabelled_cell_ids(*, session: Session) -> list[int]:
     return list(session.scalars(select(Cell.id).where(Cell.current_label_id.is_(None)).order_by(Cell.id)))
 
 
+def unscored_cell_ids(*, session: Session, model_id: int) -> list[int]:
+    """The unlabelled cells that model ``model_id`` has no prediction for (imported since its scoring)."""
+    scored = select(Prediction.id).where(Prediction.model_version_id == model_id, Prediction.cell_id == Cell.id)
+    return list(
+        session.scalars(select(Cell.id).where(Cell.current_label_id.is_(None), ~scored.exists()).order_by(Cell.id))
+    )
+
+
+def lock_model(*, session: Session, model_id: int) -> ModelVersion | None:
+    """The model version, its row locked until the transaction ends (PostgreSQL), so that deciding
+    whether a scoring pass is under way and starting one happen as one step."""
+    dialect = session.get_bind().dialect.name
+    return session.get(ModelVersion, model_id, with_for_update=dialect == "postgresql", populate_existing=True)
+
+
 def start_scoring(*, session: Session, model_id: int, total: int) -> None:
     session.execute(
         update(ModelVersion)
