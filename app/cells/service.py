@@ -66,33 +66,29 @@ def after_import(*, session: Session, unlabelled: int, report: Callable[[str], o
     model = active_model(session=session)
     if model is None:
         newest_cell_id = session.scalar(select(func.max(Cell.id)))
-        after_commit(session, lambda: _send_cold_start(newest_cell_id, report))
-        return broker.TASK_COLD_START
-    model_id = model.id
-    after_commit(session, lambda: _send_scoring(model_id, report))
-    return broker.TASK_SCORE_NEW
-
-
-def _send_cold_start(newest_cell_id: int, report: Callable[[str], object]) -> None:
-    try:
-        broker.enqueue(broker.TASK_COLD_START, newest_cell_id)
-    except ServiceUnavailable as error:
-        report(
-            f"the cold start was not sent ({error.message}). The cells are imported; labelling draws them at "
-            "random until `leukolab cold-start` is run or a model is promoted"
+        task, argument = broker.TASK_COLD_START, newest_cell_id
+        what, until = (
+            "the cold start",
+            "labelling draws them at random until `leukolab cold-start` is run or a model is promoted",
         )
+        sent = f"cold start sent: no model is active and cells up to id {newest_cell_id} are new"
     else:
-        log.info("cold start sent: no model is active and cells up to id %s are new", newest_cell_id)
-
-
-def _send_scoring(model_id: int, report: Callable[[str], object]) -> None:
-    try:
-        broker.enqueue(broker.TASK_SCORE_NEW, model_id)
-    except ServiceUnavailable as error:
-        report(
-            f"the scoring of the new cells was not sent ({error.message}). The cells are imported; they get "
-            f"suggestions and join the queue once model v{model_id} scores them: with the next import that "
-            "reaches the worker, or when a model is promoted"
+        task, argument = broker.TASK_SCORE_NEW, model.id
+        what = "the scoring of the new cells"
+        until = (
+            f"they get suggestions and join the queue once model v{model.id} scores them: with the next import "
+            "that reaches the worker, or when a model is promoted"
         )
+        sent = f"new cells sent for scoring by the active model v{model.id}"
+    after_commit(session, lambda: _send(task, argument, report, f"{what} was not sent", until, sent))
+    return task
+
+
+def _send(task: str, argument: int, report: Callable[[str], object], unsent: str, until: str, sent: str) -> None:
+    """Enqueue ``task`` once the import has committed; a broker out of reach is reported, not raised."""
+    try:
+        broker.enqueue(task, argument)
+    except ServiceUnavailable as error:
+        report(f"{unsent} ({error.message}). The cells are imported; {until}")
     else:
-        log.info("new cells sent for scoring by the active model v%s", model_id)
+        log.info(sent)
