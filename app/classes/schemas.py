@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+import string
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from app.labelling.keymap import action_keys
 from app.params import BoundedId
+
+# The hotkeys the service takes (app.classes.service._check_hotkey), for the schema: one digit or letter,
+# either case, that the page's key map does not give to an action. The service still checks, with a message
+# that says which rule a key breaks; a key another class holds is a 409.
+_FREE_KEYS = sorted(set(string.digits + string.ascii_lowercase) - action_keys())
+HOTKEY_PATTERN = f"^[{''.join(_FREE_KEYS)}{''.join(key.upper() for key in _FREE_KEYS if key.isalpha())}]$"
+HOTKEY_HELP = "one digit or letter a-z that the labelling page's key map does not use"
+Hotkey = Annotated[str, Field(min_length=1, max_length=1, json_schema_extra={"pattern": HOTKEY_PATTERN})]
 
 
 class ClassOut(BaseModel):
@@ -21,14 +32,14 @@ class ClassOut(BaseModel):
 
 class ClassCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64, description="the display name; its slug becomes the key")
-    hotkey: str = Field(min_length=1, max_length=1, description="one digit or letter a-z")
+    hotkey: Hotkey = Field(description=HOTKEY_HELP)
     colour: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
     is_wbc: bool = True
 
 
 class ClassUpdate(BaseModel):
     display_name: str | None = Field(default=None, min_length=1, max_length=64)
-    hotkey: str | None = Field(default=None, min_length=1, max_length=1)
+    hotkey: Hotkey | None = Field(default=None, description=HOTKEY_HELP)
     colour: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
     is_wbc: bool | None = None
     position: int | None = Field(default=None, ge=0, le=10_000)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ReadingSettings(BaseModel):
@@ -10,6 +10,12 @@ class ReadingSettings(BaseModel):
     double_read_fraction: float = Field(
         ge=0.0, le=1.0, allow_inf_nan=False, description="with 2 readers: the share of cells read twice (1 = all)"
     )
+
+
+class ReadingSettingsIn(ReadingSettings):
+    """The body of ``PUT /settings``: strict JSON types, so ``false`` is not taken for 0 nor ``"2"`` for 2."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class ConfusionOut(BaseModel):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import string
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.classes import service
+from app.classes.schemas import HOTKEY_PATTERN
 from app.db import session_scope
 from app.errors import Conflict, InvalidInput
 from app.labelling.service import add_label, class_names, current_labels
@@ -139,3 +143,23 @@ def test_promoting_a_model_that_lacks_a_labelled_class_needs_confirmation(pg_db_
         with pytest.raises(Conflict, match="Platelet"):
             promote(session=session, model_id=version.id)
         assert promote(session=session, model_id=version.id, confirm_missing=True).is_active
+
+
+def test_the_schema_hotkey_pattern_is_the_rule_the_service_checks() -> None:
+    for key in string.printable:
+        lowered = key.strip().lower()
+        service_takes = bool(service.HOTKEY.fullmatch(lowered)) and lowered not in service.reserved_hotkeys()
+        assert bool(re.fullmatch(HOTKEY_PATTERN, key)) == service_takes, repr(key)
+    components = create_app().openapi()["components"]["schemas"]
+    assert components["ClassCreate"]["properties"]["hotkey"]["pattern"] == HOTKEY_PATTERN
+    assert components["ClassUpdate"]["properties"]["hotkey"]["anyOf"][0]["pattern"] == HOTKEY_PATTERN
+
+
+def test_a_hotkey_the_key_map_uses_is_still_refused_with_the_service_message(pg_db_url: str) -> None:
+    make_user("ada", role="admin")
+    with TestClient(create_app()) as client:
+        refused = client.post(
+            "/api/v1/classes", json={"name": "Platelet", "hotkey": "U"}, headers=token_headers(client, "ada")
+        )
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == "hotkey 'u' is taken by the key map (undo, help): choose another"
