@@ -26,6 +26,14 @@ QueryId = Annotated[int, Query(ge=1, le=MAX_DB_ID, description="a database id (1
 """One id in the query string."""
 
 
+def _integral_float(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral_float)]
+"""An integer in a JSON body of a strict model: JSON Schema's ``integer`` includes ``2.0``, so it is taken as
+2; any other float, a string or a boolean is still refused."""
+
 # What `format: date-time` means in the schema (RFC 3339): a date, a time and an offset. Pydantic
 # alone would also take a number (seconds since 1970: ``until=0.5``), a bare date or a time without
 # a zone, which the database would then read in its own time zone.

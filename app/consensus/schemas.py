@@ -4,9 +4,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.params import JsonInt
+
 
 class ReadingSettings(BaseModel):
-    readers_per_cell: int = Field(ge=1, le=2, description="1: single reading; 2: double reading")
+    readers_per_cell: JsonInt = Field(ge=1, le=2, description="1: single reading; 2: double reading")
     double_read_fraction: float = Field(
         ge=0.0, le=1.0, allow_inf_nan=False, description="with 2 readers: the share of cells read twice (1 = all)"
     )

@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from app.params import JsonInt
 from ml.config import DEFAULT_METHOD, METHODS, PROFILES
 
 
@@ -16,7 +17,7 @@ class RunCreate(BaseModel):
     # name with a 422 listing the allowed ones.
     method: str = Field(default=DEFAULT_METHOD, json_schema_extra={"enum": list(METHODS)})
     profile: str = Field(default="cpu", json_schema_extra={"enum": list(PROFILES)})
-    epochs: int | None = Field(default=None, ge=1, le=1000)
+    epochs: JsonInt | None = Field(default=None, ge=1, le=1000)
     entropy_threshold: float | None = Field(default=None, gt=0, le=2)
     warm_start: bool = True
     # None: on when a reference model is installed. A run starts from the active model of this lab's

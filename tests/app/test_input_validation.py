@@ -328,6 +328,7 @@ def test_training_run_fields_of_another_json_type_are_refused_and_start_nothing(
         {"warm_start_from_reference": 1},
         {"epochs": "5"},
         {"epochs": True},
+        {"epochs": 2.5},
         {"entropy_threshold": "0.5"},
         {"method": ["supervised"]},
     ]
@@ -343,9 +344,10 @@ def test_training_run_fields_of_another_json_type_are_refused_and_start_nothing(
     unknown = client.post("/api/v1/training-runs", json={**tiny, "method": "magic"}, headers=auth)
     assert unknown.status_code == 422 and unknown.json()["allowed"] == list(METHODS)
 
-    body = {**tiny, "epochs": 3, "entropy_threshold": 1, "auto_promote": True, "warm_start_from_reference": False}
+    body = {**tiny, "epochs": 3.0, "entropy_threshold": 1, "auto_promote": True, "warm_start_from_reference": False}
     accepted = client.post("/api/v1/training-runs", json=body, headers=auth)
     assert accepted.status_code == 202, accepted.text
     assert sent == [(accepted.json()["id"],)]
     (run,) = client.get("/api/v1/training-runs", headers=auth).json()
     assert run["params"]["entropy_threshold"] == 1.0 and run["params"]["auto_promote"] is True
+    assert run["params"]["epochs"] == 3 and isinstance(run["params"]["epochs"], int)  # 3.0 is a JSON integer

@@ -65,6 +65,8 @@ def test_settings_of_another_json_type_are_refused_and_change_nothing(
         }
     )
     _double_reading(client, admin, fraction=0)  # an integer is a JSON number: 0 is a fraction
+    as_float = client.put("/api/v1/settings", json={"readers_per_cell": 1.0, "double_read_fraction": 1}, headers=admin)
+    assert as_float.status_code == 200 and as_float.json()["readers_per_cell"] == 1  # 1.0 is a JSON Schema integer
 
 
 def _label(client: TestClient, headers: dict, cell_id: int, value: str) -> None:
