@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", default="1")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fuzz.json")
+    parser.add_argument(
+        "--operation",
+        action="append",
+        default=[],
+        metavar="'METHOD PATH'",
+        help="fuzz only this operation (repeatable), e.g. --operation 'PUT /api/v1/settings'",
+    )
     args = parser.parse_args()
 
     import schemathesis
@@ -149,11 +157,20 @@ def main() -> int:
             ("root", "correct-horse-battery", ["--exclude-path-regex", ENDS_SESSIONS]),
             ("fuzz-reader", "correct-horse-battery", ["--include-path-regex", ENDS_SESSIONS]),
         ]
+        if args.operation:  # a quick check of some operations, each in the pass it belongs to
+            ending = [name for name in args.operation if re.search(ENDS_SESSIONS, name.split()[-1])]
+            (admin_user, admin_password, admin_selection), (reader, reader_password, _) = passes
+            passes = []
+            if len(ending) < len(args.operation):
+                names = [f"--include-name={name}" for name in args.operation]
+                passes.append((admin_user, admin_password, [*admin_selection, *names]))
+            if ending:
+                passes.append((reader, reader_password, [f"--include-name={name}" for name in ending]))
         reports = []
         returncode = 0
         for number, (user, password, selection) in enumerate(passes):
             report_path = work / f"report-{number}.json"
-            if number:  # a fresh reader: the first pass may have deactivated the others
+            if user != "root":  # a fresh reader: the first pass may have deactivated the others
                 admin = httpx.post(f"{base}/api/v1/auth/token", data={"username": "root", "password": password})
                 admin.raise_for_status()
                 httpx.post(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -11,7 +10,7 @@ from app.audit import service
 from app.audit.schemas import ActivityOut, EventOut
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import responses
-from app.params import DbId, QueryId
+from app.params import DbId, QueryId, QueryTime
 from app.templating import render
 from app.users import service as users
 
@@ -35,8 +34,8 @@ def activity(
     user_id: QueryId | None = None,
     source: Source | None = None,
     kind: Literal["label", "undo"] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: QueryTime | None = None,
+    until: QueryTime | None = None,
     before_id: QueryId | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_ACTIVITY)] = 100,
 ) -> ActivityOut:

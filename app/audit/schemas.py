@@ -2,12 +2,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.labelling.schemas import ShownSuggestion
 
 
 class EventOut(BaseModel):
+    # Built from app.audit.service.Event dataclasses (``ActivityOut(events=...)`` gave a 500 without it).
+    model_config = ConfigDict(from_attributes=True)
+
     label_id: int
     cell_id: int
     event: str = Field(description="label | undo | bulk label | bulk undo | adjudication")

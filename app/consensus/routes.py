@@ -16,6 +16,7 @@ from app.consensus.schemas import (
     ConfusionOut,
     PairOut,
     ReadingSettings,
+    ReadingSettingsIn,
     ReadOut,
 )
 from app.deps import AdminUser, SessionDep
@@ -36,7 +37,7 @@ def get_reading_settings(session: SessionDep, admin: AdminUser) -> dict:
 
 
 @api.put("/settings", response_model=ReadingSettings, responses=responses(400, 413))
-def put_reading_settings(session: SessionDep, admin: AdminUser, body: ReadingSettings) -> dict:
+def put_reading_settings(session: SessionDep, admin: AdminUser, body: ReadingSettingsIn) -> dict:
     """Change the reading settings; they apply to cells read for the first time from now on."""
     return rules.update_reading_settings(
         session=session,

@@ -2,14 +2,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.params import JsonInt
 
 
 class ReadingSettings(BaseModel):
-    readers_per_cell: int = Field(ge=1, le=2, description="1: single reading; 2: double reading")
+    readers_per_cell: JsonInt = Field(ge=1, le=2, description="1: single reading; 2: double reading")
     double_read_fraction: float = Field(
         ge=0.0, le=1.0, allow_inf_nan=False, description="with 2 readers: the share of cells read twice (1 = all)"
     )
+
+
+class ReadingSettingsIn(ReadingSettings):
+    """The body of ``PUT /settings``: strict JSON types, so ``false`` is not taken for 0 nor ``"2"`` for 2."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class ConfusionOut(BaseModel):

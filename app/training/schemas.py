@@ -5,13 +5,19 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from ml.config import DEFAULT_METHOD
+from app.params import JsonInt
+from ml.config import DEFAULT_METHOD, METHODS, PROFILES
 
 
 class RunCreate(BaseModel):
-    method: str = DEFAULT_METHOD
-    profile: str = "cpu"
-    epochs: int | None = Field(default=None, ge=1, le=1000)
+    # Strict: JSON types as the schema gives them; `"auto_promote": 0` or `"epochs": "5"` is a 422, not a guess.
+    model_config = ConfigDict(strict=True)
+
+    # The enums document the service's check (app.training.service.create_run), which answers an unknown
+    # name with a 422 listing the allowed ones.
+    method: str = Field(default=DEFAULT_METHOD, json_schema_extra={"enum": list(METHODS)})
+    profile: str = Field(default="cpu", json_schema_extra={"enum": list(PROFILES)})
+    epochs: JsonInt | None = Field(default=None, ge=1, le=1000)
     entropy_threshold: float | None = Field(default=None, gt=0, le=2)
     warm_start: bool = True
     # None: on when a reference model is installed. A run starts from the active model of this lab's

@@ -282,3 +282,72 @@ def test_queue_limit_out_of_range_is_refused_not_clamped(client: TestClient) -> 
         assert response.status_code == 422, (limit, response.text)
         assert "limit" in response.json()["detail"]
     assert client.get("/api/v1/queue", params={"limit": 1000}, headers=headers).status_code == 200
+
+
+# --- schema-violating input that scripts/fuzz found accepted (AcceptedNegativeData) -----------------
+
+
+def test_activity_times_must_be_rfc3339_date_times_with_a_zone(client: TestClient) -> None:
+    make_user("root", role="admin")
+    make_user("cyto")
+    (cell_id,) = make_cells(1)
+    auth, cyto = token_headers(client, "root"), token_headers(client, "cyto")
+    assert client.post(f"/api/v1/cells/{cell_id}/labels", json={"label": "basophil"}, headers=cyto).status_code == 201
+    # a number was read as seconds since 1970, a date or a time without a zone in the database's zone
+    for bad in ("0.5", "1700000000", "2026-01-31", "2026-01-31T08:00:00", "2026-01-31 08:00:00Z", "yesterday"):
+        for name in ("since", "until"):
+            response = client.get("/api/v1/activity", params={name: bad}, headers=auth)
+            assert response.status_code == 422, (name, bad, response.text)
+            assert response.json()["detail"].startswith(f"invalid request: query.{name}:")
+            assert "RFC 3339" in response.json()["detail"]
+
+    def events(**times: str) -> list[int]:
+        response = client.get("/api/v1/activity", params=times, headers=auth)
+        assert response.status_code == 200, response.text
+        return [event["cell_id"] for event in response.json()["events"]]
+
+    assert events(since="2000-01-01T00:00:00Z", until="2999-01-01T00:00:00.5+02:00") == [cell_id]
+    assert events(until="2000-01-01T00:00:00z") == []
+    assert events(since="2999-01-01T00:00:00-05:00") == []
+
+
+def test_training_run_fields_of_another_json_type_are_refused_and_start_nothing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.training import broker
+    from ml.config import METHODS, PROFILES
+
+    sent: list[tuple] = []
+    monkeypatch.setattr(broker, "enqueue", lambda task, *args: sent.append(args))
+    make_user("root", role="admin")
+    auth = token_headers(client, "root")
+    tiny = {"method": "supervised", "profile": "tiny"}
+    wrong_types = [
+        {"auto_promote": 0},  # was taken as false
+        {"warm_start": "yes"},
+        {"warm_start_from_reference": 1},
+        {"epochs": "5"},
+        {"epochs": True},
+        {"epochs": 2.5},
+        {"entropy_threshold": "0.5"},
+        {"method": ["supervised"]},
+    ]
+    for wrong in wrong_types:
+        response = client.post("/api/v1/training-runs", json={**tiny, **wrong}, headers=auth)
+        assert response.status_code == 422, (wrong, response.text)
+        assert response.json()["detail"].startswith(f"invalid request: body.{next(iter(wrong))}")
+    assert client.get("/api/v1/training-runs", headers=auth).json() == [] and sent == []
+
+    # The schema lists the methods and profiles; an unknown one still gets the service's answer.
+    run_create = create_app().openapi()["components"]["schemas"]["RunCreate"]["properties"]
+    assert (run_create["method"]["enum"], run_create["profile"]["enum"]) == (list(METHODS), list(PROFILES))
+    unknown = client.post("/api/v1/training-runs", json={**tiny, "method": "magic"}, headers=auth)
+    assert unknown.status_code == 422 and unknown.json()["allowed"] == list(METHODS)
+
+    body = {**tiny, "epochs": 3.0, "entropy_threshold": 1, "auto_promote": True, "warm_start_from_reference": False}
+    accepted = client.post("/api/v1/training-runs", json=body, headers=auth)
+    assert accepted.status_code == 202, accepted.text
+    assert sent == [(accepted.json()["id"],)]
+    (run,) = client.get("/api/v1/training-runs", headers=auth).json()
+    assert run["params"]["entropy_threshold"] == 1.0 and run["params"]["auto_promote"] is True
+    assert run["params"]["epochs"] == 3 and isinstance(run["params"]["epochs"], int)  # 3.0 is a JSON integer

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import string
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.classes import service
+from app.classes.schemas import HOTKEY_PATTERN, NAME_PATTERN
 from app.db import session_scope
 from app.errors import Conflict, InvalidInput
 from app.labelling.service import add_label, class_names, current_labels
@@ -139,3 +143,33 @@ def test_promoting_a_model_that_lacks_a_labelled_class_needs_confirmation(pg_db_
         with pytest.raises(Conflict, match="Platelet"):
             promote(session=session, model_id=version.id)
         assert promote(session=session, model_id=version.id, confirm_missing=True).is_active
+
+
+def test_the_schema_hotkey_pattern_is_the_rule_the_service_checks() -> None:
+    for key in string.printable:
+        lowered = key.strip().lower()
+        service_takes = bool(service.HOTKEY.fullmatch(lowered)) and lowered not in service.reserved_hotkeys()
+        assert bool(re.fullmatch(HOTKEY_PATTERN, key)) == service_takes, repr(key)
+    components = create_app().openapi()["components"]["schemas"]
+    assert components["ClassCreate"]["properties"]["hotkey"]["pattern"] == HOTKEY_PATTERN
+    assert components["ClassUpdate"]["properties"]["hotkey"]["anyOf"][0]["pattern"] == HOTKEY_PATTERN
+
+
+def test_the_schema_name_pattern_holds_for_every_name_the_service_can_take() -> None:
+    for name in ["Erythroblast", "IG", "  b  ", "Ç2", "Ì", "!!!", "é-à", "-", "7"]:
+        has_a_key = bool(service.slug(name))  # the service refuses an empty slug
+        assert bool(re.search(NAME_PATTERN, name)) == has_a_key, name
+    components = create_app().openapi()["components"]["schemas"]
+    assert components["ClassCreate"]["properties"]["name"]["pattern"] == NAME_PATTERN
+    assert components["ClassUpdate"]["properties"]["display_name"]["anyOf"][0]["pattern"] == NAME_PATTERN
+
+
+def test_names_and_hotkeys_off_the_schema_patterns_get_the_service_messages(pg_db_url: str) -> None:
+    make_user("ada", role="admin")
+    with TestClient(create_app()) as client:
+        admin = token_headers(client, "ada")
+        reserved_key = client.post("/api/v1/classes", json={"name": "Platelet", "hotkey": "U"}, headers=admin)
+        no_key = client.post("/api/v1/classes", json={"name": "Ì", "hotkey": "p"}, headers=admin)
+    assert reserved_key.status_code == 422
+    assert reserved_key.json()["detail"] == "hotkey 'u' is taken by the key map (undo, help): choose another"
+    assert no_key.status_code == 422 and no_key.json()["detail"] == "'Ì' cannot name a class: choose another name"

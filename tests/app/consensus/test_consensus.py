@@ -34,6 +34,41 @@ def _double_reading(client: TestClient, admin: dict, fraction: float = 1.0) -> N
     }
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"readers_per_cell": 2, "double_read_fraction": False}, "double_read_fraction"),  # was taken as 0
+        ({"readers_per_cell": 2, "double_read_fraction": "0.5"}, "double_read_fraction"),
+        ({"readers_per_cell": "2", "double_read_fraction": 0.5}, "readers_per_cell"),
+        ({"readers_per_cell": True, "double_read_fraction": 0.5}, "readers_per_cell"),
+        ({"readers_per_cell": 2.5, "double_read_fraction": 0.5}, "readers_per_cell"),
+    ],
+)
+def test_settings_of_another_json_type_are_refused_and_change_nothing(
+    client: TestClient, body: dict, field: str
+) -> None:
+    """scripts/fuzz found ``false`` taken for 0: the body must have the schema's JSON types, and a
+    refused body applies none of its fields (here ``readers_per_cell: 2``)."""
+    make_user("root", role="admin")
+    admin = token_headers(client, "root")
+    before = client.get("/api/v1/settings", headers=admin).json()
+    refused = client.put("/api/v1/settings", json=body, headers=admin)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"].startswith(f"invalid request: body.{field}:")
+    assert [error["loc"] for error in refused.json()["errors"]] == [["body", field]]
+    assert (
+        client.get("/api/v1/settings", headers=admin).json()
+        == before
+        == {
+            "readers_per_cell": 1,
+            "double_read_fraction": 1.0,
+        }
+    )
+    _double_reading(client, admin, fraction=0)  # an integer is a JSON number: 0 is a fraction
+    as_float = client.put("/api/v1/settings", json={"readers_per_cell": 1.0, "double_read_fraction": 1}, headers=admin)
+    assert as_float.status_code == 200 and as_float.json()["readers_per_cell"] == 1  # 1.0 is a JSON Schema integer
+
+
 def _label(client: TestClient, headers: dict, cell_id: int, value: str) -> None:
     response = client.post(f"/api/v1/cells/{cell_id}/labels", json={"label": value}, headers=headers)
     assert response.status_code == 201, response.text
