@@ -83,29 +83,34 @@ def bench_config(
 
 EXTRA_SPLIT_SEED = 20260501  # fixed: every run and seed tests on the same extra-class cells
 EXTRA_TEST_PER_CLASS = 100
+# Validation cells of each extra class, so that choices about them (issue 18's 8-class runs) are
+# made on validation like the manifest's classes' (25 of the ~200 left per class of pbc-other).
+EXTRA_VALIDATION_PER_CLASS = 25
+EXTRA_ROLES = ("test", "validation", "train")
 
 
-def extra_class_rows(extra: Path, names: list[str]) -> tuple[list[str], list[str], list[int], list[int]]:
-    """The extra classes' files split by a fixed seed: ``EXTRA_TEST_PER_CLASS`` per class for the
-    test set, the rest for the train split. Returns (train files, test files, train y, test y),
-    y indexing ``names``."""
+def extra_class_rows(extra: Path, names: list[str]) -> dict[str, tuple[list[str], list[int]]]:
+    """The extra classes' files split by a fixed seed into roles: ``EXTRA_TEST_PER_CLASS`` per class
+    for the test set, then ``EXTRA_VALIDATION_PER_CLASS`` for validation, the rest for the train
+    split. Returns {role: (files, y)}, y indexing ``names``."""
     from ml.data import read_manifest
 
     rows = read_manifest(extra)
     index = {name: i for i, name in enumerate(names)}
     rng = np.random.default_rng(EXTRA_SPLIT_SEED)
-    train_files, test_files, train_y, test_y = [], [], [], []
+    roles: dict[str, tuple[list[str], list[int]]] = {role: ([], []) for role in EXTRA_ROLES}
     for label in sorted({r["label"] for r in rows}):
         files = sorted(r["file"] for r in rows if r["label"] == label)
-        order = rng.permutation(len(files))
-        for rank, i in enumerate(order):
+        for rank, i in enumerate(rng.permutation(len(files))):
             if rank < EXTRA_TEST_PER_CLASS:
-                test_files.append(files[i])
-                test_y.append(index[label])
+                role = "test"
+            elif rank < EXTRA_TEST_PER_CLASS + EXTRA_VALIDATION_PER_CLASS:
+                role = "validation"
             else:
-                train_files.append(files[i])
-                train_y.append(index[label])
-    return train_files, test_files, train_y, test_y
+                role = "train"
+            roles[role][0].append(files[i])
+            roles[role][1].append(index[label])
+    return roles
 
 
 def _with_extra(base: ImageSet, extra: Path, files: list[str], y: list[int], size: int) -> ImageSet:
@@ -132,8 +137,8 @@ def load_split(
 ) -> Split:
     """Draw ``per_class`` labels per class from the train split less the validation cells (by
     ``seed``); the rest is the unlabelled pool when the method uses one. ``extra_classes`` (a
-    MANIFEST folder of other classes) adds its classes: ``extra_class_rows`` splits them into test
-    cells and train cells (the validation split keeps the manifest's classes only)."""
+    MANIFEST folder of other classes) adds its classes: ``extra_class_rows`` splits them into test,
+    validation and train cells."""
     from ml.data import load_image_folder, load_manifest_split, read_manifest, split_labelled
     from ml.splits import VALIDATION
 
@@ -147,10 +152,11 @@ def load_split(
     else:
         test_set = load_manifest_split(data, "test", config.image_size, class_names=train_set.class_names)
     if extra_classes is not None:
-        train_files, test_files, train_y, test_y = extra_class_rows(extra_classes, train_set.class_names)
-        train_set = _with_extra(train_set, extra_classes, train_files, train_y, config.image_size)
+        rows = extra_class_rows(extra_classes, train_set.class_names)
+        train_set = _with_extra(train_set, extra_classes, *rows["train"], config.image_size)
+        validation = _with_extra(validation, extra_classes, *rows["validation"], config.image_size)
         if test_dir is None:
-            test_set = _with_extra(test_set, extra_classes, test_files, test_y, config.image_size)
+            test_set = _with_extra(test_set, extra_classes, *rows["test"], config.image_size)
     labelled, rest = split_labelled(train_set.y, per_class, seed)
     uses_unlabelled = config.algorithm != "supervised" or config.pseudo_filter is not None
     return Split(train_set, validation, test_set, labelled, rest if uses_unlabelled else rest[:0])

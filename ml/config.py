@@ -69,6 +69,10 @@ class TrainConfig:
     # class (issue 15's lever: basophils, lymphocytes and monocytes hold almost all errors and
     # are a third of the pool); False: uniformly over the pool, as the paper.
     balance_unlabelled: bool = False
+    # Mean-teacher stages: the student sees the unlabelled half-batch strongly augmented (colour
+    # jitter and cutout beside translation and flips; ml.augment.Augmenter.strong) while the
+    # teacher keeps the weak view: FixMatch's recipe inside the mean teacher (issue 15's lever).
+    strong_student: bool = False
     rounds: int | None = None  # None: the method's default (METHOD_SPECS)
     batch_size: int = 40
     labelled_per_batch: int = 20

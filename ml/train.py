@@ -147,13 +147,19 @@ class Supervised(Algorithm):
 
 class MeanTeacher(Algorithm):
     """α·CE(labelled) + β·MSE(softmax student, softmax teacher) over the whole batch; the
-    teacher sees its own augmentation of the same cells, under no_grad."""
+    teacher sees its own augmentation of the same cells, under no_grad. With ``strong_student``
+    (FixMatch's recipe inside the mean teacher) the student sees the unlabelled cells strongly
+    augmented while the teacher keeps the weak view."""
 
     name = "mean-teacher"
 
     def train_step(self, xl, yl, xu, ramp):
         x = torch.cat([xl, xu])
-        student_logits = self.student(_cl(self.augment.weak(x)))
+        if self.config.strong_student:
+            student_view = torch.cat([self.augment.weak(xl), self.augment.strong(xu)])
+        else:
+            student_view = self.augment.weak(x)
+        student_logits = self.student(_cl(student_view))
         with torch.no_grad():
             teacher_logits = self.teacher(_cl(self.augment.weak(x)))
         ce = F.cross_entropy(student_logits[: len(xl)].float(), yl)

@@ -92,3 +92,21 @@ def test_schedules():
     assert cosine_lr(0, 100, 0.05, warmup=10) == 0.005
     assert sigmoid_rampup(0.0, 0.3) < 0.01 and sigmoid_rampup(0.3, 0.3) == 1.0
     assert sigmoid_rampup(0.1, 0.3) < sigmoid_rampup(0.2, 0.3) < 1.0
+
+
+def test_strong_student_changes_only_the_students_view_of_unlabelled_cells():
+    student, teacher = _pair()
+    seen = []
+    student.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().float().clone()))
+    xl = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)
+    xu = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)
+    for strong in (False, True):
+        config = make_config("tiny", "mean-teacher", strong_student=strong, translate=0.0)
+        algo = MeanTeacher(config, student, teacher, Augmenter(0.0, True, True, True, seed=1))
+        algo.train_step(xl, torch.tensor([0, 1]), xu, ramp=1.0)
+    weak_view, strong_view = seen
+    # A flat image is unchanged by translation and flips; only the strong view's colour jitter
+    # and cutout move it, and only on the unlabelled half.
+    assert torch.equal(weak_view, torch.full_like(weak_view, 100.0))
+    assert torch.equal(strong_view[:2], weak_view[:2])
+    assert not torch.equal(strong_view[2:], weak_view[2:])

@@ -32,13 +32,16 @@ def test_extra_classes_are_split_by_a_fixed_seed_into_test_and_pool(
     data = make_manifest_dataset(tmp_path / "cells", train_per_class=6, test_per_class=2)
     extra = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=4, test_per_class=2)
     monkeypatch.setattr(bench_ssl, "EXTRA_TEST_PER_CLASS", 2)
+    monkeypatch.setattr(bench_ssl, "EXTRA_VALIDATION_PER_CLASS", 1)
     report = _ssl(data, tmp_path / "run.json", "--extra-classes", str(extra), method="pseudo-single")
     assert report["class_names"] == ["basophil", "eosinophil", "ig", "lymphocyte", "platelet"]
     assert report["n_test"] == 3 * 2 + 2 * 2
+    assert report["n_validation"] == 3 * 1 + 2 * 1
     assert report["n_labelled"] == 5 * 3
-    # a quarter of each manifest class (1 of 6) is validation; the extra classes give 2 of 6 to test
-    assert report["n_labelled"] + report["n_unlabelled"] == 3 * (6 - 1) + 2 * (6 - 2)
+    # a sixth of each manifest class (1 of 6) is validation; the extra classes give 2 of 6 to test, 1 to validation
+    assert report["n_labelled"] + report["n_unlabelled"] == 3 * (6 - 1) + 2 * (6 - 2 - 1)
     assert "ig" in report["per_class"] and "recall" in report["per_class"]["ig"]
+    assert "ig" in report["val_per_class"]
 
 
 def test_the_shared_extra_classes_split_is_fixed_and_disjoint() -> None:
@@ -46,11 +49,12 @@ def test_the_shared_extra_classes_split_is_fixed_and_disjoint() -> None:
     if not (other / "MANIFEST.csv").exists():
         pytest.skip("../shared/data/pbc-other is not here")
     names = ["erythroblast", "ig", "platelet"]
-    train, test, train_y, test_y = bench_ssl.extra_class_rows(other, names)
-    assert [test_y.count(i) for i in range(3)] == [100, 100, 100]
-    assert [train_y.count(i) for i in range(3)] == [200, 200, 200]
-    assert not set(train) & set(test)
-    assert bench_ssl.extra_class_rows(other, names)[1] == test  # the same cells every time
+    rows = bench_ssl.extra_class_rows(other, names)
+    counts = {role: [y.count(i) for i in range(3)] for role, (_, y) in rows.items()}
+    assert counts == {"test": [100] * 3, "validation": [25] * 3, "train": [175] * 3}
+    files = [set(f) for f, _ in rows.values()]
+    assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
+    assert bench_ssl.extra_class_rows(other, names)["test"] == rows["test"]  # the same cells every time
 
 
 def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
