@@ -171,13 +171,39 @@ def test_levers_and_thread_counts_are_paired_with_the_profile_by_seed(results_sc
     for path in (tmp_path / "val").glob("*.json"):
         path.write_text(json.dumps(dict(json.loads(path.read_text()), threads=2)))
     assert results_script.lever_lines(tmp_path)[2:] == [
-        "| lp+mean-teacher | 20 | 1 | balance_unlabelled=True | 93.0 | 95.0 | 95.0 | 97.0 |"
+        "| lp+mean-teacher | 20 | 1 | balance_unlabelled=True | 93.0 | 95.0 | 95.0 | 97.0 |",
+        "",
+        "- balance_unlabelled=True, lp+mean-teacher @ 20, seeds 1: validation 93.0 % with the profile, 95.0 % "
+        "changed (per seed +2.0 points); test 95.0 against 97.0 %",
     ]
     assert results_script.thread_lines(tmp_path)[2:] == [
         "| lp+mean-teacher | 20 | 0 | 1 thread(s), not 2 | 93.0 | 91.0 | 95.0 | 93.0 |"
     ]
     page = results_script.render({}, "plot.png", tmp_path)
     assert "| balance_unlabelled=True | 93.0 | 95.0 |" in page and "- no lever run yet" not in page
+
+
+def test_levers_on_another_machine_pair_with_the_profile_rerun_there(results_script, tmp_path):
+    machine = tmp_path / "ablations-val" / "xeon"
+    _write(
+        machine / "profile", [_run("lp+mean-teacher", 20, seed, acc, 300, FAST) for seed, acc in ((0, 0.95), (1, 0.91))]
+    )
+    _write(
+        machine,
+        [
+            _run("lp+mean-teacher", 20, 0, 0.97, 320, FAST, strong_student=True),
+            _run("lp+mean-teacher", 20, 1, 0.90, 320, FAST, strong_student=True),
+            _run("lp+mean-teacher", 20, 0, 0.96, 400, FAST, rounds=3),  # same seed, another lever
+        ],
+    )
+    lines = results_script.lever_lines(tmp_path)
+    assert "| lp+mean-teacher | 20 | 0 | strong_student=True (xeon) | 93.0 | 95.0 | 95.0 | 97.0 |" in lines
+    assert "| lp+mean-teacher | 20 | 1 | strong_student=True (xeon) | 89.0 | 88.0 | 91.0 | 90.0 |" in lines
+    assert "| lp+mean-teacher | 20 | 0 | rounds=3 (xeon) | 93.0 | 94.0 | 95.0 | 96.0 |" in lines
+    assert (
+        "- strong_student=True (xeon), lp+mean-teacher @ 20, seeds 0, 1: validation 91.0 % with the profile, "
+        "91.5 % changed (per seed +2.0, -1.0 points); test 93.0 against 93.5 %"
+    ) in lines
 
 
 def test_the_figure_of_a_row_not_rerun_comes_from_the_set_up_closest_to_the_profile(results_script):
