@@ -282,7 +282,7 @@ def _finish_refresh(session: Session, model_id: int) -> int:
     ``finish_scoring`` locks the model's row first: a ``score_new`` that saw the pass under way has
     committed before it, and one that comes later waits for this commit and sees the pass ended."""
     service.finish_scoring(session=session, model_id=model_id)
-    return len(service.unscored_cell_ids(session=session, model_id=model_id))
+    return service.count_unscored(session=session, model_id=model_id)
 
 
 def _score_missed(model_id: int, missed: int) -> None:

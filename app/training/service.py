@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Select, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
@@ -360,12 +360,19 @@ def unlabelled_cell_ids(*, session: Session) -> list[int]:
     return list(session.scalars(select(Cell.id).where(Cell.current_label_id.is_(None)).order_by(Cell.id)))
 
 
+def _unscored(model_id: int) -> Select:
+    scored = select(Prediction.id).where(Prediction.model_version_id == model_id, Prediction.cell_id == Cell.id)
+    return select(Cell.id).where(Cell.current_label_id.is_(None), ~scored.exists())
+
+
 def unscored_cell_ids(*, session: Session, model_id: int) -> list[int]:
     """The unlabelled cells that model ``model_id`` has no prediction for (imported since its scoring)."""
-    scored = select(Prediction.id).where(Prediction.model_version_id == model_id, Prediction.cell_id == Cell.id)
-    return list(
-        session.scalars(select(Cell.id).where(Cell.current_label_id.is_(None), ~scored.exists()).order_by(Cell.id))
-    )
+    return list(session.scalars(_unscored(model_id).order_by(Cell.id)))
+
+
+def count_unscored(*, session: Session, model_id: int) -> int:
+    """How many cells ``unscored_cell_ids`` would list."""
+    return session.scalar(select(func.count()).select_from(_unscored(model_id).subquery())) or 0
 
 
 def lock_model(*, session: Session, model_id: int) -> ModelVersion | None:
