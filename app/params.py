@@ -7,7 +7,7 @@ import re
 from typing import Annotated
 
 from fastapi import Path, Query
-from pydantic import AwareDatetime, BeforeValidator, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 # Primary keys are PostgreSQL ``integer`` columns (SERIAL): 1 to 2**31 - 1. A larger id can name
 # no row, and PostgreSQL refuses to compare it with an integer column, so it is refused up front.
@@ -24,6 +24,13 @@ QueryIds = Annotated[list[BoundedId], Query(max_length=1000)]
 
 QueryId = Annotated[int, Query(ge=1, le=MAX_DB_ID, description="a database id (1 to 2^31 - 1)")]
 """One id in the query string."""
+
+
+class RequestBody(BaseModel):
+    """A JSON request body. A field it does not name is refused (422 naming the field), so a misspelt
+    field (``{"labl": "basophil"}``) is not dropped while the request answers success."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def _integral_float(value: object) -> object:

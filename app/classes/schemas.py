@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from app.labelling.keymap import action_keys
-from app.params import BoundedId
+from app.params import BoundedId, RequestBody
 
 # The hotkeys the service takes (app.classes.service._check_hotkey), for the schema: one digit or letter,
 # either case, that the page's key map does not give to an action. The service still checks, with a message
@@ -33,7 +33,7 @@ class ClassOut(BaseModel):
     retired_at: datetime | None = None
 
 
-class ClassCreate(BaseModel):
+class ClassCreate(RequestBody):
     name: str = Field(
         min_length=1,
         max_length=64,
@@ -45,7 +45,7 @@ class ClassCreate(BaseModel):
     is_wbc: bool = True
 
 
-class ClassUpdate(BaseModel):
+class ClassUpdate(RequestBody):
     display_name: (
         Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": NAME_PATTERN})] | None
     ) = Field(default=None, description="a new display name, with a letter a-z or a digit; the key stays")
@@ -55,7 +55,7 @@ class ClassUpdate(BaseModel):
     position: int | None = Field(default=None, ge=0, le=10_000)
 
 
-class MergeIn(BaseModel):
+class MergeIn(RequestBody):
     into: BoundedId = Field(description="the id of the class that takes over the merged class's cells")
 
 

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.params import JsonInt
+from app.params import JsonInt, RequestBody
 
 
 class ReadingSettings(BaseModel):
@@ -14,7 +14,7 @@ class ReadingSettings(BaseModel):
     )
 
 
-class ReadingSettingsIn(ReadingSettings):
+class ReadingSettingsIn(ReadingSettings, RequestBody):
     """The body of ``PUT /settings``: strict JSON types, so ``false`` is not taken for 0 nor ``"2"`` for 2."""
 
     model_config = ConfigDict(strict=True)
@@ -51,7 +51,7 @@ class AdjudicationCase(BaseModel):
     reads: list[ReadOut]
 
 
-class AdjudicationIn(BaseModel):
+class AdjudicationIn(RequestBody):
     label: str = Field(max_length=64, description="a class name (or `unsure`)")
 
 

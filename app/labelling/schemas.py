@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from app.params import RequestBody
+
 
 class ShownSuggestion(BaseModel):
     """A model's class and confidence as a reader saw them (kept on the label row)."""
@@ -34,7 +36,7 @@ class NextCell(BaseModel):
     lease_until: datetime | None = None
 
 
-class LabelIn(BaseModel):
+class LabelIn(RequestBody):
     label: str
     idempotency_key: str | None = Field(
         default=None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, model_validator
 
 from app.labelling.schemas import Suggestion
-from app.params import BoundedId
+from app.params import BoundedId, RequestBody
 from app.review.service import MAX_BULK
 
 
@@ -18,7 +18,7 @@ class GridPageOut(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
 
 
-class BulkLabelIn(BaseModel):
+class BulkLabelIn(RequestBody):
     cell_ids: list[BoundedId] = Field(min_length=1, max_length=MAX_BULK)
     label: str | None = Field(default=None, max_length=64, description="a class name or `unsure`")
     as_predicted: bool = Field(

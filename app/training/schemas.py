@@ -5,11 +5,11 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from app.params import JsonInt
+from app.params import JsonInt, RequestBody
 from ml.config import DEFAULT_METHOD, METHODS, PROFILES
 
 
-class RunCreate(BaseModel):
+class RunCreate(RequestBody):
     # Strict: JSON types as the schema gives them; `"auto_promote": 0` or `"epochs": "5"` is a 422, not a guess.
     model_config = ConfigDict(strict=True)
 

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.params import RequestBody
 from app.security import password_problem
 
 USERNAME_MAX = 64
@@ -17,7 +18,7 @@ def _acceptable_password(password: str) -> str:
     return password
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestBody):
     username: str = Field(min_length=2, max_length=USERNAME_MAX, pattern=r"^[A-Za-z0-9_.@-]+$")
     password: str = Field(min_length=8, max_length=256)
     role: Literal["cytologist", "admin"] = "cytologist"
@@ -25,14 +26,14 @@ class UserCreate(BaseModel):
     _password_ok = field_validator("password")(_acceptable_password)
 
 
-class PasswordChange(BaseModel):
+class PasswordChange(RequestBody):
     current_password: str = Field(max_length=256)
     new_password: str = Field(min_length=8, max_length=256)
 
     _password_ok = field_validator("new_password")(_acceptable_password)
 
 
-class PasswordReset(BaseModel):
+class PasswordReset(RequestBody):
     new_password: str = Field(min_length=8, max_length=256, description="a temporary password to hand over")
 
     _password_ok = field_validator("new_password")(_acceptable_password)

@@ -351,3 +351,29 @@ def test_training_run_fields_of_another_json_type_are_refused_and_start_nothing(
     (run,) = client.get("/api/v1/training-runs", headers=auth).json()
     assert run["params"]["entropy_threshold"] == 1.0 and run["params"]["auto_promote"] is True
     assert run["params"]["epochs"] == 3 and isinstance(run["params"]["epochs"], int)  # 3.0 is a JSON integer
+
+
+def test_a_body_field_the_schema_does_not_name_is_refused_and_writes_nothing(client: TestClient) -> None:
+    from app.models import Label
+
+    make_user("root", role="admin")
+    (cell_id,) = make_cells(1)
+    auth = token_headers(client, "root")
+    misspelt = [
+        (f"/api/v1/cells/{cell_id}/labels", {"label": "basophil", "idempotency_kye": "k1"}, "idempotency_kye"),
+        ("/api/v1/training-runs", {"method": "supervised", "profile": "tiny", "epoch": 3}, "epoch"),
+        ("/api/v1/users", {"username": "reader", "password": "a long password", "rol": "admin"}, "rol"),
+        ("/api/v1/classes", {"name": "blast", "hotkey": "b", "is_wbc": True, "colour": "#aa0000", "wbc": 1}, "wbc"),
+    ]
+    for path, body, field in misspelt:
+        response = client.post(path, json=body, headers=auth)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"] == f"invalid request: body.{field}: Extra inputs are not permitted"
+    with session_scope() as session:
+        assert session.scalars(select(Label)).all() == []
+    assert client.get("/api/v1/training-runs", headers=auth).json() == []
+    assert [u["username"] for u in client.get("/api/v1/users", headers=auth).json()] == ["root"]
+    assert "blast" not in [c["name"] for c in client.get("/api/v1/classes", headers=auth).json()]
+    # the schema says so, so generated clients and fuzzers know it too
+    schemas = create_app().openapi()["components"]["schemas"]
+    assert all(schemas[name]["additionalProperties"] is False for name in ("LabelIn", "RunCreate", "UserCreate"))
