@@ -1,5 +1,5 @@
 """The benchmark commands: ``leukolab bench ssl|throughput|active|locate|transfer`` (the leukolab CLI registers
-them; ``review`` only here), and ``python -m bench.cli`` to run them without the rest of leukolab.
+them; ``review`` and ``pack`` only here), and ``python -m bench.cli`` to run them without the rest of leukolab.
 
 torch is imported inside the commands, so that importing this module stays cheap.
 """
@@ -15,6 +15,7 @@ import typer
 from bench.active import bench_active
 from bench.locate import locate_command as locate
 from bench.ood import ood_command as ood
+from bench.pack import pack_command as pack
 from bench.review import review_command as review
 from bench.ssl import ssl, write_json
 from bench.transfer import transfer_command as transfer
@@ -49,6 +50,7 @@ app.command("locate")(locate)
 app.command("review")(review)
 app.command("ood")(ood)
 app.command("transfer")(transfer)
+app.command("pack")(pack)
 
 
 def main() -> None:

@@ -521,6 +521,26 @@ def thread_lines(results: Path) -> list[str]:
     return PAIRED_HEADER + rows if rows else []
 
 
+def gpu_lines(results: Path) -> list[str]:
+    """The paper profile on a GPU (``scripts/gpu_paper``: ``results/gpu``), one row a run; the runs of
+    one call share the GPU, so their minutes are an upper bound for a run alone."""
+    runs = [json.loads(p.read_text()) for p in sorted((results / "gpu").glob("*.json"))]
+    runs = [r for r in runs if "accuracy" in r]
+    if not runs:
+        return []
+    lines = [
+        "| method | labels/class | profile | seed | val % | test % | minutes | device |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["profile"], _key_labels(r["labels_per_class"]))):
+        lines.append(
+            f"| {r['method']} | {r['labels_per_class']} | {r['profile']} | {r['seed']} "
+            f"| {_percent(r.get('val_accuracy'))} | {_percent(r['accuracy'])} | {r['wall_seconds'] / 60:.1f} "
+            f"| {r.get('device', '?')} |"
+        )
+    return lines
+
+
 def missing_lines(groups: dict) -> list[str]:
     """The required rows that lack seeds 0-2 of the current profile."""
     missing = []
@@ -572,6 +592,7 @@ def render(
         variant_lines=variant_sections(results),
         ablation_lines=ablation_lines(results),
         missing_lines=missing_lines(groups),
+        gpu_lines=gpu_lines(results),
         throughput=throughput,
         active_lines=active or [],
     )

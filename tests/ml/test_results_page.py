@@ -214,3 +214,12 @@ def test_the_figure_of_a_row_not_rerun_comes_from_the_set_up_closest_to_the_prof
     assert chosen[("supervised", 20, "cpu")] == ["a=1"]
     chosen = results_script.current_groups(groups("a=1", "", "b=2"))
     assert chosen[("supervised", 20, "cpu")] == [""]
+
+
+def test_gpu_runs_are_listed_with_their_device_or_said_to_be_missing(results_script, tmp_path):
+    assert "- not run yet: no session has been lent a GPU" in results_script.render({}, "plot.png", tmp_path)
+    paper = dict(_run("lp+mean-teacher", 20, 0, 0.97, 480, "cuda: NVIDIA H200"), profile="paper")
+    _write(tmp_path / "gpu", [paper])
+    assert results_script.gpu_lines(tmp_path)[2:] == [
+        "| lp+mean-teacher | 20 | paper | 0 | 95.0 | 97.0 | 8.0 | cuda: NVIDIA H200 |"
+    ]
