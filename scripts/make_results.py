@@ -521,6 +521,41 @@ def thread_lines(results: Path) -> list[str]:
     return PAIRED_HEADER + rows if rows else []
 
 
+def classes8_lines(results: Path) -> list[str]:
+    """Eight classes (issue 18: ``bench ssl --extra-classes``, ``results/classes8``): one row a seed with
+    the extra classes' test recall, then the mean ± sd over seeds."""
+    runs = [json.loads(p.read_text()) for p in sorted((results / "classes8").glob("*.json"))]
+    runs = sorted((r for r in runs if "accuracy" in r), key=lambda r: (_key_labels(r["labels_per_class"]), r["seed"]))
+    if not runs:
+        return []
+    extra = [c for c in ("erythroblast", "ig", "platelet") if c in runs[0]["per_class"]]
+    lines = [
+        "| method | labels/class | seed | val % | test % | "
+        + " | ".join(f"{c} recall" for c in extra)
+        + " | minutes |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|",
+    ]
+    for r in runs:
+        recalls = " | ".join(f"{r['per_class'][c]['recall']:.2f}" for c in extra)
+        lines.append(
+            f"| {r['method']} | {r['labels_per_class']} | {r['seed']} | {_percent(r.get('val_accuracy'))} "
+            f"| {_percent(r['accuracy'])} | {recalls} | {r['wall_seconds'] / 60:.1f} |"
+        )
+    for n in sorted({r["labels_per_class"] for r in runs}, key=_key_labels):
+        group = [r for r in runs if r["labels_per_class"] == n]
+        if len(group) > 1:
+            val = [100 * r["val_accuracy"] for r in group if r.get("val_accuracy") is not None]
+            lines += [
+                "",
+                f"- {n} labels/class, seeds {', '.join(str(r['seed']) for r in group)}: test "
+                f"{_mean_sd([100 * r['accuracy'] for r in group])} %, validation {_mean_sd(val)} %"
+                + "".join(
+                    f"; {c} recall {statistics.mean(r['per_class'][c]['recall'] for r in group):.2f}" for c in extra
+                ),
+            ]
+    return lines
+
+
 def gpu_lines(results: Path) -> list[str]:
     """The paper profile on a GPU (``scripts/gpu_paper``: ``results/gpu``), one row a run; the runs of
     one call share the GPU, so their minutes are an upper bound for a run alone."""
@@ -593,6 +628,7 @@ def render(
         ablation_lines=ablation_lines(results),
         missing_lines=missing_lines(groups),
         gpu_lines=gpu_lines(results),
+        classes8_lines=classes8_lines(results),
         throughput=throughput,
         active_lines=active or [],
     )

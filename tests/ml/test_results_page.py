@@ -223,3 +223,19 @@ def test_gpu_runs_are_listed_with_their_device_or_said_to_be_missing(results_scr
     assert results_script.gpu_lines(tmp_path)[2:] == [
         "| lp+mean-teacher | 20 | paper | 0 | 95.0 | 97.0 | 8.0 | cuda: NVIDIA H200 |"
     ]
+
+
+def test_eight_class_runs_show_the_extra_classes_recall_and_the_mean_over_seeds(results_script, tmp_path):
+    runs = []
+    for seed, accuracy, ig in ((0, 0.95, 0.70), (1, 0.93, 0.60)):
+        run = _run("lp+mean-teacher", 20, seed, accuracy, 600, FAST)
+        run["per_class"].update({c: {"recall": r} for c, r in (("erythroblast", 0.99), ("ig", ig), ("platelet", 1.0))})
+        runs.append(run)
+    _write(tmp_path / "classes8", runs)
+    lines = results_script.classes8_lines(tmp_path)
+    assert lines[0].endswith("| erythroblast recall | ig recall | platelet recall | minutes |")
+    assert "| lp+mean-teacher | 20 | 1 | 91.0 | 93.0 | 0.99 | 0.60 | 1.00 | 10.0 |" in lines
+    assert lines[-1] == (
+        "- 20 labels/class, seeds 0, 1: test 94.0 ± 1.4 %, validation 92.0 ± 1.4 %; erythroblast recall 0.99; "
+        "ig recall 0.65; platelet recall 1.00"
+    )
