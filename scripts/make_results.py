@@ -464,43 +464,30 @@ PAIRED_HEADER = [
 ]
 
 
-def _lever_folders(results: Path) -> list[tuple[Path, Path, str]]:
-    """(lever runs, the profile's runs they pair with, where): ``ablations-val`` against ``val``, and
-    each machine's sub-folder ``ablations-val/<machine>`` against its own ``<machine>/profile``
-    (a machine of its own moves a short run by points, so levers pair with the same machine)."""
-    root = results / "ablations-val"
-    folders = [(root, results / "val", "")]
-    if root.is_dir():
-        folders += [(d, d / "profile", d.name) for d in sorted(root.iterdir()) if (d / "profile").is_dir()]
-    return folders
-
-
 def lever_lines(results: Path) -> list[str]:
-    """Runs of the current profile with one setting changed, each against the same seed of the
-    profile on the same machine (``_lever_folders``), then one line per change: the mean over its
-    paired seeds. The choice is made on the val columns."""
+    """Runs of the current profile with one setting changed (``results/ablations-val``), each against
+    the same seed of the profile (``results/val``), then one line per change: the mean over its paired
+    seeds. The choice is made on the val columns."""
+    base = _runs_by_seed(results / "val")
+    changes: dict = defaultdict(dict)
+    for path in sorted((results / "ablations-val").glob("*.json")):
+        run = json.loads(path.read_text())
+        if "accuracy" in run and "method" in run:
+            changes[setup_of(run) or "none"][(run["method"], run["labels_per_class"], run["seed"])] = run
     rows: list[str] = []
     means: list[str] = []
-    for folder, base_folder, where in _lever_folders(results):
-        base = _runs_by_seed(base_folder)
-        changes: dict = defaultdict(dict)
-        for path in sorted(folder.glob("*.json")):
-            run = json.loads(path.read_text())
-            if "accuracy" in run and "method" in run:
-                label = (setup_of(run) or "none") + (f" ({where})" if where else "")
-                changes[label][(run["method"], run["labels_per_class"], run["seed"])] = run
-        for label, runs in changes.items():
-            rows += _paired_rows(runs, base, lambda run, label=label: label)
-            paired = sorted(set(runs) & set(base))
-            if paired and all(runs[k].get("val_accuracy") is not None for k in paired):
-                deltas = [100 * (runs[k]["val_accuracy"] - base[k]["val_accuracy"]) for k in paired]
-                means.append(
-                    f"- {label}, {paired[0][0]} @ {paired[0][1]}, seeds {', '.join(str(k[2]) for k in paired)}: "
-                    f"validation {_mean_of(base, paired, 'val_accuracy')} % with the profile, "
-                    f"{_mean_of(runs, paired, 'val_accuracy')} % changed (per seed "
-                    f"{', '.join(f'{d:+.1f}' for d in deltas)} points); test {_mean_of(base, paired, 'accuracy')} "
-                    f"against {_mean_of(runs, paired, 'accuracy')} %"
-                )
+    for label, runs in changes.items():
+        rows += _paired_rows(runs, base, lambda run, label=label: label)
+        paired = sorted(set(runs) & set(base))
+        if paired and all(runs[k].get("val_accuracy") is not None for k in paired):
+            deltas = [100 * (runs[k]["val_accuracy"] - base[k]["val_accuracy"]) for k in paired]
+            means.append(
+                f"- {label}, {paired[0][0]} @ {paired[0][1]}, seeds {', '.join(str(k[2]) for k in paired)}: "
+                f"validation {_mean_of(base, paired, 'val_accuracy')} % with the profile, "
+                f"{_mean_of(runs, paired, 'val_accuracy')} % changed (per seed "
+                f"{', '.join(f'{d:+.1f}' for d in deltas)} points); test {_mean_of(base, paired, 'accuracy')} "
+                f"against {_mean_of(runs, paired, 'accuracy')} %"
+            )
     return PAIRED_HEADER + rows + [""] + means if rows else []
 
 
