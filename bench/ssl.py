@@ -292,6 +292,7 @@ def ssl(
     report validation metrics, and evaluate once on the test split."""
     import torch
 
+    from ml.data import uses_bf16
     from ml.device import device_name, pick_device
 
     if threads is not None:
@@ -339,6 +340,7 @@ def ssl(
         "images_per_second": result.images_per_second,
         "ood": (result.metrics or {}).get("ood"),
         "device": device_name(device),
+        "train_precision": "bf16" if uses_bf16(device, config.cpu_bf16) else "float32",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "config": asdict(config),

@@ -53,7 +53,7 @@ def measure(
 
     from ml.augment import Augmenter
     from ml.config import make_config
-    from ml.data import autocast, load_image_folder
+    from ml.data import autocast, load_image_folder, uses_bf16
     from ml.device import cpu_has_bf16, device_name, pick_device
     from ml.infer import predict
     from ml.model import ModelConfig, build_model
@@ -96,7 +96,8 @@ def measure(
     our_train_bf16 = None
     if device.type == "cpu" and cpu_has_bf16():
         our_train_bf16 = batch * steps / _sync(_timed, lambda: our_step(True), steps, device)
-    configured_bf16 = device.type == "cuda" or (config.cpu_bf16 and our_train_bf16 is not None)
+    # what training itself uses: bf16 only where it is also measured faster (ml.device.cpu_bf16_pays)
+    configured_bf16 = uses_bf16(device, config.cpu_bf16)
     our_train = our_train_bf16 if configured_bf16 and our_train_bf16 is not None else our_train_fp32
     n_infer = min(len(x_all), 2048)
     infer_start = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ml.device import cpu_has_bf16
+from ml.device import cpu_bf16_pays
 from ml.images import model_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -27,10 +27,15 @@ class ImageSet:
 
 
 def autocast(device: torch.device, cpu_bf16: bool = False):
-    """bf16 autocast: always on CUDA; on the CPU where it is native and ``cpu_bf16`` is set
-    (1.5-1.8× faster training on an AVX-512 BF16 core, at some accuracy: docs/results.md)."""
-    enabled = device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_bf16())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bf16 autocast: always on CUDA; on the CPU where ``cpu_bf16`` is set and bf16 is native and
+    measured faster there (``ml.device.cpu_bf16_pays``: 1.5-1.8× faster training on a Zen 4 core, at
+    some accuracy: docs/results.md; half the speed on a Xeon without AMX, so float32 there)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cpu_bf16))
+
+
+def uses_bf16(device: torch.device, cpu_bf16: bool = False) -> bool:
+    """Whether ``autocast(device, cpu_bf16)`` trains in bf16 (what benchmark reports record)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_bf16_pays())
 
 
 def _load_one(path: Path, size: int) -> np.ndarray:

@@ -53,3 +53,39 @@ def test_a_stored_config_reads_back_with_defaults_for_missing_fields():
     config = config_from_dict(stored)
     assert (config.method, config.entropy_threshold, config.lp_neighbors) == ("supervised", 0.005, 8)
     assert config_from_dict(None).entropy_threshold == make_config("tiny").entropy_threshold
+
+
+@pytest.fixture
+def fresh_bf16_choice():
+    import ml.device
+
+    ml.device.cpu_bf16_pays.cache_clear()
+    yield ml.device
+    ml.device.cpu_bf16_pays.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("native", "speedup", "expected"),
+    [(True, 1.6, True), (True, 0.5, False), (True, 1.05, False), (False, 3.0, False)],
+)
+def test_cpu_training_uses_bf16_only_where_it_is_native_and_measured_faster(
+    fresh_bf16_choice, monkeypatch, native, speedup, expected
+):
+    from ml.data import autocast, uses_bf16
+
+    device = fresh_bf16_choice
+    measured = []
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(device, "bf16_speedup", lambda: measured.append(1) or speedup)
+    cpu = torch.device("cpu")
+    assert uses_bf16(cpu, cpu_bf16=True) is expected
+    assert uses_bf16(cpu, cpu_bf16=True) is expected
+    assert len(measured) == (1 if native else 0)  # measured once per process, and only where bf16 is native
+    assert uses_bf16(cpu, cpu_bf16=False) is False  # the profile's setting still decides first
+    with autocast(cpu, cpu_bf16=True):
+        assert torch.is_autocast_enabled("cpu") is expected
+
+
+def test_the_bf16_probe_times_real_training_steps(fresh_bf16_choice):
+    speedup = fresh_bf16_choice.bf16_speedup(batch=4, repeats=1)
+    assert 0.0 < speedup < float("inf")
