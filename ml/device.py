@@ -8,6 +8,7 @@ functions: the results script reads ``CPU_VECTOR_UNITS`` without it.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,8 +57,15 @@ def cpu_bf16_pays() -> bool:
     and measured faster than float32 (``bf16_speedup`` >= ``BF16_MIN_SPEEDUP``). Native is not
     enough: a Zen 4 EPYC trained 1.5-1.8x faster in bf16, while an Intel Xeon with AVX-512 BF16 but
     no AMX trained at half the float32 speed (``bench throughput``: 103 against 223 images/s).
-    Measured once per process, at the first training step that asks."""
-    return cpu_has_bf16() and bf16_speedup() >= BF16_MIN_SPEEDUP
+    Measured once per process, at the first training step that asks. ``LEUKOLAB_CPU_BF16=on``
+    skips the measurement and uses native bf16 even where it is slower (to rerun a bf16 benchmark
+    seed for seed on such a CPU), ``off`` never uses it."""
+    choice = os.environ.get("LEUKOLAB_CPU_BF16", "auto").strip().lower()
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"LEUKOLAB_CPU_BF16={choice!r}: use auto, on or off")
+    if choice == "off" or not cpu_has_bf16():
+        return False
+    return choice == "on" or bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
 def bf16_speedup(batch: int = 40, repeats: int = 5) -> float:

@@ -89,3 +89,19 @@ def test_cpu_training_uses_bf16_only_where_it_is_native_and_measured_faster(
 def test_the_bf16_probe_times_real_training_steps(fresh_bf16_choice):
     speedup = fresh_bf16_choice.bf16_speedup(batch=4, repeats=1)
     assert 0.0 < speedup < float("inf")
+
+
+def test_the_bf16_choice_can_be_forced_either_way(fresh_bf16_choice, monkeypatch):
+    device = fresh_bf16_choice
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(device, "bf16_speedup", lambda: 0.5)  # slower here
+    monkeypatch.setenv("LEUKOLAB_CPU_BF16", "on")
+    assert device.cpu_bf16_pays() is True
+    device.cpu_bf16_pays.cache_clear()
+    monkeypatch.setattr(device, "bf16_speedup", lambda: 2.0)
+    monkeypatch.setenv("LEUKOLAB_CPU_BF16", "off")
+    assert device.cpu_bf16_pays() is False
+    device.cpu_bf16_pays.cache_clear()
+    monkeypatch.setenv("LEUKOLAB_CPU_BF16", "fast")
+    with pytest.raises(ValueError, match="use auto, on or off"):
+        device.cpu_bf16_pays()
