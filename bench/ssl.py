@@ -280,8 +280,8 @@ def ssl(
         Path | None,
         typer.Option(
             "--extra-classes",
-            help="a MANIFEST folder of more classes (e.g. pbc-other): 100 per class to the test set "
-            "by a fixed seed, the rest to the train split",
+            help="a MANIFEST folder of more classes (e.g. pbc-other): by a fixed seed 100 per class to "
+            "the test set, 25 to the validation split, the rest to the train split",
         ),
     ] = None,
     threads: Annotated[
