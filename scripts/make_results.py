@@ -519,14 +519,15 @@ def classes8_lines(results: Path) -> list[str]:
     lines = [
         "| method | labels/class | seed | val % | test % | "
         + " | ".join(f"{c} recall" for c in extra)
-        + " | minutes |",
-        "|---|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|",
+        + " | minutes | trained in |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---|",
     ]
     for r in runs:
         recalls = " | ".join(f"{r['per_class'][c]['recall']:.2f}" for c in extra)
         lines.append(
             f"| {r['method']} | {r['labels_per_class']} | {r['seed']} | {_percent(r.get('val_accuracy'))} "
-            f"| {_percent(r['accuracy'])} | {recalls} | {r['wall_seconds'] / 60:.1f} |"
+            f"| {_percent(r['accuracy'])} | {recalls} | {r['wall_seconds'] / 60:.1f} "
+            f"| {r.get('train_precision', '–')} |"
         )
     for n in sorted({r["labels_per_class"] for r in runs}, key=_key_labels):
         group = [r for r in runs if r["labels_per_class"] == n]

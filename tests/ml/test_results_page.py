@@ -232,8 +232,8 @@ def test_eight_class_runs_show_the_extra_classes_recall_and_the_mean_over_seeds(
         runs.append(run)
     _write(tmp_path / "classes8", runs)
     lines = results_script.classes8_lines(tmp_path)
-    assert lines[0].endswith("| erythroblast recall | ig recall | platelet recall | minutes |")
-    assert "| lp+mean-teacher | 20 | 1 | 91.0 | 93.0 | 0.99 | 0.60 | 1.00 | 10.0 |" in lines
+    assert lines[0].endswith("| erythroblast recall | ig recall | platelet recall | minutes | trained in |")
+    assert "| lp+mean-teacher | 20 | 1 | 91.0 | 93.0 | 0.99 | 0.60 | 1.00 | 10.0 | – |" in lines
     assert lines[-1] == (
         "- 20 labels/class, seeds 0, 1: test 94.0 ± 1.4 %, validation 92.0 ± 1.4 %; erythroblast recall 0.99; "
         "ig recall 0.65; platelet recall 1.00"
