@@ -29,7 +29,7 @@ class ImageSet:
 def autocast(device: torch.device, cpu_bf16: bool = False):
     """bf16 autocast: always on CUDA; on the CPU where ``cpu_bf16`` is set and bf16 is native and
     measured faster there (``ml.device.cpu_bf16_pays``: 1.5-1.8× faster training on a Zen 4 core, at
-    some accuracy: docs/results.md; half the speed on a Xeon without AMX, so float32 there)."""
+    some accuracy: docs/results.md; no faster on a Xeon without AMX, so float32 there)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cpu_bf16))
 
 

@@ -56,8 +56,9 @@ def cpu_bf16_pays() -> bool:
     """Whether bf16 autocast is worth it for training on this CPU: native bf16 (``cpu_has_bf16``)
     and measured faster than float32 (``bf16_speedup`` >= ``BF16_MIN_SPEEDUP``). Native is not
     enough: a Zen 4 EPYC trained 1.5-1.8x faster in bf16, while an Intel Xeon with AVX-512 BF16 but
-    no AMX trained at half the float32 speed (``bench throughput``: 103 against 223 images/s).
-    Measured once per process, at the first training step that asks. ``LEUKOLAB_CPU_BF16=on``
+    no AMX gained nothing (``bench throughput`` on a quiet machine: 288 against 282 images/s), so
+    there float32 keeps its precision at no cost. Measured once per process, at the first training
+    step that asks. ``LEUKOLAB_CPU_BF16=on``
     skips the measurement and uses native bf16 even where it is slower (to rerun a bf16 benchmark
     seed for seed on such a CPU), ``off`` never uses it."""
     choice = os.environ.get("LEUKOLAB_CPU_BF16", "auto").strip().lower()
@@ -71,8 +72,8 @@ def cpu_bf16_pays() -> bool:
 def bf16_speedup(batch: int = 40, repeats: int = 5) -> float:
     """float32 time over bf16 time of one training step (forward, backward, SGD) of the cpu
     profile's network on a batch of ``batch`` 64 px images: the best of ``repeats`` interleaved
-    tries each, after one warm-up (3-7 s on a 2-core machine). On the Xeon above, with a benchmark
-    running beside it, three probes gave 0.75-1.01: noisy, yet on the same side of the bar."""
+    tries each, after one warm-up (3-7 s on a 2-core machine). On the Xeon above three probes gave
+    0.74-0.89 on a quiet machine and 0.75-1.01 beside a benchmark: noisy, yet on the same side of the bar."""
     import time
 
     import torch

@@ -27,5 +27,5 @@ def load_inputs(session: Session, cell_ids: Sequence[int], chunk: int = 2000) ->
     ids = list(cell_ids)
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
-        by_id.update(session.execute(select(Cell.id, Cell.model_input).where(Cell.id.in_(part))).tuples().all())
+        by_id.update(session.execute(select(Cell.id, Cell.model_input).where(Cell.id.in_(part))).all())
     return cells_to_tensor([by_id[i] for i in ids])
