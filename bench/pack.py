@@ -3,10 +3,10 @@
 A GPU machine lent to a session receives the repository alone (at most 64 MiB with the folders it
 carries), not ``../shared/data``. The PBC tiles are 89 MB as 128 px JPEGs; the same cells as the
 network's 64 px inputs (``ml.images.model_input``, what ``ml.data.load_images`` makes of them) are
-about 29 MB as JPEG of quality 95. The copy keeps every file's name and the manifest, so the fixed
-validation split (``ml.splits``, by the folder's name and the files) and the test split are the same
-cells. JPEG files are written as JPEG (a second, light compression: a mean error of about one grey
-level); any other file as PNG, without loss.
+37.5 MB as JPEG of quality 95 with full-resolution colour (``subsampling=0``). The copy keeps every
+file's name and the manifest, so the fixed validation split (``ml.splits``, by the folder's name and
+the files) and the test split are the same cells. JPEG files are written as JPEG (a second, light
+compression: a mean error of about one grey level); any other file as PNG, without loss.
 """
 
 from __future__ import annotations

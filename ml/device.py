@@ -58,9 +58,8 @@ def cpu_bf16_pays() -> bool:
     enough: a Zen 4 EPYC trained 1.5-1.8x faster in bf16, while an Intel Xeon with AVX-512 BF16 but
     no AMX gained nothing (``bench throughput`` on a quiet machine: 288 against 282 images/s), so
     there float32 keeps its precision at no cost. Measured once per process, at the first training
-    step that asks. ``LEUKOLAB_CPU_BF16=on``
-    skips the measurement and uses native bf16 even where it is slower (to rerun a bf16 benchmark
-    seed for seed on such a CPU), ``off`` never uses it."""
+    step that asks. ``LEUKOLAB_CPU_BF16=on`` skips the measurement and uses native bf16 even where it
+    is slower (to rerun a bf16 benchmark seed for seed on such a CPU), ``off`` never uses it."""
     choice = os.environ.get("LEUKOLAB_CPU_BF16", "auto").strip().lower()
     if choice not in ("auto", "on", "off"):
         raise ValueError(f"LEUKOLAB_CPU_BF16={choice!r}: use auto, on or off")
