@@ -247,6 +247,7 @@ def rank_for_queue(
         confidence_threshold=config.lp_confidence,
         alpha=config.lp_alpha,
         unlike=unlike,
+        prior_shift=config.pseudo_prior_shift,
     )
     if unlike is None or not unlike.any():
         selection = select_for_labelling(

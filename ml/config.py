@@ -92,6 +92,10 @@ class TrainConfig:
     # 0: the paper's filter. On PBC at 20 labels/class the paper's entropy threshold admits
     # 2 of 894 lymphocytes, so the cpu profile guards each class (ml.pseudo.filter_pseudo_labels).
     pseudo_min_class_fraction: float = 0.0
+    # Judge the pool's pseudo-labels on predictions re-weighted to the pool's own class prior,
+    # estimated by EM (ml.pseudo.pool_prior_shift): the class-balanced model over-calls a class that
+    # is rare in the pool (issue 18: most of the eight-class run's `ig` pseudo-labels were other cells).
+    pseudo_prior_shift: bool = False
     # FixMatch
     fixmatch_threshold: float = 0.95
     fixmatch_weight: float = 1.0

@@ -25,6 +25,33 @@ def entropy_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
     return entropy(probs) <= threshold
 
 
+def pool_prior_shift(
+    probs: np.ndarray, train_prior: np.ndarray | None = None, max_iter: int = 200, tol: float = 1e-8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions re-weighted to the unlabelled pool's own class prior, estimated by EM
+    (Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs of a classifier to new a priori
+    probabilities"). A model trained on class-balanced batches predicts as if every class were
+    equally common; in a pool where one class is rare (PBC's immature granulocytes: 2 % of the
+    eight-class pool) that over-calls it, and its pseudo-labels fill with other classes' cells.
+
+    ``train_prior``: the prior the model was trained under (None: uniform, as class-balanced
+    sampling makes it). Returns the adjusted probabilities (rows sum to 1) and the estimated prior."""
+    p = np.asarray(probs, dtype=np.float64)
+    n_classes = p.shape[1]
+    base = np.full(n_classes, 1.0 / n_classes) if train_prior is None else np.asarray(train_prior, dtype=np.float64)
+    prior = base.copy()
+    adjusted = p
+    for _ in range(max_iter):
+        weighted = p * (prior / base)
+        adjusted = weighted / np.maximum(weighted.sum(axis=1, keepdims=True), 1e-300)
+        new = adjusted.mean(axis=0)
+        done = np.abs(new - prior).max() < tol
+        prior = new
+        if done:
+            break
+    return adjusted, prior
+
+
 def _l2_normalise(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
@@ -81,6 +108,7 @@ def filter_pseudo_labels(
     alpha: float = 0.2,
     min_class_fraction: float = 0.0,
     unlike: np.ndarray | None = None,
+    prior_shift: bool = False,
 ) -> PseudoLabels:
     """Entropy filter (set 1) and, with ``use_propagation``, label propagation (set 2).
 
@@ -93,15 +121,23 @@ def filter_pseudo_labels(
     propagation has the last word on them.
 
     ``unlike`` (bool per row) marks cells unlike any known class (``ml.ood``): they are rejected
-    whatever their entropy, so they are never pseudo-labelled; the funnel counts them as ``ood``."""
+    whatever their entropy, so they are never pseudo-labelled; the funnel counts them as ``ood``.
+
+    ``prior_shift`` judges (entropy, label, guard) on the predictions re-weighted to the pool's
+    estimated class prior (``pool_prior_shift``), estimated over the cells not marked ``unlike``;
+    the funnel gains ``pool_prior``."""
     probs = np.asarray(probs, dtype=np.float64)
+    foreign = np.zeros(len(probs), dtype=bool) if unlike is None else np.asarray(unlike, dtype=bool)
+    pool_prior = None
+    if prior_shift and (~foreign).any():
+        _, pool_prior = pool_prior_shift(probs[~foreign])
+        weighted = probs * pool_prior * probs.shape[1]
+        probs = weighted / np.maximum(weighted.sum(axis=1, keepdims=True), 1e-300)
     n = len(probs)
     label = probs.argmax(axis=1).astype(np.int64)
     confidence = probs.max(axis=1).astype(np.float32)
     h = entropy(probs)
-    set1 = h <= entropy_threshold
-    foreign = np.zeros(n, dtype=bool) if unlike is None else np.asarray(unlike, dtype=bool)
-    set1 &= ~foreign
+    set1 = (h <= entropy_threshold) & ~foreign
     if min_class_fraction > 0:
         for c in np.unique(label):
             members = np.flatnonzero((label == c) & ~foreign)
@@ -112,6 +148,8 @@ def filter_pseudo_labels(
     funnel: dict = {"unlabelled": int(n), "set1": int(set1.sum()), "set2": None}
     if unlike is not None:
         funnel["ood"] = int(foreign.sum())
+    if pool_prior is not None:
+        funnel["pool_prior"] = [round(float(v), 4) for v in pool_prior]
     if use_propagation:
         if features is None or labelled_features is None or labelled_y is None:
             raise ValueError("label propagation needs features of the unlabelled and labelled cells")

@@ -651,6 +651,7 @@ def pseudo_label(
         alpha=config.lp_alpha,
         min_class_fraction=config.pseudo_min_class_fraction,
         unlike=unlike,
+        prior_shift=config.pseudo_prior_shift,
     )
 
 

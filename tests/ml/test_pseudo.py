@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ml.pseudo import entropy, entropy_mask, filter_pseudo_labels, propagate
+from ml.pseudo import entropy, entropy_mask, filter_pseudo_labels, pool_prior_shift, propagate
 
 
 def test_entropy_values():
@@ -87,3 +87,53 @@ def test_min_class_fraction_admits_the_least_uncertain_of_a_shy_class():
     # class 1 has 4 predicted cells, none under the threshold: its 2 least uncertain enter set 1
     assert guarded.funnel["set1"] == 8
     assert sorted(np.flatnonzero(guarded.outcome == "passed_entropy")[6:].tolist()) == [6, 9]
+
+
+def _shifted_pool(prior, n=6000, seed=0):
+    """Cells of three overlapping 1-D Gaussian classes drawn with ``prior``, and the posteriors of
+    a classifier that was trained class-balanced (exact under a uniform prior)."""
+    rng = np.random.default_rng(seed)
+    means = np.array([0.0, 1.5, 3.0])
+    y = rng.choice(3, size=n, p=prior)
+    x = rng.normal(means[y], 1.0)
+    likelihood = np.exp(-0.5 * (x[:, None] - means[None, :]) ** 2)
+    return likelihood / likelihood.sum(1, keepdims=True), y
+
+
+def test_pool_prior_shift_recovers_the_pools_prior_and_mends_the_rare_class():
+    prior = np.array([0.1, 0.85, 0.05])
+    probs, y = _shifted_pool(prior)
+    adjusted, estimate = pool_prior_shift(probs)
+    assert np.abs(estimate - prior).max() < 0.04
+    assert np.allclose(adjusted.sum(1), 1.0)
+    # the uniform-prior classifier over-calls the rare classes; re-weighted, fewer wrong calls
+    assert (adjusted.argmax(1) == y).mean() > (probs.argmax(1) == y).mean() + 0.05
+    called_rare = adjusted.argmax(1) == 2
+    assert (y[called_rare] == 2).mean() > (y[probs.argmax(1) == 2] == 2).mean()
+    # on a pool drawn with the training prior nothing moves
+    balanced, _ = _shifted_pool(np.full(3, 1 / 3), seed=1)
+    _, flat = pool_prior_shift(balanced)
+    assert np.abs(flat - 1 / 3).max() < 0.03
+
+
+def test_prior_shift_keeps_the_guard_from_forcing_a_rare_class():
+    probs, y = _shifted_pool(np.array([0.1, 0.85, 0.05]), seed=2)
+    kwargs = dict(entropy_threshold=0.05, use_propagation=False, min_class_fraction=0.5)
+
+    def rare_precision(out):
+        accepted = out.accepted[out.label[out.accepted] == 2]
+        return (y[accepted] == 2).mean()
+
+    plain = filter_pseudo_labels(probs, **kwargs)
+    shifted = filter_pseudo_labels(probs, prior_shift=True, **kwargs)
+    assert rare_precision(shifted) > rare_precision(plain)
+    assert (y[shifted.accepted] == shifted.label[shifted.accepted]).mean() > (
+        y[plain.accepted] == plain.label[plain.accepted]
+    ).mean()
+    assert len(shifted.funnel["pool_prior"]) == 3
+    assert "pool_prior" not in plain.funnel
+    # cells marked unlike any class stay out of the estimate and of the pseudo-labels
+    unlike = np.zeros(len(y), dtype=bool)
+    unlike[:100] = True
+    flagged = filter_pseudo_labels(probs, prior_shift=True, unlike=unlike, **kwargs)
+    assert (flagged.outcome[:100] == "rejected").all()
