@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 OOD_METHODS: tuple[str, ...] = ("energy", "cosine", "mahalanobis", "knn", "mix")  # network only
+MIX_PARTS: tuple[str, ...] = ("energy", "mahalanobis")  # what ``mix`` adds, each standardised
 MORPH_METHODS: tuple[str, ...] = ("morph", "morph-sum", "morph-max")
 ALL_METHODS: tuple[str, ...] = OOD_METHODS + MORPH_METHODS
 UNLIKE_ANY_CLASS = "unlike any known class"
@@ -356,24 +357,21 @@ def _score(
 ) -> np.ndarray:
     if method != "mix":
         return _raw(method, logits, features, ref, classes)
-    total = np.zeros(len(features))
-    for part in ("energy", "mahalanobis"):
-        mu, sigma = mix_stats[part]
-        total += (_raw(part, logits, features, ref, classes) - mu) / sigma
-    return total
+    return sum(_z(_raw(part, logits, features, ref, classes), mix_stats[part]) for part in MIX_PARTS)
 
 
 def _mix_stats(logits: np.ndarray, features: np.ndarray, ref: _Reference, classes: np.ndarray) -> dict:
-    stats = {}
-    for part in ("energy", "mahalanobis"):
-        raw = _raw(part, logits, features, ref, classes)
-        stats[part] = (float(raw.mean()), float(max(raw.std(), 1e-6)))
-    return stats
+    return {part: _mean_sd(_raw(part, logits, features, ref, classes)) for part in MIX_PARTS}
 
 
 def _mean_sd(x: np.ndarray) -> tuple[float, float]:
     finite = x[np.isfinite(x)]
     return (float(finite.mean()), float(max(finite.std(), 1e-6))) if len(finite) else (0.0, 1.0)
+
+
+def _z(x: np.ndarray, stats: tuple[float, float]) -> np.ndarray:
+    """``x`` standardised by (mean, sd) measured on known cells: how ``mix`` and ``morph-*`` add scores."""
+    return (x - stats[0]) / stats[1]
 
 
 @dataclass
@@ -407,8 +405,7 @@ class _Parts:
         morph = self.morph.distance(self.descriptors, classes)
         if method == "morph":
             return morph
-        z_base = (self.network(base, classes, mix) - combine["base"][0]) / combine["base"][1]
-        z_morph = (morph - combine["morph"][0]) / combine["morph"][1]
+        z_base, z_morph = _z(self.network(base, classes, mix), combine["base"]), _z(morph, combine["morph"])
         return z_base + z_morph if method == "morph-sum" else np.maximum(z_base, z_morph)
 
 
