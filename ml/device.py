@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-# The vector unit a CPU device string names in brackets (with native bf16, without): two CPUs
-# with one model name can differ 4x per step. scripts/make_results.py reads it back.
-CPU_VECTOR_UNITS = ("AVX-512 BF16", "no native bf16")
+# The unit a CPU device string names in brackets (bf16 matrix tiles, bf16 vectors, neither): two
+# CPUs with one model name can differ 4x per step. scripts/make_results.py reads it back.
+CPU_VECTOR_UNITS = ("AMX BF16", "AVX-512 BF16", "no native bf16")
 
 
 @functools.cache
@@ -103,6 +103,18 @@ def bf16_speedup(batch: int = 40, repeats: int = 5) -> float:
     return best[False] / best[True]
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_model() -> str:
     """The CPU's model name (Linux), else the machine type: timings differ several-fold by CPU."""
     try:
@@ -118,7 +130,10 @@ def cpu_name() -> str:
     """``cpu: MODEL (VECTOR UNIT), N threads``."""
     import torch
 
-    unit = CPU_VECTOR_UNITS[0] if cpu_has_bf16() else CPU_VECTOR_UNITS[1]
+    if not cpu_has_bf16():
+        unit = CPU_VECTOR_UNITS[2]
+    else:
+        unit = CPU_VECTOR_UNITS[0] if "amx_bf16" in cpu_flags() else CPU_VECTOR_UNITS[1]
     return f"cpu: {cpu_model()} ({unit}), {torch.get_num_threads()} threads"
 
 

@@ -17,6 +17,22 @@ def test_cpu_device_name_is_the_format_the_results_page_reads():
     assert re.fullmatch(rf"cpu: .+ \(({units})\), {torch.get_num_threads()} threads", name), name
 
 
+@pytest.mark.parametrize(
+    ("native", "flags", "unit"),
+    [
+        (True, {"avx512_bf16", "amx_bf16", "amx_tile"}, "AMX BF16"),
+        (True, {"avx512_bf16"}, "AVX-512 BF16"),
+        (False, {"amx_bf16"}, "no native bf16"),
+    ],
+)
+def test_the_cpu_name_tells_matrix_tiles_from_vector_bf16(monkeypatch, native, flags, unit):
+    from ml import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
+    assert f"({unit})" in device.cpu_name()
+
+
 def test_set_values_are_validated_against_the_config_field_types():
     values = parse_overrides(
         ["epochs=3", "tta=true", "hflip=0", "lr=5e-5", "true_label_share=none", "steps_per_epoch=null", "arch=resnet50"]
