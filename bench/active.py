@@ -85,6 +85,12 @@ def bench_active(
     warm_fraction: Annotated[
         float, typer.Option("--warm-fraction", help="without --warm-epochs: warm rounds' epochs over the first's")
     ] = 0.25,
+    lab_default: Annotated[
+        bool,
+        typer.Option(
+            "--lab-default", help="every round retrains with a lab's default run params (no 'epochs'): the full length"
+        ),
+    ] = False,
     pool_limit: Annotated[
         int | None, typer.Option("--pool-limit", help="use at most this many train images (quick runs)")
     ] = None,
@@ -133,7 +139,9 @@ def bench_active(
     x_val, y_val = val_set.x, val_set.y.numpy()
     n_classes = len(names)
     first_epochs = epochs or make_config(profile, method, **extra).epochs
-    warm = warm_epochs or max(1, round(first_epochs * warm_fraction))
+    if lab_default and (epochs or warm_epochs):
+        raise typer.BadParameter("--lab-default retrains at the profile's length: leave out --epochs and --warm-epochs")
+    warm = None if lab_default else warm_epochs or max(1, round(first_epochs * warm_fraction))
 
     cold_started = time.perf_counter()
     labelled = choose_cold(x_pool, totals[0], method=cold_start, features=cold_features, seed=seed)
@@ -151,7 +159,7 @@ def bench_active(
         "seed": seed,
         "schedule": totals,
         "params_first_round": {"epochs": epochs} if epochs else {},
-        "params_warm_rounds": {"epochs": warm},
+        "params_warm_rounds": {"epochs": warm} if warm else {},
         "overrides": extra,
         "n_pool": int(len(y_pool)),
         "n_validation": int(len(y_val)),
@@ -177,7 +185,7 @@ def bench_active(
             names,
             method=method,
             profile=profile,
-            params={"epochs": warm} if previous else ({"epochs": epochs} if epochs else {}),
+            params=out["params_warm_rounds"] if previous else out["params_first_round"],
             seed=seed * 1000 + number,
             active=ActiveModel(id=number - 1, load=lambda c=warm_start: c) if warm_start is not None else None,
             overrides=extra,
@@ -384,7 +392,8 @@ def results_lines(folder: Path, png: Path, link: str, method: str = DEFAULT_METH
     settings = sorted(
         {
             f"run param epochs {r['params_first_round'].get('epochs', 'default')} for the cold round and "
-            f"{r['params_warm_rounds'].get('epochs')} for warm rounds, overrides {r['overrides'] or 'none'}, "
+            f"{r['params_warm_rounds'].get('epochs', 'default')} for warm rounds, "
+            f"overrides {r['overrides'] or 'none'}, "
             f"labels after each round {r['schedule']}"
             for r in load_runs(folder, method, profile)
         }

@@ -464,13 +464,13 @@ PAIRED_HEADER = [
 ]
 
 
-def lever_lines(results: Path) -> list[str]:
-    """Runs of the current profile with one setting changed (``results/ablations-val``), each against
-    the same seed of the profile (``results/val``), then one line per change: the mean over its paired
-    seeds. The choice is made on the val columns."""
-    base = _runs_by_seed(results / "val")
+def lever_lines(results: Path, changed: str = "ablations-val", profile: str = "val") -> list[str]:
+    """Runs of the current profile with one setting changed (``results/changed``), each against
+    the same seed of the profile (``results/profile``), then one line per change: the mean over its
+    paired seeds. The choice is made on the val columns."""
+    base = _runs_by_seed(results / profile)
     changes: dict = defaultdict(dict)
-    for path in sorted((results / "ablations-val").glob("*.json")):
+    for path in sorted((results / changed).glob("*.json")):
         run = json.loads(path.read_text())
         if "accuracy" in run and "method" in run:
             changes[setup_of(run) or "none"][(run["method"], run["labels_per_class"], run["seed"])] = run
@@ -617,6 +617,7 @@ def render(
         missing_lines=missing_lines(groups),
         gpu_lines=gpu_lines(results),
         classes8_lines=classes8_lines(results),
+        classes8_lever_lines=lever_lines(results, "classes8-levers", "classes8"),
         throughput=throughput,
         active_lines=active or [],
     )

@@ -89,3 +89,30 @@ def test_bench_active_refuses_a_schedule_that_does_not_grow(tmp_path: Path) -> N
         app, ["bench", "active", "--data", str(tmp_path), "--schedule", "10,5", "--profile", "tiny"]
     )
     assert result.exit_code != 0 and "increase" in result.output
+
+
+def test_bench_active_lab_default_retrains_every_round_with_the_default_params(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_manifest_dataset(tmp_path / "data", train_per_class=TRAIN_PER_CLASS)
+    params: list[dict] = []
+    real = recipe.retrain
+
+    def spy(*args, **kwargs):
+        params.append(kwargs["params"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "retrain", spy)
+    args = ["bench", "active", "--data", str(data), "--schedule", "6,9", "--profile", "tiny", "--method", "supervised",
+            "--set", "batch_size=12", "--set", "steps_per_epoch=3", "--lab-default"]  # fmt: skip
+    refused = CliRunner().invoke(app, [*args, "--epochs", "2"])
+    assert refused.exit_code != 0 and "--lab-default" in refused.output and params == []
+    result = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "out.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert params == [{}, {}]  # a lab's retrain: the profile's own length, warm-started or not
+    assert report["params_first_round"] == report["params_warm_rounds"] == {}
+    assert report["rounds"][1]["data"]["warm_started_from"] == 0
+    assert "epochs default for the cold round and default for warm rounds" in "\n".join(
+        results_lines(tmp_path, tmp_path / "loop.png", "loop.png", method="supervised", profile="tiny")
+    )
