@@ -348,13 +348,15 @@ def summarise(runs: list[dict]) -> dict:
 
 def plot_active(folder: Path, png: Path, method: str | None = None, profile: str | None = None) -> dict:
     """Plot test and validation accuracy against total labels for each arm of the ``bench active``
-    runs in ``folder`` (mean over seeds, min-max band); return ``summarise``'s table."""
+    runs in ``folder`` (mean over seeds, min-max band); return ``summarise``'s table. No runs: no plot."""
+    summary = summarise(load_runs(folder, method, profile))
+    if not summary:
+        return summary
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    summary = summarise(load_runs(folder, method, profile))
     figure = Figure(figsize=(10, 4.2), dpi=110)
     panels = figure.subplots(1, 2, sharey=True)
     for axes, key, title in ((panels[0], "accuracy", "test split"), (panels[1], "val_accuracy", "validation split")):
@@ -383,9 +385,12 @@ def plot_active(folder: Path, png: Path, method: str | None = None, profile: str
     return summary
 
 
-def results_lines(folder: Path, png: Path, link: str, method: str = DEFAULT_METHOD, profile: str = "cpu") -> list[str]:
+def results_lines(
+    folder: Path, png: Path, link: str, method: str = DEFAULT_METHOD, profile: str = "cpu", title: str | None = None
+) -> list[str]:
     """The ``docs/results.md`` section of the loop: a table per total labels (test and validation
-    accuracy per arm, mean ± sd over seeds) and the plot, drawn into ``png`` and linked as ``link``."""
+    accuracy per arm, mean ± sd over seeds) and the plot, drawn into ``png`` and linked as ``link``;
+    ``title`` ends the heading."""
     summary = plot_active(folder, png, method, profile)
     if not summary:
         return []
@@ -402,11 +407,11 @@ def results_lines(folder: Path, png: Path, link: str, method: str = DEFAULT_METH
     labels = sorted({n for arm in arms for n in summary[arm]})
     lines = [
         "",
-        "## The product's loop (`bench active`)",
+        f"## The product's loop (`bench active`){', ' + title if title else ''}",
         "",
         f"{method}, {profile} profile: a cold start without a model, then rounds chosen by the product's queue, "
         "each retrained as the worker does (`ml.retrain`), warm-started from the round before. Accuracy in %, "
-        "mean ± sd over seeds (`docs/results/active/`, `docs/results/active/README.md` for the commands). "
+        f"mean ± sd over seeds (`{_docs_path(folder)}`, `docs/results/active/README.md` for the commands). "
         f"Settings: {'; '.join(settings)}.",
         "",
         "| labels | " + " | ".join(f"{arm}: test | {arm}: validation | seeds" for arm in arms) + " |",
@@ -438,6 +443,12 @@ def results_lines(folder: Path, png: Path, link: str, method: str = DEFAULT_METH
         ]
     lines += ["", f"![accuracy against labels, the product's loop]({link})"]
     return lines
+
+
+def _docs_path(folder: Path) -> str:
+    """``folder`` from its ``docs/`` on (the page names its sources so), else as it is."""
+    parts = folder.parts
+    return "/".join(parts[parts.index("docs") :]) + "/" if "docs" in parts else f"{folder}/"
 
 
 def _mean_sd(stats: dict) -> str:

@@ -575,12 +575,23 @@ def missing_lines(groups: dict) -> list[str]:
     return missing
 
 
+# bench active --lab-default runs (every round at the profile's own length), beside the shorter runs
+LAB_DEFAULT = "lab-default"
+
+
 def active_lines(results: Path, page: Path) -> list[str]:
-    """The product loop's section (``bench.active``), its plot drawn into results/active/loop.png."""
+    """The product loop's sections (``bench.active``): the runs of results/active and of its
+    ``LAB_DEFAULT`` folder, each plot drawn into its folder's loop.png."""
     from bench.active import results_lines
 
-    png = results / "active" / "loop.png"
-    return results_lines(results / "active", png, png.relative_to(page.parent).as_posix())
+    lines = []
+    for folder, title in (
+        (results / "active", None),
+        (results / "active" / LAB_DEFAULT, "at a lab's default retrain length"),
+    ):
+        png = folder / "loop.png"
+        lines += results_lines(folder, png, png.relative_to(page.parent).as_posix(), title=title)
+    return lines
 
 
 def render(
