@@ -97,18 +97,19 @@ def _matters(key: str, config: TrainConfig) -> bool:
     return not (key == "labelled_per_batch" and algorithms == {"supervised"})
 
 
-def setup_of(run: dict) -> str:
-    """The settings where ``run``'s config differs from its profile's current config ("" if none)."""
+def setup_of(run: dict, against: dict | None = None) -> str:
+    """The settings where ``run``'s config differs from its profile's current config, or from the
+    config of the run ``against`` ("" if none)."""
     try:
         resolved = make_config(run["profile"], run["method"])
     except ValueError:
         return "unknown profile or method"
-    current = asdict(resolved)
     defaults = asdict(TrainConfig())
+    reference = asdict(resolved) if against is None else {**defaults, **against.get("config", {})}
     config = run.get("config", {})
     changed = []
-    for key, value in current.items():
-        if key in _PER_RUN_FIELDS or not _matters(key, resolved):
+    for key, value in reference.items():
+        if key in _PER_RUN_FIELDS or key not in defaults or not _matters(key, resolved):
             continue
         used = config.get(key, defaults[key])  # fields added later were at their default then
         if used != value:
@@ -465,15 +466,16 @@ PAIRED_HEADER = [
 
 
 def lever_lines(results: Path, changed: str = "ablations-val", profile: str = "val") -> list[str]:
-    """Runs of the current profile with one setting changed (``results/changed``), each against
-    the same seed of the profile (``results/profile``), then one line per change: the mean over its
-    paired seeds. The choice is made on the val columns."""
+    """Runs of the profile with one setting changed (``results/changed``), each against the same
+    seed of the profile (``results/profile``) and named by how their configs differ, then one line
+    per change: the mean over its paired seeds. The choice is made on the val columns."""
     base = _runs_by_seed(results / profile)
     changes: dict = defaultdict(dict)
     for path in sorted((results / changed).glob("*.json")):
         run = json.loads(path.read_text())
-        if "accuracy" in run and "method" in run:
-            changes[setup_of(run) or "none"][(run["method"], run["labels_per_class"], run["seed"])] = run
+        key = (run.get("method"), run.get("labels_per_class"), run.get("seed"))
+        if "accuracy" in run and key in base:
+            changes[setup_of(run, against=base[key]) or "none"][key] = run
     rows: list[str] = []
     means: list[str] = []
     for label, runs in changes.items():

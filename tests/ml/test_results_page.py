@@ -205,6 +205,18 @@ def test_several_levers_of_one_seed_each_pair_with_the_profile_and_get_a_mean_li
     ) in lines
 
 
+def test_a_lever_is_named_by_its_difference_from_its_paired_run_not_from_todays_profile(results_script, tmp_path):
+    # the profile has moved on since these runs (cpu_bf16 flipped): the lever still reads as its one change
+    flipped = not results_script.make_config("cpu", "lp+mean-teacher").cpu_bf16
+    _write(tmp_path / "classes8", [_run("lp+mean-teacher", 20, 0, 0.88, 300, FAST, cpu_bf16=flipped)])
+    lever = _run("lp+mean-teacher", 20, 0, 0.90, 300, FAST, cpu_bf16=flipped, pseudo_prior_shift=True)
+    _write(tmp_path / "classes8-levers", [lever])
+    assert results_script.lever_lines(tmp_path, "classes8-levers", "classes8")[2] == (
+        "| lp+mean-teacher | 20 | 0 | pseudo_prior_shift=True | 86.0 | 88.0 | 88.0 | 90.0 |"
+    )
+    assert set(results_script.setup_of(lever).split(", ")) == {f"cpu_bf16={flipped}", "pseudo_prior_shift=True"}
+
+
 def test_the_figure_of_a_row_not_rerun_comes_from_the_set_up_closest_to_the_profile(results_script):
     def groups(*setups: str) -> dict:
         return {("supervised", 20, "cpu", setup): [setup] for setup in setups}
