@@ -193,9 +193,10 @@ _PROFILE_DEFAULTS: dict[str, dict] = {
     # predictions (scripts/speed_check, default method at 20 labels/class, seeds 0-2, two threads):
     # validation accuracy 92.9 against 93.3 % (per seed +1.2, -3.2, +0.8 points), 5.2 against
     # 9.5 minutes (docs/results.md, "Training speed"). Pseudo-labels judged on the pool's own class
-    # prior (pseudo_prior_shift), chosen on the validation split seed for seed: default method at 20
-    # labels/class, seeds 0-2, validation 92.9 -> 94.9 % (+0.0, +3.2, +2.8 points), pseudo-labels
-    # correct 98.8 -> 99.5 %; eight classes 87.2 -> 88.2 % (+3.7, +0.0, -0.6; docs/results.md, Levers).
+    # prior (pseudo_prior_shift), chosen on the validation split seed for seed on one AMX Xeon: default
+    # method at 20 labels/class, seeds 0-2, validation 94.3 -> 94.9 % (-0.8, +1.2, +1.6 points: inside
+    # the seed spread); eight classes, where `ig` is 2 % of the pool, 87.2 -> 88.2 % (+3.7, +0.0, -0.6)
+    # with `ig` pseudo-labels 44 -> 53 % correct, pooled over the seeds (docs/results.md, Levers).
     "cpu": dict(
         width=0.25,
         image_size=64,

@@ -615,6 +615,7 @@ def render(
         before_validation=BEFORE_VALIDATION,
         speed_lines=speed_lines(results),
         lever_lines=lever_lines(results),
+        amx_lever_lines=lever_lines(results, "ablations-val-amx", "val-amx"),
         thread_lines=thread_lines(results),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
