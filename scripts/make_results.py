@@ -631,7 +631,7 @@ def render(
         missing_lines=missing_lines(groups),
         gpu_lines=gpu_lines(results),
         classes8_lines=classes8_lines(results),
-        classes8_lever_lines=lever_lines(results, "classes8-levers", "classes8"),
+        classes8_lever_lines=lever_lines(results, "classes8-levers-amx", "classes8-amx"),
         throughput=throughput,
         active_lines=active or [],
     )
