@@ -647,11 +647,9 @@ def main() -> None:
     # what docs/results/*.json lacks)
     for key, runs in load_runs(args.results / "earlier").items():
         groups.setdefault(key, []).extend(runs)
-    # runs under the validation rule (val_accuracy beside accuracy): the profile of 2026-12-01 (the
-    # levers' baseline) and the profile with pseudo_prior_shift since (its setup tells them apart)
-    for folder in ("val", "val-prior-shift"):
-        for key, runs in load_runs(args.results / folder).items():
-            groups.setdefault(key, []).extend(runs)
+    # runs under the validation rule (val_accuracy beside accuracy)
+    for key, runs in load_runs(args.results / "val").items():
+        groups.setdefault(key, []).extend(runs)
     plot_path = args.results / "accuracy_vs_labels.png"
     plot(groups, plot_path)
     throughput_path = args.results / "throughput.json"
