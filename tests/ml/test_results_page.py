@@ -215,6 +215,11 @@ def test_a_lever_is_named_by_its_difference_from_its_paired_run_not_from_todays_
         "| lp+mean-teacher | 20 | 0 | pseudo_prior_shift=True | 86.0 | 88.0 | 88.0 | 90.0 |"
     )
     assert set(results_script.setup_of(lever).split(", ")) == {f"cpu_bf16={flipped}", "pseudo_prior_shift=True"}
+    # the same pair on an AMX CPU lands in the page's second lever table
+    _write(tmp_path / "val-amx", [_run("lp+mean-teacher", 20, 0, 0.88, 300, FAST, cpu_bf16=flipped)])
+    _write(tmp_path / "ablations-val-amx", [lever])
+    page = results_script.render({}, "plot.png", tmp_path)
+    assert "- no lever run on such a CPU yet" not in page and page.count("| pseudo_prior_shift=True | 86.0 |") == 1
 
 
 def test_the_figure_of_a_row_not_rerun_comes_from_the_set_up_closest_to_the_profile(results_script):
