@@ -42,14 +42,22 @@ def pool_prior_shift(
     prior = base.copy()
     adjusted = p
     for _ in range(max_iter):
-        weighted = p * (prior / base)
-        adjusted = weighted / np.maximum(weighted.sum(axis=1, keepdims=True), 1e-300)
+        adjusted = reweight_to_prior(p, prior, base)
         new = adjusted.mean(axis=0)
         done = np.abs(new - prior).max() < tol
         prior = new
         if done:
             break
     return adjusted, prior
+
+
+def reweight_to_prior(probs: np.ndarray, prior: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """Posteriors of a model trained under the class prior ``base`` (None: uniform) moved to ``prior``
+    by Bayes' rule: each class's probability times prior / base, rows renormalised."""
+    p = np.asarray(probs, dtype=np.float64)
+    base = np.full(p.shape[1], 1.0 / p.shape[1]) if base is None else base
+    weighted = p * (np.asarray(prior, dtype=np.float64) / base)
+    return weighted / np.maximum(weighted.sum(axis=1, keepdims=True), 1e-300)
 
 
 def _l2_normalise(features: np.ndarray) -> np.ndarray:
@@ -131,8 +139,7 @@ def filter_pseudo_labels(
     pool_prior = None
     if prior_shift and (~foreign).any():
         _, pool_prior = pool_prior_shift(probs[~foreign])
-        weighted = probs * pool_prior * probs.shape[1]
-        probs = weighted / np.maximum(weighted.sum(axis=1, keepdims=True), 1e-300)
+        probs = reweight_to_prior(probs, pool_prior)  # every row, the foreign ones too
     n = len(probs)
     label = probs.argmax(axis=1).astype(np.int64)
     confidence = probs.max(axis=1).astype(np.float32)
