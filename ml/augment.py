@@ -134,9 +134,23 @@ def random_blur(x: torch.Tensor, p: float, max_sigma: float, generator: torch.Ge
     return _where(torch.rand(n, device=x.device, generator=generator) < p, blurred, x)
 
 
+def random_zoom(x: torch.Tensor, zoom: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Scale each image about its centre by its own factor, log-uniform in [1/(1+zoom), 1+zoom]
+    (microscopes differ in magnification and labs in how they cut a cell), edges replicated."""
+    if zoom <= 0:
+        return x
+    n = x.shape[0]
+    bound = math.log1p(zoom)
+    factor = torch.exp(bound * (2 * torch.rand(n, device=x.device, generator=generator) - 1))
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / factor
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 @dataclass(frozen=True)
 class StainAugment:
-    """Stain and optics augmentation of the weak (training) view; all zero: off."""
+    """Stain and optics augmentation of the weak (training) view, magnification included; all zero: off."""
 
     hed_alpha: float = 0.0
     hed_beta: float = 0.0
@@ -144,12 +158,14 @@ class StainAugment:
     grey_p: float = 0.0
     blur_p: float = 0.0
     blur_sigma: float = 1.0
+    zoom: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return any(v > 0 for v in (self.hed_alpha, self.hed_beta, self.colour, self.grey_p, self.blur_p))
+        return any(v > 0 for v in (self.hed_alpha, self.hed_beta, self.colour, self.grey_p, self.blur_p, self.zoom))
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = random_zoom(x, self.zoom, generator)
         x = hed_jitter(x, self.hed_alpha, self.hed_beta, generator)
         if self.colour > 0:
             x = colour_jitter(x, self.colour, generator)

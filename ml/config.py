@@ -110,13 +110,15 @@ class TrainConfig:
     # Stain robustness (ml.augment.StainAugment), on the training view: haematoxylin/eosin/DAB
     # densities scaled by U(1±alpha) and shifted by U(±beta) OD per image (Tellez et al. 2018);
     # brightness, contrast, saturation and channel gains of ±colour; grey images with grey_p;
-    # a Gaussian blur up to blur_sigma px with blur_p. All 0: off.
+    # a Gaussian blur up to blur_sigma px with blur_p; a zoom by a factor log-uniform in
+    # [1/(1+zoom), 1+zoom]. All 0: off.
     stain_hed_alpha: float = 0.0
     stain_hed_beta: float = 0.0
     stain_colour: float = 0.0
     stain_grey_p: float = 0.0
     stain_blur_p: float = 0.0
     stain_blur_sigma: float = 1.0
+    stain_zoom: float = 0.0
     # The network's input normalisation (ml.model.ModelConfig.input_norm): "dataset" or "lab-instance".
     input_norm: str = "dataset"
     # Predict (pseudo-labels, evaluation, scoring) as the mean over the eight symmetries of
@@ -160,6 +162,7 @@ class TrainConfig:
             "grey_p": self.stain_grey_p,
             "blur_p": self.stain_blur_p,
             "blur_sigma": self.stain_blur_sigma,
+            "zoom": self.stain_zoom,
         }
 
     @property

@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = tuple((k, 0.0) for k in ("stain_hed_alpha", "stain_hed_beta", "stain_colour", "stain_grey_p", "stain_blur_p"))
+KEYS = tuple(
+    (k, 0.0)
+    for k in ("stain_hed_alpha", "stain_hed_beta", "stain_colour", "stain_grey_p", "stain_blur_p", "stain_zoom")
+)
 KEYS += (("stain_blur_sigma", 1.0),)
 
 

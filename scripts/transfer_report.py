@@ -63,8 +63,9 @@ def ablation_table() -> list[str]:
         "`scripts/transfer_ablation`. zheng-dev columns: the model alone / with BatchNorm statistics "
         "re-estimated on that source's cells (no labels).",
         "",
-        "| variant | HED α/β | colour | grey p | blur p | input norm | PBC validation | CellaVision blog | Tecom |",
-        "|---|---|---|---|---|---|---:|---:|---:|",
+        "| variant | HED α/β | colour | grey p | blur p | zoom | input norm | PBC validation | CellaVision blog "
+        "| Tecom |",
+        "|---|---|---|---|---|---|---|---:|---:|---:|",
     ]
     for name, card in cards.items():
         c = card["config"]
@@ -77,7 +78,7 @@ def ablation_table() -> list[str]:
 
         lines.append(
             f"| {name} | {c['stain_hed_alpha']}/{c['stain_hed_beta']} | {c['stain_colour']} | {c['stain_grey_p']} | "
-            f"{c['stain_blur_p']} | {c.get('input_norm', 'dataset')} | "
+            f"{c['stain_blur_p']} | {c.get('stain_zoom', 0.0)} | {c.get('input_norm', 'dataset')} | "
             f"{pct(card['metrics']['validation']['accuracy'])} | "
             f"{both('zheng2018-cellavision')} | {both('zheng2018-tecom')} |"
         )
@@ -95,7 +96,7 @@ def reference_section(card: dict | None) -> list[str]:
         f"`leukolab reference build --data {card['data']['path']}` ({card['method']}, profile {card['profile']}, "
         f"{c['epochs']} epochs of {c['steps_per_epoch']} steps; stain augmentation HED α {c['stain_hed_alpha']} "
         f"β {c['stain_hed_beta']}, colour {c['stain_colour']}, grey p {c['stain_grey_p']}, blur p "
-        f"{c['stain_blur_p']}; input normalisation {c.get('input_norm', 'dataset')}) "
+        f"{c['stain_blur_p']}, zoom {c.get('stain_zoom', 0.0)}; input normalisation {c.get('input_norm', 'dataset')}) "
         f"on {card['data']['n_train']} PBC train cells (licence {card['data']['licence']}); "
         f"trained in {card['train_seconds']:.0f} s.",
         "",

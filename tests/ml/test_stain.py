@@ -7,7 +7,16 @@ import torch
 from skimage.color import rgb2hed
 
 from ml.adapt import adapt_batchnorm, batchnorm_layers
-from ml.augment import Augmenter, StainAugment, hed_jitter, hed_to_rgb, random_blur, random_grey, rgb_to_hed
+from ml.augment import (
+    Augmenter,
+    StainAugment,
+    hed_jitter,
+    hed_to_rgb,
+    random_blur,
+    random_grey,
+    random_zoom,
+    rgb_to_hed,
+)
 from ml.config import STAIN_ROBUST, TrainConfig, make_config
 from ml.model import ModelConfig, build_model
 from tests.ml.conftest import synthetic_cells
@@ -66,6 +75,25 @@ def test_grey_and_blur() -> None:
     assert blurred.diff(dim=-1).abs().mean() < x.diff(dim=-1).abs().mean()
     assert torch.allclose(blurred.mean(), x.mean(), atol=1.0)
     assert torch.equal(random_blur(x, 0.0, 1.5), x)
+
+
+def test_zoom_scales_a_centred_disc_by_a_per_image_factor_in_range() -> None:
+    size, radius = 64, 12
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    disc = ((ys - size / 2) ** 2 + (xs - size / 2) ** 2 <= radius**2).float() * 200 + 20
+    x = disc.expand(64, 3, size, size).clone()
+    out = random_zoom(x, 0.5, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.equal(random_zoom(x, 0.0), x)
+    # the disc's radius, read back from its area, is the original one times a factor in [1/1.5, 1.5]
+    dark = (out[:, 0] > 120).float().sum(dim=(1, 2))
+    factor = (dark / (torch.pi * radius**2)).sqrt()
+    assert float(factor.min()) > 1 / 1.5 - 0.05 and float(factor.max()) < 1.5 + 0.05
+    assert float(factor.min()) < 0.85 and float(factor.max()) > 1.2  # both ways, per image
+    # the disc stays centred: its centre of mass does not move
+    mass = (out[:, 0] > 120).float()
+    centre_y = (mass * ys).sum(dim=(1, 2)) / mass.sum(dim=(1, 2))
+    assert torch.allclose(centre_y, torch.full_like(centre_y, size / 2), atol=0.5)
+    assert StainAugment(zoom=0.2).enabled
 
 
 def test_augmenter_applies_stain_only_when_configured() -> None:

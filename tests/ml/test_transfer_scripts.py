@@ -73,5 +73,5 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
     page = (tmp_path / "transfer.md").read_text()
     assert "| Tecom | 50 | N=0 | 3 | 50.0 ± 1.0 | 0.500 | ≥ 70: not met |" in page
     assert "| CellaVision blog | 50 | N=5 | 3 | 93.0 ± 1.0 | 0.930 | ≥ 92: met |" in page
-    assert "| none | 0.0/0.0 | 0.0 | 0.0 | 0.0 | dataset |" in page
+    assert "| none | 0.0/0.0 | 0.0 | 0.0 | 0.0 | 0.0 | dataset |" in page
     assert (tmp_path / "transfer.png").stat().st_size > 1000
