@@ -4,8 +4,9 @@ DIR is one source of other labs' cells (an ImageFolder, e.g. one folder of zheng
 ``--splits`` random splits labels N cells per class (every cell of a class with N or fewer) and
 leaves the rest as the lab's unlabelled cells, which are also the test cells. N = 0 is the
 reference alone (with ``--adapt-bn``, its BatchNorm statistics re-estimated on the unlabelled
-cells first); N > 0 fine-tunes from the reference, briefly, with the lab's unlabelled cells when
-the method uses them (``ml.transfer``).
+cells first; with ``--adapt-zoom``, at the input zoom the network is surest of, ``ml.adapt``),
+one split, since it draws nothing at random. N > 0 fine-tunes from the reference, briefly, with
+the lab's unlabelled cells when the method uses them (``ml.transfer``).
 
 torch is imported inside the functions, so that importing this module stays cheap.
 """
@@ -68,6 +69,7 @@ def run_transfer(
     splits: int = 5,
     seed: int = 0,
     adapt_bn: bool = False,
+    adapt_zoom: bool = False,
     method: str = "mean-teacher",
     profile: str = "cpu",
     epochs: int = 3,
@@ -76,7 +78,7 @@ def run_transfer(
 ) -> dict:
     import torch
 
-    from ml.adapt import adapt_batchnorm
+    from ml.adapt import adapt_batchnorm, adapt_to_lab
     from ml.checkpoint import load_checkpoint, load_model
     from ml.data import load_image_folder, resize, split_labelled
     from ml.device import device_name, pick_device
@@ -97,7 +99,9 @@ def run_transfer(
     counts = {name: int((y == i).sum()) for i, name in enumerate(names)}
     config = finetune_config(checkpoint, method=method, profile=profile, epochs=epochs, steps_per_epoch=steps_per_epoch)
     runs = []
-    n_splits = splits if (labels_per_class > 0 or adapt_bn) else 1  # the reference alone is deterministic
+    adapt_bn = adapt_bn or adapt_zoom
+    n_splits = splits if labels_per_class > 0 else 1  # the reference alone (adapted or not) is deterministic
+    zooms = []
     for split in range(n_splits):
         if labels_per_class > 0:
             labelled, rest = split_labelled(y, labels_per_class, seed + split)
@@ -117,7 +121,10 @@ def run_transfer(
             model = load_model(result.checkpoint, device=pick_device())
         else:
             model = load_model(checkpoint, device=pick_device())
-            if adapt_bn:
+            if adapt_zoom:
+                model, entropies = adapt_to_lab(model, x[torch.from_numpy(rest)])
+                zooms.append({"input_zoom": model.input_zoom, "zoom_entropy": entropies})
+            elif adapt_bn:
                 model = adapt_batchnorm(model, x[torch.from_numpy(rest)])
         predicted = predict(model, x[torch.from_numpy(rest)]).labels
         metrics = split_metrics(y[rest], predicted, names)
@@ -135,6 +142,8 @@ def run_transfer(
         "source": Path(data).name,
         "labels_per_class": labels_per_class,
         "adapt_bn": bool(adapt_bn and labels_per_class == 0),
+        "adapt_zoom": bool(adapt_zoom and labels_per_class == 0),
+        **(zooms[0] if zooms else {}),
         "method": method if labels_per_class > 0 else "reference",
         "splits": n_splits,
         "seed": seed,
@@ -157,10 +166,16 @@ def transfer_command(
     data: Annotated[Path, typer.Option("--data", help="one source of other labs' cells: an ImageFolder")],
     labels_per_class: Annotated[int, typer.Option("--labels-per-class", help="the lab's labels per class (0: none)")],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")] = None,
-    splits: Annotated[int, typer.Option("--splits", help="random splits (N = 0 without --adapt-bn needs one)")] = 5,
+    splits: Annotated[int, typer.Option("--splits", help="random splits (N = 0 takes one: it draws nothing)")] = 5,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     adapt_bn: Annotated[
         bool, typer.Option("--adapt-bn/--no-adapt-bn", help="N = 0: BatchNorm statistics from the unlabelled cells")
+    ] = False,
+    adapt_zoom: Annotated[
+        bool,
+        typer.Option(
+            "--adapt-zoom/--no-adapt-zoom", help="N = 0: --adapt-bn at the input zoom the network is surest of"
+        ),
     ] = False,
     method: Annotated[
         str, typer.Option("--method", help=f"fine-tuning: {', '.join(FINETUNE_METHODS)}")
@@ -185,6 +200,7 @@ def transfer_command(
         splits=splits,
         seed=seed,
         adapt_bn=adapt_bn,
+        adapt_zoom=adapt_zoom,
         method=method,
         profile=profile,
         epochs=epochs,

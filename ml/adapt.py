@@ -1,8 +1,13 @@
-"""Test-time adaptation to a new lab's stain: BatchNorm statistics re-estimated on its cells.
+"""Test-time adaptation to a new lab's stain and magnification, from its unlabelled cells.
 
 A network trained on one lab's cells normalises each layer with that lab's feature statistics;
 another stain shifts them. Re-estimating the running means and variances on the new lab's
 unlabelled cells (AdaBN, Li et al. 2016) needs no labels and no gradient step.
+
+Another microscope or crop also draws a cell larger or smaller than the training cells.
+``adapt_to_lab`` tries a few input zooms, adapts the BatchNorm statistics at each, and keeps the
+one at which the network is most certain of the lab's cells (lowest mean prediction entropy:
+the test-time entropy criterion of Wang et al. 2021, used to choose, not to train).
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import copy
 import torch
 from torch import nn
 
-from ml.infer import dihedral
+from ml.infer import dihedral, predict
+
+# 1.15**k, k = -2..2: a lab's cells drawn up to about a third smaller or larger.
+LAB_ZOOMS = (0.756, 0.87, 1.0, 1.15, 1.3225)
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -53,3 +61,21 @@ def adapt_checkpoint(checkpoint: dict, x: torch.Tensor, which: tuple[str, ...] =
         out[name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     out["adapted_batchnorm"] = {"cells": int(len(x))}
     return out
+
+
+def adapt_to_lab(model: nn.Module, x: torch.Tensor, zooms: tuple[float, ...] = LAB_ZOOMS) -> tuple[nn.Module, dict]:
+    """``adapt_batchnorm`` at each input zoom of ``zooms`` (``model.input_zoom``); returns the
+    copy with the lowest mean prediction entropy over ``x``, and the entropy of each zoom."""
+    from ml.pseudo import entropy
+
+    if len(x) < 2:
+        return adapt_batchnorm(model, x), {}
+    best, scores = None, {}
+    for factor in zooms:
+        candidate = copy.deepcopy(model)
+        candidate.input_zoom = float(factor)
+        candidate = adapt_batchnorm(candidate, x)
+        scores[float(factor)] = float(entropy(predict(candidate, x).probs).mean())
+        if best is None or scores[float(factor)] < scores[best[0]]:
+            best = (float(factor), candidate)
+    return best[1], scores

@@ -134,18 +134,24 @@ def random_blur(x: torch.Tensor, p: float, max_sigma: float, generator: torch.Ge
     return _where(torch.rand(n, device=x.device, generator=generator) < p, blurred, x)
 
 
-def random_zoom(x: torch.Tensor, zoom: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Scale each image about its centre by its own factor, log-uniform in [1/(1+zoom), 1+zoom]
-    (microscopes differ in magnification and labs in how they cut a cell), edges replicated."""
-    if zoom <= 0:
-        return x
+def zoom(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Scale each image about its centre by ``factor`` (one per image, or one for all; > 1
+    enlarges), edges replicated; float32 out."""
     n = x.shape[0]
-    bound = math.log1p(zoom)
-    factor = torch.exp(bound * (2 * torch.rand(n, device=x.device, generator=generator) - 1))
+    factor = torch.as_tensor(factor, dtype=torch.float32, device=x.device).expand(n)
     theta = torch.zeros(n, 2, 3, device=x.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / factor
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_zoom(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``zoom`` by a factor per image, log-uniform in [1/(1+strength), 1+strength] (microscopes
+    differ in magnification and labs in how they cut a cell)."""
+    if strength <= 0:
+        return x
+    bound = math.log1p(strength)
+    return zoom(x, torch.exp(bound * (2 * torch.rand(x.shape[0], device=x.device, generator=generator) - 1)))
 
 
 @dataclass(frozen=True)

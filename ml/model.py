@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ml.augment import zoom
+
 # Paper Fig. 3: ten 3×3 conv blocks, "M" = the block ends with 2×2 max-pooling.
 VGG_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M")
 
@@ -86,8 +88,12 @@ class _Normalised(nn.Module):
     def _init_normalisation(self, config: ModelConfig) -> None:
         self.register_buffer("input_mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("input_std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
+        # Another lab's magnification: each input is enlarged by this factor first (ml.adapt.adapt_to_lab).
+        self.input_zoom = 1.0
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_zoom != 1.0:
+            x = zoom(x, self.input_zoom)
         if getattr(self.config, "input_norm", "dataset") == "lab-instance":
             lab = rgb_to_lab(x.float())
             mean = lab.mean(dim=(2, 3), keepdim=True)

@@ -39,11 +39,13 @@ def card_path(checkpoint_path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + CARD_SUFFIX)
 
 
-def evaluate(checkpoint: dict, images: ImageSet, adapt_batchnorm: bool = False) -> dict:
+def evaluate(checkpoint: dict, images: ImageSet, adapt_batchnorm: bool = False, adapt_zoom: bool = False) -> dict:
     """Metrics of ``checkpoint``'s teacher on ``images`` (classes matched by name; cells of a class
     the model does not know are left out); with ``adapt_batchnorm``, BatchNorm statistics
-    re-estimated on these same cells first (``ml.adapt``; transductive, no labels used)."""
+    re-estimated on these same cells first, and with ``adapt_zoom`` also the input zoom chosen on
+    them (``ml.adapt``; transductive, no labels used)."""
     from ml.adapt import adapt_batchnorm as adapt
+    from ml.adapt import adapt_to_lab
     from ml.checkpoint import load_model
     from ml.data import resize
 
@@ -53,11 +55,16 @@ def evaluate(checkpoint: dict, images: ImageSet, adapt_batchnorm: bool = False) 
     keep = np.isin(images.y.numpy(), known)
     x = resize(images.x[torch.from_numpy(keep)], model.config.image_size)
     truth = np.asarray([names.index(images.class_names[int(c)]) for c in images.y.numpy()[keep]], dtype=np.int64)
-    if adapt_batchnorm:
+    zooms = None
+    if adapt_zoom:
+        model, zooms = adapt_to_lab(model, x)
+    elif adapt_batchnorm:
         model = adapt(model, x)
     predicted = predict(model, x).labels
     metrics = classification_metrics(truth, predicted, names)
     metrics["n"] = int(len(truth))
+    if zooms is not None:
+        metrics.update(input_zoom=model.input_zoom, zoom_entropy=zooms)
     return metrics
 
 
@@ -118,6 +125,7 @@ def build(
         transfer_metrics[name] = {
             "reference": evaluate(checkpoint, images),
             "adapted_batchnorm": evaluate(checkpoint, images, adapt_batchnorm=True),
+            "adapted_lab": evaluate(checkpoint, images, adapt_zoom=True),
         }
     licence, citation = KNOWN_LICENCES.get(Path(data).resolve().name, ("unknown: see the data set", ""))
     card = {
@@ -139,7 +147,7 @@ def build(
         "metrics": evaluations,
         "transfer": transfer_metrics,
         "transfer_note": "other labs' cells (measured, never trained on); 'adapted_batchnorm' re-estimates the "
-        "BatchNorm statistics on the same unlabelled cells first",
+        "BatchNorm statistics on the same unlabelled cells first; 'adapted_lab' also chooses the input zoom on them",
         "train_seconds": round(result.wall_seconds, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "torch": str(torch.__version__),

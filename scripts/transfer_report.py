@@ -41,14 +41,20 @@ def grid() -> dict[tuple[str, str], dict]:
     for source in SOURCES:
         for path in sorted(RESULTS.glob(f"{source}_n*.json")):
             report = load(path)
-            label = f"N={report['labels_per_class']}" + (" + BN adapted" if report.get("adapt_bn") else "")
+            label = f"N={report['labels_per_class']}" + adapted_suffix(report)
             rows[(source, label)] = report
     return rows
 
 
+def adapted_suffix(report: dict) -> str:
+    if report.get("adapt_zoom"):
+        return f" + BN and zoom adapted (×{report['input_zoom']:g})"
+    return " + BN adapted" if report.get("adapt_bn") else ""
+
+
 def order(label: str) -> tuple[int, int]:
     n = int(label.split("=")[1].split()[0])
-    return n, int("adapted" in label)
+    return n, int("adapted" in label) + int("zoom" in label)
 
 
 def ablation_table() -> list[str]:
@@ -61,7 +67,8 @@ def ablation_table() -> list[str]:
         "Short supervised runs on PBC's train split (cpu profile, "
         f"{next(iter(cards.values()))['config']['epochs']} epochs of 100 steps, seed 0), "
         "`scripts/transfer_ablation`. zheng-dev columns: the model alone / with BatchNorm statistics "
-        "re-estimated on that source's cells (no labels).",
+        "re-estimated on that source's cells (no labels) / also at the input zoom the network is surest of "
+        "(`ml.adapt.adapt_to_lab`, lowest mean prediction entropy over 0.76-1.32×; no labels).",
         "",
         "| variant | HED α/β | colour | grey p | blur p | zoom | input norm | PBC validation | CellaVision blog "
         "| Tecom |",
@@ -74,7 +81,8 @@ def ablation_table() -> list[str]:
         def both(source: str, tr=tr) -> str:
             if source not in tr:
                 return "–"
-            return f"{pct(tr[source]['reference']['accuracy'])} / {pct(tr[source]['adapted_batchnorm']['accuracy'])}"
+            variants = ("reference", "adapted_batchnorm", "adapted_lab")
+            return " / ".join(pct(tr[source][v]["accuracy"]) for v in variants if v in tr[source])
 
         lines.append(
             f"| {name} | {c['stain_hed_alpha']}/{c['stain_hed_beta']} | {c['stain_colour']} | {c['stain_grey_p']} | "
@@ -188,16 +196,16 @@ def plot(rows: dict[tuple[str, str], dict]) -> None:
                 color=colour,
                 label=name,
             )
-        adapted = [r for (s, lbl), r in rows.items() if s == source and r.get("adapt_bn")]
-        for r in adapted:
+        adapted = [(lbl, r) for (s, lbl), r in rows.items() if s == source and r.get("adapt_bn")]
+        for lbl, r in adapted:
             ax.plot(
                 [0],
                 [100 * r["accuracy"]],
-                marker="s",
+                marker="D" if r.get("adapt_zoom") else "s",
                 color=colour,
                 fillstyle="none",
                 linestyle="none",
-                label=f"{name}, N=0 + BN adapted",
+                label=f"{name}, {lbl}",
             )
         target0 = TARGETS.get((source, 0))
         if target0:

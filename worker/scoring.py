@@ -24,7 +24,7 @@ from app.settings import get_settings
 from app.statuses import BUSY_SCORING_STATUSES, ModelOrigin
 from app.training import broker, service
 from ml.active import margin, rank_for_queue
-from ml.adapt import adapt_batchnorm
+from ml.adapt import adapt_batchnorm, adapt_to_lab
 from ml.checkpoint import load_checkpoint, load_model
 from ml.config import TrainConfig, config_from_dict
 from ml.data import resize
@@ -62,8 +62,9 @@ def model_of(path: str) -> tuple[nn.Module, dict]:
 def scoring_model(version_id: int, path: str, origin: str) -> tuple[nn.Module, dict]:
     """The network that scores for a model version. A reference model (trained on another lab's
     cells) gets, with ``settings.reference_adapt_batchnorm``, BatchNorm statistics re-estimated on
-    this lab's unlabelled cells (``ml.adapt``; no labels), once per worker process and file; the
-    sample is drawn by the version id, so the processes of one worker agree."""
+    this lab's unlabelled cells (``ml.adapt``; no labels), with ``settings.reference_adapt_zoom`` at the
+    input zoom it is surest of, once per worker process and file; the sample is drawn by the version
+    id, so the processes of one worker agree."""
     model, meta = model_of(path)
     if origin != ModelOrigin.REFERENCE or not get_settings().reference_adapt_batchnorm:
         return model, meta
@@ -74,8 +75,18 @@ def scoring_model(version_id: int, path: str, origin: str) -> tuple[nn.Module, d
             if len(ids) > ADAPT_CELLS:
                 ids = sorted(np.random.default_rng(version_id).choice(ids, ADAPT_CELLS, replace=False).tolist())
             x = load_inputs(session, ids)
+        x = resize(x, model.config.image_size)
         _adapted.clear()
-        _adapted[key] = adapt_batchnorm(model, resize(x, model.config.image_size))
+        if get_settings().reference_adapt_zoom:
+            _adapted[key], entropies = adapt_to_lab(model, x)
+            log.info(
+                "reference model v%s: input zoom %s (mean entropy by zoom %s)",
+                version_id,
+                _adapted[key].input_zoom,
+                entropies,
+            )
+        else:
+            _adapted[key] = adapt_batchnorm(model, x)
         log.info("reference model v%s: BatchNorm statistics adapted to %s unlabelled cells", version_id, len(x))
     return _adapted[key], meta
 

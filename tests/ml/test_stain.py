@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from skimage.color import rgb2hed
@@ -150,3 +152,42 @@ def test_lab_instance_normalisation_is_skimage_lab_standardised_per_image() -> N
         assert model(x).shape == (2, 5)
     config = make_config("tiny", "supervised", input_norm="lab-instance")
     assert config.input_norm == "lab-instance"
+
+
+def test_input_zoom_enlarges_the_cell_before_the_network() -> None:
+    from ml.augment import zoom
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32)).eval()
+    x = _batch(2)
+    assert model.input_zoom == 1.0
+    with torch.no_grad():
+        plain, plain_of_zoomed = model.normalise(x), model.normalise(zoom(x, 1.3))
+        model.input_zoom = 1.3
+        zoomed = model.normalise(x)
+    assert torch.allclose(zoomed, plain_of_zoomed, atol=1e-5)
+    assert not torch.allclose(zoomed, plain, atol=1e-3)
+
+
+def test_adapt_to_lab_keeps_the_zoom_the_network_is_surest_of_and_leaves_the_model_alone() -> None:
+    from ml.adapt import adapt_to_lab
+    from ml.infer import predict
+    from ml.pseudo import entropy
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32)).eval()
+    x = _batch(4)
+    adapted, scores = adapt_to_lab(model, x, zooms=(0.8, 1.0, 1.25))
+    assert set(scores) == {0.8, 1.0, 1.25}
+    assert adapted.input_zoom == min(scores, key=scores.get)
+    assert model.input_zoom == 1.0  # the original is untouched
+    # its score is the mean entropy of its own predictions, with BatchNorm adapted at that zoom
+    assert np.isclose(scores[adapted.input_zoom], entropy(predict(adapted, x).probs).mean(), atol=1e-6)
+    # its BatchNorm statistics are those of the cells seen at that zoom
+    again = copy.deepcopy(model)
+    again.input_zoom = adapted.input_zoom
+    again = adapt_batchnorm(again, x)
+    for ours, theirs in zip(batchnorm_layers(adapted), batchnorm_layers(again), strict=True):
+        assert torch.allclose(ours.running_mean, theirs.running_mean)
+    unzoomed = batchnorm_layers(adapt_batchnorm(model, x))[0].running_mean
+    assert (adapted.input_zoom == 1.0) == torch.allclose(unzoomed, batchnorm_layers(adapted)[0].running_mean)

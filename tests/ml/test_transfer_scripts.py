@@ -67,6 +67,12 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
                 "per_class": per_class,
             }
             (results / f"{source}_n{n}.json").write_text(json.dumps(report))
+    lab = {**report, "labels_per_class": 0, "adapt_bn": True, "adapt_zoom": True, "input_zoom": 1.15}
+    lab.update(accuracy=0.72, accuracy_sd=0.0, splits=1)
+    (results / "zheng2018-tecom_n0_lab.json").write_text(json.dumps(lab))
+    zoomed = json.loads((results / "ablation" / "none.card.json").read_text())
+    zoomed["transfer"]["zheng2018-tecom"]["adapted_lab"] = {"accuracy": 0.3}
+    (results / "ablation" / "zoom.card.json").write_text(json.dumps(zoomed))
     monkeypatch.setenv("TRANSFER_RESULTS", str(results))
     report = _script("transfer_report")
     assert report.main() == 0
@@ -74,4 +80,8 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
     assert "| Tecom | 50 | N=0 | 3 | 50.0 ± 1.0 | 0.500 | ≥ 70: not met |" in page
     assert "| CellaVision blog | 50 | N=5 | 3 | 93.0 ± 1.0 | 0.930 | ≥ 92: met |" in page
     assert "| none | 0.0/0.0 | 0.0 | 0.0 | 0.0 | 0.0 | dataset |" in page
+    # the zoom-adapted row follows the plain N=0 row, names its zoom, and is held to the N=0 target
+    tecom = [line for line in page.splitlines() if line.startswith("| Tecom |")]
+    assert tecom[1].startswith("| Tecom | 50 | N=0 + BN and zoom adapted (×1.15) | 1 | 72.0 | 0.930 | ≥ 70: met |")
+    assert "| 17.0 / 22.0 / 30.0 |" in page  # the ablation card's three Tecom figures
     assert (tmp_path / "transfer.png").stat().st_size > 1000

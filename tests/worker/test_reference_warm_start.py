@@ -3,6 +3,7 @@ when asked not to), at a lower learning rate, and uses the lab's unlabelled cell
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_first_retrain_starts_from_the_reference_and_uses_unlabelled_cells(env: 
 
 def test_a_reference_scores_with_batchnorm_statistics_of_the_labs_cells(env: Path, monkeypatch) -> None:
     from app.settings import get_settings
-    from ml.adapt import batchnorm_layers
+    from ml.adapt import LAB_ZOOMS, batchnorm_layers
     from worker.scoring import model_of, scoring_model
 
     insert_cells({name: 1 for name in CLASSES}, unlabelled=10)
@@ -92,8 +93,17 @@ def test_a_reference_scores_with_batchnorm_statistics_of_the_labs_cells(env: Pat
     assert meta["class_names"] == list(reference.class_names)
     first, first_adapted = batchnorm_layers(plain)[0], batchnorm_layers(adapted)[0]
     assert not torch.allclose(first.running_mean, first_adapted.running_mean)
+    assert adapted.input_zoom in LAB_ZOOMS and plain.input_zoom == 1.0  # the zoom it was surest at
     assert scoring_model(ref_id, path, "reference")[0] is adapted  # once per process and file
     assert scoring_model(ref_id, path, "local")[0] is plain
+    monkeypatch.setenv("LEUKOLAB_REFERENCE_ADAPT_ZOOM", "false")
+    get_settings.cache_clear()
+    later = os.path.getmtime(path) + 10
+    os.utime(path, (later, later))  # a new file version: adapted again
+    unzoomed = scoring_model(ref_id, path, "reference")[0]
+    reloaded = model_of(path)[0]
+    assert unzoomed.input_zoom == 1.0 and unzoomed is not reloaded
+    assert not torch.allclose(batchnorm_layers(unzoomed)[0].running_mean, batchnorm_layers(reloaded)[0].running_mean)
     monkeypatch.setenv("LEUKOLAB_REFERENCE_ADAPT_BATCHNORM", "false")
     get_settings.cache_clear()
-    assert scoring_model(ref_id, path, "reference")[0] is plain
+    assert scoring_model(ref_id, path, "reference")[0] is reloaded
