@@ -4,8 +4,9 @@
 
 The choice reads the PBC validation split and zheng-dev only (never a test split): among the variants whose
 validation accuracy is at most 0.3 points below the variant without stain augmentation ("none"), the one with the
-best mean accuracy over the zheng-dev sources (the model alone, no adaptation). Without a "none" card every
-variant is eligible.
+best mean accuracy over the zheng-dev sources, as the product serves a reference: adapted to the lab's cells
+(BatchNorm statistics and input zoom, ``adapted_lab``) where the card has that figure, else the model alone.
+Without a "none" card every variant is eligible.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def choose(folder: Path) -> tuple[str, dict]:
     floor = cards["none"]["metrics"]["validation"]["accuracy"] - 0.003 if "none" in cards else 0.0
 
     def transfer(card: dict) -> float:
-        figures = [v["reference"]["accuracy"] for v in card["transfer"].values()]
+        figures = [v.get("adapted_lab", v["reference"])["accuracy"] for v in card["transfer"].values()]
         return sum(figures) / len(figures) if figures else 0.0
 
     eligible = {n: c for n, c in cards.items() if c["metrics"]["validation"]["accuracy"] >= floor} or cards

@@ -4,8 +4,8 @@
 
 Inputs: ``<source>_n<N>[_adapted].json`` from ``leukolab bench transfer`` (scripts/transfer_grid), the
 reference's model card (``reference.card.json``, copied there by the build) and the stain ablation cards
-(``ablation/<variant>.card.json``, scripts/transfer_ablation). The prose lives here; the figures come from the
-JSON, so a rerun of the grid followed by this script updates the page.
+(``ablation*/<variant>.card.json``, a table per folder, scripts/transfer_ablation). The prose lives here; the
+figures come from the JSON, so a rerun of the grid followed by this script updates the page.
 """
 
 from __future__ import annotations
@@ -57,18 +57,13 @@ def order(label: str) -> tuple[int, int]:
     return n, int("adapted" in label) + int("zoom" in label)
 
 
-def ablation_table() -> list[str]:
-    cards = {p.name.removesuffix(".card.json"): load(p) for p in sorted((RESULTS / "ablation").glob("*.card.json"))}
+def ablation_table(folder: Path) -> list[str]:
+    cards = {p.name.removesuffix(".card.json"): load(p) for p in sorted(folder.glob("*.card.json"))}
     if not cards:
         return []
+    note = folder / "README.md"
     lines = [
-        "## Stain augmentation: what was kept (PBC validation split and zheng-dev, never the test split)",
-        "",
-        "Short supervised runs on PBC's train split (cpu profile, "
-        f"{next(iter(cards.values()))['config']['epochs']} epochs of 100 steps, seed 0), "
-        "`scripts/transfer_ablation`. zheng-dev columns: the model alone / with BatchNorm statistics "
-        "re-estimated on that source's cells (no labels) / also at the input zoom the network is surest of "
-        "(`ml.adapt.adapt_to_lab`, lowest mean prediction entropy over 0.76-1.32×; no labels).",
+        f"### `{folder.name}/`" + (f": {note.read_text().strip()}" if note.is_file() else ""),
         "",
         "| variant | HED α/β | colour | grey p | blur p | zoom | input norm | PBC validation | CellaVision blog "
         "| Tecom |",
@@ -118,7 +113,7 @@ def reference_section(card: dict | None) -> list[str]:
 
 def main() -> int:
     rows = grid()
-    if not rows and not (RESULTS / "ablation").is_dir():
+    if not rows and not any(RESULTS.glob("ablation*")):
         print(f"no reports in {RESULTS}", file=sys.stderr)
         return 1
     card = load(RESULTS / "reference.card.json")
@@ -165,7 +160,18 @@ def main() -> int:
     if not rows:
         lines.append("| (no `bench transfer` report yet) |" + " |" * (6 + len(CLASS_ORDER)))
     lines += ["", "Recall per class: mean over the splits that left test cells of that class (n: its cells).", ""]
-    lines += ablation_table()
+    lines += [
+        "## Stain augmentation: what was kept (PBC validation split and zheng-dev, never the test split)",
+        "",
+        "Short supervised runs on PBC's train split (cpu profile, epochs of 100 steps, seed 0), "
+        "`scripts/transfer_ablation`; pair variants only within one table (one machine). zheng-dev columns: the "
+        "model alone / with BatchNorm statistics re-estimated on that source's cells (no labels) / also at the "
+        "input zoom the network is surest of (`ml.adapt.adapt_to_lab`, lowest mean prediction entropy over "
+        "0.76-1.32×; no labels).",
+        "",
+    ]
+    for folder in sorted(RESULTS.glob("ablation*")):
+        lines += ablation_table(folder)
     lines += ["![accuracy against labels per class](transfer.png)", ""]
     PAGE.write_text("\n".join(lines))
     plot(rows)
