@@ -394,15 +394,19 @@ def results_lines(
     summary = plot_active(folder, png, method, profile)
     if not summary:
         return []
+    runs = load_runs(folder, method, profile)
     settings = sorted(
         {
             f"run param epochs {r['params_first_round'].get('epochs', 'default')} for the cold round and "
             f"{r['params_warm_rounds'].get('epochs', 'default')} for warm rounds, "
             f"overrides {r['overrides'] or 'none'}, "
             f"labels after each round {r['schedule']}"
-            for r in load_runs(folder, method, profile)
+            for r in runs
         }
     )
+    machines: dict[str, list[str]] = {}
+    for r in sorted(runs, key=lambda r: (r["strategy"], r["seed"])):
+        machines.setdefault(r.get("device", "unknown"), []).append(f"{r['strategy']} seed {r['seed']}")
     arms = sorted(summary)
     labels = sorted({n for arm in arms for n in summary[arm]})
     lines = [
@@ -413,6 +417,17 @@ def results_lines(
         "each retrained as the worker does (`ml.retrain`), warm-started from the round before. Accuracy in %, "
         f"mean ± sd over seeds (`{_docs_path(folder)}`, `docs/results/active/README.md` for the commands). "
         f"Settings: {'; '.join(settings)}.",
+        *(
+            [
+                "",
+                "The runs come from more than one machine, which moves a run as much as a lever does "
+                "(`docs/results/val-machines/`): compare arms of one seed on one machine. "
+                + "; ".join(f"{device}: {', '.join(names)}" for device, names in machines.items())
+                + ".",
+            ]
+            if len(machines) > 1
+            else []
+        ),
         "",
         "| labels | " + " | ".join(f"{arm}: test | {arm}: validation | seeds" for arm in arms) + " |",
         "|---:|" + "---:|---:|---|" * len(arms),

@@ -82,6 +82,13 @@ def test_bench_active_cold_start_rounds_validation_and_test_and_the_plot(
     assert any(line.startswith("| 6 |") for line in lines) and "random / random" in page
     assert "kmeans/random-net 70.0 %" in page and "**random-net**" in page
     assert (tmp_path / "loop.png").read_bytes().startswith(b"\x89PNG")
+    assert "more than one machine" not in page
+    # runs from two machines: the page says which ran where
+    moved = {**baseline, "seed": 1, "device": "cpu: Another CPU, 2 threads"}
+    (out / "random-s1.json").write_text(json.dumps(moved))
+    page = "\n".join(results_lines(out, tmp_path / "loop.png", "loop.png", method="supervised", profile="tiny"))
+    assert "more than one machine" in page and "cpu: Another CPU, 2 threads: random seed 1" in page
+    assert f"{baseline['device']}: random seed 0;" in page
 
 
 def test_bench_active_refuses_a_schedule_that_does_not_grow(tmp_path: Path) -> None:
