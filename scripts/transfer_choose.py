@@ -4,14 +4,15 @@
 
 The choice reads the PBC validation split and zheng-dev only (never a test split): among the variants whose
 validation accuracy is at most 0.3 points below the variant without stain augmentation ("none"), the one with the
-best mean accuracy over the zheng-dev sources, as the product serves a reference: adapted to the lab's cells
-(BatchNorm statistics and input zoom, ``adapted_lab``) where the card has that figure, else the model alone.
-Without a "none" card every variant is eligible.
+best mean accuracy over the zheng-dev sources (means over a variant's seeds: cards NAME, NAME-s1, ...), as the
+product serves a reference: adapted to the lab's cells (BatchNorm statistics and input zoom, ``adapted_lab``)
+where the card has that figure, else the model alone. Without a "none" card every variant is eligible.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,26 +24,40 @@ KEYS = tuple(
 KEYS += (("stain_blur_sigma", 1.0),)
 
 
+def _variant(name: str) -> str:
+    """A card's variant: its name without a seed suffix ("zoom-s1" is seed 1 of "zoom")."""
+    return re.sub(r"-s\d+$", "", name)
+
+
 def choose(folder: Path) -> tuple[str, dict]:
     cards = {p.name.removesuffix(".card.json"): json.loads(p.read_text()) for p in sorted(folder.glob("*.card.json"))}
     if not cards:
         raise SystemExit(f"no ablation cards in {folder}")
-    floor = cards["none"]["metrics"]["validation"]["accuracy"] - 0.003 if "none" in cards else 0.0
 
     def transfer(card: dict) -> float:
         figures = [v.get("adapted_lab", v["reference"])["accuracy"] for v in card["transfer"].values()]
         return sum(figures) / len(figures) if figures else 0.0
 
-    eligible = {n: c for n, c in cards.items() if c["metrics"]["validation"]["accuracy"] >= floor} or cards
-    name = max(eligible, key=lambda n: (transfer(eligible[n]), eligible[n]["metrics"]["validation"]["accuracy"]))
-    return name, cards[name]["config"]
+    seeds: dict[str, list[dict]] = {}
+    for name, card in cards.items():
+        seeds.setdefault(_variant(name), []).append(card)
+    # each variant's means over its seeds: PBC validation, then zheng-dev
+    means = {
+        v: (sum(c["metrics"]["validation"]["accuracy"] for c in cs) / len(cs), sum(map(transfer, cs)) / len(cs))
+        for v, cs in seeds.items()
+    }
+    floor = means["none"][0] - 0.003 if "none" in means else 0.0
+    eligible = [v for v, (val, _) in means.items() if val >= floor] or list(means)
+    name = max(eligible, key=lambda v: (means[v][1], means[v][0]))
+    return name, seeds[name][0]["config"]
 
 
 def main(argv: list[str]) -> int:
     folder = Path(argv[0]) if argv else ROOT / "docs" / "results" / "transfer" / "ablation"
     name, config = choose(folder)
     print(f"chosen: {name}", file=sys.stderr)
-    print(" ".join(f"--set {k}={config.get(k, default)}" for k, default in (*KEYS, ("input_norm", "dataset"))))
+    keys = (*KEYS, ("input_norm", "dataset"), ("epochs", config.get("epochs")))
+    print(" ".join(f"--set {k}={config.get(k, default)}" for k, default in keys))
     return 0
 
 

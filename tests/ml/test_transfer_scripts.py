@@ -52,6 +52,9 @@ def test_choose_takes_the_best_transfer_that_keeps_pbc_within_0_3_points(tmp_pat
         source["adapted_lab"] = {"accuracy": 0.9}
     (tmp_path / "robust.card.json").write_text(json.dumps(card))
     assert choose(tmp_path)[0] == "robust"
+    # a second seed counts: its mean with the first decides
+    _card(tmp_path, "robust-s1", 0.952, (0.40, 0.40), stain_hed_alpha=0.2)
+    assert choose(tmp_path)[0] == "strong"  # robust: (0.9 + 0.4) / 2 = 0.65 < strong's 0.75
 
 
 def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> None:
