@@ -176,7 +176,7 @@ class StainAugment:
         if self.colour > 0:
             x = colour_jitter(x, self.colour, generator)
         x = random_grey(x, self.grey_p, generator)
-        return random_blur(x, self.blur_p, self.blur_sigma, generator)
+        return random_blur(x, self.blur_p, self.blur_sigma, generator).clamp(0, 255)  # float error at the ends
 
 
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -5,7 +5,7 @@
 The choice reads the PBC validation split and zheng-dev only (never a test split): among the variants whose
 validation accuracy is at most 0.3 points below the variant without stain augmentation ("none"), the one with the
 best mean accuracy over the zheng-dev sources (means over a variant's seeds: cards NAME, NAME-s1, ...), as the
-product serves a reference: adapted to the lab's cells (BatchNorm statistics and input zoom, ``adapted_lab``)
+product serves a reference by default: with BatchNorm statistics adapted to the lab's cells (``adapted_batchnorm``)
 where the card has that figure, else the model alone. Without a "none" card every variant is eligible.
 """
 
@@ -35,7 +35,7 @@ def choose(folder: Path) -> tuple[str, dict]:
         raise SystemExit(f"no ablation cards in {folder}")
 
     def transfer(card: dict) -> float:
-        figures = [v.get("adapted_lab", v["reference"])["accuracy"] for v in card["transfer"].values()]
+        figures = [v.get("adapted_batchnorm", v["reference"])["accuracy"] for v in card["transfer"].values()]
         return sum(figures) / len(figures) if figures else 0.0
 
     seeds: dict[str, list[dict]] = {}

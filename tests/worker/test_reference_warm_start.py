@@ -81,6 +81,8 @@ def test_a_reference_scores_with_batchnorm_statistics_of_the_labs_cells(env: Pat
     from ml.adapt import LAB_ZOOMS, batchnorm_layers
     from worker.scoring import model_of, scoring_model
 
+    monkeypatch.setenv("LEUKOLAB_REFERENCE_ADAPT_ZOOM", "true")  # off by default (docs/results/transfer.md)
+    get_settings.cache_clear()
     insert_cells({name: 1 for name in CLASSES}, unlabelled=10)
     result = CliRunner().invoke(cli, ["reference", "install", str(write_reference(env / "ref.pt"))])
     assert result.exit_code == 0, result.output
