@@ -65,9 +65,9 @@ def ablation_table(folder: Path) -> list[str]:
     lines = [
         f"### `{folder.name}/`" + (f": {note.read_text().strip()}" if note.is_file() else ""),
         "",
-        "| variant | HED α/β | colour | grey p | blur p | zoom | input norm | PBC validation | CellaVision blog "
-        "| Tecom |",
-        "|---|---|---|---|---|---|---|---:|---:|---:|",
+        "| variant | epochs | HED α/β | colour | grey p | blur p | zoom | input norm | PBC validation "
+        "| CellaVision blog | Tecom |",
+        "|---|---:|---|---|---|---|---|---|---:|---:|---:|",
     ]
     for name, card in cards.items():
         c = card["config"]
@@ -80,8 +80,8 @@ def ablation_table(folder: Path) -> list[str]:
             return " / ".join(pct(tr[source][v]["accuracy"]) for v in variants if v in tr[source])
 
         lines.append(
-            f"| {name} | {c['stain_hed_alpha']}/{c['stain_hed_beta']} | {c['stain_colour']} | {c['stain_grey_p']} | "
-            f"{c['stain_blur_p']} | {c.get('stain_zoom', 0.0)} | {c.get('input_norm', 'dataset')} | "
+            f"| {name} | {c['epochs']} | {c['stain_hed_alpha']}/{c['stain_hed_beta']} | {c['stain_colour']} | "
+            f"{c['stain_grey_p']} | {c['stain_blur_p']} | {c.get('stain_zoom', 0.0)} | {c.get('input_norm', 'dataset')} | "
             f"{pct(card['metrics']['validation']['accuracy'])} | "
             f"{both('zheng2018-cellavision')} | {both('zheng2018-tecom')} |"
         )
@@ -163,7 +163,7 @@ def main() -> int:
     lines += [
         "## Stain augmentation: what was kept (PBC validation split and zheng-dev, never the test split)",
         "",
-        "Short supervised runs on PBC's train split (cpu profile, epochs of 100 steps, seed 0), "
+        "Supervised runs on PBC's train split (cpu profile, epochs of 100 steps; seed 0 unless the name ends -sN), "
         "`scripts/transfer_ablation`; pair variants only within one table (one machine). zheng-dev columns: the "
         "model alone / with BatchNorm statistics re-estimated on that source's cells (no labels) / also at the "
         "input zoom the network is surest of (`ml.adapt.adapt_to_lab`, lowest mean prediction entropy over "

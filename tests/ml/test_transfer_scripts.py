@@ -88,7 +88,7 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
     page = (tmp_path / "transfer.md").read_text()
     assert "| Tecom | 50 | N=0 | 3 | 50.0 ± 1.0 | 0.500 | ≥ 70: not met |" in page
     assert "| CellaVision blog | 50 | N=5 | 3 | 93.0 ± 1.0 | 0.930 | ≥ 92: met |" in page
-    assert "| none | 0.0/0.0 | 0.0 | 0.0 | 0.0 | 0.0 | dataset |" in page
+    assert "| none | 6 | 0.0/0.0 | 0.0 | 0.0 | 0.0 | 0.0 | dataset |" in page
     # the zoom-adapted row follows the plain N=0 row, names its zoom, and is held to the N=0 target
     tecom = [line for line in page.splitlines() if line.startswith("| Tecom |")]
     assert tecom[1].startswith("| Tecom | 50 | N=0 + BN and zoom adapted (×1.15) | 1 | 72.0 | 0.930 | ≥ 70: met |")
