@@ -81,7 +81,8 @@ def ablation_table(folder: Path) -> list[str]:
 
         lines.append(
             f"| {name} | {c['epochs']} | {c['stain_hed_alpha']}/{c['stain_hed_beta']} | {c['stain_colour']} | "
-            f"{c['stain_grey_p']} | {c['stain_blur_p']} | {c.get('stain_zoom', 0.0)} | {c.get('input_norm', 'dataset')} | "
+            f"{c['stain_grey_p']} | {c['stain_blur_p']} | {c.get('stain_zoom', 0.0)} | "
+            f"{c.get('input_norm', 'dataset')} | "
             f"{pct(card['metrics']['validation']['accuracy'])} | "
             f"{both('zheng2018-cellavision')} | {both('zheng2018-tecom')} |"
         )
