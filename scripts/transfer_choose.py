@@ -49,7 +49,7 @@ def choose(folder: Path) -> tuple[str, dict]:
     floor = means["none"][0] - 0.003 if "none" in means else 0.0
     eligible = [v for v, (val, _) in means.items() if val >= floor] or list(means)
     name = max(eligible, key=lambda v: (means[v][1], means[v][0]))
-    return name, seeds[name][0]["config"]
+    return name, min(seeds[name], key=lambda c: c["config"].get("seed", 0))["config"]  # seed 0's config
 
 
 def main(argv: list[str]) -> int:
