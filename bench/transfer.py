@@ -101,7 +101,7 @@ def run_transfer(
     runs = []
     adapt_bn = adapt_bn or adapt_zoom
     n_splits = splits if labels_per_class > 0 else 1  # the reference alone (adapted or not) is deterministic
-    zooms = []
+    zoom_choice: dict = {}  # N = 0 with --adapt-zoom: the zoom kept and the entropy of each tried
     for split in range(n_splits):
         if labels_per_class > 0:
             labelled, rest = split_labelled(y, labels_per_class, seed + split)
@@ -123,7 +123,7 @@ def run_transfer(
             model = load_model(checkpoint, device=pick_device())
             if adapt_zoom:
                 model, entropies = adapt_to_lab(model, x[torch.from_numpy(rest)])
-                zooms.append({"input_zoom": model.input_zoom, "zoom_entropy": entropies})
+                zoom_choice = {"input_zoom": model.input_zoom, "zoom_entropy": entropies}
             elif adapt_bn:
                 model = adapt_batchnorm(model, x[torch.from_numpy(rest)])
         predicted = predict(model, x[torch.from_numpy(rest)]).labels
@@ -143,7 +143,7 @@ def run_transfer(
         "labels_per_class": labels_per_class,
         "adapt_bn": bool(adapt_bn and labels_per_class == 0),
         "adapt_zoom": bool(adapt_zoom and labels_per_class == 0),
-        **(zooms[0] if zooms else {}),
+        **zoom_choice,
         "method": method if labels_per_class > 0 else "reference",
         "splits": n_splits,
         "seed": seed,
