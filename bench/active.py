@@ -268,12 +268,13 @@ def _next_labels(
         model, retrained = previous["model"], previous["retrained"]
         size = retrained.config.image_size
         pool_images = x_pool[torch.from_numpy(unlabelled)]
-        scored = predict(model, resize(pool_images, size))
-        lab_features = predict(model, resize(x_pool[torch.from_numpy(labelled)], size)).features
         ood_state = previous["checkpoint"].get("ood")
+        scorer = OODScorer.from_state(ood_state) if ood_state else None
+        scored = predict(model, resize(pool_images, size), layers=bool(scorer and scorer.uses_layers))
+        lab_features = predict(model, resize(x_pool[torch.from_numpy(labelled)], size)).features
         ood_scores = ood_threshold = None
-        if ood_state:
-            ood_scores = OODScorer.from_state(ood_state).score(scored.logits, scored.features, images=pool_images)
+        if scorer is not None:
+            ood_scores = scorer.score(scored.logits, scored.features, images=pool_images, layers=scored.layers)
             ood_threshold = float(ood_state["threshold"])
         selection, pseudo = rank_for_queue(
             scored.probs.astype(np.float64),

@@ -39,8 +39,8 @@ def _report(scorer, p_in, p_out, d_in, d_out, y_out, unknown_names: list[str], n
     """AUROC, FPR at 95 % TPR and what the threshold flags of ``scorer``, overall and per unknown class."""
     from ml.ood import auroc, fpr_at_tpr
 
-    s_in = scorer.score(p_in.logits, p_in.features, descriptors=d_in)
-    s_out = scorer.score(p_out.logits, p_out.features, descriptors=d_out)
+    s_in = scorer.score(p_in.logits, p_in.features, descriptors=d_in, layers=p_in.layers)
+    s_out = scorer.score(p_out.logits, p_out.features, descriptors=d_out, layers=p_out.layers)
     per_class = {}
     for c, name in enumerate(unknown_names):
         members = y_out == c
@@ -71,8 +71,8 @@ def _report(scorer, p_in, p_out, d_in, d_out, y_out, unknown_names: list[str], n
 def _per_class_auroc(scorer, p_in, p_out, d_in, d_out, y_out, unknown_names: list[str]) -> dict:
     from ml.ood import auroc
 
-    a = scorer.score(p_in.logits, p_in.features, descriptors=d_in)
-    b = scorer.score(p_out.logits, p_out.features, descriptors=d_out)
+    a = scorer.score(p_in.logits, p_in.features, descriptors=d_in, layers=p_in.layers)
+    b = scorer.score(p_out.logits, p_out.features, descriptors=d_out, layers=p_out.layers)
     return {
         "auroc": auroc(a, b),
         "per_class": {n: auroc(a, b[y_out == c]) for c, n in enumerate(unknown_names) if (y_out == c).any()},
@@ -92,7 +92,7 @@ def refit(model, checkpoint: dict, in_dir: Path, names: list[str], size: int) ->
     from ml.data import load_manifest_split
     from ml.infer import predict
     from ml.morphology import describe
-    from ml.ood import ALL_METHODS, fit_ood
+    from ml.ood import ALL_METHODS, LAYERS_METHOD, fit_ood
     from ml.splits import VALIDATION
     from ml.train import ood_reference
 
@@ -105,9 +105,13 @@ def refit(model, checkpoint: dict, in_dir: Path, names: list[str], size: int) ->
         raise typer.BadParameter(f"--refit needs train and validation cells in {in_dir}/MANIFEST.csv")
     # the draw does not look at the labels: predict the drawn cells only
     ref_x, _ = ood_reference(train.x, torch.zeros(len(train.x)), 0, config.seed, config.ood_reference_cells)
-    ref, val = predict(model, ref_x), predict(model, validation.x)
+    ref, val = predict(model, ref_x, layers=True), predict(model, validation.x, layers=True)
     ref_y = ref.probs.argmax(axis=1)
     d_ref, d_val = describe(ref_x), describe(validation.x)
+
+    def layers_for(method: str) -> bool:
+        return config.ood_layers or method == LAYERS_METHOD
+
     fitted = {}
     for method in ("auto", *ALL_METHODS):
         fitted[method] = fit_ood(
@@ -122,17 +126,43 @@ def refit(model, checkpoint: dict, in_dir: Path, names: list[str], size: int) ->
             train_descriptors=d_ref,
             val_descriptors=d_val,
             descriptor_size=size,
+            # the mid-level features as training gives them (config.ood_layers), and to the method that needs them
+            **({"train_layers": ref.layers, "val_layers": val.layers} if layers_for(method) else {}),
         )
     return fitted
 
 
-def measure(checkpoint_path: Path, in_dir: Path, ood_dir: Path, split: str = "test", refit_ood: bool = False) -> dict:
+def held_out_only(unknown, ood_dir: Path):
+    """The unknown cells that ``bench ssl --extra-classes`` puts in its test set (``extra_class_rows``),
+    so a figure on them stays apart from the rest, which a developer may study to design the score."""
+    import torch
+
+    from bench.ssl import extra_class_rows
+    from ml.data import ImageSet
+
+    test_files = set(extra_class_rows(ood_dir, unknown.class_names)["test"][0])
+    keep = [i for i, f in enumerate(unknown.files) if f in test_files]
+    if not keep:
+        raise typer.BadParameter(f"--held-out-only: no cell of {ood_dir} is in the extra classes' test set")
+    index = torch.tensor(keep)
+    return ImageSet(unknown.x[index], unknown.y[index], unknown.class_names, [unknown.files[i] for i in keep])
+
+
+def measure(
+    checkpoint_path: Path,
+    in_dir: Path,
+    ood_dir: Path,
+    split: str = "test",
+    refit_ood: bool = False,
+    held_out: bool = False,
+) -> dict:
     """AUROC and FPR at 95 % TPR of the checkpoint's OOD score, overall and per unknown class; with
-    ``refit_ood`` also of the score fitted again with morphology (``refit``)."""
+    ``refit_ood`` also of the score fitted again with morphology (``refit``); with ``held_out`` on the
+    unknown cells of the eight-class test set only (``held_out_only``)."""
     from ml.checkpoint import load_checkpoint, load_model
     from ml.infer import predict
     from ml.morphology import describe
-    from ml.ood import OOD_METHODS, OODScorer, _mix_stats
+    from ml.ood import LAYERS_METHOD, OOD_METHODS, OODScorer, _mix_stats, _parts_of
 
     checkpoint = load_checkpoint(checkpoint_path)
     if not checkpoint.get("ood"):
@@ -144,8 +174,10 @@ def measure(checkpoint_path: Path, in_dir: Path, ood_dir: Path, split: str = "te
     unknown = _load(ood_dir, size, split)
     if known is None or unknown is None:
         raise typer.BadParameter("a MANIFEST folder with several splits and none named --split")
+    if held_out:
+        unknown = held_out_only(unknown, ood_dir)
     scorer = OODScorer.from_state(checkpoint["ood"])
-    p_in, p_out = predict(model, known.x), predict(model, unknown.x)
+    p_in, p_out = predict(model, known.x, layers=True), predict(model, unknown.x, layers=True)
     d_in, d_out = describe(known.x), describe(unknown.x)
     y_out = unknown.y.numpy()
     args = (p_in, p_out, d_in, d_out, y_out, unknown.class_names)
@@ -153,10 +185,12 @@ def measure(checkpoint_path: Path, in_dir: Path, ood_dir: Path, split: str = "te
     stored.pop("selection_auroc", None)
     classes = np.arange(len(names))
     reference = {}
-    for method in OOD_METHODS:
-        stats = scorer.mix_stats if method == scorer.method else {}
-        if method == "mix" and not stats:
-            stats = _mix_stats(p_in.logits, p_in.features, scorer.reference, classes)
+    network = (*OOD_METHODS, LAYERS_METHOD) if scorer.reference.layers else OOD_METHODS
+    for method in network:
+        parts = _parts_of(method, scorer.reference) or ()
+        stats = scorer.mix_stats if set(parts) == set(scorer.mix_stats) else {}
+        if parts and not stats:
+            stats = _mix_stats(p_in.logits, p_in.features, scorer.reference, classes, method, p_in.layers)
         other = OODScorer(method, scorer.threshold, scorer.reference, stats)
         reference[method] = _per_class_auroc(other, *args)
     out = {
@@ -164,6 +198,7 @@ def measure(checkpoint_path: Path, in_dir: Path, ood_dir: Path, split: str = "te
         "in": str(in_dir),
         "in_split": split,
         "ood": str(ood_dir),
+        "ood_cells": "the eight-class test set's (held out)" if held_out else "all",
         **stored,
         "all_methods_for_reference": reference,
     }
@@ -190,10 +225,17 @@ def ood_command(
         bool,
         typer.Option("--refit", help="also fit the score again on --in's train and validation splits, with morphology"),
     ] = False,
+    held_out: Annotated[
+        bool,
+        typer.Option(
+            "--held-out-only",
+            help="only the --ood cells of bench ssl --extra-classes' test set (100 a class); the rest may be studied",
+        ),
+    ] = False,
 ) -> dict:
     """AUROC and FPR at 95 % TPR of the checkpoint's "unlike any known class" score, per unknown class."""
     started = time.perf_counter()
-    out = measure(checkpoint, in_dir, ood_dir, split, refit_ood)
+    out = measure(checkpoint, in_dir, ood_dir, split, refit_ood, held_out)
     out["wall_seconds"] = time.perf_counter() - started
     summary = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in out["per_class"].items())
     typer.echo(f"{out['method']}: AUROC {out['auroc']:.3f} (per class: {summary}), FPR@95TPR {out['fpr_at_95tpr']:.3f}")

@@ -108,6 +108,13 @@ class _Normalised(nn.Module):
         """The penultimate embedding (used for label propagation)."""
         return self.forward_with_features(x)[1]
 
+    def ood_taps(self) -> dict[str, nn.Module]:
+        """Mid-level modules whose pooled outputs the "unlike any known class" score compares as well
+        (``ml.infer.predict(layers=True)``, ``ml.ood`` method ``knn-layers``): the penultimate layer
+        is trained to tell the known classes apart and so maps a cell of another kind onto one of
+        them; the texture and shape of the depths before it are not yet squeezed into the classes."""
+        return {}
+
 
 class WBCNet(_Normalised):
     """Song & Wang 2024 Fig. 3 / Table 1, with a width multiplier."""
@@ -142,6 +149,10 @@ class WBCNet(_Normalised):
         self.head = nn.Linear(hidden, config.n_classes)
         self.feature_dim = hidden
 
+    def ood_taps(self) -> dict[str, nn.Module]:
+        # the first two of the last stage's blocks (8×8 maps at 64 px) and the attention output
+        return {"block8": self.backbone[7], "block9": self.backbone[8], "attention": self.attention}
+
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.attention(self.backbone(self.normalise(x)))
         # Flatten in (C, H, W) order whatever the memory format, so weights are portable.
@@ -163,6 +174,9 @@ class ResNet50(_Normalised):
         net.fc = nn.Identity()
         self.net = net
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.feature_dim, config.n_classes))
+
+    def ood_taps(self) -> dict[str, nn.Module]:
+        return {"layer3": self.net.layer3, "layer4": self.net.layer4}
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.net(self.normalise(x))

@@ -678,13 +678,15 @@ def fit_ood_for(
 ) -> OODScorer | None:
     """The OOD score of a trained model: reference from its training cells (labels and accepted
     pseudo-labels), method and threshold from the validation cells (else the training cells);
-    with ``config.ood_morphology``, the cells' morphology descriptors too (``ml.morphology``)."""
+    with ``config.ood_morphology``, the cells' morphology descriptors too (``ml.morphology``); with
+    ``config.ood_layers``, the model's mid-level features too."""
     if len(train_x) < 2:
         return None
-    train = predict(model, train_x)
+    layers = config.ood_layers
+    train = predict(model, train_x, layers=layers)
     train_d = val_d = describe(train_x) if config.ood_morphology else None
     if validation is not None:
-        val = predict(model, validation[0])
+        val = predict(model, validation[0], layers=layers)
         val_y, calibrated_on = validation[1].cpu().numpy(), "validation"
         val_d = describe(validation[0]) if config.ood_morphology else None
     else:
@@ -702,4 +704,6 @@ def fit_ood_for(
         train_descriptors=train_d,
         val_descriptors=val_d,
         descriptor_size=int(train_x.shape[-1]),
+        train_layers=train.layers,
+        val_layers=val.layers,
     )

@@ -165,11 +165,12 @@ def score_chunk(model_id: int, cell_ids: Sequence[int]) -> int:
         x = load_inputs(session, cell_ids)
     model, meta = scoring_model(model_id, path, origin)
     threshold = _train_config(meta).entropy_threshold
-    predictions = predict(model, resize(x, model.config.image_size))
+    scorer = OODScorer.from_state(meta["ood"]) if meta.get("ood") else None
+    predictions = predict(model, resize(x, model.config.image_size), layers=bool(scorer and scorer.uses_layers))
     probs = without_classes(predictions.probs.astype(np.float64), [i for i, n in enumerate(names) if n in retired])
     ood = None
-    if meta.get("ood"):
-        ood = OODScorer.from_state(meta["ood"]).score(predictions.logits, predictions.features, images=x)
+    if scorer is not None:
+        ood = scorer.score(predictions.logits, predictions.features, images=x, layers=predictions.layers)
     unlike = (ood > ood_threshold) if ood is not None and ood_threshold is not None else np.zeros(len(probs), bool)
     ent, mar = entropy(probs), margin(probs)
     passed = entropy_mask(probs, threshold) & ~unlike

@@ -4,13 +4,15 @@ cells are kept out of pseudo-labels and put first in the queue."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from ml.active import UNLIKE_ANY_CLASS, rank_for_queue
+from ml.checkpoint import load_model
 from ml.config import make_config
 from ml.infer import predict
 from ml.model import ModelConfig, build_model
-from ml.ood import OODScorer, auroc, fit_ood
+from ml.ood import LayersRequired, OODScorer, auroc, fit_ood
 from ml.pseudo import REJECTED, filter_pseudo_labels
 from ml.train import _load_init, train
 
@@ -48,6 +50,35 @@ def test_ood_score_separates_generated_out_of_class_images() -> None:
     assert auroc(s_in, s_out) >= 0.9
     assert scorer.is_unlike(s_out).mean() >= 0.8
     assert scorer.is_unlike(s_in).mean() <= 0.25
+
+
+def test_the_mid_level_score_travels_in_the_checkpoint_and_needs_the_layers() -> None:
+    torch.manual_seed(0)
+    xl = torch.cat([_cells(12, k, 0) for k in range(3)])
+    yl = torch.arange(3).repeat_interleave(12)
+    val_x = torch.cat([_cells(20, k, 1) for k in range(3)])
+    val_y = torch.arange(3).repeat_interleave(20)
+    config = make_config(
+        "tiny", "supervised", epochs=4, steps_per_epoch=10, eval_every=4, ood_layers=True, ood_method="knn-layers"
+    )
+    result = train(config, xl, yl, None, ["a", "b", "c"], val_x=val_x, val_y=val_y)
+    state = result.checkpoint["ood"]
+    assert state["method"] == "knn-layers" and set(state["layers"]) == {"block8", "block9", "attention"}
+    scorer = OODScorer.from_state(state)
+    assert scorer.uses_layers and {"knn", "layer:block8", "layer:attention"} <= set(scorer.mix_stats)
+    known, foreign = torch.cat([_cells(20, k, 2) for k in range(3)]), _cells(40, 3, 2)
+    p_in, p_out = predict(result.checkpoint, known, layers=True), predict(result.checkpoint, foreign, layers=True)
+    model = load_model(result.checkpoint)
+    channels = {"block8": model.backbone[7][0].out_channels, "block9": model.backbone[8][0].out_channels}
+    widths = {**{name: 2 * c for name, c in channels.items()}, "attention": 2 * model.attention.fc[-2].out_features}
+    assert {name: x.shape for name, x in p_in.layers.items()} == {name: (60, w) for name, w in widths.items()}
+    with pytest.raises(LayersRequired) as raised:
+        scorer.score(p_in.logits, p_in.features)
+    assert raised.value.status == 422 and "layers=True" in str(raised.value)
+    s_in = scorer.score(p_in.logits, p_in.features, layers=p_in.layers)
+    s_out = scorer.score(p_out.logits, p_out.features, layers=p_out.layers)
+    assert auroc(s_in, s_out) >= 0.9
+    assert predict(result.checkpoint, known).layers is None  # only when asked
 
 
 def test_method_is_chosen_on_known_classes_and_threshold_keeps_the_target_share() -> None:

@@ -11,7 +11,7 @@ import torch
 
 from ml.data import resize
 from ml.morphology import DESCRIPTOR_NAMES, describe
-from ml.ood import MorphologyRequired, OODScorer, auroc, fit_ood
+from ml.ood import MORPH_EXCESS_FROM, MorphologyRequired, OODScorer, auroc, fit_ood
 
 BACKGROUND = (235, 215, 200)  # the pale cream of a smear
 STAIN = (95, 60, 150)  # haematoxylin purple
@@ -76,9 +76,9 @@ def _fit(seed: int = 0):
 
 def test_the_combined_score_flags_tiny_fragments_the_network_cannot_see() -> None:
     scorer, rng, val_x = _fit()
-    assert scorer.method in ("morph-sum", "morph-max")  # descriptors given: always combined
+    assert scorer.method == "morph-excess"  # descriptors given: always combined, this way (ml.ood docstring)
     assert scorer.base in ("energy", "cosine", "mahalanobis", "knn", "mix")
-    assert {"morph", "morph-sum", "morph-max", "cosine"} <= set(scorer.selection)
+    assert {"morph", "morph-sum", "morph-max", "morph-excess", "cosine"} <= set(scorer.selection)
     known, dots = np.concatenate([_tiles(20, "round", 5), _tiles(20, "oval", 6)]), _tiles(40, "dot", 7)
     s_in = scorer.score(rng.normal(size=(40, 2)), rng.normal(size=(40, 8)), images=known)
     s_out = scorer.score(rng.normal(size=(40, 2)), rng.normal(size=(40, 8)), images=dots)
@@ -130,3 +130,29 @@ def test_morphology_state_travels_in_a_checkpoint_and_old_state_scores_with_the_
     legacy = OODScorer.from_state(old)
     assert legacy.morph is None and not legacy.uses_morphology
     assert legacy.score(logits, features).shape == (60,)
+
+
+def test_a_usual_shape_takes_nothing_off_and_an_odd_one_adds() -> None:
+    """morph-excess: an unknown white cell (a white cell's nucleus, odd network features) keeps the
+    network's score in full, where morph-sum pulls it down; a tiny fragment is flagged by both."""
+    fitted, rng, _ = _fit(2)
+    scorer = OODScorer.from_state(fitted.state())  # all three from the same (half-precision) bank
+    sums = OODScorer.from_state({**scorer.state(), "method": "morph-sum"})
+    cells = np.concatenate([_tiles(20, "round", 8), _tiles(20, "oval", 9)])
+    logits, features = rng.normal(size=(40, 2)), rng.normal(size=(40, 8))
+    d = describe(cells)
+    base = scorer.combine_stats["base"]
+    network = OODScorer.from_state({**scorer.state(), "method": scorer.base, "morph": None})
+    z_base = (network.score(logits, features) - base[0]) / base[1]
+    z_morph = (scorer.morph.distance(d, np.arange(2)) - scorer.combine_stats["morph"][0]) / scorer.combine_stats[
+        "morph"
+    ][1]
+    excess = scorer.score(logits, features, descriptors=d)
+    usual = z_morph <= MORPH_EXCESS_FROM
+    assert usual.mean() > 0.5  # most known-shaped cells lie within a standard deviation or so
+    assert np.allclose(excess[usual], z_base[usual])  # nothing taken off, nothing added
+    assert np.allclose(excess[~usual], z_base[~usual] + z_morph[~usual] - MORPH_EXCESS_FROM)
+    below = z_morph < 0
+    assert below.any() and (excess[below] > sums.score(logits, features, descriptors=d)[below]).all()
+    dots = describe(_tiles(20, "dot", 10))
+    assert (scorer.score(logits[:20], features[:20], descriptors=dots) > scorer.threshold).all()

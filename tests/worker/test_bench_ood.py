@@ -62,7 +62,7 @@ def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
     other = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=0, test_per_class=5)
     checkpoint = tmp_path / "model.pt"
     report = _ssl(data, tmp_path / "run.json", "--checkpoint", str(checkpoint))
-    assert report["ood"]["method"] in ("morph-sum", "morph-max")  # the network and morphology (ml.ood)
+    assert report["ood"]["method"] == "morph-excess"  # the network and morphology (ml.ood)
     out = tmp_path / "ood.json"
     args = ["bench", "ood", "--checkpoint", str(checkpoint), "--in", str(data), "--ood", str(other)]
     result = CliRunner().invoke(app, [*args, "--json", str(out)])
@@ -76,6 +76,25 @@ def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--refit", "--json", str(out)])
     assert result.exit_code == 0, result.output
     refit = json.loads(out.read_text())["refit"]
-    assert refit["method"] in ("morph-sum", "morph-max") and refit["base"] in report["ood"]["selection_auroc"]
+    assert refit["method"] == "morph-excess" and refit["base"] in report["ood"]["selection_auroc"]
     assert (refit["n_in"], refit["n_ood"]) == (12, 10) and set(refit["per_class"]) == {"ig", "platelet"}
-    assert {"morph", "morph-sum", "morph-max", "cosine"} <= set(refit["all_methods_for_reference"])
+    assert {"morph", "morph-sum", "morph-excess", "cosine", "knn-layers"} <= set(refit["all_methods_for_reference"])
+
+
+def test_bench_ood_held_out_only_reports_the_eight_class_test_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_manifest_dataset(tmp_path / "cells", train_per_class=8, test_per_class=4)
+    other = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=0, test_per_class=5)
+    checkpoint = tmp_path / "model.pt"
+    _ssl(data, tmp_path / "run.json", "--checkpoint", str(checkpoint))
+    monkeypatch.setattr(bench_ssl, "EXTRA_TEST_PER_CLASS", 2)
+    out = tmp_path / "ood.json"
+    args = ["bench", "ood", "--checkpoint", str(checkpoint), "--in", str(data), "--ood", str(other)]
+    result = CliRunner().invoke(app, [*args, "--held-out-only", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    ood = json.loads(out.read_text())
+    assert ood["n_ood"] == 4 and {v["n"] for v in ood["per_class"].values()} == {2}
+    assert ood["ood_cells"].startswith("the eight-class test set")
+    test_files = set(bench_ssl.extra_class_rows(other, ["ig", "platelet"])["test"][0])
+    assert len(test_files) == 4  # the same fixed draw bench ssl --extra-classes tests on
