@@ -140,7 +140,7 @@ class TrainConfig:
     # score also flags cells that are no white blood cell at all (ml.ood; ~1-2 ms a cell on a CPU core).
     ood_morphology: bool = True
     # Offer the OOD method choice the model's mid-level features too (ml.ood ``knn-layers``, the model's
-    # ``ood_taps``). Off: on held-out unknown cells it helped one of two models (docs/results/ood/README.md).
+    # ``ood_taps``). Off: on unknown cells kept for development it lost to ``mix`` (docs/results/ood/README.md).
     ood_layers: bool = False
     # At most this share of a queue batch goes to cells unlike any known class (most foreign
     # first). Uncapped, an early model's loose threshold flagged 1.4k-3.3k of 8.5k PBC cells and

@@ -11,7 +11,7 @@ import torch
 
 from ml.data import resize
 from ml.morphology import DESCRIPTOR_NAMES, describe
-from ml.ood import MORPH_EXCESS_FROM, MorphologyRequired, OODScorer, auroc, fit_ood
+from ml.ood import COMBINED_RULE, MORPH_EXCESS_FROM, MorphologyRequired, OODScorer, auroc, fit_ood
 
 BACKGROUND = (235, 215, 200)  # the pale cream of a smear
 STAIN = (95, 60, 150)  # haematoxylin purple
@@ -76,8 +76,8 @@ def _fit(seed: int = 0):
 
 def test_the_combined_score_flags_tiny_fragments_the_network_cannot_see() -> None:
     scorer, rng, val_x = _fit()
-    assert scorer.method == "morph-excess"  # descriptors given: always combined, this way (ml.ood docstring)
-    assert scorer.base in ("energy", "cosine", "mahalanobis", "knn", "mix")
+    assert (scorer.method, scorer.base) == COMBINED_RULE  # descriptors given: always combined, this way
+    assert scorer.method == "morph-excess" and set(scorer.mix_stats) == {"energy", "mahalanobis"}
     assert {"morph", "morph-sum", "morph-max", "morph-excess", "cosine"} <= set(scorer.selection)
     known, dots = np.concatenate([_tiles(20, "round", 5), _tiles(20, "oval", 6)]), _tiles(40, "dot", 7)
     s_in = scorer.score(rng.normal(size=(40, 2)), rng.normal(size=(40, 8)), images=known)
