@@ -33,14 +33,19 @@ def _cells(n: int, kind: int, seed: int) -> torch.Tensor:
     return x.clamp(0, 255).to(torch.uint8)
 
 
-def test_ood_score_separates_generated_out_of_class_images() -> None:
+def _trained(**settings):
+    """A tiny network trained on 12 generated cells of each of three kinds, with 20 a kind for validation."""
     torch.manual_seed(0)
     xl = torch.cat([_cells(12, k, 0) for k in range(3)])
     yl = torch.arange(3).repeat_interleave(12)
     val_x = torch.cat([_cells(20, k, 1) for k in range(3)])
     val_y = torch.arange(3).repeat_interleave(20)
-    config = make_config("tiny", "supervised", epochs=4, steps_per_epoch=10, eval_every=4)
-    result = train(config, xl, yl, None, ["a", "b", "c"], val_x=val_x, val_y=val_y)
+    config = make_config("tiny", "supervised", epochs=4, steps_per_epoch=10, eval_every=4, **settings)
+    return train(config, xl, yl, None, ["a", "b", "c"], val_x=val_x, val_y=val_y)
+
+
+def test_ood_score_separates_generated_out_of_class_images() -> None:
+    result = _trained()
     assert result.metrics["ood"]["calibrated_on"] == "validation"
     scorer = OODScorer.from_state(result.checkpoint["ood"])
     known, foreign = torch.cat([_cells(20, k, 2) for k in range(3)]), _cells(40, 3, 2)
@@ -53,15 +58,7 @@ def test_ood_score_separates_generated_out_of_class_images() -> None:
 
 
 def test_the_mid_level_score_travels_in_the_checkpoint_and_needs_the_layers() -> None:
-    torch.manual_seed(0)
-    xl = torch.cat([_cells(12, k, 0) for k in range(3)])
-    yl = torch.arange(3).repeat_interleave(12)
-    val_x = torch.cat([_cells(20, k, 1) for k in range(3)])
-    val_y = torch.arange(3).repeat_interleave(20)
-    config = make_config(
-        "tiny", "supervised", epochs=4, steps_per_epoch=10, eval_every=4, ood_layers=True, ood_method="knn-layers"
-    )
-    result = train(config, xl, yl, None, ["a", "b", "c"], val_x=val_x, val_y=val_y)
+    result = _trained(ood_layers=True, ood_method="knn-layers")
     state = result.checkpoint["ood"]
     assert state["method"] == "knn-layers" and set(state["layers"]) == {"block8", "block9", "attention"}
     scorer = OODScorer.from_state(state)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ml.config import make_config
+from tests.support.cli import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
@@ -19,10 +19,7 @@ UNRECORDED = "cpu: AMD EPYC, 1 threads"
 
 @pytest.fixture()
 def results_script():
-    spec = importlib.util.spec_from_file_location("make_results", ROOT / "scripts" / "make_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_results")
 
 
 def _run(

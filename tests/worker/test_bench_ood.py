@@ -10,20 +10,11 @@ from typer.testing import CliRunner
 
 from bench import ssl as bench_ssl
 from cli.main import app
+from tests.support.cli import tiny_known_and_unknown, tiny_ssl
 from tests.support.database import SHARED_DATA
 from tests.support.images import make_manifest_dataset
 
-TINY = ["epochs=1", "round_epochs=1", "steps_per_epoch=3", "batch_size=12", "labelled_per_batch=6", "eval_every=1"]
-
-
-def _ssl(data: Path, out: Path, *extra: str, method: str = "supervised") -> dict:
-    args = ["bench", "ssl", "--data", str(data), "--labels-per-class", "3", "--method", method]
-    args += ["--profile", "tiny", "--json", str(out), *extra]
-    for setting in TINY:
-        args += ["--set", setting]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return json.loads(out.read_text())
+_ssl = tiny_ssl
 
 
 def test_extra_classes_are_split_by_a_fixed_seed_into_test_and_pool(
@@ -58,10 +49,8 @@ def test_the_shared_extra_classes_split_is_fixed_and_disjoint() -> None:
 
 
 def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
-    data = make_manifest_dataset(tmp_path / "cells", train_per_class=8, test_per_class=4)
-    other = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=0, test_per_class=5)
-    checkpoint = tmp_path / "model.pt"
-    report = _ssl(data, tmp_path / "run.json", "--checkpoint", str(checkpoint))
+    data, other, checkpoint = tiny_known_and_unknown(tmp_path)
+    report = json.loads((tmp_path / "run.json").read_text())
     assert report["ood"]["method"] == "morph-excess"  # the network and morphology (ml.ood)
     out = tmp_path / "ood.json"
     args = ["bench", "ood", "--checkpoint", str(checkpoint), "--in", str(data), "--ood", str(other)]
@@ -84,10 +73,7 @@ def test_bench_ood_reports_auroc_fpr_and_per_class(tmp_path: Path) -> None:
 def test_bench_ood_held_out_only_reports_the_eight_class_test_cells(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = make_manifest_dataset(tmp_path / "cells", train_per_class=8, test_per_class=4)
-    other = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=0, test_per_class=5)
-    checkpoint = tmp_path / "model.pt"
-    _ssl(data, tmp_path / "run.json", "--checkpoint", str(checkpoint))
+    data, other, checkpoint = tiny_known_and_unknown(tmp_path)
     monkeypatch.setattr(bench_ssl, "EXTRA_TEST_PER_CLASS", 2)
     out = tmp_path / "ood.json"
     args = ["bench", "ood", "--checkpoint", str(checkpoint), "--in", str(data), "--ood", str(other)]
