@@ -260,10 +260,13 @@ def rank_for_queue(
             seed=seed,
         )
         return selection, pseudo
-    foreign = np.flatnonzero(unlike)
-    cap = min(n, math.ceil(config.queue_ood_share * n))
-    foreign = foreign[np.argsort(-np.asarray(ood_scores)[foreign], kind="stable")][:cap]
+    flagged = np.flatnonzero(unlike)
+    flagged = flagged[np.argsort(-np.asarray(ood_scores)[flagged], kind="stable")]
     rest = np.flatnonzero(~unlike)
+    # the share of the batch that goes to flagged cells, and more where too few cells are left unflagged
+    # (an early model's loose threshold can flag nearly every cell: the batch still fills)
+    take = min(len(flagged), n, max(math.ceil(config.queue_ood_share * n), n - len(rest)))
+    foreign = flagged[:take]
     chosen = select_for_labelling(
         probs[rest],
         None if features is None else np.asarray(features)[rest],

@@ -29,7 +29,7 @@ from ml.infer import predict
 from ml.metrics import classification_metrics
 from ml.model import ModelConfig, build_model
 from ml.morphology import describe
-from ml.ood import OOD_METHODS, OODScorer, fit_ood
+from ml.ood import LAYERS_METHOD, OOD_METHODS, OODScorer, fit_ood
 from ml.pseudo import PseudoLabels, filter_pseudo_labels
 from ml.sampling import PoolSampler, UnlabelledSampler
 
@@ -679,10 +679,10 @@ def fit_ood_for(
     """The OOD score of a trained model: reference from its training cells (labels and accepted
     pseudo-labels), method and threshold from the validation cells (else the training cells);
     with ``config.ood_morphology``, the cells' morphology descriptors too (``ml.morphology``); with
-    ``config.ood_layers``, the model's mid-level features too."""
+    ``config.ood_layers`` (or the method named needs them), the model's mid-level features too."""
     if len(train_x) < 2:
         return None
-    layers = config.ood_layers
+    layers = config.ood_layers or config.ood_method == LAYERS_METHOD
     train = predict(model, train_x, layers=layers)
     train_d = val_d = describe(train_x) if config.ood_morphology else None
     if validation is not None:

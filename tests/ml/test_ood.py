@@ -58,7 +58,7 @@ def test_ood_score_separates_generated_out_of_class_images() -> None:
 
 
 def test_the_mid_level_score_travels_in_the_checkpoint_and_needs_the_layers() -> None:
-    result = _trained(ood_layers=True, ood_method="knn-layers")
+    result = _trained(ood_method="knn-layers")  # the method named: training takes the layers it needs
     state = result.checkpoint["ood"]
     assert state["method"] == "knn-layers" and set(state["layers"]) == {"block8", "block9", "attention"}
     scorer = OODScorer.from_state(state)
@@ -166,3 +166,12 @@ def test_unlike_cells_take_at_most_their_share_of_a_batch() -> None:
         probs, features, None, np.zeros(0, dtype=np.int64), none, 10, ood_scores=scores, ood_threshold=1.0
     )
     assert UNLIKE_ANY_CLASS not in selection.reasons and len(selection) == 10
+
+    # nearly every cell flagged: the batch still fills, the most foreign first
+    almost_all = np.where(np.arange(40) < 37, 2.0 + np.arange(40) / 10, 0.0)  # 3 left unflagged
+    selection, _ = rank_for_queue(
+        probs, features, None, np.zeros(0, dtype=np.int64), config, 10, ood_scores=almost_all, ood_threshold=1.0
+    )
+    assert len(selection) == 10 and selection.reasons.count(UNLIKE_ANY_CLASS) == 7
+    assert list(selection.indices[:7]) == list(range(36, 29, -1))
+    assert set(selection.indices[7:].tolist()) == {37, 38, 39}
