@@ -92,9 +92,9 @@ def refit(model, checkpoint: dict, in_dir: Path, names: list[str], size: int) ->
     from ml.data import load_manifest_split
     from ml.infer import predict
     from ml.morphology import describe
-    from ml.ood import ALL_METHODS, LAYERS_METHOD, fit_ood
+    from ml.ood import ALL_METHODS, fit_ood
     from ml.splits import VALIDATION
-    from ml.train import ood_reference
+    from ml.train import ood_needs_layers, ood_reference
 
     config = config_from_dict(checkpoint.get("train_config"))
     if not (in_dir / "MANIFEST.csv").exists():
@@ -108,10 +108,6 @@ def refit(model, checkpoint: dict, in_dir: Path, names: list[str], size: int) ->
     ref, val = predict(model, ref_x, layers=True), predict(model, validation.x, layers=True)
     ref_y = ref.probs.argmax(axis=1)
     d_ref, d_val = describe(ref_x), describe(validation.x)
-
-    def layers_for(method: str) -> bool:
-        return config.ood_layers or method == LAYERS_METHOD
-
     fitted = {}
     for method in ("auto", *ALL_METHODS):
         fitted[method] = fit_ood(
@@ -127,7 +123,7 @@ def refit(model, checkpoint: dict, in_dir: Path, names: list[str], size: int) ->
             val_descriptors=d_val,
             descriptor_size=size,
             # the mid-level features as training gives them (config.ood_layers), and to the method that needs them
-            **({"train_layers": ref.layers, "val_layers": val.layers} if layers_for(method) else {}),
+            **({"train_layers": ref.layers, "val_layers": val.layers} if ood_needs_layers(config, method) else {}),
         )
     return fitted
 
@@ -177,7 +173,9 @@ def measure(
     if held_out:
         unknown = held_out_only(unknown, ood_dir)
     scorer = OODScorer.from_state(checkpoint["ood"])
-    p_in, p_out = predict(model, known.x, layers=True), predict(model, unknown.x, layers=True)
+    # mid-level features only where a score here compares them: the stored one's reference, or the refit's knn-layers
+    layers = refit_ood or bool(scorer.reference.layers)
+    p_in, p_out = predict(model, known.x, layers=layers), predict(model, unknown.x, layers=layers)
     d_in, d_out = describe(known.x), describe(unknown.x)
     y_out = unknown.y.numpy()
     args = (p_in, p_out, d_in, d_out, y_out, unknown.class_names)

@@ -668,6 +668,12 @@ def ood_reference(
     return pool_x[keep], pool_y[keep]
 
 
+def ood_needs_layers(config: TrainConfig, method: str) -> bool:
+    """Whether fitting OOD ``method`` takes the model's mid-level features: where the config offers them
+    (``ood_layers``) or the method is the one that needs them."""
+    return config.ood_layers or method == LAYERS_METHOD
+
+
 def fit_ood_for(
     model: nn.Module,
     config: TrainConfig,
@@ -682,7 +688,7 @@ def fit_ood_for(
     ``config.ood_layers`` (or the method named needs them), the model's mid-level features too."""
     if len(train_x) < 2:
         return None
-    layers = config.ood_layers or config.ood_method == LAYERS_METHOD
+    layers = ood_needs_layers(config, config.ood_method)
     train = predict(model, train_x, layers=layers)
     train_d = val_d = describe(train_x) if config.ood_morphology else None
     if validation is not None:
