@@ -51,6 +51,47 @@ def flips_and_rotations(
     return x
 
 
+def shift_and_flip(
+    x: torch.Tensor,
+    max_shift: int,
+    hflip: bool,
+    vflip: bool,
+    rot90: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``translate`` then ``flips_and_rotations`` as one gather, in float32.
+
+    It draws the same random numbers in the same order as the two steps, so it gives exactly
+    their result; but it reads each source pixel once, on the input's own dtype (uint8 for the
+    training pool), instead of a padded float copy and a full copy per flip. Each output pixel's
+    source is traced back through the transpose, the flips and the shift, and clamped to the image
+    (the replicated edge of ``translate``)."""
+    n, c, h, w = x.shape
+    device = x.device
+    shift_y = shift_x = torch.zeros(n, dtype=torch.long, device=device)
+    if max_shift > 0:
+        shift_y = torch.randint(0, 2 * max_shift + 1, (n,), device=device, generator=generator) - max_shift
+        shift_x = torch.randint(0, 2 * max_shift + 1, (n,), device=device, generator=generator) - max_shift
+
+    def coin(enabled: bool) -> torch.Tensor:
+        if not enabled:
+            return torch.zeros(n, 1, dtype=torch.bool, device=device)
+        return (torch.rand(n, device=device, generator=generator) < 0.5)[:, None]
+
+    flip_x, flip_y = coin(hflip), coin(vflip)
+    # Before the transpose, pixel (i, j) of sample b comes from (source_row[b, i], source_col[b, j]).
+    i, j = torch.arange(h, device=device), torch.arange(w, device=device)
+    source_row = (torch.where(flip_y, h - 1 - i, i) + shift_y[:, None]).clamp_(0, h - 1)
+    source_col = (torch.where(flip_x, w - 1 - j, j) + shift_x[:, None]).clamp_(0, w - 1)
+    # offsets into each H·W image: a row part and a column part, which the transpose swaps
+    first, second = source_row * w, source_col
+    if rot90 and h == w:
+        swap = coin(True)
+        first, second = torch.where(swap, source_col, first), torch.where(swap, first, source_col)
+    offsets = (first[:, :, None] + second[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return torch.gather(x.reshape(n, c, h * w), 2, offsets).view(n, c, h, w).float()
+
+
 def colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-sample brightness, contrast, saturation and per-channel gain (stain variation)."""
     n = x.shape[0]
@@ -220,9 +261,8 @@ class Augmenter:
 
     def weak(self, x: torch.Tensor) -> torch.Tensor:
         gen = self._generator(x.device)
-        x = x.float()
-        x = translate(x, int(round(self.translate_fraction * x.shape[-1])), gen)
-        x = flips_and_rotations(x, self.hflip, self.vflip, self.rot90, gen)
+        shift = int(round(self.translate_fraction * x.shape[-1]))
+        x = shift_and_flip(x, shift, self.hflip, self.vflip, self.rot90, gen)
         return self.stain(x, gen) if self.stain is not None else x
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,16 +37,17 @@ class ModelConfig:
 
 
 class ConvBlock(nn.Sequential):
-    """C-B-R (and C-B-R-M with ``pool``): 3×3 conv, stride 1, padding 1, BN, ReLU."""
+    """C-B-R (and C-B-R-M with ``pool``): 3×3 conv, stride 1, padding 1, BN, ReLU.
+
+    With ``pool`` the ReLU runs after the max-pool: the same function (the maximum of rectified
+    values is the rectified maximum) and the same gradients, on a quarter of the values. Only the
+    conv and BN hold weights, so checkpoints of either order load."""
 
     def __init__(self, c_in: int, c_out: int, pool: bool):
-        layers: list[nn.Module] = [
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
-        ]
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
         if pool:
             layers.append(nn.MaxPool2d(2))
+        layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
 
 

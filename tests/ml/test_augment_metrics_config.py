@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ml.augment import Augmenter, colour_jitter, cutout, flips_and_rotations, translate
+from ml.augment import Augmenter, colour_jitter, cutout, flips_and_rotations, shift_and_flip, translate
 from ml.config import DEFAULT_METHOD, METHODS, make_config
 from ml.metrics import classification_metrics
 
@@ -48,6 +48,28 @@ def test_a_single_flip_flips_about_half_the_samples(hflip, vflip, allowed):
     chosen = [_which(o, img) for o in out]
     assert set(chosen) == allowed  # identity, or exactly that flip
     assert 16 <= sum(k != 0 for k in chosen) <= 48
+
+
+@pytest.mark.parametrize("flags", [(True, True, True), (True, False, False), (False, True, True), (False, False, False)])
+@pytest.mark.parametrize("shift", [0, 3, 8])
+@pytest.mark.parametrize("shape", [(16, 3, 16, 16), (9, 3, 12, 20)])
+def test_the_one_gather_gives_exactly_the_shift_then_the_flips(flags, shift, shape):
+    # the weak view's fast path: the same draws in the same order, so the same pixels and the same
+    # generator state afterwards (a non-square image takes no transpose, as in flips_and_rotations)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8)
+    composed_gen, fused_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    composed = flips_and_rotations(translate(x.float(), shift, composed_gen), *flags, composed_gen)
+    fused = shift_and_flip(x, shift, *flags, fused_gen)
+    assert fused.dtype == torch.float32 and torch.equal(fused, composed)
+    assert torch.equal(fused_gen.get_state(), composed_gen.get_state())
+    if shift and flags[0]:
+        assert not torch.equal(fused, x.float())
+
+
+def test_the_weak_view_is_a_shift_and_a_symmetry():
+    img = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(3, 8, 8)
+    out = Augmenter(0.0, True, True, True).weak(img.expand(64, 3, 8, 8).clone())
+    assert len({_which(o, img.float()) for o in out}) == 8
 
 
 def test_strong_augmentation_range():

@@ -33,6 +33,28 @@ def test_width_multiplier_and_channels_last_give_same_output():
     assert net.backbone[-1][0].out_channels == 128
 
 
+def test_pooled_blocks_rectify_after_the_pool_with_the_same_values_and_gradients():
+    # ReLU after the 2×2 max-pool (a quarter of the values) is the same function and the same
+    # gradients as the textbook order; old checkpoints load, since only conv and BN hold weights
+    from ml.model import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(3, 8, pool=True)
+    assert [type(m) for m in block] == [torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.ReLU]
+    textbook = torch.nn.Sequential(block[0], block[1], torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    x = torch.randn(4, 3, 16, 16)
+    outputs, grads = [], []
+    for net in (block, textbook):
+        net.zero_grad()
+        out = net(x)
+        out.square().sum().backward()
+        outputs.append(out)
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert torch.equal(outputs[0], outputs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    assert set(block.state_dict()) == set(textbook.state_dict())
+
+
 def test_attention_rescales_channels():
     net = WBCNet(ModelConfig(width=0.125, image_size=32)).eval()
     z = torch.rand(2, net.attention.fc[0].in_features, 2, 2)
