@@ -50,7 +50,9 @@ def test_a_single_flip_flips_about_half_the_samples(hflip, vflip, allowed):
     assert 16 <= sum(k != 0 for k in chosen) <= 48
 
 
-@pytest.mark.parametrize("flags", [(True, True, True), (True, False, False), (False, True, True), (False, False, False)])
+@pytest.mark.parametrize(
+    "flags", [(True, True, True), (True, False, False), (False, True, True), (False, False, False)]
+)
 @pytest.mark.parametrize("shift", [0, 3, 8])
 @pytest.mark.parametrize("shape", [(16, 3, 16, 16), (9, 3, 12, 20)])
 def test_the_one_gather_gives_exactly_the_shift_then_the_flips(flags, shift, shape):
