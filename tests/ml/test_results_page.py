@@ -116,6 +116,10 @@ def test_page_ends_with_the_throughput_run_when_there_is_one(results_script, tmp
         "the reference.\n"
     )
     assert "- supervised @ all: target ≥ 99.0 %, got 99.0 % — met" in page
+    # a run that records its network names the width it measured (the profile's width changes)
+    with_model = {**throughput, "model": {"arch": "vgg", "width": 0.5, "image_size": 64, "batch_size": 40}}
+    page = results_script.render(results_script.load_runs(tmp_path), "plot.png", tmp_path, with_model)
+    assert f"`leukolab bench throughput` on {FAST}, the network at width 0.5: training 332 img/s" in page
 
 
 def test_runs_before_the_validation_split_are_marked_and_kept_apart(results_script, tmp_path):
