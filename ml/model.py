@@ -37,7 +37,7 @@ class ModelConfig:
 
 
 class ConvBlock(nn.Sequential):
-    """C-B-R (and C-B-R-M with ``pool``): 3×3 conv, stride 1, padding 1, BN, ReLU.
+    """C-B-R (C-B-M-R with ``pool``): 3×3 conv, stride 1, padding 1, BN, ReLU (2×2 max-pool).
 
     With ``pool`` the ReLU runs after the max-pool: the same function (the maximum of rectified
     values is the rectified maximum) and the same gradients, on a quarter of the values. Only the
