@@ -482,8 +482,10 @@ def lever_lines(results: Path, changed: str = "ablations-val", profile: str = "v
     means: list[str] = []
     for label, runs in changes.items():
         rows += _paired_rows(runs, base, lambda run, label=label: label)
-        paired = sorted(set(runs) & set(base))
-        if paired and all(runs[k].get("val_accuracy") is not None for k in paired):
+        for method, n in sorted({k[:2] for k in runs}, key=lambda m: (m[0], _key_labels(m[1]))):
+            paired = sorted(k for k in set(runs) & set(base) if k[:2] == (method, n))
+            if not paired or any(runs[k].get("val_accuracy") is None for k in paired):
+                continue
             deltas = [100 * (runs[k]["val_accuracy"] - base[k]["val_accuracy"]) for k in paired]
             means.append(
                 f"- {label}, {paired[0][0]} @ {paired[0][1]}, seeds {', '.join(str(k[2]) for k in paired)}: "

@@ -206,6 +206,20 @@ def test_several_levers_of_one_seed_each_pair_with_the_profile_and_get_a_mean_li
     ) in lines
 
 
+def test_a_lever_run_at_two_label_counts_gets_a_mean_line_for_each(results_script, tmp_path):
+    runs = [(20, 0, 0.90, 0.94), (20, 1, 0.92, 0.94), (100, 0, 0.97, 0.98)]
+    _write(tmp_path / "val", [_run("lp+mean-teacher", n, seed, acc, 300, FAST) for n, seed, acc, _ in runs])
+    wider = [_run("lp+mean-teacher", n, seed, acc, 600, FAST, width=0.75) for n, seed, _, acc in runs]
+    _write(tmp_path / "ablations-val", wider)
+    means = [line for line in results_script.lever_lines(tmp_path) if line.startswith("- ")]
+    assert means == [
+        "- width=0.75, lp+mean-teacher @ 20, seeds 0, 1: validation 89.0 % with the profile, 92.0 % changed "
+        "(per seed +4.0, +2.0 points); test 91.0 against 94.0 %",
+        "- width=0.75, lp+mean-teacher @ 100, seeds 0: validation 95.0 % with the profile, 96.0 % changed "
+        "(per seed +1.0 points); test 97.0 against 98.0 %",
+    ]
+
+
 def test_a_lever_is_named_by_its_difference_from_its_paired_run_not_from_todays_profile(results_script, tmp_path):
     # the profile has moved on since these runs (cpu_bf16 flipped): the lever still reads as its one change
     flipped = not results_script.make_config("cpu", "lp+mean-teacher").cpu_bf16
