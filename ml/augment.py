@@ -65,7 +65,10 @@ def shift_and_flip(
     their result; but it reads each source pixel once, on the input's own dtype (uint8 for the
     training pool), instead of a padded float copy and a full copy per flip. Each output pixel's
     source is traced back through the transpose, the flips and the shift, and clamped to the image
-    (the replicated edge of ``translate``)."""
+    (the replicated edge of ``translate``). The output is contiguous, where the two steps may return
+    a transposed layout: the pixels are equal, but a reduction that follows (the stain jitter's
+    per-image means) can sum in another order and round differently, at about 1e-5 of a pixel value.
+    So only the weak view uses it: ``strong`` keeps the two steps, and its colour jitter its figures."""
     n, c, h, w = x.shape
     device = x.device
     shift_y = shift_x = torch.zeros(n, dtype=torch.long, device=device)
