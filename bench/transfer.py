@@ -6,7 +6,8 @@ leaves the rest as the lab's unlabelled cells, which are also the test cells. N 
 reference alone (with ``--adapt-bn``, its BatchNorm statistics re-estimated on the unlabelled
 cells first; with ``--adapt-zoom``, at the input zoom the network is surest of, ``ml.adapt``),
 one split, since it draws nothing at random. N > 0 fine-tunes from the reference, briefly, with
-the lab's unlabelled cells when the method uses them (``ml.transfer``).
+the lab's unlabelled cells when the method uses them, after fitting its BatchNorm statistics and
+head to the lab (``ml.transfer.fit_to_lab``; ``--no-fit`` skips that).
 
 torch is imported inside the functions, so that importing this module stays cheap.
 """
@@ -72,8 +73,9 @@ def run_transfer(
     adapt_zoom: bool = False,
     method: str = "mean-teacher",
     profile: str = "cpu",
-    epochs: int = 3,
+    epochs: int = 5,
     steps_per_epoch: int = 20,
+    fit_first: bool = True,
     log=typer.echo,
 ) -> dict:
     import torch
@@ -117,6 +119,7 @@ def run_transfer(
                 names,
                 config=config,
                 seed=seed + split,
+                fit_first=fit_first,
             )
             model = load_model(result.checkpoint, device=pick_device())
         else:
@@ -145,6 +148,7 @@ def run_transfer(
         "adapt_zoom": bool(adapt_zoom and labels_per_class == 0),
         **zoom_choice,
         "method": method if labels_per_class > 0 else "reference",
+        "fit_to_lab": bool(fit_first and labels_per_class > 0),
         "splits": n_splits,
         "seed": seed,
         "n": int(len(y)),
@@ -181,8 +185,15 @@ def transfer_command(
         str, typer.Option("--method", help=f"fine-tuning: {', '.join(FINETUNE_METHODS)}")
     ] = "mean-teacher",
     profile: Annotated[str, typer.Option("--profile")] = "cpu",
-    epochs: Annotated[int, typer.Option("--epochs", help="fine-tuning epochs")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs", help="fine-tuning epochs (of --steps-per-epoch)")] = 5,
     steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch")] = 20,
+    fit_first: Annotated[
+        bool,
+        typer.Option(
+            "--fit/--no-fit",
+            help="N > 0: BatchNorm statistics from the lab's cells and a head fitted on its labels before fine-tuning",
+        ),
+    ] = True,
 ) -> dict:
     """The reference model in a simulated new lab: N labels per class, the rest unlabelled and test."""
     if labels_per_class < 0:
@@ -205,6 +216,7 @@ def transfer_command(
         profile=profile,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        fit_first=fit_first,
     )
     recalls = "  ".join(
         f"{name[:4]} {pc['recall']:.2f}" if pc["recall"] is not None else f"{name[:4]} -"

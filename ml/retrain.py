@@ -22,7 +22,7 @@ from ml.checkpoint import model_config_of
 from ml.config import TrainConfig, entropy_threshold_for, make_config
 from ml.data import resize
 from ml.train import Progress, TrainResult, train
-from ml.transfer import warm_start_overrides
+from ml.transfer import fit_to_lab, warm_start_overrides
 
 VAL_FRACTION = 0.2
 T = TypeVar("T")
@@ -150,9 +150,14 @@ def retrain(
     source = warm_start_source(params, active, reference)
     init = _same_network(config, source)
     from_reference = init is not None and source is reference
+    size = config.image_size
+    t_train, t_val = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    train_x, unlabelled_x = resize(x_labelled[t_train], size), resize(x_unlabelled, size)
     if from_reference:
-        # a trained network: a lower peak learning rate, and no pre-training of the student
+        # a trained network: a lower peak learning rate, and no pre-training of the student; its
+        # BatchNorm statistics and head fitted to this lab's cells first (another lab's stain)
         config = replace(config, **warm_start_overrides(config))
+        init = fit_to_lab(init, train_x, y_all[t_train], unlabelled_x, class_names)
     data = {
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),
@@ -161,17 +166,16 @@ def retrain(
         "per_class_val": {class_names[c]: int(n) for c, n in sorted(Counter(np.asarray(y)[val_idx].tolist()).items())},
         "warm_started_from": source.id if init is not None else None,
         "warm_started_from_reference": from_reference,
+        "fitted_to_lab": from_reference,
         "entropy_threshold": config.entropy_threshold,
     }
     if on_start is not None:
         on_start(data)
-    size = config.image_size
-    t_train, t_val = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     result = train(
         config,
-        resize(x_labelled[t_train], size),
+        train_x,
         y_all[t_train],
-        resize(x_unlabelled, size),
+        unlabelled_x,
         class_names,
         val_x=resize(x_labelled[t_val], size) if len(val_idx) else None,
         val_y=y_all[t_val] if len(val_idx) else None,

@@ -88,7 +88,7 @@ def test_bench_transfer_reference_alone_and_fine_tuned(reference: Path, tmp_path
 
     short = ["--splits", "2", "--epochs", "1", "--steps-per-epoch", "2"]
     tuned = _transfer(reference, lab, tmp_path / "n2.json", 2, *short)
-    assert tuned["splits"] == 2 and tuned["method"] == "mean-teacher"
+    assert tuned["splits"] == 2 and tuned["method"] == "mean-teacher" and tuned["fit_to_lab"] is True
     for run in tuned["runs"]:
         assert run["n_labelled"] == 2 + 2 + 1 and run["n_test"] == 13 - 5
         assert run["per_class"]["lymphocyte"]["support"] == 0
@@ -100,6 +100,9 @@ def test_bench_transfer_reference_alone_and_fine_tuned(reference: Path, tmp_path
     assert tuned["finetune_config"]["lr"] < 0.05
     # different splits draw different labelled cells: the per-split figures are their own
     assert {run["split"] for run in tuned["runs"]} == {0, 1}
+    assert alone["fit_to_lab"] is False  # nothing to fit a head on
+    unfitted = _transfer(reference, lab, tmp_path / "n2-nofit.json", 2, *short, "--no-fit")
+    assert unfitted["fit_to_lab"] is False and unfitted["splits"] == 2
 
 
 def test_bench_transfer_refuses_a_missing_reference(tmp_path: Path) -> None:

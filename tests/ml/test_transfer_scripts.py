@@ -66,14 +66,22 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
                 "splits": 3,
                 "n": 50,
                 "per_class": per_class,
+                "fit_to_lab": n > 0,
             }
             (results / f"{source}_n{n}.json").write_text(json.dumps(report))
+    # a run from before ml.transfer.fit_to_lab: no such key, so it fine-tuned the reference as it was
+    unfitted = {k: v for k, v in report.items() if k != "fit_to_lab"}
+    (results / "zheng2018-tecom_n5_nofit.json").write_text(json.dumps({**unfitted, "accuracy": 0.6}))
     lab = {**report, "labels_per_class": 0, "adapt_bn": True, "adapt_zoom": True, "input_zoom": 1.15}
     lab.update(accuracy=0.72, accuracy_sd=0.0, splits=1)
     (results / "zheng2018-tecom_n0_lab.json").write_text(json.dumps(lab))
     zoomed = json.loads((results / "ablation" / "none.card.json").read_text())
     zoomed["transfer"]["zheng2018-tecom"]["adapted_lab"] = {"accuracy": 0.3}
     (results / "ablation" / "zoom.card.json").write_text(json.dumps(zoomed))
+    (results / "finetune-n5").mkdir()
+    for name, accuracy in (("zheng2018-cellavision_n5_fit_e5", 0.8), ("zheng2018-tecom_n5_fit_e5", 0.9)):
+        (results / "finetune-n5" / f"{name}.json").write_text(json.dumps({**report, "accuracy": accuracy}))
+    (results / "finetune-n5" / "zheng2018-tecom_n5_no-fit_e10.json").write_text(json.dumps(report))
     monkeypatch.setenv("TRANSFER_RESULTS", str(results))
     report = _script("transfer_report")
     assert report.main() == 0
@@ -84,5 +92,11 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
     # the zoom-adapted row follows the plain N=0 row, names its zoom, and is held to the N=0 target
     tecom = [line for line in page.splitlines() if line.startswith("| Tecom |")]
     assert tecom[1].startswith("| Tecom | 50 | N=0 + BN and zoom adapted (×1.15) | 1 | 72.0 | 0.930 | ≥ 70: met |")
-    assert "| 17.0 / 22.0 / 30.0 |" in page  # the ablation card's three Tecom figures
+    # the unfitted N=5 row is named so, and comes before the fitted one
+    assert tecom[2].startswith("| Tecom | 50 | N=5, no fit to the lab | 3 | 60.0 ± 1.0 |")
+    assert tecom[3].startswith("| Tecom | 50 | N=5 | 3 | 93.0 ± 1.0 |")
+    assert "| 17.0 / 22.0 / 30.0 |" in page
+    # the fine-tuning study: a row per setting, fitted first; a setting run on one source only has no mean
+    assert "| yes | 5 | 80.0 ± 1.0 | 90.0 ± 1.0 | 85.0 |" in page
+    assert "| no | 10 | – | 93.0 ± 1.0 | – |" in page  # the ablation card's three Tecom figures
     assert (tmp_path / "transfer.png").stat().st_size > 1000

@@ -63,6 +63,7 @@ def test_first_retrain_starts_from_the_reference_and_uses_unlabelled_cells(env: 
     metrics, checkpoint = _retrain({"epochs": 1})
     data = metrics["data"]
     assert data["warm_started_from"] == reference_id and data["warm_started_from_reference"] is True
+    assert data["fitted_to_lab"] is True  # BatchNorm statistics and head fitted to the lab before training
     assert data["n_unlabelled"] == len(cells["unlabelled"]) == 12
     assert metrics["funnel"]["unlabelled"] == 12  # the semi-supervised method saw the lab's unlabelled cells
     tiny = make_config("tiny", "lp+mean-teacher")
@@ -73,6 +74,7 @@ def test_first_retrain_starts_from_the_reference_and_uses_unlabelled_cells(env: 
 
     metrics, checkpoint = _retrain({"epochs": 1, "warm_start_from_reference": False})
     assert metrics["data"]["warm_started_from"] is None and not metrics["data"]["warm_started_from_reference"]
+    assert metrics["data"]["fitted_to_lab"] is False
     assert checkpoint["train_config"]["lr"] == pytest.approx(tiny.lr)
 
 
