@@ -637,6 +637,7 @@ def render(
         gpu_lines=gpu_lines(results),
         classes8_lines=classes8_lines(results),
         classes8_lever_lines=lever_lines(results, "classes8-levers-amx", "classes8-amx"),
+        classes8_epyc_lines=lever_lines(results, "classes8-levers-epyc", "classes8-epyc"),
         throughput=throughput,
         active_lines=active or [],
     )

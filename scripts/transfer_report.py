@@ -68,9 +68,9 @@ def ablation_table(folder: Path) -> list[str]:
     lines = [
         f"### `{folder.name}/`" + (f": {note.read_text().strip()}" if note.is_file() else ""),
         "",
-        "| variant | epochs | HED α/β | colour | grey p | blur p | zoom | input norm | PBC validation "
+        "| variant | epochs | HED α/β | colour | grey p | blur p | zoom | input norm | width | PBC validation "
         "| CellaVision blog | Tecom |",
-        "|---|---:|---|---|---|---|---|---|---:|---:|---:|",
+        "|---|---:|---|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for name, card in cards.items():
         c = card["config"]
@@ -85,7 +85,7 @@ def ablation_table(folder: Path) -> list[str]:
         lines.append(
             f"| {name} | {c['epochs']} | {c['stain_hed_alpha']}/{c['stain_hed_beta']} | {c['stain_colour']} | "
             f"{c['stain_grey_p']} | {c['stain_blur_p']} | {c.get('stain_zoom', 0.0)} | "
-            f"{c.get('input_norm', 'dataset')} | "
+            f"{c.get('input_norm', 'dataset')} | {c.get('width', '–')} | "
             f"{pct(card['metrics']['validation']['accuracy'])} | "
             f"{both('zheng2018-cellavision')} | {both('zheng2018-tecom')} |"
         )
