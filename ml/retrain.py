@@ -157,7 +157,7 @@ def retrain(
         # a trained network: a lower peak learning rate, and no pre-training of the student; its
         # BatchNorm statistics and head fitted to this lab's cells first (another lab's stain)
         config = replace(config, **warm_start_overrides(config))
-        init = fit_to_lab(init, train_x, y_all[t_train], unlabelled_x, class_names)
+        init = fit_to_lab(init, train_x, y_all[t_train], unlabelled_x, class_names, device=device)
     data = {
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),

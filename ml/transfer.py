@@ -62,19 +62,23 @@ def fit_to_lab(
     steps: int = 300,
     lr: float = 0.05,
     pull: float = 1e-2,
+    device: str | torch.device | None = None,
 ) -> dict:
     """A copy of ``checkpoint`` for ``class_names`` whose teacher and student share BatchNorm
     statistics re-estimated on every cell of the lab (labelled and not) and a head fitted on the
     labelled cells: ``steps`` of Adam at ``lr`` on the cross-entropy of the frozen features, plus
     ``pull`` times the squared distance to the starting head. The head starts from the reference's
     rows for the classes it knows (by name; zero for a new class), so a class with no label keeps
-    what the reference knew of it. Images are uint8 N×3×S×S at the network's size."""
+    what the reference knew of it. Images are uint8 N×3×S×S at the network's size; the network runs
+    on ``device`` (default: ``ml.device.pick_device``), the head's fit on the CPU."""
     from ml.adapt import adapt_batchnorm
     from ml.checkpoint import load_model
+    from ml.device import pick_device
     from ml.infer import predict
 
     cells = labelled_x if unlabelled_x is None or not len(unlabelled_x) else torch.cat([labelled_x, unlabelled_x])
-    model = adapt_batchnorm(load_model(checkpoint, which="teacher"), cells)
+    network = load_model(checkpoint, which="teacher", device=device if device is not None else pick_device())
+    model = adapt_batchnorm(network, cells)
     old = {name: i for i, name in enumerate(checkpoint["class_names"])}
     start_w = torch.zeros(len(class_names), model.head.in_features)
     start_b = torch.zeros(len(class_names))
@@ -119,7 +123,7 @@ def finetune(
     from ml.train import train
 
     if fit_first:
-        checkpoint = fit_to_lab(checkpoint, labelled_x, labelled_y, unlabelled_x, class_names)
+        checkpoint = fit_to_lab(checkpoint, labelled_x, labelled_y, unlabelled_x, class_names, device=device)
     return train(
         replace(config, seed=seed),
         labelled_x,

@@ -115,7 +115,8 @@ def finetune_table(folder: Path) -> list[str]:
         both = [reports[s]["accuracy"] for s in SOURCES if s in reports]
         mean = pct(sum(both) / len(both)) if len(both) == len(SOURCES) else "–"
         lines.append(f"| {'yes' if fitted else 'no'} | {epochs} | {' | '.join(cells)} | {mean} |")
-    return lines + [""]
+    note = folder / "README.md"
+    return lines + ([""] + note.read_text().strip().splitlines() if note.is_file() else []) + [""]
 
 
 def reference_section(card: dict | None) -> list[str]:
@@ -126,7 +127,8 @@ def reference_section(card: dict | None) -> list[str]:
     lines = [
         "## The reference model",
         "",
-        f"`leukolab reference build --data {card['data']['path']}` ({card['method']}, profile {card['profile']}, "
+        f"`leukolab reference build --data {card['data']['path']}` ({card['method']}, profile {card['profile']} at "
+        f"width {c.get('width', '–')}, "
         f"{c['epochs']} epochs of {c['steps_per_epoch']} steps; stain augmentation HED α {c['stain_hed_alpha']} "
         f"β {c['stain_hed_beta']}, colour {c['stain_colour']}, grey p {c['stain_grey_p']}, blur p "
         f"{c['stain_blur_p']}, zoom {c.get('stain_zoom', 0.0)}; input normalisation {c.get('input_norm', 'dataset')}) "
