@@ -123,7 +123,9 @@ def test_round_reinit_trains_later_rounds_from_scratch(data, class_names, monkey
     monkeypatch.setattr(ml.train, "build_model", counting_build)
     # lr 0.02 as the siblings: at 0.05 it ended at 0.6 (bf16) and 0.48 (float32) on an AMX Xeon, 1.0 at 0.02
     settings = dict(epochs=4, round_epochs=4, steps_per_epoch=20, lr=0.02, entropy_threshold=0.1)
-    config = make_config("tiny", "label-propagation", round_reinit=True, cpu_bf16=True, **settings)
+    # without the "unlike any known class" filter, which is not what this test is about: on an AMD EPYC in
+    # bf16 it held 268 of these 280 generated cells out of pseudo-labelling (217 in float32), leaving none
+    config = make_config("tiny", "label-propagation", round_reinit=True, cpu_bf16=True, ood_filter=False, **settings)
     result = _fit(config, data, class_names)
     assert len(built) == 2  # round 2 starts from a fresh network, not round 1's
     assert [h["round"] for h in result.history] == [1] * 4 + [2] * 4
