@@ -42,6 +42,13 @@ def make_checkpoint(
     }
 
 
+def shared_class_rows(old_names: list[str], new_names: list[str]) -> list[tuple[int, int]]:
+    """(new row, old row) of a classifier head for each class of ``new_names`` that ``old_names``
+    has too, matched by name: how a head carries over a change of the class set."""
+    old_index = {name: i for i, name in enumerate(old_names)}
+    return [(new, old_index[name]) for new, name in enumerate(new_names) if name in old_index]
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     """Write atomically (``ml.files.atomic_path``): readers see the old file or the new one,
     never half of one."""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.augment import Augmenter, StainAugment
-from ml.checkpoint import make_checkpoint, model_config_of
+from ml.checkpoint import make_checkpoint, model_config_of, shared_class_rows
 from ml.config import TrainConfig
 from ml.data import autocast
 from ml.device import pick_device
@@ -281,8 +281,7 @@ def _load_init(model: nn.Module, state: dict, old_names: list[str] | None, new_n
         k: v for k, v in state.items() if k in own and own[k].shape == v.shape and (same_classes or k not in head)
     }
     if not same_classes and old_names is not None and new_names is not None:
-        old_index = {name: i for i, name in enumerate(old_names)}
-        rows = [(new, old_index[name]) for new, name in enumerate(new_names) if name in old_index]
+        rows = shared_class_rows(old_names, new_names)
         for key in head:
             if key in state and rows and state[key].shape[1:] == own[key].shape[1:]:
                 merged = own[key].clone()

@@ -72,20 +72,18 @@ def fit_to_lab(
     what the reference knew of it. Images are uint8 N×3×S×S at the network's size; the network runs
     on ``device`` (default: ``ml.device.pick_device``), the head's fit on the CPU."""
     from ml.adapt import adapt_batchnorm
-    from ml.checkpoint import load_model
+    from ml.checkpoint import load_model, shared_class_rows
     from ml.device import pick_device
     from ml.infer import predict
 
     cells = labelled_x if unlabelled_x is None or not len(unlabelled_x) else torch.cat([labelled_x, unlabelled_x])
     network = load_model(checkpoint, which="teacher", device=device if device is not None else pick_device())
     model = adapt_batchnorm(network, cells)
-    old = {name: i for i, name in enumerate(checkpoint["class_names"])}
     start_w = torch.zeros(len(class_names), model.head.in_features)
     start_b = torch.zeros(len(class_names))
-    for row, name in enumerate(class_names):
-        if name in old:
-            start_w[row] = model.head.weight.detach()[old[name]].cpu()
-            start_b[row] = model.head.bias.detach()[old[name]].cpu()
+    for new, old in shared_class_rows(checkpoint["class_names"], class_names):
+        start_w[new] = model.head.weight.detach()[old].cpu()
+        start_b[new] = model.head.bias.detach()[old].cpu()
     features = torch.from_numpy(predict(model, labelled_x, tta=False).features)
     targets = labelled_y.long().cpu()
     weight, bias = start_w.clone().requires_grad_(), start_b.clone().requires_grad_()

@@ -46,18 +46,24 @@ def grid() -> dict[tuple[str, str], dict]:
     return rows
 
 
+def unfitted(report: dict) -> bool:
+    """A fine-tuned run that did not fit the reference to the lab first (runs from before
+    ``ml.transfer.fit_to_lab`` carry no such key: they fine-tuned the reference as it was)."""
+    return report["labels_per_class"] > 0 and not report.get("fit_to_lab")
+
+
 def adapted_suffix(report: dict) -> str:
     if report["labels_per_class"] > 0:
-        # runs from before ml.transfer.fit_to_lab carry no such key: they fine-tuned the reference as it was
-        return "" if report.get("fit_to_lab") else ", no fit to the lab"
+        return ", no fit to the lab" if unfitted(report) else ""
     if report.get("adapt_zoom"):
         return f" + BN and zoom adapted (×{report['input_zoom']:g})"
     return " + BN adapted" if report.get("adapt_bn") else ""
 
 
-def order(label: str) -> tuple[int, int]:
-    n = int(label.split("=")[1].split()[0].rstrip(","))
-    return n, int("adapted" in label) + int("zoom" in label) - int("no fit" in label)
+def order(report: dict) -> tuple[int, int]:
+    """Rows by labels per class; at N = 0 the reference alone, then adapted; at N > 0 unfitted first."""
+    adapted = int(bool(report.get("adapt_bn"))) + int(bool(report.get("adapt_zoom")))
+    return report["labels_per_class"], adapted - int(unfitted(report))
 
 
 def ablation_table(folder: Path) -> list[str]:
@@ -93,12 +99,13 @@ def ablation_table(folder: Path) -> list[str]:
 
 
 def finetune_table(folder: Path) -> list[str]:
-    """The fine-tuning study at N = 5 (``<source>_n5_<fit|no-fit>_e<epochs>.json``): a row per setting."""
+    """The fine-tuning study at N = 5 (``bench transfer`` reports ``<source>_n5_*.json``): a row per
+    setting (fitted to the lab or not, fine-tuning epochs), a column per source."""
     settings: dict[tuple[bool, int], dict[str, dict]] = {}
-    for path in folder.glob("*_n5_*_e*.json"):
-        source, rest = path.stem.split("_n5_")
-        fit, epochs = rest.rsplit("_e", 1)
-        settings.setdefault((fit == "fit", int(epochs)), {})[source] = load(path)
+    for path in folder.glob("*_n5_*.json"):
+        report = load(path)
+        key = (not unfitted(report), int(report["finetune_config"]["epochs"]))
+        settings.setdefault(key, {})[report["source"]] = report
     if not settings:
         return []
     lines = [
@@ -175,7 +182,7 @@ def main() -> int:
         "|---|---:|---|---:|---:|---:|---|" + "---:|" * len(CLASS_ORDER),
     ]
     for source, name in SOURCES.items():
-        for label in sorted((lbl for s, lbl in rows if s == source), key=order):
+        for label in sorted((lbl for s, lbl in rows if s == source), key=lambda lbl: order(rows[(source, lbl)])):
             r = rows[(source, label)]
             n = r["labels_per_class"]
             target = TARGETS.get((source, n)) if n == 0 else (TARGET_N5 if n == 5 else None)
@@ -227,15 +234,11 @@ def plot(rows: dict[tuple[str, str], dict]) -> None:
     for (source, name), colour in zip(SOURCES.items(), ("tab:blue", "tab:orange"), strict=True):
         for fitted in (True, False):
             line = sorted(
-                (
-                    r
-                    for (s, lbl), r in rows.items()
-                    if s == source and not r.get("adapt_bn") and ("no fit" not in lbl) == fitted
-                ),
+                (r for (s, _), r in rows.items() if s == source and not r.get("adapt_bn") and unfitted(r) != fitted),
                 key=lambda r: r["labels_per_class"],
             )
             if not fitted:  # the reference alone is the same start for both lines
-                line = [r for (s, lbl), r in rows.items() if s == source and lbl == "N=0"] + line
+                line = [r for (s, _), r in rows.items() if s == source and order(r) == (0, 0)] + line
             if len(line) > int(not fitted):
                 ax.errorbar(
                     [r["labels_per_class"] for r in line],

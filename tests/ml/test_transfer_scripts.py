@@ -79,9 +79,12 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
     zoomed["transfer"]["zheng2018-tecom"]["adapted_lab"] = {"accuracy": 0.3}
     (results / "ablation" / "zoom.card.json").write_text(json.dumps(zoomed))
     (results / "finetune-n5").mkdir()
-    for name, accuracy in (("zheng2018-cellavision_n5_fit_e5", 0.8), ("zheng2018-tecom_n5_fit_e5", 0.9)):
-        (results / "finetune-n5" / f"{name}.json").write_text(json.dumps({**report, "accuracy": accuracy}))
-    (results / "finetune-n5" / "zheng2018-tecom_n5_no-fit_e10.json").write_text(json.dumps(report))
+    study = [("zheng2018-cellavision", True, 5, 0.8), ("zheng2018-tecom", True, 5, 0.9)]
+    study.append(("zheng2018-tecom", False, 10, report["accuracy"]))
+    for source, fit, epochs, accuracy in study:
+        run = {**report, "source": source, "fit_to_lab": fit, "finetune_config": {"epochs": epochs}}
+        name = f"{source}_n5_{'fit' if fit else 'no-fit'}_e{epochs}.json"
+        (results / "finetune-n5" / name).write_text(json.dumps({**run, "accuracy": accuracy}))
     monkeypatch.setenv("TRANSFER_RESULTS", str(results))
     report = _script("transfer_report")
     assert report.main() == 0
