@@ -13,6 +13,7 @@ the test-time entropy criterion of Wang et al. 2021, used to choose, not to trai
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,10 +29,17 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 128, symmetries: bool = True) -> nn.Module:
+def adapt_batchnorm(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 128,
+    symmetries: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> nn.Module:
     """A copy of ``model`` whose BatchNorm running statistics are the cumulative average over
     ``x`` (uint8 N×3×S×S, the new lab's cells; with ``symmetries`` all eight views of each).
-    The weights are untouched; the copy is in eval mode. Fewer than two cells: an unchanged copy."""
+    The weights are untouched; the copy is in eval mode. Fewer than two cells: an unchanged copy.
+    ``progress(cells done, cells)`` is called after each batch: a large lab's pass takes a while."""
     adapted = copy.deepcopy(model).eval()
     layers = batchnorm_layers(adapted)
     if len(x) < 2 or not layers:
@@ -48,6 +56,8 @@ def adapt_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 128, sy
             continue  # a batch of one has no variance
         for k in views:
             adapted(dihedral(batch, k).contiguous(memory_format=torch.channels_last))
+        if progress is not None:
+            progress(min(start + batch_size, len(x)), len(x))
     return adapted.eval()
 
 

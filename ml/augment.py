@@ -111,6 +111,19 @@ def colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator |
     return x.clamp(0, 255)
 
 
+def stain_mix(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Another lab's dyes: each image's optical densities (per RGB channel) remixed by its own 3×3
+    matrix I + U(±strength). Where ``hed_jitter`` changes how much of each stain a cell took up, this
+    changes the stains' colours themselves (a rapid stain, another Giemsa batch)."""
+    if strength <= 0:
+        return x
+    n = x.shape[0]
+    mix = torch.eye(3, device=x.device) + strength * (2 * torch.rand(n, 3, 3, device=x.device, generator=generator) - 1)
+    od = -torch.log((x.float() + 1.0) / 256.0)
+    od = torch.einsum("nij,njhw->nihw", mix, od).clamp_min(0)
+    return (256.0 * torch.exp(-od) - 1.0).clamp(0, 255)
+
+
 # skimage.color's H&E-DAB colour deconvolution (Ruifrok & Johnston 2001): rows are the RGB optical
 # densities of haematoxylin, eosin and DAB; its inverse separates a pixel's OD into the three stains.
 _HED_CACHE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -209,14 +222,17 @@ class StainAugment:
     blur_p: float = 0.0
     blur_sigma: float = 1.0
     zoom: float = 0.0
+    mix: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return any(v > 0 for v in (self.hed_alpha, self.hed_beta, self.colour, self.grey_p, self.blur_p, self.zoom))
+        values = (self.hed_alpha, self.hed_beta, self.colour, self.grey_p, self.blur_p, self.zoom, self.mix)
+        return any(v > 0 for v in values)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = random_zoom(x, self.zoom, generator)
         x = hed_jitter(x, self.hed_alpha, self.hed_beta, generator)
+        x = stain_mix(x, self.mix, generator)
         if self.colour > 0:
             x = colour_jitter(x, self.colour, generator)
         x = random_grey(x, self.grey_p, generator)

@@ -119,8 +119,12 @@ class TrainConfig:
     stain_blur_p: float = 0.0
     stain_blur_sigma: float = 1.0
     stain_zoom: float = 0.0
+    # Each image's optical densities remixed by I + U(±stain_mix) (ml.augment.stain_mix): other dyes' colours.
+    stain_mix: float = 0.0
     # The network's input normalisation (ml.model.ModelConfig.input_norm): "dataset" or "lab-instance".
     input_norm: str = "dataset"
+    # Perturb the first stages' feature statistics in training with this probability a batch (ml.model.StyleNoise).
+    style_noise: float = 0.0
     # Predict (pseudo-labels, evaluation, scoring) as the mean over the eight symmetries of
     # the square: eight times the inference cost, for steadier probabilities.
     tta: bool = False
@@ -166,6 +170,7 @@ class TrainConfig:
             "blur_p": self.stain_blur_p,
             "blur_sigma": self.stain_blur_sigma,
             "zoom": self.stain_zoom,
+            "mix": self.stain_mix,
         }
 
     @property

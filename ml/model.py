@@ -34,6 +34,33 @@ class ModelConfig:
     # CIELAB, standardised per channel over its own pixels (Reinhard-style colour normalisation inside the
     # network, so every lab's stain and background cast is removed the same way at training and at use).
     input_norm: str = "dataset"
+    # Training only: with this probability a batch, the first stages' per-image feature statistics are
+    # perturbed (StyleNoise). 0: off, and the forward pass is the plain one.
+    style_noise: float = 0.0
+
+
+class StyleNoise(nn.Module):
+    """Feature-statistics uncertainty (Li et al. 2022, "DSU"): in training, with probability ``p``, each
+    image's per-channel mean and sd of a feature map are moved by Gaussian noise scaled by how much those
+    statistics vary across the batch, and the map is re-standardised to them. A stain or camera changes
+    these low-level statistics; a network that sees them vary while the label stays learns to ignore them.
+    No weights; the identity in eval mode."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0 or x.shape[0] < 2 or float(torch.rand(())) >= self.p:
+            return x
+        h = x.float()
+        mean = h.mean(dim=(2, 3), keepdim=True)
+        std = (h.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt()
+        mean_spread = (mean.var(dim=0, keepdim=True) + 1e-6).sqrt()
+        std_spread = (std.var(dim=0, keepdim=True) + 1e-6).sqrt()
+        new_mean = mean + torch.randn_like(mean) * mean_spread
+        new_std = std + torch.randn_like(std) * std_spread
+        return ((h - mean) / std * new_std + new_mean).to(x.dtype)
 
 
 class ConvBlock(nn.Sequential):
@@ -135,6 +162,9 @@ class WBCNet(_Normalised):
             blocks.append(ConvBlock(c_in, c_out, pool))
             c_in = c_out
         self.backbone = nn.Sequential(*blocks)
+        # after the first two stages (blocks 1-4 at 64 px), where stain and texture statistics live
+        self._style_after = {1, 3} if getattr(config, "style_noise", 0.0) > 0 else set()
+        self.style_noise = StyleNoise(getattr(config, "style_noise", 0.0))
         self.attention = ChannelAttention(c_in, config.attention_reduction)
         side = config.image_size // 16
         hidden = max(int(round(config.hidden * config.width)), 64)
@@ -154,8 +184,17 @@ class WBCNet(_Normalised):
         # the first two of the last stage's blocks (8×8 maps at 64 px) and the attention output
         return {"block8": self.backbone[7], "block9": self.backbone[8], "attention": self.attention}
 
+    def _backbone(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self._style_after):
+            return self.backbone(x)
+        for i, block in enumerate(self.backbone):
+            x = block(x)
+            if i in self._style_after:
+                x = self.style_noise(x)
+        return x
+
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.attention(self.backbone(self.normalise(x)))
+        z = self.attention(self._backbone(self.normalise(x)))
         # Flatten in (C, H, W) order whatever the memory format, so weights are portable.
         features = self.embed(z.contiguous())
         return self.head(features), features

@@ -119,6 +119,18 @@ def warm_start_checkpoint(
     return _same_network(config, warm_start_source(params, active, reference))
 
 
+FIT_PHASE = "fit to the lab"
+
+
+def _fit_progress(progress: Callable[[Progress], None] | None) -> Callable[[int, int], None] | None:
+    """``fit_to_lab``'s cell count as the run's progress, before training's epochs start."""
+    if progress is None:
+        return None
+    return lambda done, cells: progress(
+        Progress(epoch=0, epochs=1, step=done, steps=cells, loss=float("nan"), phase=FIT_PHASE, unit="cells")
+    )
+
+
 def retrain(
     x_labelled: torch.Tensor,
     y: Sequence[int],
@@ -157,7 +169,9 @@ def retrain(
         # a trained network: a lower peak learning rate, and no pre-training of the student; its
         # BatchNorm statistics and head fitted to this lab's cells first (another lab's stain)
         config = replace(config, **warm_start_overrides(config))
-        init = fit_to_lab(init, train_x, y_all[t_train], unlabelled_x, class_names, device=device)
+        init = fit_to_lab(
+            init, train_x, y_all[t_train], unlabelled_x, class_names, device=device, progress=_fit_progress(progress)
+        )
     data = {
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),

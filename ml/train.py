@@ -51,6 +51,7 @@ class Progress:
     phase: str = "train"
     round: int = 1
     rounds: int = 1
+    unit: str = "step"  # what ``step`` of ``steps`` counts
 
 
 class TrainingCancelled(Exception):
@@ -252,6 +253,7 @@ def _model_config(config: TrainConfig, n_classes: int, mean, std) -> ModelConfig
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         input_norm=config.input_norm,
+        style_noise=config.style_noise,
     )
 
 

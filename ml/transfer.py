@@ -16,6 +16,8 @@ longer run gains less from it than a short one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +65,7 @@ def fit_to_lab(
     lr: float = 0.05,
     pull: float = 1e-2,
     device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """A copy of ``checkpoint`` for ``class_names`` whose teacher and student share BatchNorm
     statistics re-estimated on every cell of the lab (labelled and not) and a head fitted on the
@@ -70,7 +73,8 @@ def fit_to_lab(
     ``pull`` times the squared distance to the starting head. The head starts from the reference's
     rows for the classes it knows (by name; zero for a new class), so a class with no label keeps
     what the reference knew of it. Images are uint8 N×3×S×S at the network's size; the network runs
-    on ``device`` (default: ``ml.device.pick_device``), the head's fit on the CPU."""
+    on ``device`` (default: ``ml.device.pick_device``), the head's fit on the CPU. ``progress(cells
+    done, cells)`` follows the BatchNorm pass, the long part (eight views of every cell)."""
     from ml.adapt import adapt_batchnorm
     from ml.checkpoint import load_model, shared_class_rows
     from ml.device import pick_device
@@ -78,7 +82,7 @@ def fit_to_lab(
 
     cells = labelled_x if unlabelled_x is None or not len(unlabelled_x) else torch.cat([labelled_x, unlabelled_x])
     network = load_model(checkpoint, which="teacher", device=device if device is not None else pick_device())
-    model = adapt_batchnorm(network, cells)
+    model = adapt_batchnorm(network, cells, progress=progress)
     start_w = torch.zeros(len(class_names), model.head.in_features)
     start_b = torch.zeros(len(class_names))
     for new, old in shared_class_rows(checkpoint["class_names"], class_names):

@@ -96,6 +96,7 @@ class RunReporter:
             "phase": p.phase,
             "round": p.round,
             "rounds": p.rounds,
+            "unit": p.unit,
             "fraction": round(min(max(fraction, 0.0), 1.0), 4),
         }
         self._write(self.last)

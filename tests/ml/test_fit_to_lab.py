@@ -74,3 +74,48 @@ def test_no_labels_keeps_the_reference_head() -> None:
     fitted = fit_to_lab(checkpoint, unlabelled_x[:0], torch.empty(0, dtype=torch.long), unlabelled_x, NAMES)
     assert torch.equal(fitted["teacher"]["head.weight"], checkpoint["teacher"]["head.weight"])
     assert fitted["fitted_to_lab"]["labelled"] == 0
+
+
+def test_the_batchnorm_pass_reports_its_progress_by_cells() -> None:
+    checkpoint = reference()
+    labelled_x, labelled_y = lab_cells(12, seed=1)
+    unlabelled_x, _ = lab_cells(300, seed=2)
+    seen: list[tuple[int, int]] = []
+    fit_to_lab(checkpoint, labelled_x, labelled_y, unlabelled_x, NAMES, progress=lambda *a: seen.append(a))
+    assert len(seen) == 3  # batches of 128 cells
+    assert [done for done, _ in seen] == [128, 256, 312] and {cells for _, cells in seen} == {312}
+
+
+def test_a_retrain_from_the_reference_shows_the_fit_as_its_first_phase() -> None:
+    from ml.retrain import FIT_PHASE, retrain
+    from ml.train import Progress
+
+    checkpoint = reference()
+    x, y = lab_cells(24, seed=4)
+    unlabelled_x, _ = lab_cells(40, seed=5)
+    reports: list[Progress] = []
+
+    class Installed:
+        id = 1
+
+        def load(self) -> dict:
+            return checkpoint
+
+    done = retrain(
+        x,
+        y.tolist(),
+        unlabelled_x,
+        NAMES,
+        method="supervised",
+        profile="tiny",
+        params={"epochs": 1},
+        seed=0,
+        reference=Installed(),
+        progress=reports.append,
+    )
+    assert done.data["fitted_to_lab"] is True
+    fit = [p for p in reports if p.phase == FIT_PHASE]
+    assert fit and reports[: len(fit)] == fit  # the fit comes first
+    assert fit[-1].step == fit[-1].steps == done.data["n_train"] + len(unlabelled_x)
+    assert all(p.epoch == 0 and p.unit == "cells" for p in fit)
+    assert any(p.phase.startswith("train") for p in reports[len(fit) :])

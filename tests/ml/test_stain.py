@@ -18,6 +18,7 @@ from ml.augment import (
     random_grey,
     random_zoom,
     rgb_to_hed,
+    stain_mix,
 )
 from ml.config import STAIN_ROBUST, TrainConfig, make_config
 from ml.model import ModelConfig, build_model
@@ -65,6 +66,54 @@ def test_hed_jitter_moves_colour_not_shape() -> None:
     corr = [np.corrcoef(a, b)[0, 1] for a, b in zip(grey_in.numpy(), grey_out.numpy(), strict=True)]
     assert min(corr) > 0.8
     assert torch.equal(hed_jitter(x, 0.0, 0.0), x.float())
+
+
+def test_stain_mix_changes_the_dyes_colours_per_image_and_keeps_white_white() -> None:
+    x = _batch(4).float()
+    x[:, :, 0, 0] = 255.0  # one white (unstained) pixel per image
+    out = stain_mix(x, 0.3, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 255
+    assert torch.equal(stain_mix(x, 0.0), x)
+    # no dye, no optical density: white stays white whatever the mix
+    assert torch.allclose(out[:, :, 0, 0], torch.full_like(out[:, :, 0, 0], 255.0), atol=1e-3)
+    # the hue of the stained pixels moves, by another matrix for each image
+    ratio_in = (x[:, 0] + 1) / (x[:, 2] + 1)
+    ratio_out = (out[:, 0] + 1) / (out[:, 2] + 1)
+    moved = (ratio_out.log() - ratio_in.log()).abs().mean(dim=(1, 2))
+    assert float(moved.min()) > 0.02 and float(moved.std()) > 0.005
+    assert StainAugment(mix=0.2).enabled and TrainConfig(stain_mix=0.2).stain_augment["mix"] == 0.2
+
+
+def test_style_noise_moves_feature_statistics_in_training_only() -> None:
+    from ml.model import StyleNoise
+
+    torch.manual_seed(0)
+    h = torch.randn(8, 4, 6, 6) * torch.linspace(0.5, 2, 8).view(8, 1, 1, 1) + torch.randn(8, 4, 1, 1)
+    noise = StyleNoise(1.0).train()
+    out = noise(h)
+    assert out.shape == h.shape
+    mean_moved = (out.mean(dim=(2, 3)) - h.mean(dim=(2, 3))).abs()
+    assert float(mean_moved.mean()) > 0.05
+    # the pattern inside each map is kept: a per-map affine change
+    corr = [
+        np.corrcoef(a, b)[0, 1]
+        for a, b in zip(h.flatten(2).flatten(0, 1).numpy(), out.flatten(2).flatten(0, 1).numpy(), strict=True)
+    ]
+    assert min(abs(c) for c in corr) > 0.999
+    assert torch.equal(noise.eval()(h), h) and torch.equal(StyleNoise(0.0).train()(h), h)
+    # in the network: training forward passes differ, eval ones do not, and the weights are the plain net's
+    model = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32, style_noise=1.0))
+    plain = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32))
+    assert set(model.state_dict()) == set(plain.state_dict())
+    x = _batch(4)
+    model.load_state_dict(plain.state_dict())
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), plain(x))
+        model.train()
+        plain.train()
+        assert not torch.allclose(model._backbone(model.normalise(x)), plain.backbone(plain.normalise(x)))
+    assert make_config("tiny", "supervised", style_noise=0.5).style_noise == 0.5
 
 
 def test_grey_and_blur() -> None:
