@@ -76,6 +76,7 @@ def run_transfer(
     epochs: int = 5,
     steps_per_epoch: int = 20,
     fit_first: bool = True,
+    overrides: dict | None = None,
     log=typer.echo,
 ) -> dict:
     import torch
@@ -99,7 +100,9 @@ def run_transfer(
     x = resize(images.x[torch.from_numpy(keep)], size)
     y = np.asarray([names.index(images.class_names[int(c)]) for c in images.y.numpy()[keep]], dtype=np.int64)
     counts = {name: int((y == i).sum()) for i, name in enumerate(names)}
-    config = finetune_config(checkpoint, method=method, profile=profile, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    config = finetune_config(
+        checkpoint, method=method, profile=profile, epochs=epochs, steps_per_epoch=steps_per_epoch, **(overrides or {})
+    )
     runs = []
     adapt_bn = adapt_bn or adapt_zoom
     n_splits = splits if labels_per_class > 0 else 1  # the reference alone (adapted or not) is deterministic
@@ -149,6 +152,7 @@ def run_transfer(
         **zoom_choice,
         "method": method if labels_per_class > 0 else "reference",
         "fit_to_lab": bool(fit_first and labels_per_class > 0),
+        "finetune_overrides": dict(overrides or {}) if labels_per_class > 0 else {},
         "splits": n_splits,
         "seed": seed,
         "n": int(len(y)),
@@ -194,6 +198,9 @@ def transfer_command(
             help="N > 0: BatchNorm statistics from the lab's cells and a head fitted on its labels before fine-tuning",
         ),
     ] = True,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="N > 0: a fine-tuning config setting key=value; repeatable")
+    ] = None,
 ) -> dict:
     """The reference model in a simulated new lab: N labels per class, the rest unlabelled and test."""
     if labels_per_class < 0:
@@ -204,6 +211,12 @@ def transfer_command(
         raise typer.BadParameter(f"{reference} is not a file", param_hint="--reference")
     if not data.is_dir():
         raise typer.BadParameter(f"{data} is not a folder", param_hint="--data")
+    from ml.config import parse_overrides
+
+    try:
+        settings = parse_overrides(overrides)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--set") from None
     out = run_transfer(
         reference,
         data,
@@ -217,6 +230,7 @@ def transfer_command(
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         fit_first=fit_first,
+        overrides=settings,
     )
     recalls = "  ".join(
         f"{name[:4]} {pc['recall']:.2f}" if pc["recall"] is not None else f"{name[:4]} -"

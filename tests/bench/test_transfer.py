@@ -103,6 +103,18 @@ def test_bench_transfer_reference_alone_and_fine_tuned(reference: Path, tmp_path
     assert alone["fit_to_lab"] is False  # nothing to fit a head on
     unfitted = _transfer(reference, lab, tmp_path / "n2-nofit.json", 2, *short, "--no-fit")
     assert unfitted["fit_to_lab"] is False and unfitted["splits"] == 2
+    assert tuned["finetune_overrides"] == {} and tuned["finetune_config"]["stain_hed_alpha"] == 0.0
+    stained = _transfer(reference, lab, tmp_path / "n2-stain.json", 2, *short, "--set", "stain_hed_alpha=0.2")
+    assert stained["finetune_overrides"] == {"stain_hed_alpha": 0.2}
+    assert stained["finetune_config"]["stain_hed_alpha"] == 0.2
+
+
+def test_bench_transfer_refuses_an_unknown_fine_tuning_setting(reference: Path, tmp_path: Path) -> None:
+    lab = tmp_path / "new-lab"
+    make_imagefolder(lab, classes=CLASSES[:2], per_class=3, seed=12)
+    args = ["bench", "transfer", "--reference", str(reference), "--data", str(lab), "--labels-per-class", "1"]
+    result = CliRunner().invoke(app, [*args, "--profile", "tiny", "--set", "no_such_setting=1"])
+    assert result.exit_code == 2 and "no_such_setting" in result.output
 
 
 def test_bench_transfer_refuses_a_missing_reference(tmp_path: Path) -> None:
