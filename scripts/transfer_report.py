@@ -98,30 +98,39 @@ def ablation_table(folder: Path) -> list[str]:
     return lines + [""]
 
 
+def settings_of(report: dict) -> str:
+    """What a run changed in fine-tuning (``bench transfer --method``, ``--set``), as key=value; "–" for none."""
+    changed = dict(report.get("finetune_overrides") or {})
+    if report.get("method", "mean-teacher") != "mean-teacher":
+        changed["method"] = report["method"]
+    return ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "–"
+
+
 def finetune_table(folder: Path) -> list[str]:
-    """The fine-tuning study at N = 5 (``bench transfer`` reports ``<source>_n5_*.json``): a row per
-    setting (fitted to the lab or not, fine-tuning epochs), a column per source."""
-    settings: dict[tuple[bool, int], dict[str, dict]] = {}
+    """A fine-tuning study at N = 5 (``bench transfer`` reports ``<source>_n5_*.json``): a row per
+    setting (fitted to the lab or not, fine-tuning epochs, other settings), a column per source. The
+    folder's README.md says what the study asked and what was chosen."""
+    settings: dict[tuple[bool, int, str], dict[str, dict]] = {}
     for path in folder.glob("*_n5_*.json"):
         report = load(path)
-        key = (not unfitted(report), int(report["finetune_config"]["epochs"]))
+        key = (not unfitted(report), int(report["finetune_config"]["epochs"]), settings_of(report))
         settings.setdefault(key, {})[report["source"]] = report
     if not settings:
         return []
     lines = [
-        f"### `{folder.name}/`: how long to fine-tune, with and without fitting the reference to the lab first",
+        f"### `{folder.name}/`",
         "",
-        "N = 5, 5 splits, the same reference; chosen: the fewest steps within 0.5 points of the best mean.",
+        "N = 5, 5 splits; pair rows only within one table.",
         "",
-        "| fit to the lab | epochs (×20 steps) | CellaVision blog | Tecom | mean |",
-        "|---|---:|---:|---:|---:|",
+        "| fit to the lab | epochs (×20 steps) | other settings | CellaVision blog | Tecom | mean |",
+        "|---|---:|---|---:|---:|---:|",
     ]
-    for fitted, epochs in sorted(settings, key=lambda k: (not k[0], k[1])):
-        reports = settings[(fitted, epochs)]
+    for fitted, epochs, changed in sorted(settings, key=lambda k: (not k[0], k[1], k[2] != "–", k[2])):
+        reports = settings[(fitted, epochs, changed)]
         cells = [pct(reports[s]["accuracy"], reports[s]["accuracy_sd"]) if s in reports else "–" for s in SOURCES]
         both = [reports[s]["accuracy"] for s in SOURCES if s in reports]
         mean = pct(sum(both) / len(both)) if len(both) == len(SOURCES) else "–"
-        lines.append(f"| {'yes' if fitted else 'no'} | {epochs} | {' | '.join(cells)} | {mean} |")
+        lines.append(f"| {'yes' if fitted else 'no'} | {epochs} | {changed} | {' | '.join(cells)} | {mean} |")
     note = folder / "README.md"
     return lines + ([""] + note.read_text().strip().splitlines() if note.is_file() else []) + [""]
 
