@@ -77,6 +77,7 @@ def run_transfer(
     steps_per_epoch: int = 20,
     fit_first: bool = True,
     overrides: dict | None = None,
+    keep: float = 1.0,
     log=typer.echo,
 ) -> dict:
     import torch
@@ -123,6 +124,7 @@ def run_transfer(
                 config=config,
                 seed=seed + split,
                 fit_first=fit_first,
+                keep=keep,
             )
             model = load_model(result.checkpoint, device=pick_device())
         else:
@@ -153,6 +155,7 @@ def run_transfer(
         "method": method if labels_per_class > 0 else "reference",
         "fit_to_lab": bool(fit_first and labels_per_class > 0),
         "finetune_overrides": dict(overrides or {}) if labels_per_class > 0 else {},
+        "finetune_keep": keep if labels_per_class > 0 else None,
         "splits": n_splits,
         "seed": seed,
         "n": int(len(y)),
@@ -201,6 +204,15 @@ def transfer_command(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="N > 0: a fine-tuning config setting key=value; repeatable")
     ] = None,
+    keep: Annotated[
+        float,
+        typer.Option(
+            "--keep",
+            min=0.0,
+            max=1.0,
+            help="N > 0: this share of the fine-tuned weights, the rest the fitted reference's (WiSE-FT; 1: off)",
+        ),
+    ] = 1.0,
 ) -> dict:
     """The reference model in a simulated new lab: N labels per class, the rest unlabelled and test."""
     if labels_per_class < 0:
@@ -231,6 +243,7 @@ def transfer_command(
         steps_per_epoch=steps_per_epoch,
         fit_first=fit_first,
         overrides=settings,
+        keep=keep,
     )
     recalls = "  ".join(
         f"{name[:4]} {pc['recall']:.2f}" if pc["recall"] is not None else f"{name[:4]} -"

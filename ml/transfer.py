@@ -117,16 +117,18 @@ def finetune(
     seed: int = 0,
     device=None,
     fit_first: bool = True,
+    keep: float = 1.0,
 ):
     """``ml.train.train`` warm-started from ``checkpoint`` (with ``fit_first``, from
-    ``fit_to_lab`` of it); returns its TrainResult."""
+    ``fit_to_lab`` of it); returns its TrainResult. With ``keep`` < 1 its networks are
+    ``interpolate``d toward the start: ``keep`` of the fine-tuned weights, the rest the start's."""
     from dataclasses import replace
 
     from ml.train import train
 
     if fit_first:
         checkpoint = fit_to_lab(checkpoint, labelled_x, labelled_y, unlabelled_x, class_names, device=device)
-    return train(
+    result = train(
         replace(config, seed=seed),
         labelled_x,
         labelled_y,
@@ -135,3 +137,25 @@ def finetune(
         init_checkpoint=checkpoint,
         device=device,
     )
+    if keep < 1.0:
+        result = replace(result, checkpoint=interpolate(checkpoint, result.checkpoint, keep))
+    return result
+
+
+def interpolate(start: dict, tuned: dict, keep: float) -> dict:
+    """``tuned`` with each network's floating-point tensors (weights and BatchNorm statistics) at
+    ``keep`` × tuned + (1 - ``keep``) × ``start``: weight-space ensembling of a fine-tuned model with
+    the one it started from (WiSE-FT, Wortsman et al. 2022), which kept robustness to a shift that
+    fine-tuning on a few examples loses. ``start`` must have ``tuned``'s classes (``fit_to_lab``'s
+    output has)."""
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"keep must lie in [0, 1], not {keep}")
+    if list(start["class_names"]) != list(tuned["class_names"]):
+        raise ValueError("interpolate needs a start with the tuned model's classes (fit it to the lab first)")
+    out = dict(tuned, interpolated={"keep": keep})
+    for which in ("teacher", "student"):
+        out[which] = {
+            name: torch.lerp(start[which][name].to(value.dtype), value, keep) if value.is_floating_point() else value
+            for name, value in tuned[which].items()
+        }
+    return out

@@ -107,6 +107,9 @@ def test_bench_transfer_reference_alone_and_fine_tuned(reference: Path, tmp_path
     stained = _transfer(reference, lab, tmp_path / "n2-stain.json", 2, *short, "--set", "stain_hed_alpha=0.2")
     assert stained["finetune_overrides"] == {"stain_hed_alpha": 0.2}
     assert stained["finetune_config"]["stain_hed_alpha"] == 0.2
+    assert tuned["finetune_keep"] == 1.0 and alone["finetune_keep"] is None
+    halfway = _transfer(reference, lab, tmp_path / "n2-keep.json", 2, *short, "--keep", "0.5")
+    assert halfway["finetune_keep"] == 0.5 and halfway["splits"] == 2
 
 
 def test_bench_transfer_refuses_an_unknown_fine_tuning_setting(reference: Path, tmp_path: Path) -> None:

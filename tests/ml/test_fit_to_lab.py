@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 
 from ml.adapt import batchnorm_layers
@@ -119,3 +122,29 @@ def test_a_retrain_from_the_reference_shows_the_fit_as_its_first_phase() -> None
     assert fit[-1].step == fit[-1].steps == done.data["n_train"] + len(unlabelled_x)
     assert all(p.epoch == 0 and p.unit == "cells" for p in fit)
     assert any(p.phase.startswith("train") for p in reports[len(fit) :])
+
+
+def test_interpolate_mixes_every_float_tensor_and_keeps_counters() -> None:
+    from ml.transfer import interpolate
+
+    start = reference()
+    tuned = copy.deepcopy(start)
+    for which in ("teacher", "student"):
+        for name, value in tuned[which].items():
+            if value.is_floating_point():
+                tuned[which][name] = value + 1.0
+            else:
+                tuned[which][name] = value + 7  # BatchNorm's num_batches_tracked
+    mixed = interpolate(start, tuned, 0.25)
+    assert mixed["interpolated"] == {"keep": 0.25} and "interpolated" not in tuned
+    for name, value in mixed["teacher"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, start["teacher"][name] + 0.25), name
+        else:
+            assert torch.equal(value, tuned["teacher"][name]), name
+    assert all(torch.equal(v, tuned["student"][k]) for k, v in interpolate(start, tuned, 1.0)["student"].items())
+    with pytest.raises(ValueError, match="keep"):
+        interpolate(start, tuned, 1.5)
+    renamed = dict(tuned, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="classes"):
+        interpolate(start, renamed, 0.5)
