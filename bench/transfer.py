@@ -97,9 +97,9 @@ def run_transfer(
     unknown = sorted(set(images.class_names) - set(names))
     if not len(images.y):
         raise typer.BadParameter(f"{data} has no images in class sub-folders", param_hint="--data")
-    keep = np.isin(np.asarray(images.class_names)[images.y.numpy()], names)
-    x = resize(images.x[torch.from_numpy(keep)], size)
-    y = np.asarray([names.index(images.class_names[int(c)]) for c in images.y.numpy()[keep]], dtype=np.int64)
+    known = np.isin(np.asarray(images.class_names)[images.y.numpy()], names)
+    x = resize(images.x[torch.from_numpy(known)], size)
+    y = np.asarray([names.index(images.class_names[int(c)]) for c in images.y.numpy()[known]], dtype=np.int64)
     counts = {name: int((y == i).sum()) for i, name in enumerate(names)}
     config = finetune_config(
         checkpoint, method=method, profile=profile, epochs=epochs, steps_per_epoch=steps_per_epoch, **(overrides or {})
