@@ -74,9 +74,9 @@ def ablation_table(folder: Path) -> list[str]:
     lines = [
         f"### `{folder.name}/`" + (f": {note.read_text().strip()}" if note.is_file() else ""),
         "",
-        "| variant | epochs | HED α/β | colour | grey p | blur p | zoom | input norm | width | PBC validation "
-        "| CellaVision blog | Tecom |",
-        "|---|---:|---|---|---|---|---|---|---:|---:|---:|---:|",
+        "| variant | epochs | HED α/β | colour | grey p | blur p | zoom | stain mix | feature noise | input norm "
+        "| width | PBC validation | CellaVision blog | Tecom |",
+        "|---|---:|---|---|---|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for name, card in cards.items():
         c = card["config"]
@@ -90,7 +90,8 @@ def ablation_table(folder: Path) -> list[str]:
 
         lines.append(
             f"| {name} | {c['epochs']} | {c['stain_hed_alpha']}/{c['stain_hed_beta']} | {c['stain_colour']} | "
-            f"{c['stain_grey_p']} | {c['stain_blur_p']} | {c.get('stain_zoom', 0.0)} | "
+            f"{c['stain_grey_p']} | {c['stain_blur_p']} | {c.get('stain_zoom', 0.0)} | {c.get('stain_mix', 0.0)} | "
+            f"{c.get('style_noise', 0.0)} | "
             f"{c.get('input_norm', 'dataset')} | {c.get('width', '–')} | "
             f"{pct(card['metrics']['validation']['accuracy'])} | "
             f"{both('zheng2018-cellavision')} | {both('zheng2018-tecom')} |"
@@ -147,7 +148,8 @@ def reference_section(card: dict | None) -> list[str]:
         f"width {c.get('width', '–')}, "
         f"{c['epochs']} epochs of {c['steps_per_epoch']} steps; stain augmentation HED α {c['stain_hed_alpha']} "
         f"β {c['stain_hed_beta']}, colour {c['stain_colour']}, grey p {c['stain_grey_p']}, blur p "
-        f"{c['stain_blur_p']}, zoom {c.get('stain_zoom', 0.0)}; input normalisation {c.get('input_norm', 'dataset')}) "
+        f"{c['stain_blur_p']}, zoom {c.get('stain_zoom', 0.0)}, stain mix {c.get('stain_mix', 0.0)}; "
+        f"input normalisation {c.get('input_norm', 'dataset')}) "
         f"on {card['data']['n_train']} PBC train cells (licence {card['data']['licence']}); "
         f"trained in {card['train_seconds']:.0f} s.",
         "",
