@@ -73,6 +73,9 @@ class TrainConfig:
     # jitter and cutout beside translation and flips; ml.augment.Augmenter.strong) while the
     # teacher keeps the weak view: FixMatch's recipe inside the mean teacher (issue 15's lever).
     strong_student: bool = False
+    # Supervised stages (lp+mean-teacher's round 1): mixup of the labelled cells with Beta(mixup, mixup) weights
+    # (Zhang et al. 2018); 0: off.
+    mixup: float = 0.0
     rounds: int | None = None  # None: the method's default (METHOD_SPECS)
     batch_size: int = 40
     labelled_per_batch: int = 20

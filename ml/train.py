@@ -142,8 +142,23 @@ class Supervised(Algorithm):
     teacher_labels = False
 
     def train_step(self, xl, yl, xu, ramp):
-        logits = self.student(_cl(self.augment.weak(xl)))
-        return F.cross_entropy(logits.float(), yl), len(xl)
+        x = self.augment.weak(xl)
+        if self.config.mixup <= 0 or len(xl) < 2:
+            return F.cross_entropy(self.student(_cl(x)).float(), yl), len(xl)
+        x, partner, weight = mixup(x, self.config.mixup)
+        logits = self.student(_cl(x)).float()
+        loss = weight * F.cross_entropy(logits, yl) + (1 - weight) * F.cross_entropy(logits, yl[partner])
+        return loss, len(xl)
+
+
+def mixup(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``x`` blended with a shuffled copy of itself at a weight drawn from Beta(alpha, alpha), taken
+    as the larger side (the batch stays closer to its own labels); returns the blend, the shuffle
+    and the weight of ``x``."""
+    weight = float(torch.distributions.Beta(alpha, alpha).sample())
+    weight = max(weight, 1.0 - weight)
+    partner = torch.randperm(len(x), device=x.device)
+    return weight * x.float() + (1.0 - weight) * x[partner].float(), partner, weight
 
 
 class MeanTeacher(Algorithm):

@@ -110,3 +110,39 @@ def test_strong_student_changes_only_the_students_view_of_unlabelled_cells():
     assert torch.equal(weak_view, torch.full_like(weak_view, 100.0))
     assert torch.equal(strong_view[:2], weak_view[:2])
     assert not torch.equal(strong_view[2:], weak_view[2:])
+
+
+def test_mixup_blends_each_cell_with_another_at_one_weight_of_at_least_a_half():
+    from ml.train import mixup
+
+    torch.manual_seed(0)
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 2, 2) * 10
+    for _ in range(20):
+        mixed, partner, weight = mixup(x, 0.4)
+        assert 0.5 <= weight <= 1.0
+        assert sorted(partner.tolist()) == [0, 1, 2, 3]
+        assert torch.allclose(mixed, weight * x + (1 - weight) * x[partner])
+
+
+def test_supervised_step_with_mixup_takes_both_labels():
+    import torch.nn.functional as F
+
+    from ml.train import Supervised, mixup
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_classes=3, width=0.125, image_size=16)).eval()  # no dropout
+    augment = Augmenter(0.0, False, False, False, seed=0)  # the weak view is the image itself
+    x = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    step = Supervised(make_config("tiny", "supervised", mixup=0.4), model, model, augment)
+    torch.manual_seed(1)
+    blend, partner, weight = mixup(x.float(), 0.4)
+    with torch.no_grad():
+        logits = model(blend)
+    expected = weight * F.cross_entropy(logits, y) + (1 - weight) * F.cross_entropy(logits, y[partner])
+    torch.manual_seed(1)
+    loss, n = step.train_step(x, y, x[:0], 1.0)
+    assert n == 6 and torch.isclose(loss, expected, atol=1e-5)
+    assert not torch.equal(partner, torch.arange(6))  # some cell took another's label too
+    loss.backward()
+    assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
