@@ -621,6 +621,7 @@ def render(
         lever_lines=lever_lines(results),
         amx_lever_lines=lever_lines(results, "ablations-val-amx", "val-amx"),
         amx_b_lever_lines=lever_lines(results, "ablations-val-amx-b", "val-amx-b"),
+        epyc_half_lever_lines=lever_lines(results, "ablations-val-epyc-half", "val-epyc-half"),
         thread_lines=thread_lines(results),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
