@@ -6,6 +6,7 @@ No torch here: the web process and the CLI can read and validate configs cheaply
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Literal
 
 # Paper Table 3 names A-D, plus FixMatch (a modern baseline) and its combination with the
 # paper's pseudo-label filter (the best method on PBC; see docs/results.md).
@@ -143,6 +144,10 @@ class TrainConfig:
     ood_method: str = "auto"
     ood_target_tpr: float = 0.95
     ood_filter: bool = True
+    # Where the pseudo-label filter's threshold (PSEUDO_OOD_TPR of the known cells kept) is set: "labelled", the
+    # cells the model was trained on (they sit closer to their own class than new cells do), or "validation",
+    # held-out known cells, like any cell of the pool (the labelled cells where a run has none).
+    pseudo_ood_calibration: Literal["labelled", "validation"] = "labelled"
     # Describe each cell's stained nucleus (ml.morphology) beside the network's features, so the OOD
     # score also flags cells that are no white blood cell at all (ml.ood; ~1-2 ms a cell on a CPU core).
     ood_morphology: bool = True

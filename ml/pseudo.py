@@ -96,6 +96,7 @@ class PseudoLabels:
     label: np.ndarray  # int64, the model's prediction (the pseudo-label)
     confidence: np.ndarray  # float32: propagated confidence where propagation ran, else max prob
     funnel: dict  # {"unlabelled", "set1", "set2"} (set2 is None without propagation)
+    unlike: np.ndarray | None = None  # bool per sample: held out as unlike any known class (None: no filter)
 
     @property
     def accepted(self) -> np.ndarray:
@@ -169,4 +170,10 @@ def filter_pseudo_labels(
             outcome[idx1[keep]] = PASSED_PROPAGATION
             confidence[idx1] = lp_conf.astype(np.float32)
         funnel["set2"] = int((outcome == PASSED_PROPAGATION).sum())
-    return PseudoLabels(outcome=outcome.astype(str), label=label, confidence=confidence, funnel=funnel)
+    return PseudoLabels(
+        outcome=outcome.astype(str),
+        label=label,
+        confidence=confidence,
+        funnel=funnel,
+        unlike=None if unlike is None else foreign,
+    )

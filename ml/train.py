@@ -532,7 +532,9 @@ class _Run:
             round=stage.round,
             rounds=self.rounds,
         )
-        self.pseudo = pseudo_label(self.algorithm.eval_model, self.config, self.xl_all, self.yl_all, self.xu_all)
+        self.pseudo = pseudo_label(
+            self.algorithm.eval_model, self.config, self.xl_all, self.yl_all, self.xu_all, self.validation
+        )
         self.funnel = self.pseudo.funnel
         accepted = torch.from_numpy(self.pseudo.accepted).to(self.device)
         self.pool_x = torch.cat([self.xl_all, self.xu_all[accepted]])
@@ -631,28 +633,37 @@ def pseudo_label(
     labelled_x: torch.Tensor,
     labelled_y: torch.Tensor,
     unlabelled_x: torch.Tensor,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PseudoLabels:
     """Predict the unlabelled pool and filter: entropy (set 1), then propagation (set 2). With
-    ``config.ood_filter``, cells unlike any labelled class never pass (``ml.ood``)."""
+    ``config.ood_filter``, cells unlike any labelled class never pass (``ml.ood``); its threshold
+    is set on the cells ``config.pseudo_ood_calibration`` names (``validation``: known cells)."""
     unl = predict(model, unlabelled_x)
     use_lp = config.pseudo_filter == "lp"
     lab = predict(model, labelled_x) if (use_lp or config.ood_filter) else None
     unlike = None
     if config.ood_filter and lab is not None and len(labelled_x) > 1:
         y = labelled_y.cpu().numpy()
-        # Calibrated on the labelled cells themselves (closer to their own prototypes than new
-        # cells are), so the share kept is set high: this only removes the clearly foreign.
+        n_classes = int(y.max()) + 1
+        calibration, calibration_y, calibrated_on = lab, y, "labelled"
+        if config.pseudo_ood_calibration == "validation" and validation is not None and len(validation[1]) > 1:
+            # held-out known cells score as the pool's known cells do; the labelled cells, trained on,
+            # score lower, so a threshold set on them flags a share of the pool's known cells as well
+            calibration = predict(model, validation[0])
+            calibration_y, calibrated_on = validation[1].cpu().numpy(), "validation"
+            n_classes = max(n_classes, int(calibration_y.max()) + 1)
+        # the share kept is set high either way: this only removes the clearly foreign
         scorer = fit_ood(
             lab.features,
             y,
-            lab.logits,
-            lab.features,
-            y,
-            int(y.max()) + 1,
+            calibration.logits,
+            calibration.features,
+            calibration_y,
+            n_classes,
             # the network alone here: a morphology method is for the trained model's score (fit_ood_for)
             method=config.ood_method if config.ood_method in OOD_METHODS else "mahalanobis",
             target_tpr=PSEUDO_OOD_TPR,
-            calibrated_on="labelled",
+            calibrated_on=calibrated_on,
         )
         unlike = scorer.is_unlike(scorer.score(unl.logits, unl.features))
     return filter_pseudo_labels(

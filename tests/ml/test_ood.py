@@ -175,3 +175,30 @@ def test_unlike_cells_take_at_most_their_share_of_a_batch() -> None:
     assert len(selection) == 10 and selection.reasons.count(UNLIKE_ANY_CLASS) == 7
     assert list(selection.indices[:7]) == list(range(36, 29, -1))
     assert set(selection.indices[7:].tolist()) == {37, 38, 39}
+
+
+def test_pseudo_label_filter_set_on_held_out_known_cells_flags_fewer_of_the_pools_known_cells() -> None:
+    """The labelled cells were trained on and sit closer to their classes than any new cell: a threshold
+    set on them flags a share of the pool's known cells too. Set on held-out known cells, it keeps the
+    pool's known cells as it keeps those, and still flags the foreign kind."""
+    from ml.train import pseudo_label
+
+    result = _trained()
+    model = load_model(result.checkpoint)
+    xl = torch.cat([_cells(12, k, 0) for k in range(3)])
+    yl = torch.arange(3).repeat_interleave(12)
+    val = (torch.cat([_cells(20, k, 1) for k in range(3)]), torch.arange(3).repeat_interleave(20))
+    known, foreign = torch.cat([_cells(40, k, 2) for k in range(3)]), _cells(40, 3, 2)
+    pool = torch.cat([known, foreign])
+    flagged = {}
+    for where in ("labelled", "validation"):
+        config = make_config("tiny", "supervised", pseudo_ood_calibration=where)
+        unlike = pseudo_label(model, config, xl, yl, pool, validation=val).unlike
+        flagged[where] = unlike[: len(known)].mean(), unlike[len(known) :].mean()
+    assert flagged["labelled"][0] > 0.2  # a share of the known cells flagged (46 % when written)
+    assert flagged["validation"][0] <= 0.05  # known cells kept as the held-out ones are (99 %)
+    assert flagged["validation"][1] >= 0.9 and flagged["labelled"][1] >= 0.9  # the foreign kind flagged both ways
+    config = make_config("tiny", "supervised", pseudo_ood_calibration="validation")
+    no_validation = pseudo_label(model, config, xl, yl, pool)  # nothing held out: the labelled cells, as before
+    config = make_config("tiny", "supervised", pseudo_ood_calibration="labelled")
+    assert np.array_equal(no_validation.unlike, pseudo_label(model, config, xl, yl, pool).unlike)
