@@ -659,9 +659,13 @@ def main() -> None:
         groups.setdefault(key, []).extend(runs)
     # a lever adopted as the profile: its runs are the current profile's own (their base runs,
     # under the profile of the time, stay in the lever table only: their seeds repeat val/'s)
-    for key, runs in load_runs(args.results / "ablations-val-amx-b").items():
-        if key[3] == "":
-            groups.setdefault(key, []).extend(runs)
+    # (the half-width runs of ablations-val-amx-b were the profile before mixup joined it: they keep their
+    # rows, marked "mixup=0.0"; its variants that changed more are in the lever tables only)
+    adopted = {"ablations-val-amx-b": ("", "mixup=0.0"), "ablations-val-epyc-half": ("",)}
+    for folder, setups in adopted.items():
+        for key, runs in load_runs(args.results / folder).items():
+            if key[3] in setups:
+                groups.setdefault(key, []).extend(runs)
     plot_path = args.results / "accuracy_vs_labels.png"
     plot(groups, plot_path)
     throughput_path = args.results / "throughput.json"
