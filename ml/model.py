@@ -162,9 +162,7 @@ class WBCNet(_Normalised):
             blocks.append(ConvBlock(c_in, c_out, pool))
             c_in = c_out
         self.backbone = nn.Sequential(*blocks)
-        # after the first two stages (blocks 1-4 at 64 px), where stain and texture statistics live
-        self._style_after = {1, 3} if getattr(config, "style_noise", 0.0) > 0 else set()
-        self.style_noise = StyleNoise(getattr(config, "style_noise", 0.0))
+        self.style_noise = StyleNoise(config.style_noise)
         self.attention = ChannelAttention(c_in, config.attention_reduction)
         side = config.image_size // 16
         hidden = max(int(round(config.hidden * config.width)), 64)
@@ -184,12 +182,15 @@ class WBCNet(_Normalised):
         # the first two of the last stage's blocks (8×8 maps at 64 px) and the attention output
         return {"block8": self.backbone[7], "block9": self.backbone[8], "attention": self.attention}
 
+    # StyleNoise after the first two stages (blocks 1-4 at 64 px), where stain and texture statistics live
+    STYLE_AFTER = (1, 3)
+
     def _backbone(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and self._style_after):
+        if not (self.training and self.style_noise.p > 0):
             return self.backbone(x)
         for i, block in enumerate(self.backbone):
             x = block(x)
-            if i in self._style_after:
+            if i in self.STYLE_AFTER:
                 x = self.style_noise(x)
         return x
 
