@@ -77,6 +77,10 @@ class TrainConfig:
     # Supervised stages (lp+mean-teacher's round 1): mixup of the labelled cells with Beta(mixup, mixup) weights
     # (Zhang et al. 2018); 0: off.
     mixup: float = 0.0
+    # Mean-teacher stages: interpolation consistency (ICT, Verma et al. 2019): the student sees the
+    # unlabelled half-batch mixed with a shuffle of itself at a Beta(a, a) weight, and is held to the same
+    # mix of the teacher's softmax on the unmixed cells; 0: the paper's consistency on unmixed cells.
+    consistency_mixup: float = 0.0
     rounds: int | None = None  # None: the method's default (METHOD_SPECS)
     batch_size: int = 40
     labelled_per_batch: int = 20

@@ -170,6 +170,8 @@ class MeanTeacher(Algorithm):
     name = "mean-teacher"
 
     def train_step(self, xl, yl, xu, ramp):
+        if self.config.consistency_mixup > 0 and len(xu) > 1:
+            return self._interpolation_step(xl, yl, xu, ramp)
         x = torch.cat([xl, xu])
         if self.config.strong_student:
             student_view = torch.cat([self.augment.weak(xl), self.augment.strong(xu)])
@@ -181,6 +183,17 @@ class MeanTeacher(Algorithm):
         ce = F.cross_entropy(student_logits[: len(xl)].float(), yl)
         loss = ce + self.config.consistency_weight * ramp * consistency_loss(student_logits, teacher_logits)
         return loss, len(x)
+
+    def _interpolation_step(self, xl, yl, xu, ramp):
+        """CE on the labelled cells; the consistency term on the unlabelled cells mixed (ICT)."""
+        with torch.no_grad():
+            target = self.teacher(_cl(self.augment.weak(xu))).float().softmax(dim=1)
+        mixed, partner, weight = mixup(self.augment.weak(xu), self.config.consistency_mixup)
+        target = weight * target + (1.0 - weight) * target[partner]
+        logits = self.student(_cl(torch.cat([self.augment.weak(xl), mixed])))
+        ce = F.cross_entropy(logits[: len(xl)].float(), yl)
+        consistency = F.mse_loss(logits[len(xl) :].float().softmax(dim=1), target)
+        return ce + self.config.consistency_weight * ramp * consistency, len(xl) + len(xu)
 
 
 class FixMatch(Algorithm):

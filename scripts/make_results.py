@@ -94,7 +94,7 @@ def _matters(key: str, config: TrainConfig) -> bool:
         return config.pretrains_student
     if key.startswith("fixmatch_"):
         return "fixmatch" in algorithms
-    if key in {"ema_decay", "consistency_weight", "consistency_rampup"}:
+    if key in {"ema_decay", "consistency_weight", "consistency_rampup", "consistency_mixup"}:
         return "mean-teacher" in algorithms
     return not (key == "labelled_per_batch" and algorithms == {"supervised"})
 
@@ -416,11 +416,13 @@ def ablation_lines(results: Path) -> list[str]:
     return lines
 
 
-def _runs_by_seed(folder: Path) -> dict:
+def _runs_by_seed(folder: Path, profile_only: bool = False) -> dict:
+    """A folder's runs keyed by (method, labels per class, seed); with ``profile_only``, only those run
+    with the current profile's config (a folder that also holds levers of an earlier profile)."""
     runs = {}
     for path in sorted(folder.glob("*.json")):
         run = json.loads(path.read_text())
-        if "accuracy" in run and "method" in run:
+        if "accuracy" in run and "method" in run and not (profile_only and setup_of(run)):
             runs[(run["method"], run["labels_per_class"], run["seed"])] = run
     return runs
 
@@ -467,11 +469,14 @@ PAIRED_HEADER = [
 ]
 
 
-def lever_lines(results: Path, changed: str = "ablations-val", profile: str = "val") -> list[str]:
+def lever_lines(
+    results: Path, changed: str = "ablations-val", profile: str = "val", profile_only: bool = False
+) -> list[str]:
     """Runs of the profile with one setting changed (``results/changed``), each against the same
-    seed of the profile (``results/profile``) and named by how their configs differ, then one line
-    per change: the mean over its paired seeds. The choice is made on the val columns."""
-    base = _runs_by_seed(results / profile)
+    seed of the profile (``results/profile``; with ``profile_only``, its runs of the current profile
+    alone) and named by how their configs differ, then one line per change: the mean over its paired
+    seeds. The choice is made on the val columns."""
+    base = _runs_by_seed(results / profile, profile_only)
     changes: dict = defaultdict(dict)
     for path in sorted((results / changed).glob("*.json")):
         run = json.loads(path.read_text())
@@ -622,6 +627,7 @@ def render(
         amx_lever_lines=lever_lines(results, "ablations-val-amx", "val-amx"),
         amx_b_lever_lines=lever_lines(results, "ablations-val-amx-b", "val-amx-b"),
         epyc_half_lever_lines=lever_lines(results, "ablations-val-epyc-half", "val-epyc-half"),
+        epyc_mixup_lever_lines=lever_lines(results, "levers-epyc-mixup", "ablations-val-epyc-half", profile_only=True),
         thread_lines=thread_lines(results),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,

@@ -146,3 +146,36 @@ def test_supervised_step_with_mixup_takes_both_labels():
     assert not torch.equal(partner, torch.arange(6))  # some cell took another's label too
     loss.backward()
     assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+
+
+def test_interpolation_consistency_holds_the_student_on_mixed_cells_to_the_mixed_teacher():
+    import torch.nn.functional as F
+
+    from ml.train import mixup
+
+    torch.manual_seed(0)
+    student = build_model(ModelConfig(n_classes=3, width=0.125, image_size=16)).eval()  # no dropout
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # so the teacher's targets differ from the student's
+    augment = Augmenter(0.0, False, False, False, seed=0)  # the weak view is the image itself
+    xl = torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8)
+    xu = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    yl = torch.tensor([0, 2])
+    config = make_config("tiny", "mean-teacher", consistency_mixup=0.5, consistency_weight=10.0)
+    step = MeanTeacher(config, student, teacher, augment)
+    torch.manual_seed(1)
+    blend, partner, weight = mixup(xu.float(), 0.5)
+    with torch.no_grad():
+        target = teacher(xu.float()).softmax(dim=1)
+        target = weight * target + (1 - weight) * target[partner]
+        logits = student(torch.cat([xl.float(), blend]))
+    expected = F.cross_entropy(logits[:2], yl) + 10.0 * F.mse_loss(logits[2:].softmax(dim=1), target)
+    torch.manual_seed(1)
+    loss, n = step.train_step(xl, yl, xu, ramp=1.0)
+    assert n == 6 and torch.isclose(loss, expected, atol=1e-5)
+    assert not torch.equal(partner, torch.arange(4))  # the student saw cells it was not shown unmixed
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.head.weight.grad is not None and student.head.weight.grad.abs().sum() > 0
