@@ -416,13 +416,13 @@ def ablation_lines(results: Path) -> list[str]:
     return lines
 
 
-def _runs_by_seed(folder: Path, profile_only: bool = False) -> dict:
-    """A folder's runs keyed by (method, labels per class, seed); with ``profile_only``, only those run
-    with the current profile's config (a folder that also holds levers of an earlier profile)."""
+def _runs_by_seed(folder: Path, setup: str | None = None) -> dict:
+    """A folder's runs keyed by (method, labels per class, seed); with ``setup``, only those whose
+    ``setup_of`` is that (a folder that also holds levers of another profile)."""
     runs = {}
     for path in sorted(folder.glob("*.json")):
         run = json.loads(path.read_text())
-        if "accuracy" in run and "method" in run and not (profile_only and setup_of(run)):
+        if "accuracy" in run and "method" in run and (setup is None or setup_of(run) == setup):
             runs[(run["method"], run["labels_per_class"], run["seed"])] = run
     return runs
 
@@ -469,14 +469,19 @@ PAIRED_HEADER = [
 ]
 
 
+# The profile that the levers of docs/results/levers-epyc-mixup/ changed one setting of (mixup at half width),
+# as setup_of names it against today's profile
+EPYC_MIXUP_BASE = "pseudo_ood_calibration=labelled"
+
+
 def lever_lines(
-    results: Path, changed: str = "ablations-val", profile: str = "val", profile_only: bool = False
+    results: Path, changed: str = "ablations-val", profile: str = "val", base_setup: str | None = None
 ) -> list[str]:
     """Runs of the profile with one setting changed (``results/changed``), each against the same
-    seed of the profile (``results/profile``; with ``profile_only``, its runs of the current profile
-    alone) and named by how their configs differ, then one line per change: the mean over its paired
-    seeds. The choice is made on the val columns."""
-    base = _runs_by_seed(results / profile, profile_only)
+    seed of the profile (``results/profile``; with ``base_setup``, only its runs of that set-up, as
+    ``setup_of`` names it) and named by how their configs differ, then one line per change: the mean
+    over its paired seeds. The choice is made on the val columns."""
+    base = _runs_by_seed(results / profile, base_setup)
     changes: dict = defaultdict(dict)
     for path in sorted((results / changed).glob("*.json")):
         run = json.loads(path.read_text())
@@ -627,7 +632,9 @@ def render(
         amx_lever_lines=lever_lines(results, "ablations-val-amx", "val-amx"),
         amx_b_lever_lines=lever_lines(results, "ablations-val-amx-b", "val-amx-b"),
         epyc_half_lever_lines=lever_lines(results, "ablations-val-epyc-half", "val-epyc-half"),
-        epyc_mixup_lever_lines=lever_lines(results, "levers-epyc-mixup", "ablations-val-epyc-half", profile_only=True),
+        epyc_mixup_lever_lines=lever_lines(
+            results, "levers-epyc-mixup", "ablations-val-epyc-half", base_setup=EPYC_MIXUP_BASE
+        ),
         thread_lines=thread_lines(results),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
@@ -667,7 +674,13 @@ def main() -> None:
     # under the profile of the time, stay in the lever table only: their seeds repeat val/'s)
     # (the half-width runs of ablations-val-amx-b were the profile before mixup joined it: they keep their
     # rows, marked "mixup=0.0"; its variants that changed more are in the lever tables only)
-    adopted = {"ablations-val-amx-b": ("", "mixup=0.0"), "ablations-val-epyc-half": ("",)}
+    # (the mixup runs of ablations-val-epyc-half likewise, marked "pseudo_ood_calibration=labelled", since the
+    # filter's calibration on validation cells joined the profile: levers-epyc-mixup holds its runs)
+    adopted = {
+        "ablations-val-amx-b": ("", "mixup=0.0"),
+        "ablations-val-epyc-half": ("", EPYC_MIXUP_BASE),
+        "levers-epyc-mixup": ("",),
+    }
     for folder, setups in adopted.items():
         for key, runs in load_runs(args.results / folder).items():
             if key[3] in setups:

@@ -237,21 +237,23 @@ def test_a_lever_is_named_by_its_difference_from_its_paired_run_not_from_todays_
     assert "- no lever run on such a CPU yet" not in page and page.count("| pseudo_prior_shift=True | 86.0 |") == 1
 
 
-def test_levers_of_the_current_profile_pair_only_with_its_own_runs_in_a_mixed_folder(results_script, tmp_path):
-    # a folder of levers of an earlier profile holds the runs of the lever adopted since, which are the profile now
+def test_levers_pair_only_with_the_base_runs_of_their_set_up_in_a_mixed_folder(results_script, tmp_path):
+    # a folder of levers of an earlier profile also holds the runs of the lever adopted from it
     _write(
         tmp_path / "ablations",
         [
-            _run("lp+mean-teacher", 20, 1, 0.90, 300, FAST, mixup=0.0, pseudo_prior_shift=True),  # earlier profile
-            _run("lp+mean-teacher", 20, 1, 0.94, 290, FAST),  # the profile now (its file sorts first)
+            _run("lp+mean-teacher", 20, 1, 0.90, 300, FAST, mixup=0.0),  # the profile before the adopted lever
+            _run("lp+mean-teacher", 20, 1, 0.94, 290, FAST, mixup=0.2),  # the adopted lever (its file sorts first)
         ],
     )
-    _write(tmp_path / "levers", [_run("lp+mean-teacher", 20, 1, 0.95, 300, FAST, pseudo_prior_shift=True)])
-    assert make_config("cpu", "lp+mean-teacher").mixup != 0.0  # so mixup=0.0 marks the earlier profile
-    assert results_script.lever_lines(tmp_path, "levers", "ablations", profile_only=True)[2] == (
+    lever = _run("lp+mean-teacher", 20, 1, 0.95, 300, FAST, mixup=0.2, pseudo_prior_shift=True)
+    _write(tmp_path / "levers", [lever])
+    assert make_config("cpu", "lp+mean-teacher").mixup not in (0.0, 0.2)  # both set-ups name their mixup
+    assert results_script.lever_lines(tmp_path, "levers", "ablations", base_setup="mixup=0.2")[2] == (
         "| lp+mean-teacher | 20 | 1 | pseudo_prior_shift=True | 92.0 | 93.0 | 94.0 | 95.0 |"
     )
-    assert "| 88.0 |" in results_script.lever_lines(tmp_path, "levers", "ablations")[2]  # without: the earlier run
+    unfiltered = results_script.lever_lines(tmp_path, "levers", "ablations")[2]  # the last file of the seed
+    assert unfiltered.startswith("| lp+mean-teacher | 20 | 1 | mixup=0.2, pseudo_prior_shift=True | 88.0 |")
 
 
 def test_the_figure_of_a_row_not_rerun_comes_from_the_set_up_closest_to_the_profile(results_script):
