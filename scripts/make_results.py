@@ -652,6 +652,7 @@ def render(
         classes8_lines=classes8_lines(results),
         classes8_lever_lines=lever_lines(results, "classes8-levers-amx", "classes8-amx"),
         classes8_epyc_lines=lever_lines(results, "classes8-levers-epyc", "classes8-epyc"),
+        classes8_mixup_lines=lever_lines(results, "classes8-epyc-mixup", "classes8-levers-epyc"),
         throughput=throughput,
         active_lines=active or [],
     )
