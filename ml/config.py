@@ -226,7 +226,7 @@ _PROFILE_DEFAULTS: dict[str, dict] = {
     # session), seed for seed on an AMD EPYC: validation 95.1 -> 96.0 % (+0.8, +0.0, +2.0 points), test
     # 96.3 -> 97.2 % (docs/results.md, "Levers"). Its network is less sure of the pool's cells, and the
     # pseudo-label filter, its unlike-any-class threshold set on the trained-on labelled cells, kept about
-    # 700 of 8,448 (5,100-6,300 without mixup). Set on the held-out validation cells since (sixth session,
+    # 700 of 8,448 (5,100-6,300 without mixup). Set on the held-out validation cells since (seventh session,
     # seeds 0-2 on the same EPYC): 4,070-4,194 kept, 99.6-99.8 % right; validation 96.0 -> 96.1 % (+0.4,
     # +0.0, +0.0 points), test 97.2 -> 97.2 %.
     "cpu": dict(
