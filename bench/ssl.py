@@ -240,7 +240,7 @@ def validation_metrics(result: TrainResult, config: TrainConfig, split: Split) -
     if "accuracy" not in metrics and len(val_y):  # the training had no validation metrics
         metrics = classification_metrics(val_y, predict(result.checkpoint, val_x).labels, split.train_set.class_names)
     single_view = None
-    if config.tta and len(val_y):
+    if (config.tta or config.tta_scoring) and len(val_y):
         single_view = float((predict(result.checkpoint, val_x, tta=False).labels == val_y).mean())
     return {
         "val_accuracy": metrics.get("accuracy"),

@@ -136,6 +136,10 @@ class TrainConfig:
     # Predict (pseudo-labels, evaluation, scoring) as the mean over the eight symmetries of
     # the square: eight times the inference cost, for steadier probabilities.
     tta: bool = False
+    # Only the trained model predicts over the eight symmetries: its validation metrics, the test split and
+    # the product's scoring of cells. Predictions during training (pseudo-labels, the OOD filter) stay one
+    # view, so the training itself is that of tta_scoring=false, seed for seed.
+    tta_scoring: bool = False
     seed: int = 0
     # bf16 autocast for training on CPUs with native bf16 (it is always on with CUDA; a CPU without
     # it trains in float32 whatever this says). The cpu profile turns it on, after the seed-paired

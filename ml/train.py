@@ -594,6 +594,7 @@ def train(
     else:
         mean, std = _channel_stats(labelled_x, unlabelled_x)
         model_config = _model_config(config, len(class_names), mean, std)
+    model_config.tta = config.tta  # predictions in training follow this run's config, whatever a warm start had
     validation = (val_x, val_y) if val_x is not None and val_y is not None and len(val_x) else None
     run = _Run(
         config,
@@ -608,6 +609,9 @@ def train(
     )
     for stage in run.stages:
         run.run_stage(stage)
+    if config.tta_scoring:  # from here on, the trained model predicts as it will be served
+        for net_config in {id(c): c for c in (model_config, run.student.config, run.teacher.config)}.values():
+            net_config.tta = True
     metrics = run.final_metrics(class_names)
     run.student.eval()
     ood = None

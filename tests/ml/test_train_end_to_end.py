@@ -153,3 +153,26 @@ def test_balance_unlabelled_draws_later_rounds_by_the_last_predictions(data, cla
     assert given[-1] is not None and len(given[-1]) == len(xu)  # round 2: one predicted class per cell
     assert torch.equal(given[-1], torch.from_numpy(result.pseudo_labels.label))
     assert result.metrics["accuracy"] > 0.6
+
+
+def test_tta_scoring_changes_the_trained_models_predictions_not_its_training(data, class_names):
+    test_x, test_y = data[4], data[5]
+    settings = dict(epochs=3, round_epochs=2, **SHORT_SEMI_SUPERVISED)
+    plain = _fit(make_config("tiny", "lp+mean-teacher", **settings), data, class_names)
+    scored = _fit(make_config("tiny", "lp+mean-teacher", tta_scoring=True, **settings), data, class_names)
+    # the same training, seed for seed: the same pseudo-labels and the same weights
+    assert np.array_equal(plain.pseudo_labels.label, scored.pseudo_labels.label)
+    assert all(torch.equal(plain.checkpoint["teacher"][k], v) for k, v in scored.checkpoint["teacher"].items())
+    # only the trained model predicts over the eight symmetries, its validation metrics included
+    assert plain.checkpoint["model_config"]["tta"] is False and scored.checkpoint["model_config"]["tta"] is True
+    eight_views = predict(scored.checkpoint, test_x)
+    assert np.allclose(eight_views.probs, predict(plain.checkpoint, test_x, tta=True).probs, atol=1e-5)
+    assert scored.metrics["accuracy"] == pytest.approx((eight_views.labels == test_y.numpy()).mean())
+    # a retrain warm-started from it predicts by its own config in training, and serves one view without the setting
+    again = _fit(
+        make_config("tiny", "supervised", epochs=1, steps_per_epoch=1),
+        data,
+        class_names,
+        init_checkpoint=scored.checkpoint,
+    )
+    assert again.checkpoint["model_config"]["tta"] is False
