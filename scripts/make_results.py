@@ -114,6 +114,8 @@ def setup_of(run: dict, against: dict | None = None) -> str:
         if key in _PER_RUN_FIELDS or key not in defaults or not _matters(key, resolved):
             continue
         used = config.get(key, defaults[key])  # fields added later were at their default then
+        if key == "tta_scoring" and config.get("tta"):
+            continue  # a run that predicted over the eight symmetries throughout scored its model so too
         if used != value:
             changed.append(f"{key}={used}")
     return ", ".join(changed)
@@ -469,9 +471,37 @@ PAIRED_HEADER = [
 ]
 
 
-# The profile that the levers of docs/results/levers-epyc-mixup/ changed one setting of (mixup at half width),
-# as setup_of names it against today's profile
-EPYC_MIXUP_BASE = "pseudo_ood_calibration=labelled"
+# The profiles that the levers of docs/results/levers-epyc-mixup/ and levers-epyc-current/ changed one setting
+# of (mixup at half width; then with the filter calibrated on validation cells), as setup_of names them against
+# today's profile
+EPYC_MIXUP_BASE = "tta_scoring=False, pseudo_ood_calibration=labelled"
+EPYC_CURRENT_BASE = "tta_scoring=False"
+
+# Folders of lever runs whose lever was adopted: their runs were the cpu profile's own for a while. Each keeps
+# the runs that differ from today's profile only in settings adopted after them (setup_of's keys), so they stay
+# in the accuracy table as the profile of their time; their other levers stay in the lever tables only.
+ADOPTED = {
+    "ablations-val-amx-b": ("mixup", "pseudo_ood_calibration", "tta_scoring"),  # half width
+    "ablations-val-epyc-half": ("pseudo_ood_calibration", "tta_scoring"),  # mixup
+    "levers-epyc-mixup": ("tta_scoring",),  # the filter calibrated on validation cells
+    "levers-epyc-current": (),  # the trained model scored over the eight symmetries
+}
+
+
+def _setup_keys(setup: str) -> set[str]:
+    """The setting names of a set-up as ``group_setup`` writes it ("" for today's profile)."""
+    settings = setup.split("; ")[-1] if setup and setup != BEFORE_VALIDATION else ""
+    return {part.split("=", 1)[0] for part in settings.split(", ") if "=" in part}
+
+
+def adopted_groups(results: Path) -> dict:
+    """The runs of ``ADOPTED``'s folders that were the profile of their time, grouped as ``load_runs`` does."""
+    groups: dict = defaultdict(list)
+    for folder, later in ADOPTED.items():
+        for key, runs in load_runs(results / folder).items():
+            if BEFORE_VALIDATION not in key[3] and _setup_keys(key[3]) <= set(later):
+                groups[key].extend(runs)
+    return groups
 
 
 def lever_lines(
@@ -635,6 +665,9 @@ def render(
         epyc_mixup_lever_lines=lever_lines(
             results, "levers-epyc-mixup", "ablations-val-epyc-half", base_setup=EPYC_MIXUP_BASE
         ),
+        epyc_current_lever_lines=lever_lines(
+            results, "levers-epyc-current", "levers-epyc-mixup", base_setup=EPYC_CURRENT_BASE
+        ),
         thread_lines=thread_lines(results),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
@@ -671,21 +704,9 @@ def main() -> None:
     # runs under the validation rule (val_accuracy beside accuracy)
     for key, runs in load_runs(args.results / "val").items():
         groups.setdefault(key, []).extend(runs)
-    # a lever adopted as the profile: its runs are the current profile's own (their base runs,
-    # under the profile of the time, stay in the lever table only: their seeds repeat val/'s)
-    # (the half-width runs of ablations-val-amx-b were the profile before mixup joined it: they keep their
-    # rows, marked "mixup=0.0"; its variants that changed more are in the lever tables only)
-    # (the mixup runs of ablations-val-epyc-half likewise, marked "pseudo_ood_calibration=labelled", since the
-    # filter's calibration on validation cells joined the profile: levers-epyc-mixup holds its runs)
-    adopted = {
-        "ablations-val-amx-b": ("", "mixup=0.0"),
-        "ablations-val-epyc-half": ("", EPYC_MIXUP_BASE),
-        "levers-epyc-mixup": ("",),
-    }
-    for folder, setups in adopted.items():
-        for key, runs in load_runs(args.results / folder).items():
-            if key[3] in setups:
-                groups.setdefault(key, []).extend(runs)
+    # levers adopted as the profile: their runs were the current profile's own
+    for key, runs in adopted_groups(args.results).items():
+        groups.setdefault(key, []).extend(runs)
     plot_path = args.results / "accuracy_vs_labels.png"
     plot(groups, plot_path)
     throughput_path = args.results / "throughput.json"

@@ -289,3 +289,32 @@ def test_eight_class_runs_show_the_extra_classes_recall_and_the_mean_over_seeds(
         "- 20 labels/class, seeds 0, 1: test 94.0 ± 1.4 %, validation 92.0 ± 1.4 %; erythroblast recall 0.99; "
         "ig recall 0.65; platelet recall 1.00"
     )
+
+
+def test_an_adopted_levers_folder_keeps_the_runs_that_differ_only_by_later_adoptions(results_script, tmp_path):
+    profile = make_config("cpu", "lp+mean-teacher")
+    later = results_script.ADOPTED["ablations-val-epyc-half"]  # the mixup lever's folder
+    assert "mixup" not in later and "tta_scoring" in later
+    _write(
+        tmp_path / "ablations-val-epyc-half",
+        [
+            # the adopted lever's run, before the settings adopted after it
+            _run("lp+mean-teacher", 20, 0, 0.97, 700, FAST, pseudo_ood_calibration="labelled", tta_scoring=False),
+            # a lever of the profile before it, never adopted: not the profile of any time
+            _run("lp+mean-teacher", 20, 0, 0.96, 600, FAST, mixup=profile.mixup / 2),
+        ],
+    )
+    groups = results_script.adopted_groups(tmp_path)
+    assert [[run["wall_seconds"] for run in runs] for runs in groups.values()] == [[700]]
+    assert results_script._setup_keys(next(iter(groups))[3]) <= set(later)
+
+
+def test_a_run_that_predicted_over_eight_views_throughout_is_not_named_for_tta_scoring(results_script):
+    profile = make_config("cpu", "lp+mean-teacher")
+    flipped = not profile.tta_scoring
+    assert results_script.setup_of(_run("lp+mean-teacher", 20, 0, 0.9, 1, FAST, tta_scoring=flipped)) == (
+        f"tta_scoring={flipped}"
+    )
+    assert results_script.setup_of(_run("lp+mean-teacher", 20, 0, 0.9, 1, FAST, tta=True, tta_scoring=flipped)) == (
+        "tta=True"
+    )
