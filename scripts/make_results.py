@@ -541,10 +541,10 @@ def _mean_of(runs: dict, keys: list, field: str) -> str:
     return f"{100 * statistics.mean(runs[k][field] for k in keys):.1f}"
 
 
-def thread_lines(results: Path) -> list[str]:
-    """The same command and seed with another ``--threads`` (``results/val-threads``) against ``results/val``."""
-    runs = _runs_by_seed(results / "val-threads")
-    base = _runs_by_seed(results / "val")
+def thread_lines(results: Path, changed: str = "val-threads", profile: str = "val") -> list[str]:
+    """The same command and seed with another ``--threads`` (``results/changed``) against ``results/profile``."""
+    runs = _runs_by_seed(results / changed)
+    base = _runs_by_seed(results / profile)
 
     def change(run: dict) -> str:
         paired = base[(run["method"], run["labels_per_class"], run["seed"])]
@@ -669,6 +669,7 @@ def render(
             results, "levers-epyc-current", "levers-epyc-mixup", base_setup=EPYC_CURRENT_BASE
         ),
         thread_lines=thread_lines(results),
+        current_thread_lines=thread_lines(results, "levers-epyc-current/threads", "levers-epyc-current"),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
         profile_tta=make_config("cpu", "lp+mean-teacher").tta,
