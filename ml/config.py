@@ -234,7 +234,7 @@ _PROFILE_DEFAULTS: dict[str, dict] = {
     # seeds 0-2 on the same EPYC): 4,070-4,194 kept, 99.6-99.8 % right; validation 96.0 -> 96.1 % (+0.4,
     # +0.0, +0.0 points), test 97.2 -> 97.2 %. The trained model scored over the eight symmetries since (eighth
     # session, the same training seed for seed): validation 96.1 -> 96.8 % (+0.4, +0.4, +1.2 points), test
-    # 97.2 -> 97.4 %, for about 2.6 more minutes a run on the CPU and eight forward passes a scored cell.
+    # 97.2 -> 97.4 %, for 2.6-2.8 more minutes a run on the CPU and eight forward passes a scored cell.
     "cpu": dict(
         width=0.5,
         mixup=0.4,
