@@ -72,9 +72,10 @@ def test_a_stored_config_reads_back_with_defaults_for_missing_fields():
 
 
 @pytest.fixture
-def fresh_bf16_choice():
+def fresh_bf16_choice(monkeypatch):
     import ml.device
 
+    monkeypatch.delenv("LEUKOLAB_CPU_BF16", raising=False)  # the measured choice, whatever the shell forces
     ml.device.cpu_bf16_pays.cache_clear()
     yield ml.device
     ml.device.cpu_bf16_pays.cache_clear()
