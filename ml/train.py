@@ -610,7 +610,7 @@ def train(
     for stage in run.stages:
         run.run_stage(stage)
     if config.tta_scoring:  # from here on, the trained model predicts as it will be served
-        for net_config in {id(c): c for c in (model_config, run.student.config, run.teacher.config)}.values():
+        for net_config in (model_config, run.student.config, run.teacher.config):  # the teacher's is a copy
             net_config.tta = True
     metrics = run.final_metrics(class_names)
     run.student.eval()
