@@ -25,7 +25,7 @@ from ml.checkpoint import make_checkpoint, model_config_of, shared_class_rows
 from ml.config import TrainConfig
 from ml.data import autocast
 from ml.device import pick_device
-from ml.infer import predict
+from ml.infer import Predictions, predict
 from ml.metrics import classification_metrics
 from ml.model import ModelConfig, build_model
 from ml.morphology import describe
@@ -554,19 +554,22 @@ class _Run:
         self.pool_y = torch.cat([self.yl_all, torch.from_numpy(self.pseudo.label).to(self.device)[accepted]])
         self.student.train()
 
-    def final_metrics(self, class_names: list[str]) -> dict | None:
-        """Validation metrics of the eval model (with the last funnel), if there is validation data."""
-        metrics = None
+    def final_metrics(self, class_names: list[str]) -> tuple[dict | None, Predictions | None]:
+        """Validation metrics of the eval model (with the last funnel), if there is validation data, and its
+        predictions of the validation cells (with the mid-level features the OOD method needs), which the OOD
+        score's calibration takes as they are: over eight views, one pass is the longest part of either."""
+        metrics, predictions = None, None
         if self.validation is not None:
             loss = self.history[-1]["loss"] if self.history else 0.0
             self.report(force=True, epoch=self.epoch_offset, step=0, steps=0, loss=loss, phase="evaluate")
             val_x, val_y = self.validation
-            preds = predict(self.algorithm.eval_model, val_x).labels
-            metrics = classification_metrics(val_y.cpu().numpy(), preds, class_names)
+            layers = self.config.fit_ood and ood_needs_layers(self.config, self.config.ood_method)
+            predictions = predict(self.algorithm.eval_model, val_x, layers=layers)
+            metrics = classification_metrics(val_y.cpu().numpy(), predictions.labels, class_names)
         if metrics is not None or self.funnel is not None:
             metrics = dict(metrics or {})
             metrics["funnel"] = self.funnel
-        return metrics
+        return metrics, predictions
 
 
 def train(
@@ -612,12 +615,12 @@ def train(
     if config.tta_scoring:  # from here on, the trained model predicts as it will be served
         for net_config in (model_config, run.student.config, run.teacher.config):  # the teacher's is a copy
             net_config.tta = True
-    metrics = run.final_metrics(class_names)
+    metrics, val_predictions = run.final_metrics(class_names)
     run.student.eval()
     ood = None
     if config.fit_ood:
         ref_x, ref_y = ood_reference(run.pool_x, run.pool_y, len(labelled_y), config.seed, config.ood_reference_cells)
-        ood = fit_ood_for(run.algorithm.eval_model, config, ref_x, ref_y, validation, len(class_names))
+        ood = fit_ood_for(run.algorithm.eval_model, config, ref_x, ref_y, validation, len(class_names), val_predictions)
     if ood is not None:
         metrics = dict(metrics or {})
         metrics["ood"] = ood.summary()
@@ -725,18 +728,20 @@ def fit_ood_for(
     train_y: torch.Tensor,
     validation: tuple[torch.Tensor, torch.Tensor] | None,
     n_classes: int,
+    val_predictions: Predictions | None = None,
 ) -> OODScorer | None:
     """The OOD score of a trained model: reference from its training cells (labels and accepted
     pseudo-labels), method and threshold from the validation cells (else the training cells);
     with ``config.ood_morphology``, the cells' morphology descriptors too (``ml.morphology``); with
-    ``config.ood_layers`` (or the method named needs them), the model's mid-level features too."""
+    ``config.ood_layers`` (or the method named needs them), the model's mid-level features too.
+    ``val_predictions``: the model's predictions of the validation cells where the caller has them."""
     if len(train_x) < 2:
         return None
     layers = ood_needs_layers(config, config.ood_method)
     train = predict(model, train_x, layers=layers)
     train_d = val_d = describe(train_x) if config.ood_morphology else None
     if validation is not None:
-        val = predict(model, validation[0], layers=layers)
+        val = val_predictions if val_predictions is not None else predict(model, validation[0], layers=layers)
         val_y, calibrated_on = validation[1].cpu().numpy(), "validation"
         val_d = describe(validation[0]) if config.ood_morphology else None
     else:
