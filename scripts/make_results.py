@@ -18,6 +18,7 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -543,15 +544,42 @@ def _mean_of(runs: dict, keys: list, field: str) -> str:
 
 def thread_lines(results: Path, changed: str = "val-threads", profile: str = "val") -> list[str]:
     """The same command and seed with another ``--threads`` (``results/changed``) against ``results/profile``."""
+    return rerun_lines(
+        results, changed, profile, lambda run, paired: f"{run['threads']} thread(s), not {paired['threads']}"
+    )
+
+
+def _machine(run: dict) -> str:
+    return f"{_cpu_of(run)}, {run.get('train_precision', '?')}"
+
+
+def machine_lines(results: Path, changed: str, profile: str) -> list[str]:
+    """The same command and seed on another CPU (``results/changed``) against ``results/profile``, then the
+    mean over the paired seeds of each."""
+    return rerun_lines(results, changed, profile, lambda run, paired: f"{_machine(run)}, not {_machine(paired)}")
+
+
+def rerun_lines(results: Path, changed: str, profile: str, change: Callable[[dict, dict], str]) -> list[str]:
+    """Runs of ``results/changed``, each against the same command and seed in ``results/profile``;
+    ``change(run, paired)`` names what differs. With more than one seed, a line of the means."""
     runs = _runs_by_seed(results / changed)
     base = _runs_by_seed(results / profile)
-
-    def change(run: dict) -> str:
-        paired = base[(run["method"], run["labels_per_class"], run["seed"])]
-        return f"{run['threads']} thread(s), not {paired['threads']}"
-
-    rows = _paired_rows(runs, base, change)
-    return PAIRED_HEADER + rows if rows else []
+    rows = _paired_rows(
+        runs, base, lambda run: change(run, base[(run["method"], run["labels_per_class"], run["seed"])])
+    )
+    if not rows:
+        return []
+    means = []
+    for method, n in sorted({k[:2] for k in set(runs) & set(base)}, key=lambda m: (m[0], _key_labels(m[1]))):
+        paired = sorted(k for k in set(runs) & set(base) if k[:2] == (method, n))
+        if len(paired) > 1 and all(runs[k].get("val_accuracy") is not None for k in paired):
+            means.append(
+                f"- {method} @ {n}, seeds {', '.join(str(k[2]) for k in paired)}: validation "
+                f"{_mean_of(base, paired, 'val_accuracy')} against {_mean_of(runs, paired, 'val_accuracy')} %, "
+                f"test {_mean_sd([100 * base[k]['accuracy'] for k in paired])} against "
+                f"{_mean_sd([100 * runs[k]['accuracy'] for k in paired])} %"
+            )
+    return PAIRED_HEADER + rows + ([""] + means if means else [])
 
 
 def classes8_lines(results: Path) -> list[str]:
@@ -670,6 +698,7 @@ def render(
         ),
         thread_lines=thread_lines(results),
         current_thread_lines=thread_lines(results, "levers-epyc-current/threads", "levers-epyc-current"),
+        machine_lines=machine_lines(results, "val-epyc-f32", "levers-epyc-current"),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
         profile_tta=make_config("cpu", "lp+mean-teacher").tta,

@@ -184,6 +184,29 @@ def test_levers_and_thread_counts_are_paired_with_the_profile_by_seed(results_sc
     assert "| balance_unlabelled=True | 93.0 | 95.0 |" in page and "- no lever run yet" not in page
 
 
+def test_the_same_seeds_on_another_cpu_pair_by_seed_with_their_means(results_script, tmp_path):
+    bf16 = [
+        dict(_run("lp+mean-teacher", 20, s, acc, 900, FAST), train_precision="bf16")
+        for s, acc in ((0, 0.98), (1, 0.96))
+    ]
+    slow = "cpu: AMD EPYC (no native bf16), 2 threads"
+    f32 = [
+        dict(_run("lp+mean-teacher", 20, s, acc, 1900, slow), train_precision="float32")
+        for s, acc in ((0, 0.97), (1, 0.93))
+    ]
+    _write(tmp_path / "levers-epyc-current", bf16)
+    _write(tmp_path / "val-epyc-f32", f32 + [dict(f32[0], seed=7)])  # seed 7 has no run to pair with
+    lines = results_script.machine_lines(tmp_path, "val-epyc-f32", "levers-epyc-current")
+    change = "cpu: AMD EPYC (no native bf16), float32, not cpu: AMD EPYC (AVX-512 BF16), bf16"
+    assert lines[2:] == [
+        f"| lp+mean-teacher | 20 | 0 | {change} | 96.0 | 95.0 | 98.0 | 97.0 |",
+        f"| lp+mean-teacher | 20 | 1 | {change} | 94.0 | 91.0 | 96.0 | 93.0 |",
+        "",
+        "- lp+mean-teacher @ 20, seeds 0, 1: validation 95.0 against 93.0 %, test 97.0 ± 1.4 against 95.0 ± 2.8 %",
+    ]
+    assert f"| {change} | 96.0 | 95.0 |" in results_script.render({}, "plot.png", tmp_path)
+
+
 def test_several_levers_of_one_seed_each_pair_with_the_profile_and_get_a_mean_line(results_script, tmp_path):
     _write(
         tmp_path / "val", [_run("lp+mean-teacher", 20, seed, acc, 300, FAST) for seed, acc in ((0, 0.95), (1, 0.91))]
