@@ -61,7 +61,7 @@ def heads(checkpoint: dict, x: torch.Tensor) -> dict[str, np.ndarray]:
         t, s = predict(teacher, x, tta=tta), predict(student, x, tta=tta)
         out[f"teacher/{views}"], out[f"student/{views}"] = t.probs, s.probs
         out[f"teacher+student/{views}"] = (t.probs + s.probs) / 2
-    teacher8 = predict(teacher, x, tta=True)
+    teacher8 = t  # the served head: the teacher over eight views
     for name, scores in feature_scores(teacher8.features, checkpoint["ood"]).items():
         out[f"{name}/8"] = scores
         if name == "class-means":
