@@ -557,7 +557,7 @@ class _Run:
     def final_metrics(self, class_names: list[str]) -> tuple[dict | None, Predictions | None]:
         """Validation metrics of the eval model (with the last funnel), if there is validation data, and its
         predictions of the validation cells (with the mid-level features the OOD method needs), which the OOD
-        score's calibration takes as they are: over eight views, one pass is the longest part of either."""
+        score's calibration takes as they are instead of predicting the same cells again."""
         metrics, predictions = None, None
         if self.validation is not None:
             loss = self.history[-1]["loss"] if self.history else 0.0

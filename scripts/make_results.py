@@ -523,9 +523,8 @@ def lever_lines(
     means: list[str] = []
     for label, runs in changes.items():
         rows += _paired_rows(runs, base, lambda run, label=label: label)
-        for method, n in sorted({k[:2] for k in runs}, key=lambda m: (m[0], _key_labels(m[1]))):
-            paired = sorted(k for k in set(runs) & set(base) if k[:2] == (method, n))
-            if not paired or any(runs[k].get("val_accuracy") is None for k in paired):
+        for paired in _paired_seeds(runs, base):
+            if any(runs[k].get("val_accuracy") is None for k in paired):
                 continue
             deltas = [100 * (runs[k]["val_accuracy"] - base[k]["val_accuracy"]) for k in paired]
             means.append(
@@ -536,6 +535,13 @@ def lever_lines(
                 f"against {_mean_of(runs, paired, 'accuracy')} %"
             )
     return PAIRED_HEADER + rows + [""] + means if rows else []
+
+
+def _paired_seeds(runs: dict, base: dict) -> list[list[tuple]]:
+    """The (method, labels, seed) keys that ``runs`` and ``base`` share, one seed-sorted list per (method, labels)."""
+    shared = set(runs) & set(base)
+    settings = sorted({k[:2] for k in shared}, key=lambda m: (m[0], _key_labels(m[1])))
+    return [sorted(k for k in shared if k[:2] == setting) for setting in settings]
 
 
 def _mean_of(runs: dict, keys: list, field: str) -> str:
@@ -570,11 +576,10 @@ def rerun_lines(results: Path, changed: str, profile: str, change: Callable[[dic
     if not rows:
         return []
     means = []
-    for method, n in sorted({k[:2] for k in set(runs) & set(base)}, key=lambda m: (m[0], _key_labels(m[1]))):
-        paired = sorted(k for k in set(runs) & set(base) if k[:2] == (method, n))
+    for paired in _paired_seeds(runs, base):
         if len(paired) > 1 and all(runs[k].get("val_accuracy") is not None for k in paired):
             means.append(
-                f"- {method} @ {n}, seeds {', '.join(str(k[2]) for k in paired)}: validation "
+                f"- {paired[0][0]} @ {paired[0][1]}, seeds {', '.join(str(k[2]) for k in paired)}: validation "
                 f"{_mean_of(base, paired, 'val_accuracy')} against {_mean_of(runs, paired, 'val_accuracy')} %, "
                 f"test {_mean_sd([100 * base[k]['accuracy'] for k in paired])} against "
                 f"{_mean_sd([100 * runs[k]['accuracy'] for k in paired])} %"
