@@ -4,12 +4,16 @@ A higher score means farther from the known classes. The methods, all computed f
 model's logits and penultimate features (``ml.infer.Predictions``):
 
 - ``energy``: minus the log-sum-exp of the logits (Liu et al. 2020).
+- ``msp``: minus the log of the top softmax probability (a monotone map of one minus the maximum softmax
+  probability, Hendrycks & Gimpel 2017): how unsure the network is between its known classes, whatever the
+  logits' scale.
 - ``cosine``: one minus the best cosine similarity to a class prototype (the mean unit feature
   of the class's training cells).
 - ``mahalanobis``: the smallest Mahalanobis distance to a class mean, with one shared covariance
   estimated with Ledoit-Wolf shrinkage (few labels, many feature dimensions).
 - ``knn``: the cosine distance to the k-th nearest training cell.
 - ``mix``: energy plus mahalanobis, each standardised on the known validation cells.
+- ``mix-msp``: msp plus mahalanobis, the same way.
 - ``knn-layers``: ``knn`` plus the same distance at each of the model's mid-level taps
   (``ood_taps``: each channel's spatial mean and sd, standardised per dimension on the training
   cells), each standardised on the known validation cells and summed.
@@ -69,8 +73,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-OOD_METHODS: tuple[str, ...] = ("energy", "cosine", "mahalanobis", "knn", "mix")  # penultimate layer only
-MIX_PARTS: tuple[str, ...] = ("energy", "mahalanobis")  # what ``mix`` adds, each standardised
+OOD_METHODS: tuple[str, ...] = ("energy", "msp", "cosine", "mahalanobis", "knn", "mix", "mix-msp")  # penultimate only
+MIX_PARTS: dict[str, tuple[str, ...]] = {  # what each mix adds, each part standardised
+    "mix": ("energy", "mahalanobis"),
+    "mix-msp": ("msp", "mahalanobis"),
+}
 LAYERS_METHOD = "knn-layers"  # knn at the model's ``ood_taps`` as well: needs ``Predictions.layers``
 NETWORK_METHODS: tuple[str, ...] = (*OOD_METHODS, LAYERS_METHOD)
 MORPH_METHODS: tuple[str, ...] = ("morph", "morph-sum", "morph-max", "morph-excess")
@@ -260,6 +267,17 @@ def _energy(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return -(top[:, 0] + np.log(np.exp(z - top).sum(axis=1)))
 
 
+def _msp(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """-log of the top softmax probability over ``classes``: log1p of the other classes' share relative
+    to the top one, which keeps its resolution where the probability is within 1e-16 of one (a network
+    sure of most cells would tie them all at zero otherwise)."""
+    z = np.asarray(logits, np.float64)[:, classes]
+    top = z.argmax(axis=1)
+    others = np.exp(z - z[np.arange(len(z)), top][:, None])
+    others[np.arange(len(z)), top] = 0.0
+    return np.log1p(others.sum(axis=1))
+
+
 def _cosine(features: np.ndarray, ref: _Reference, classes: np.ndarray) -> np.ndarray:
     return 1.0 - (_unit(features) @ ref.prototypes[classes].T).max(axis=1)
 
@@ -290,6 +308,8 @@ def _raw(
         return ref.layers[name].distance(layers[name], classes)
     if method == "energy":
         return _energy(logits, classes)
+    if method == "msp":
+        return _msp(logits, classes)
     if method == "cosine":
         return _cosine(features, ref, classes)
     if method == "mahalanobis":
@@ -461,8 +481,8 @@ class OODScorer:
 def _parts_of(method: str, ref: _Reference) -> tuple[str, ...] | None:
     """What a method that adds standardised parts adds (None: a single score). ``knn-layers``: the
     kNN distance at the penultimate layer and at each mid-level tap the reference holds."""
-    if method == "mix":
-        return MIX_PARTS
+    if method in MIX_PARTS:
+        return MIX_PARTS[method]
     if method == LAYERS_METHOD:
         return ("knn", *(f"layer:{name}" for name in ref.layers))
     return None

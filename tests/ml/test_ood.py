@@ -12,7 +12,7 @@ from ml.checkpoint import load_model
 from ml.config import make_config
 from ml.infer import predict
 from ml.model import ModelConfig, build_model
-from ml.ood import LayersRequired, OODScorer, auroc, fit_ood
+from ml.ood import LayersRequired, OODScorer, _energy, _msp, auroc, fit_ood
 from ml.pseudo import REJECTED, filter_pseudo_labels
 from ml.train import _load_init, train
 
@@ -87,13 +87,38 @@ def test_method_is_chosen_on_known_classes_and_threshold_keeps_the_target_share(
     # logits that carry no class information: energy cannot win the leave-one-class-out choice
     logits = rng.normal(size=(200, 4))
     scorer = fit_ood(f_train, y_train, logits, f_val, y_val, 4, target_tpr=0.9)
-    assert set(scorer.selection) == {"energy", "cosine", "mahalanobis", "knn", "mix"}
+    assert set(scorer.selection) == {"energy", "msp", "cosine", "mahalanobis", "knn", "mix", "mix-msp"}
     assert scorer.method != "energy"
     assert scorer.selection[scorer.method] == max(scorer.selection.values())
     kept = (scorer.score(logits, f_val) <= scorer.threshold).mean()
     assert abs(kept - 0.9) < 0.02
     restored = OODScorer.from_state(scorer.state())
     assert np.allclose(restored.score(logits, f_val), scorer.score(logits, f_val), atol=1e-3)
+
+
+def test_msp_scores_how_unsure_the_network_is_between_the_classes_it_is_asked_about() -> None:
+    sure, torn, flat, surest = [12.0, 0.0, 0.0], [6.0, 6.0, 0.0], [1.0, 1.0, 1.0], [60.0, 0.0, 0.0]
+    logits = np.asarray([sure, torn, flat, surest])
+    every = np.arange(3)
+    msp = _msp(logits, every)
+    assert msp[0] < msp[1] < msp[2]
+    assert np.isclose(msp[2], np.log(3)) and np.isclose(msp[1], np.log(2 + np.exp(-6.0)))
+    assert 0 < msp[3] < msp[0]  # a surer cell still scores lower where the probability rounds to one
+    assert np.allclose(_msp(logits + 100.0, every), msp)  # a constant on every logit changes nothing
+    assert not np.allclose(_energy(logits + 100.0, every), _energy(logits, every))  # unlike energy
+    # leaving class 0 out (the leave-one-class-out choice): the cell sure of class 0 is torn between the rest
+    assert np.isclose(_msp(logits, np.asarray([1, 2]))[0], np.log(2))
+    # the named method scores through the scorer, and its mix adds msp to mahalanobis
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 20)
+    features = rng.normal(size=(60, 4)) + 5 * np.eye(3, 4)[y]
+    val_logits = np.eye(3)[y] * 8 + rng.normal(size=(60, 3))
+    scorer = fit_ood(features, y, val_logits, features, y, 3, method="msp")
+    assert np.allclose(scorer.score(logits, np.zeros((4, 4))), msp)
+    mixed = fit_ood(features, y, val_logits, features, y, 3, method="mix-msp")
+    assert set(mixed.mix_stats) == {"msp", "mahalanobis"}
+    restored = OODScorer.from_state(mixed.state())
+    assert np.allclose(restored.score(val_logits, features), mixed.score(val_logits, features))
 
 
 def test_retraining_after_a_class_change_builds_a_new_head_and_warm_starts_the_rest() -> None:
