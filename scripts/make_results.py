@@ -704,6 +704,8 @@ def render(
         thread_lines=thread_lines(results),
         current_thread_lines=thread_lines(results, "levers-epyc-current/threads", "levers-epyc-current"),
         machine_lines=machine_lines(results, "val-epyc-f32", "levers-epyc-current"),
+        xeon_machine_lines=machine_lines(results, "val-xeon", "levers-epyc-current"),
+        xeon_current_lever_lines=lever_lines(results, "levers-xeon-current", "levers-epyc-current"),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
         profile_tta=make_config("cpu", "lp+mean-teacher").tta,
