@@ -59,6 +59,10 @@ most 0.026 on erythroblasts, and ``mix`` was the best base on both (mean AUROC o
 kinds 0.939 / 0.932, against 0.906 / 0.898 for ``morph-sum`` over the base chosen by leaving a
 known class out).
 
+``msp`` and ``mix-msp`` as the base of ``morph-excess``, on the same kind of cells and two later models
+(docs/results/ood/README.md, tenth session), stayed below ``mix`` on both (mean 0.928 / 0.944 and
+0.947 / 0.953 against 0.951 / 0.962), so the rule did not change.
+
 ``knn-layers`` is opt-in (``TrainConfig.ood_layers``: one more candidate where the network method
 is chosen by leaving a known class out, or named): as the base of ``morph-excess`` on the same
 cells it scored 0.934 / 0.907, below ``mix`` on both models.
