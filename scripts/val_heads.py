@@ -57,11 +57,13 @@ def heads(checkpoint: dict, x: torch.Tensor) -> dict[str, np.ndarray]:
     """Every head's N×C scores on the uint8 images ``x``."""
     out: dict[str, np.ndarray] = {}
     teacher, student = load_model(checkpoint, which="teacher"), load_model(checkpoint, which="student")
+    teachers = {}
     for views, tta in (("1", False), ("8", True)):
         t, s = predict(teacher, x, tta=tta), predict(student, x, tta=tta)
         out[f"teacher/{views}"], out[f"student/{views}"] = t.probs, s.probs
         out[f"teacher+student/{views}"] = (t.probs + s.probs) / 2
-    teacher8 = t  # the served head: the teacher over eight views
+        teachers[views] = t
+    teacher8 = teachers["8"]  # the served head: the teacher over eight views
     for name, scores in feature_scores(teacher8.features, checkpoint["ood"]).items():
         out[f"{name}/8"] = scores
         if name == "class-means":
