@@ -419,15 +419,23 @@ def ablation_lines(results: Path) -> list[str]:
     return lines
 
 
-def _runs_by_seed(folder: Path, setup: str | None = None) -> dict:
-    """A folder's runs keyed by (method, labels per class, seed); with ``setup``, only those whose
-    ``setup_of`` is that (a folder that also holds levers of another profile)."""
+def _runs_by_seed(folder: Path, settings: dict | None = None) -> dict:
+    """A folder's runs keyed by (method, labels per class, seed); with ``settings``, only those whose
+    config has these values (a folder that also holds levers of another profile)."""
     runs = {}
     for path in sorted(folder.glob("*.json")):
         run = json.loads(path.read_text())
-        if "accuracy" in run and "method" in run and (setup is None or setup_of(run) == setup):
+        if "accuracy" in run and "method" in run and _has_settings(run, settings or {}):
             runs[(run["method"], run["labels_per_class"], run["seed"])] = run
     return runs
+
+
+def _has_settings(run: dict, settings: dict) -> bool:
+    """Whether ``run``'s config has these values (a field added after the run at its default, as ``setup_of``
+    reads it)."""
+    defaults = asdict(TrainConfig())
+    config = run.get("config", {})
+    return all(config.get(key, defaults[key]) == value for key, value in settings.items())
 
 
 def speed_lines(results: Path) -> list[str]:
@@ -473,10 +481,11 @@ PAIRED_HEADER = [
 
 
 # The profiles that the levers of docs/results/levers-epyc-mixup/ and levers-epyc-current/ changed one setting
-# of (mixup at half width; then with the filter calibrated on validation cells), as setup_of names them against
-# today's profile
-EPYC_MIXUP_BASE = "tta_scoring=False, pseudo_ood_calibration=labelled"
-EPYC_CURRENT_BASE = "tta_scoring=False"
+# of (mixup at half width; then with the filter calibrated on validation cells), by the values that tell their
+# runs from the other runs of their folder. Values, not set-ups named against today's profile: adopting a
+# later lever leaves them as they are.
+EPYC_MIXUP_BASE = {"mixup": 0.4, "pseudo_ood_calibration": "labelled"}
+EPYC_CURRENT_BASE = {"pseudo_ood_calibration": "validation", "tta_scoring": False}
 
 # Folders of lever runs whose lever was adopted: their runs were the cpu profile's own for a while. Each keeps
 # the runs that differ from today's profile only in settings adopted after them (setup_of's keys), so they stay
@@ -506,13 +515,13 @@ def adopted_groups(results: Path) -> dict:
 
 
 def lever_lines(
-    results: Path, changed: str = "ablations-val", profile: str = "val", base_setup: str | None = None
+    results: Path, changed: str = "ablations-val", profile: str = "val", base_settings: dict | None = None
 ) -> list[str]:
     """Runs of the profile with one setting changed (``results/changed``), each against the same
-    seed of the profile (``results/profile``; with ``base_setup``, only its runs of that set-up, as
-    ``setup_of`` names it) and named by how their configs differ, then one line per change: the mean
-    over its paired seeds. The choice is made on the val columns."""
-    base = _runs_by_seed(results / profile, base_setup)
+    seed of the profile (``results/profile``; with ``base_settings``, only its runs whose config has those
+    values) and named by how their configs differ, then one line per change: the mean over its paired
+    seeds. The choice is made on the val columns."""
+    base = _runs_by_seed(results / profile, base_settings)
     changes: dict = defaultdict(dict)
     for path in sorted((results / changed).glob("*.json")):
         run = json.loads(path.read_text())
@@ -696,10 +705,10 @@ def render(
         amx_b_lever_lines=lever_lines(results, "ablations-val-amx-b", "val-amx-b"),
         epyc_half_lever_lines=lever_lines(results, "ablations-val-epyc-half", "val-epyc-half"),
         epyc_mixup_lever_lines=lever_lines(
-            results, "levers-epyc-mixup", "ablations-val-epyc-half", base_setup=EPYC_MIXUP_BASE
+            results, "levers-epyc-mixup", "ablations-val-epyc-half", base_settings=EPYC_MIXUP_BASE
         ),
         epyc_current_lever_lines=lever_lines(
-            results, "levers-epyc-current", "levers-epyc-mixup", base_setup=EPYC_CURRENT_BASE
+            results, "levers-epyc-current", "levers-epyc-mixup", base_settings=EPYC_CURRENT_BASE
         ),
         thread_lines=thread_lines(results),
         current_thread_lines=thread_lines(results, "levers-epyc-current/threads", "levers-epyc-current"),

@@ -261,20 +261,28 @@ def test_a_lever_is_named_by_its_difference_from_its_paired_run_not_from_todays_
 
 
 def test_levers_pair_only_with_the_base_runs_of_their_set_up_in_a_mixed_folder(results_script, tmp_path):
-    # a folder of levers of an earlier profile also holds the runs of the lever adopted from it
+    # a folder of levers of an earlier profile also holds the runs of the lever adopted from it; the profile has
+    # moved on since (cpu_bf16 flipped), so neither set-up reads today as the adopted lever alone
+    flipped = not make_config("cpu", "lp+mean-teacher").cpu_bf16
     _write(
         tmp_path / "ablations",
         [
-            _run("lp+mean-teacher", 20, 1, 0.90, 300, FAST, mixup=0.0),  # the profile before the adopted lever
-            _run("lp+mean-teacher", 20, 1, 0.94, 290, FAST, mixup=0.2),  # the adopted lever (its file sorts first)
+            _run("lp+mean-teacher", 20, 1, 0.90, 300, FAST, mixup=0.0, cpu_bf16=flipped),  # before the lever
+            _run("lp+mean-teacher", 20, 1, 0.94, 290, FAST, mixup=0.2, cpu_bf16=flipped),  # the lever, adopted
         ],
     )
-    lever = _run("lp+mean-teacher", 20, 1, 0.95, 300, FAST, mixup=0.2, pseudo_prior_shift=True)
+    lever = _run("lp+mean-teacher", 20, 1, 0.95, 300, FAST, mixup=0.2, cpu_bf16=flipped, pseudo_prior_shift=True)
     _write(tmp_path / "levers", [lever])
     assert make_config("cpu", "lp+mean-teacher").mixup not in (0.0, 0.2)  # both set-ups name their mixup
-    assert results_script.lever_lines(tmp_path, "levers", "ablations", base_setup="mixup=0.2")[2] == (
+    assert results_script.lever_lines(tmp_path, "levers", "ablations", base_settings={"mixup": 0.2})[2] == (
         "| lp+mean-teacher | 20 | 1 | pseudo_prior_shift=True | 92.0 | 93.0 | 94.0 | 95.0 |"
     )
+    # a setting a run predates counts at its default, as setup_of reads it
+    older = _run("lp+mean-teacher", 20, 1, 0.94, 290, FAST, mixup=0.2, cpu_bf16=flipped)
+    del older["config"]["tta_scoring"]  # written before the field existed, at TrainConfig's default: off
+    _write(tmp_path / "older", [older])
+    assert results_script.lever_lines(tmp_path, "levers", "older", base_settings={"tta_scoring": False})
+    assert not results_script.lever_lines(tmp_path, "levers", "older", base_settings={"tta_scoring": True})
     unfiltered = results_script.lever_lines(tmp_path, "levers", "ablations")[2]  # the last file of the seed
     assert unfiltered.startswith("| lp+mean-teacher | 20 | 1 | mixup=0.2, pseudo_prior_shift=True | 88.0 |")
 
