@@ -715,6 +715,7 @@ def render(
         machine_lines=machine_lines(results, "val-epyc-f32", "levers-epyc-current"),
         xeon_machine_lines=machine_lines(results, "val-xeon", "levers-epyc-current"),
         xeon_current_lever_lines=lever_lines(results, "levers-xeon-current", "levers-epyc-current"),
+        epyc_tta_scoring_lever_lines=lever_lines(results, "levers-epyc-tta-scoring", "levers-epyc-current"),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
         profile_tta=make_config("cpu", "lp+mean-teacher").tta,
@@ -732,6 +733,7 @@ def render(
         classes8_lever_lines=lever_lines(results, "classes8-levers-amx", "classes8-amx"),
         classes8_epyc_lines=lever_lines(results, "classes8-levers-epyc", "classes8-epyc"),
         classes8_mixup_lines=lever_lines(results, "classes8-epyc-mixup", "classes8-levers-epyc"),
+        classes8_tta_scoring_lines=lever_lines(results, "classes8-epyc-tta-scoring", "classes8-epyc-mixup"),
         throughput=throughput,
         active_lines=active or [],
     )
