@@ -100,6 +100,11 @@ def _matters(key: str, config: TrainConfig) -> bool:
     return not (key == "labelled_per_batch" and algorithms == {"supervised"})
 
 
+def _full_config(run: dict) -> dict:
+    """``run``'s config, with the fields added to ``TrainConfig`` since at their defaults (as they were then)."""
+    return {**asdict(TrainConfig()), **run.get("config", {})}
+
+
 def setup_of(run: dict, against: dict | None = None) -> str:
     """The settings where ``run``'s config differs from its profile's current config, or from the
     config of the run ``against`` ("" if none)."""
@@ -108,14 +113,14 @@ def setup_of(run: dict, against: dict | None = None) -> str:
     except ValueError:
         return "unknown profile or method"
     defaults = asdict(TrainConfig())
-    reference = asdict(resolved) if against is None else {**defaults, **against.get("config", {})}
-    config = run.get("config", {})
+    reference = asdict(resolved) if against is None else _full_config(against)
+    config = _full_config(run)
     changed = []
     for key, value in reference.items():
         if key in _PER_RUN_FIELDS or key not in defaults or not _matters(key, resolved):
             continue
-        used = config.get(key, defaults[key])  # fields added later were at their default then
-        if key == "tta_scoring" and config.get("tta"):
+        used = config[key]
+        if key == "tta_scoring" and config["tta"]:
             continue  # a run that predicted over the eight symmetries throughout scored its model so too
         if used != value:
             changed.append(f"{key}={used}")
@@ -431,11 +436,9 @@ def _runs_by_seed(folder: Path, settings: dict | None = None) -> dict:
 
 
 def _has_settings(run: dict, settings: dict) -> bool:
-    """Whether ``run``'s config has these values (a field added after the run at its default, as ``setup_of``
-    reads it)."""
-    defaults = asdict(TrainConfig())
-    config = run.get("config", {})
-    return all(config.get(key, defaults[key]) == value for key, value in settings.items())
+    """Whether ``run``'s config (``_full_config``) has these values."""
+    config = _full_config(run)
+    return all(config[key] == value for key, value in settings.items())
 
 
 def speed_lines(results: Path) -> list[str]:
