@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # smaller; ml.adapt.adapt_to_lab). Needs reference_adapt_batchnorm. Off: with the zoom-augmented reference
     # it moved zheng-dev accuracy by +3.8/+3.9 (CellaVision blog) and 0/-15.2 points (Tecom), seeds 0/1.
     reference_adapt_zoom: bool = False
+    # ... then its BatchNorm scales and shifts trained on those cells without labels, each cell's prediction made
+    # surer and their spread over the classes kept (ml.adapt.adapt_information). Needs reference_adapt_batchnorm.
+    # zheng-dev at N = 0, two reference seeds: +3.8/+3.8 points (CellaVision blog), +14.6/+9.3 (Tecom).
+    reference_adapt_im: bool = True
     # How often the labelling page asks again while the queue is empty (it backs off to 6x this).
     empty_queue_poll_s: float = 10.0
     login_max_failures: int = 5  # failed logins for one user name before its lock (clients that fail only)

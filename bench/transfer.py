@@ -4,7 +4,8 @@ DIR is one source of other labs' cells (an ImageFolder, e.g. one folder of zheng
 ``--splits`` random splits labels N cells per class (every cell of a class with N or fewer) and
 leaves the rest as the lab's unlabelled cells, which are also the test cells. N = 0 is the
 reference alone (with ``--adapt-bn``, its BatchNorm statistics re-estimated on the unlabelled
-cells first; with ``--adapt-zoom``, at the input zoom the network is surest of, ``ml.adapt``),
+cells first; with ``--adapt-zoom``, at the input zoom the network is surest of; with
+``--adapt-im``, its BatchNorm scales and shifts then trained on them without labels, ``ml.adapt``),
 one split, since it draws nothing at random. N > 0 fine-tunes from the reference, briefly, with
 the lab's unlabelled cells when the method uses them, after fitting its BatchNorm statistics and
 head to the lab (``ml.transfer.fit_to_lab``; ``--no-fit`` skips that).
@@ -71,6 +72,7 @@ def run_transfer(
     seed: int = 0,
     adapt_bn: bool = False,
     adapt_zoom: bool = False,
+    adapt_im: bool = False,
     method: str = "mean-teacher",
     profile: str = "cpu",
     epochs: int = 5,
@@ -82,7 +84,7 @@ def run_transfer(
 ) -> dict:
     import torch
 
-    from ml.adapt import adapt_batchnorm, adapt_to_lab
+    from ml.adapt import adapt_batchnorm, adapt_information, adapt_to_lab
     from ml.checkpoint import load_checkpoint, load_model
     from ml.data import load_image_folder, resize, split_labelled
     from ml.device import device_name, pick_device
@@ -105,7 +107,7 @@ def run_transfer(
         checkpoint, method=method, profile=profile, epochs=epochs, steps_per_epoch=steps_per_epoch, **(overrides or {})
     )
     runs = []
-    adapt_bn = adapt_bn or adapt_zoom
+    adapt_bn = adapt_bn or adapt_zoom or adapt_im
     n_splits = splits if labels_per_class > 0 else 1  # the reference alone (adapted or not) is deterministic
     zoom_choice: dict = {}  # N = 0 with --adapt-zoom: the zoom kept and the entropy of each tried
     for split in range(n_splits):
@@ -132,7 +134,9 @@ def run_transfer(
             if adapt_zoom:
                 model, entropies = adapt_to_lab(model, x[torch.from_numpy(rest)])
                 zoom_choice = {"input_zoom": model.input_zoom, "zoom_entropy": entropies}
-            elif adapt_bn:
+            if adapt_im:  # at the zoom chosen, when --adapt-zoom chose one
+                model = adapt_information(model, x[torch.from_numpy(rest)], seed=seed)
+            elif adapt_bn and not adapt_zoom:
                 model = adapt_batchnorm(model, x[torch.from_numpy(rest)])
         predicted = predict(model, x[torch.from_numpy(rest)]).labels
         metrics = split_metrics(y[rest], predicted, names)
@@ -151,6 +155,7 @@ def run_transfer(
         "labels_per_class": labels_per_class,
         "adapt_bn": bool(adapt_bn and labels_per_class == 0),
         "adapt_zoom": bool(adapt_zoom and labels_per_class == 0),
+        "adapt_im": bool(adapt_im and labels_per_class == 0),
         **zoom_choice,
         "method": method if labels_per_class > 0 else "reference",
         "fit_to_lab": bool(fit_first and labels_per_class > 0),
@@ -186,6 +191,14 @@ def transfer_command(
         bool,
         typer.Option(
             "--adapt-zoom/--no-adapt-zoom", help="N = 0: --adapt-bn at the input zoom the network is surest of"
+        ),
+    ] = False,
+    adapt_im: Annotated[
+        bool,
+        typer.Option(
+            "--adapt-im/--no-adapt-im",
+            help="N = 0: --adapt-bn, then the BatchNorm scales and shifts trained on the unlabelled cells "
+            "(information maximisation, no labels)",
         ),
     ] = False,
     method: Annotated[
@@ -237,6 +250,7 @@ def transfer_command(
         seed=seed,
         adapt_bn=adapt_bn,
         adapt_zoom=adapt_zoom,
+        adapt_im=adapt_im,
         method=method,
         profile=profile,
         epochs=epochs,

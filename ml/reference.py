@@ -39,13 +39,16 @@ def card_path(checkpoint_path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + CARD_SUFFIX)
 
 
-def evaluate(checkpoint: dict, images: ImageSet, adapt_batchnorm: bool = False, adapt_zoom: bool = False) -> dict:
+def evaluate(
+    checkpoint: dict, images: ImageSet, adapt_batchnorm: bool = False, adapt_zoom: bool = False, adapt_im: bool = False
+) -> dict:
     """Metrics of ``checkpoint``'s teacher on ``images`` (classes matched by name; cells of a class
     the model does not know are left out); with ``adapt_batchnorm``, BatchNorm statistics
     re-estimated on these same cells first, and with ``adapt_zoom`` also the input zoom chosen on
-    them (``ml.adapt``; transductive, no labels used)."""
+    them, and with ``adapt_im`` the BatchNorm statistics then scales and shifts trained on them
+    (``ml.adapt``; transductive, no labels used)."""
     from ml.adapt import adapt_batchnorm as adapt
-    from ml.adapt import adapt_to_lab
+    from ml.adapt import adapt_information, adapt_to_lab
     from ml.checkpoint import load_model
     from ml.data import resize
 
@@ -58,6 +61,8 @@ def evaluate(checkpoint: dict, images: ImageSet, adapt_batchnorm: bool = False, 
     zooms = None
     if adapt_zoom:
         model, zooms = adapt_to_lab(model, x)
+    elif adapt_im:
+        model = adapt_information(model, x)
     elif adapt_batchnorm:
         model = adapt(model, x)
     predicted = predict(model, x).labels
@@ -126,6 +131,7 @@ def build(
             "reference": evaluate(checkpoint, images),
             "adapted_batchnorm": evaluate(checkpoint, images, adapt_batchnorm=True),
             "adapted_lab": evaluate(checkpoint, images, adapt_zoom=True),
+            "adapted_im": evaluate(checkpoint, images, adapt_im=True),
         }
     licence, citation = KNOWN_LICENCES.get(Path(data).resolve().name, ("unknown: see the data set", ""))
     card = {
@@ -147,7 +153,8 @@ def build(
         "metrics": evaluations,
         "transfer": transfer_metrics,
         "transfer_note": "other labs' cells (measured, never trained on); 'adapted_batchnorm' re-estimates the "
-        "BatchNorm statistics on the same unlabelled cells first; 'adapted_lab' also chooses the input zoom on them",
+        "BatchNorm statistics on the same unlabelled cells first; 'adapted_lab' also chooses the input zoom on them; "
+        "'adapted_im' trains the BatchNorm scales and shifts on them after the statistics, without labels",
         "train_seconds": round(result.wall_seconds, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "torch": str(torch.__version__),

@@ -55,14 +55,18 @@ def unfitted(report: dict) -> bool:
 def adapted_suffix(report: dict) -> str:
     if report["labels_per_class"] > 0:
         return ", no fit to the lab" if unfitted(report) else ""
+    trained = " + trained without labels (IM)" if report.get("adapt_im") else ""
     if report.get("adapt_zoom"):
-        return f" + BN and zoom adapted (×{report['input_zoom']:g})"
-    return " + BN adapted" if report.get("adapt_bn") else ""
+        return f" + BN and zoom adapted (×{report['input_zoom']:g}){trained}"
+    return (" + BN adapted" + trained) if report.get("adapt_bn") else ""
 
 
 def order(report: dict) -> tuple[int, int]:
-    """Rows by labels per class; at N = 0 the reference alone, then adapted; at N > 0 unfitted first."""
-    adapted = int(bool(report.get("adapt_bn"))) + int(bool(report.get("adapt_zoom")))
+    """Rows by labels per class; at N = 0 the reference alone, then adapted (statistics, zoom, then trained without
+    labels); at N > 0 unfitted first."""
+    adapted = sum(
+        weight * int(bool(report.get(key))) for key, weight in (("adapt_bn", 1), ("adapt_zoom", 1), ("adapt_im", 2))
+    )
     return report["labels_per_class"], adapted - int(unfitted(report))
 
 
@@ -85,7 +89,7 @@ def ablation_table(folder: Path) -> list[str]:
         def both(source: str, tr=tr) -> str:
             if source not in tr:
                 return "–"
-            variants = ("reference", "adapted_batchnorm", "adapted_lab")
+            variants = ("reference", "adapted_batchnorm", "adapted_lab", "adapted_im")
             return " / ".join(pct(tr[source][v]["accuracy"]) for v in variants if v in tr[source])
 
         lines.append(
@@ -135,6 +139,35 @@ def finetune_table(folder: Path) -> list[str]:
         both = [reports[s]["accuracy"] for s in SOURCES if s in reports]
         mean = pct(sum(both) / len(both)) if len(both) == len(SOURCES) else "–"
         lines.append(f"| {'yes' if fitted else 'no'} | {epochs} | {changed} | {' | '.join(cells)} | {mean} |")
+    note = folder / "README.md"
+    return lines + ([""] + note.read_text().strip().splitlines() if note.is_file() else []) + [""]
+
+
+def adaptation_table(folder: Path) -> list[str]:
+    """A study of adapting the reference alone (N = 0) to a lab's unlabelled cells: ``bench transfer
+    --labels-per-class 0`` reports of several references (``<source>_n0*_<reference>.json``), a row per
+    reference and adaptation, a column per source. The folder's README.md says what was asked and chosen."""
+    rows: dict[tuple[str, int, str], dict[str, dict]] = {}
+    for path in folder.glob("*_n0*.json"):
+        report = load(path)
+        key = (Path(report["reference"]).stem, order(report)[1], adapted_suffix(report).removeprefix(" + ") or "alone")
+        rows.setdefault(key, {})[report["source"]] = report
+    if not rows:
+        return []
+    lines = [
+        f"### `{folder.name}/`",
+        "",
+        "N = 0 (no labels in the new lab); pair rows only within one reference.",
+        "",
+        "| reference | adaptation | CellaVision blog | Tecom | mean |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for reference, _, label in sorted(rows):
+        reports = rows[(reference, _, label)]
+        both = [reports[s]["accuracy"] for s in SOURCES if s in reports]
+        mean = pct(sum(both) / len(both)) if len(both) == len(SOURCES) else "–"
+        cells = " | ".join(pct(reports[s]["accuracy"]) if s in reports else "–" for s in SOURCES)
+        lines.append(f"| {reference} | {label} | {cells} | {mean} |")
     note = folder / "README.md"
     return lines + ([""] + note.read_text().strip().splitlines() if note.is_file() else []) + [""]
 
@@ -223,11 +256,15 @@ def main() -> int:
         "`scripts/transfer_ablation`; pair variants only within one table (one machine). zheng-dev columns: the "
         "model alone / with BatchNorm statistics re-estimated on that source's cells (no labels) / also at the "
         "input zoom the network is surest of (`ml.adapt.adapt_to_lab`, lowest mean prediction entropy over "
-        "0.76-1.32×; no labels).",
+        "0.76-1.32×; no labels) / where the card has it (built since 2026-12-07), BatchNorm adapted and its scales and "
+        "shifts trained on the source's cells without labels (`ml.adapt.adapt_information`).",
         "",
     ]
     for folder in sorted(RESULTS.glob("ablation*")):
         lines += ablation_table(folder)
+    adaptation = [line for folder in sorted(RESULTS.glob("adapt*")) for line in adaptation_table(folder)]
+    if adaptation:
+        lines += ["## Adapting the reference alone to the new lab (zheng-dev, no labels)", "", *adaptation]
     studies = [line for folder in sorted(RESULTS.glob("finetune*")) for line in finetune_table(folder)]
     if studies:
         lines += ["## Fine-tuning in the new lab (zheng-dev, never the test split)", "", *studies]
@@ -270,7 +307,7 @@ def plot(rows: dict[tuple[str, str], dict]) -> None:
             ax.plot(
                 [0],
                 [100 * r["accuracy"]],
-                marker="D" if r.get("adapt_zoom") else "s",
+                marker="*" if r.get("adapt_im") else "D" if r.get("adapt_zoom") else "s",
                 color=colour,
                 fillstyle="none",
                 linestyle="none",

@@ -24,7 +24,7 @@ from app.settings import get_settings
 from app.statuses import BUSY_SCORING_STATUSES, ModelOrigin
 from app.training import broker, service
 from ml.active import margin, rank_for_queue
-from ml.adapt import adapt_batchnorm, adapt_to_lab
+from ml.adapt import adapt_batchnorm, adapt_information, adapt_to_lab
 from ml.checkpoint import load_checkpoint, load_model
 from ml.config import TrainConfig, config_from_dict
 from ml.data import resize
@@ -63,7 +63,8 @@ def scoring_model(version_id: int, path: str, origin: str) -> tuple[nn.Module, d
     """The network that scores for a model version. A reference model (trained on another lab's
     cells) gets, with ``settings.reference_adapt_batchnorm``, BatchNorm statistics re-estimated on
     this lab's unlabelled cells (``ml.adapt``; no labels), with ``settings.reference_adapt_zoom`` at the
-    input zoom it is surest of, once per worker process and file; the sample is drawn by the version
+    input zoom it is surest of, and with ``settings.reference_adapt_im`` its BatchNorm scales and shifts then
+    trained on those cells without labels, once per worker process and file; the sample is drawn by the version
     id, so the processes of one worker agree."""
     model, meta = model_of(path)
     if origin != ModelOrigin.REFERENCE or not get_settings().reference_adapt_batchnorm:
@@ -77,17 +78,22 @@ def scoring_model(version_id: int, path: str, origin: str) -> tuple[nn.Module, d
             x = load_inputs(session, ids)
         x = resize(x, model.config.image_size)
         _adapted.clear()
-        if get_settings().reference_adapt_zoom:
-            _adapted[key], entropies = adapt_to_lab(model, x)
+        settings = get_settings()
+        if settings.reference_adapt_zoom:
+            adapted, entropies = adapt_to_lab(model, x)
             log.info(
                 "reference model v%s: input zoom %s (mean entropy by zoom %s)",
                 version_id,
-                _adapted[key].input_zoom,
+                adapted.input_zoom,
                 entropies,
             )
         else:
-            _adapted[key] = adapt_batchnorm(model, x)
+            adapted = adapt_batchnorm(model, x)
         log.info("reference model v%s: BatchNorm statistics adapted to %s unlabelled cells", version_id, len(x))
+        if settings.reference_adapt_im:
+            adapted = adapt_information(adapted, x, seed=version_id)
+            log.info("reference model v%s: BatchNorm scales and shifts trained on them without labels", version_id)
+        _adapted[key] = adapted
     return _adapted[key], meta
 
 

@@ -47,7 +47,7 @@ def test_reference_build_writes_checkpoint_and_card(reference: Path) -> None:
     assert card["data"]["n_validation"] == held_out and card["data"]["n_train"] == 3 * 20 - held_out
     assert set(card["metrics"]) == {"validation", "test"}
     assert card["metrics"]["test"]["n"] == 9
-    assert set(card["transfer"]["src-a"]) == {"reference", "adapted_batchnorm", "adapted_lab"}
+    assert set(card["transfer"]["src-a"]) == {"reference", "adapted_batchnorm", "adapted_lab", "adapted_im"}
     lab = card["transfer"]["src-a"]["adapted_lab"]
     assert str(lab["input_zoom"]) == min(lab["zoom_entropy"], key=lab["zoom_entropy"].get)
     assert card["transfer"]["src-a"]["reference"]["n"] == 12
@@ -79,7 +79,9 @@ def test_bench_transfer_reference_alone_and_fine_tuned(reference: Path, tmp_path
     assert 0.0 <= alone["accuracy"] <= 1.0 and alone["accuracy_sd"] == 0.0
 
     adapted = _transfer(reference, lab, tmp_path / "n0bn.json", 0, "--adapt-bn", "--splits", "2")
-    assert adapted["adapt_bn"] is True and adapted["adapt_zoom"] is False
+    assert adapted["adapt_bn"] is True and adapted["adapt_zoom"] is False and adapted["adapt_im"] is False
+    trained = _transfer(reference, lab, tmp_path / "n0im.json", 0, "--adapt-im")
+    assert trained["adapt_bn"] is True and trained["adapt_im"] is True and trained["adapt_zoom"] is False
     assert adapted["splits"] == 1  # every cell is unlabelled: nothing to draw
     zoomed = _transfer(reference, lab, tmp_path / "n0zoom.json", 0, "--adapt-zoom")
     assert zoomed["adapt_bn"] is True and zoomed["adapt_zoom"] is True

@@ -240,3 +240,39 @@ def test_adapt_to_lab_keeps_the_zoom_the_network_is_surest_of_and_leaves_the_mod
         assert torch.allclose(ours.running_mean, theirs.running_mean)
     unzoomed = batchnorm_layers(adapt_batchnorm(model, x))[0].running_mean
     assert (adapted.input_zoom == 1.0) == torch.allclose(unzoomed, batchnorm_layers(adapted)[0].running_mean)
+
+
+def test_adapt_information_trains_only_the_batchnorm_affine_towards_sure_and_spread_predictions() -> None:
+    from ml.adapt import adapt_information
+    from ml.infer import predict
+    from ml.pseudo import entropy
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_classes=5, width=0.125, image_size=32)).eval()
+    x = _batch(6)
+    yellow = (x.float() * torch.tensor([1.0, 0.95, 0.55]).view(1, 3, 1, 1)).to(torch.uint8)
+    start = adapt_batchnorm(model, yellow)
+    before = copy.deepcopy(model.state_dict())
+
+    def objective(m: torch.nn.Module, diversity: float = 1.0) -> float:
+        probs = predict(m, yellow, tta=True).probs
+        return float(entropy(probs).mean() - diversity * entropy(probs.mean(axis=0, keepdims=True))[0])
+
+    adapted = adapt_information(model, yellow, steps=10, lr=0.05)
+    assert objective(adapted) < objective(start) - 0.01  # surer of each cell, its calls still spread
+    assert not adapted.training and all(not p.requires_grad for p in adapted.parameters())
+    for key, value in model.state_dict().items():  # the original is untouched
+        assert torch.equal(value, before[key]), key
+    affine = {
+        f"{n}.{w}" for n, m in adapted.named_modules() if m in batchnorm_layers(adapted) for w in ("weight", "bias")
+    }
+    moved = {k for k, v in adapted.state_dict().items() if not torch.equal(v, start.state_dict()[k])}
+    assert moved and moved <= affine  # only BatchNorm scales and shifts move; its statistics are the lab's
+    again = adapt_information(model, yellow, steps=10, lr=0.05)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in adapted.state_dict().items())  # deterministic
+    # without the spread term the same steps call the cells more alike
+    lone = adapt_information(model, yellow, steps=10, lr=0.05, diversity=0.0)
+    spread = lambda m: float(entropy(predict(m, yellow, tta=True).probs.mean(axis=0, keepdims=True))[0])  # noqa: E731
+    assert spread(lone) < spread(adapted)
+    one = adapt_information(model, yellow[:1]).state_dict()  # one cell: nothing to adapt to
+    assert all(torch.equal(v, before[k]) for k, v in one.items())

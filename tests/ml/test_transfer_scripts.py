@@ -93,6 +93,15 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
     changed.update(method="supervised", finetune_keep=0.5)
     run = {**report, "source": "zheng2018-tecom", "finetune_config": {"epochs": 5}, **changed}
     (results / "finetune-n5" / "zheng2018-tecom_n5_changed.json").write_text(json.dumps(run))
+    trained = {**lab, "adapt_zoom": False, "adapt_im": True, "accuracy": 0.75}
+    (results / "zheng2018-tecom_n0_im.json").write_text(json.dumps(trained))
+    (results / "adapt-im").mkdir()
+    for ref, accuracies in (("ref0", (0.6, 0.7, 0.8)), ("ref1", (0.5, 0.6, 0.9))):
+        for source, bump in (("zheng2018-cellavision", 0.0), ("zheng2018-tecom", 0.1)):
+            for variant, accuracy in zip(("alone", "bn", "im"), accuracies, strict=True):
+                flags = {"adapt_bn": variant != "alone", "adapt_im": variant == "im", "adapt_zoom": False}
+                run = {**lab, **flags, "source": source, "reference": f"/tmp/{ref}.pt", "accuracy": accuracy + bump}
+                (results / "adapt-im" / f"{source}_n0_{variant}_{ref}.json").write_text(json.dumps(run))
     monkeypatch.setenv("TRANSFER_RESULTS", str(results))
     report = _script("transfer_report")
     assert report.main() == 0
@@ -103,9 +112,19 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
     # the zoom-adapted row follows the plain N=0 row, names its zoom, and is held to the N=0 target
     tecom = [line for line in page.splitlines() if line.startswith("| Tecom |")]
     assert tecom[1].startswith("| Tecom | 50 | N=0 + BN and zoom adapted (×1.15) | 1 | 72.0 | 0.930 | ≥ 70: met |")
+    # ... as is the row trained without labels
+    assert tecom[2].startswith("| Tecom | 50 | N=0 + BN adapted + trained without labels (IM) | 1 | 75.0 |")
     # the unfitted N=5 row is named so, and comes before the fitted one
-    assert tecom[2].startswith("| Tecom | 50 | N=5, no fit to the lab | 3 | 60.0 ± 1.0 |")
-    assert tecom[3].startswith("| Tecom | 50 | N=5 | 3 | 93.0 ± 1.0 |")
+    assert tecom[3].startswith("| Tecom | 50 | N=5, no fit to the lab | 3 | 60.0 ± 1.0 |")
+    assert tecom[4].startswith("| Tecom | 50 | N=5 | 3 | 93.0 ± 1.0 |")
+    # the adaptation study: a row per reference and adaptation, least adapted first, with the mean of the sources
+    study = [line for line in page.splitlines() if line.startswith(("| ref0 |", "| ref1 |"))]
+    assert study[:3] == [
+        "| ref0 | alone | 60.0 | 70.0 | 65.0 |",
+        "| ref0 | BN adapted | 70.0 | 80.0 | 75.0 |",
+        "| ref0 | BN adapted + trained without labels (IM) | 80.0 | 90.0 | 85.0 |",
+    ]
+    assert study[5] == "| ref1 | BN adapted + trained without labels (IM) | 90.0 | 100.0 | 95.0 |"
     assert "| 17.0 / 22.0 / 30.0 |" in page
     # the fine-tuning study: a row per setting, fitted first; a setting run on one source only has no mean
     assert "| yes | 5 | – | 80.0 ± 1.0 | 90.0 ± 1.0 | 85.0 |" in page

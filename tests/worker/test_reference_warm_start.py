@@ -98,9 +98,15 @@ def test_a_reference_scores_with_batchnorm_statistics_of_the_labs_cells(env: Pat
     first, first_adapted = batchnorm_layers(plain)[0], batchnorm_layers(adapted)[0]
     assert not torch.allclose(first.running_mean, first_adapted.running_mean)
     assert adapted.input_zoom in LAB_ZOOMS and plain.input_zoom == 1.0  # the zoom it was surest at
+    # by default the BatchNorm scales and shifts are trained on the lab's cells too, and nothing else moves
+    assert not torch.equal(first.weight, first_adapted.weight)
+    norms = {f"{n}.{w}" for n, m in plain.named_modules() if m in batchnorm_layers(plain) for w in ("weight", "bias")}
+    trained = dict(adapted.named_parameters())
+    assert all(torch.equal(p, trained[n]) for n, p in plain.named_parameters() if n not in norms)
     assert scoring_model(ref_id, path, "reference")[0] is adapted  # once per process and file
     assert scoring_model(ref_id, path, "local")[0] is plain
     monkeypatch.setenv("LEUKOLAB_REFERENCE_ADAPT_ZOOM", "false")
+    monkeypatch.setenv("LEUKOLAB_REFERENCE_ADAPT_IM", "false")
     get_settings.cache_clear()
     later = os.path.getmtime(path) + 10
     os.utime(path, (later, later))  # a new file version: adapted again
@@ -108,6 +114,7 @@ def test_a_reference_scores_with_batchnorm_statistics_of_the_labs_cells(env: Pat
     reloaded = model_of(path)[0]
     assert unzoomed.input_zoom == 1.0 and unzoomed is not reloaded
     assert not torch.allclose(batchnorm_layers(unzoomed)[0].running_mean, batchnorm_layers(reloaded)[0].running_mean)
+    assert torch.equal(batchnorm_layers(unzoomed)[0].weight, batchnorm_layers(reloaded)[0].weight)  # statistics only
     monkeypatch.setenv("LEUKOLAB_REFERENCE_ADAPT_BATCHNORM", "false")
     get_settings.cache_clear()
     assert scoring_model(ref_id, path, "reference")[0] is reloaded
