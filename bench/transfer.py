@@ -8,7 +8,8 @@ cells first; with ``--adapt-zoom``, at the input zoom the network is surest of; 
 ``--adapt-im``, its BatchNorm scales and shifts then trained on them without labels, ``ml.adapt``),
 one split, since it draws nothing at random. N > 0 fine-tunes from the reference, briefly, with
 the lab's unlabelled cells when the method uses them, after fitting its BatchNorm statistics and
-head to the lab (``ml.transfer.fit_to_lab``; ``--no-fit`` skips that).
+head to the lab (``ml.transfer.fit_to_lab``, with ``--adapt-im`` its BatchNorm scales and shifts trained
+on the lab's cells first; ``--no-fit`` skips that).
 
 torch is imported inside the functions, so that importing this module stays cheap.
 """
@@ -127,6 +128,7 @@ def run_transfer(
                 seed=seed + split,
                 fit_first=fit_first,
                 keep=keep,
+                adapt_im=adapt_im,
             )
             model = load_model(result.checkpoint, device=pick_device())
         else:
@@ -155,7 +157,7 @@ def run_transfer(
         "labels_per_class": labels_per_class,
         "adapt_bn": bool(adapt_bn and labels_per_class == 0),
         "adapt_zoom": bool(adapt_zoom and labels_per_class == 0),
-        "adapt_im": bool(adapt_im and labels_per_class == 0),
+        "adapt_im": bool(adapt_im and (labels_per_class == 0 or fit_first)),
         **zoom_choice,
         "method": method if labels_per_class > 0 else "reference",
         "fit_to_lab": bool(fit_first and labels_per_class > 0),
@@ -197,8 +199,8 @@ def transfer_command(
         bool,
         typer.Option(
             "--adapt-im/--no-adapt-im",
-            help="N = 0: --adapt-bn, then the BatchNorm scales and shifts trained on the unlabelled cells "
-            "(information maximisation, no labels)",
+            help="--adapt-bn, then the BatchNorm scales and shifts trained on the lab's cells without labels "
+            "(information maximisation); N > 0: in the fit to the lab, before the head",
         ),
     ] = False,
     method: Annotated[

@@ -88,14 +88,16 @@ def adapt_information(
     diversity: float = IM_DIVERSITY,
     batch_size: int = IM_BATCH,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> nn.Module:
     """``adapt_batchnorm``, then ``steps`` Adam steps on the BatchNorm weights and biases alone
     that lower each cell's prediction entropy and raise the entropy of the mean prediction
     (weighted by ``diversity``: without it the network grows sure by calling every cell one
     class). Each step's loss is the mean over the eight symmetries of a batch of ``x`` (all of it
     when it fits ``batch_size``; else batches drawn in turn from a ``seed``-ed permutation).
-    Returns an eval-mode copy; ``model`` is untouched. Fewer than two cells: ``adapt_batchnorm``'s copy."""
-    adapted = adapt_batchnorm(model, x)
+    Returns an eval-mode copy; ``model`` is untouched. Fewer than two cells: ``adapt_batchnorm``'s copy
+    (``progress`` follows its pass)."""
+    adapted = adapt_batchnorm(model, x, progress=progress)
     layers = batchnorm_layers(adapted)
     if len(x) < 2 or not layers or steps <= 0:
         return adapted

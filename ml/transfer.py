@@ -66,23 +66,27 @@ def fit_to_lab(
     pull: float = 1e-2,
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
+    adapt_im: bool = False,
 ) -> dict:
     """A copy of ``checkpoint`` for ``class_names`` whose teacher and student share BatchNorm
     statistics re-estimated on every cell of the lab (labelled and not) and a head fitted on the
     labelled cells: ``steps`` of Adam at ``lr`` on the cross-entropy of the frozen features, plus
     ``pull`` times the squared distance to the starting head. The head starts from the reference's
     rows for the classes it knows (by name; zero for a new class), so a class with no label keeps
-    what the reference knew of it. Images are uint8 N×3×S×S at the network's size; the network runs
-    on ``device`` (default: ``ml.device.pick_device``), the head's fit on the CPU. ``progress(cells
-    done, cells)`` follows the BatchNorm pass, the long part (eight views of every cell)."""
-    from ml.adapt import adapt_batchnorm
+    what the reference knew of it. With ``adapt_im``, the BatchNorm scales and shifts are then trained
+    on every cell without labels first (``ml.adapt.adapt_information``, the reference's own head).
+    Images are uint8 N×3×S×S at the network's size; the network runs on ``device`` (default:
+    ``ml.device.pick_device``), the head's fit on the CPU. ``progress(cells done, cells)`` follows the
+    BatchNorm pass, the long part (eight views of every cell)."""
+    from ml.adapt import adapt_batchnorm, adapt_information
     from ml.checkpoint import load_model, shared_class_rows
     from ml.device import pick_device
     from ml.infer import predict
 
     cells = labelled_x if unlabelled_x is None or not len(unlabelled_x) else torch.cat([labelled_x, unlabelled_x])
     network = load_model(checkpoint, which="teacher", device=device if device is not None else pick_device())
-    model = adapt_batchnorm(network, cells, progress=progress)
+    adapt = adapt_information if adapt_im else adapt_batchnorm
+    model = adapt(network, cells, progress=progress)
     start_w = torch.zeros(len(class_names), model.head.in_features)
     start_b = torch.zeros(len(class_names))
     for new, old in shared_class_rows(checkpoint["class_names"], class_names):
@@ -103,7 +107,12 @@ def fit_to_lab(
     state["head.weight"], state["head.bias"] = weight.detach().clone(), bias.detach().clone()
     out = dict(checkpoint, teacher=state, student=dict(state), class_names=list(class_names))
     out["model_config"] = dict(checkpoint["model_config"], n_classes=len(class_names))
-    out["fitted_to_lab"] = {"cells": int(len(cells)), "labelled": int(len(targets)), "probe_steps": steps}
+    out["fitted_to_lab"] = {
+        "cells": int(len(cells)),
+        "labelled": int(len(targets)),
+        "probe_steps": steps,
+        "adapted_im": bool(adapt_im),
+    }
     return out
 
 
@@ -118,16 +127,19 @@ def finetune(
     device=None,
     fit_first: bool = True,
     keep: float = 1.0,
+    adapt_im: bool = False,
 ):
     """``ml.train.train`` warm-started from ``checkpoint`` (with ``fit_first``, from
-    ``fit_to_lab`` of it); returns its TrainResult. With ``keep`` < 1 its networks are
+    ``fit_to_lab`` of it, with ``adapt_im`` passed on); returns its TrainResult. With ``keep`` < 1 its networks are
     ``interpolate``d toward the start: ``keep`` of the fine-tuned weights, the rest the start's."""
     from dataclasses import replace
 
     from ml.train import train
 
     if fit_first:
-        checkpoint = fit_to_lab(checkpoint, labelled_x, labelled_y, unlabelled_x, class_names, device=device)
+        checkpoint = fit_to_lab(
+            checkpoint, labelled_x, labelled_y, unlabelled_x, class_names, device=device, adapt_im=adapt_im
+        )
     result = train(
         replace(config, seed=seed),
         labelled_x,

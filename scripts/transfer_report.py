@@ -53,9 +53,9 @@ def unfitted(report: dict) -> bool:
 
 
 def adapted_suffix(report: dict) -> str:
-    if report["labels_per_class"] > 0:
-        return ", no fit to the lab" if unfitted(report) else ""
     trained = " + trained without labels (IM)" if report.get("adapt_im") else ""
+    if report["labels_per_class"] > 0:
+        return ", no fit to the lab" if unfitted(report) else (", fitted" + trained if trained else "")
     if report.get("adapt_zoom"):
         return f" + BN and zoom adapted (×{report['input_zoom']:g}){trained}"
     return (" + BN adapted" + trained) if report.get("adapt_bn") else ""
@@ -114,6 +114,30 @@ def settings_of(report: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "–"
 
 
+def study_table(
+    folder: Path, scope: str, leading: tuple[str, str], rows: list[tuple[str, dict[str, dict]]]
+) -> list[str]:
+    """A study folder's table: ``leading`` is the header and rule of the cells that name a row, ``rows`` those
+    cells (as "| a | b |") and the row's reports by source; a column per source (mean ± sd over splits where
+    there were several) and the sources' mean, then the folder's README.md."""
+    header, rule = leading
+    lines = [
+        f"### `{folder.name}/`",
+        "",
+        scope,
+        "",
+        f"{header} CellaVision blog | Tecom | mean |",
+        f"{rule}---:|---:|---:|",
+    ]
+    for named, reports in rows:
+        cells = [pct(reports[s]["accuracy"], reports[s]["accuracy_sd"]) if s in reports else "–" for s in SOURCES]
+        both = [reports[s]["accuracy"] for s in SOURCES if s in reports]
+        mean = pct(sum(both) / len(both)) if len(both) == len(SOURCES) else "–"
+        lines.append(f"{named} {' | '.join(cells)} | {mean} |")
+    note = folder / "README.md"
+    return lines + ([""] + note.read_text().strip().splitlines() if note.is_file() else []) + [""]
+
+
 def finetune_table(folder: Path) -> list[str]:
     """A fine-tuning study at N = 5 (``bench transfer`` reports ``<source>_n5_*.json``): a row per
     setting (fitted to the lab or not, fine-tuning epochs, other settings), a column per source. The
@@ -125,22 +149,16 @@ def finetune_table(folder: Path) -> list[str]:
         settings.setdefault(key, {})[report["source"]] = report
     if not settings:
         return []
-    lines = [
-        f"### `{folder.name}/`",
-        "",
+    ordered = sorted(settings, key=lambda k: (not k[0], k[1], k[2] != "–", k[2]))
+    return study_table(
+        folder,
         "N = 5, 5 splits; pair rows only within one table.",
-        "",
-        "| fit to the lab | epochs (×20 steps) | other settings | CellaVision blog | Tecom | mean |",
-        "|---|---:|---|---:|---:|---:|",
-    ]
-    for fitted, epochs, changed in sorted(settings, key=lambda k: (not k[0], k[1], k[2] != "–", k[2])):
-        reports = settings[(fitted, epochs, changed)]
-        cells = [pct(reports[s]["accuracy"], reports[s]["accuracy_sd"]) if s in reports else "–" for s in SOURCES]
-        both = [reports[s]["accuracy"] for s in SOURCES if s in reports]
-        mean = pct(sum(both) / len(both)) if len(both) == len(SOURCES) else "–"
-        lines.append(f"| {'yes' if fitted else 'no'} | {epochs} | {changed} | {' | '.join(cells)} | {mean} |")
-    note = folder / "README.md"
-    return lines + ([""] + note.read_text().strip().splitlines() if note.is_file() else []) + [""]
+        ("| fit to the lab | epochs (×20 steps) | other settings |", "|---|---:|---|"),
+        [
+            (f"| {'yes' if fitted else 'no'} | {epochs} | {changed} |", settings[(fitted, epochs, changed)])
+            for fitted, epochs, changed in ordered
+        ],
+    )
 
 
 def adaptation_table(folder: Path) -> list[str]:
@@ -154,22 +172,12 @@ def adaptation_table(folder: Path) -> list[str]:
         rows.setdefault(key, {})[report["source"]] = report
     if not rows:
         return []
-    lines = [
-        f"### `{folder.name}/`",
-        "",
+    return study_table(
+        folder,
         "N = 0 (no labels in the new lab); pair rows only within one reference.",
-        "",
-        "| reference | adaptation | CellaVision blog | Tecom | mean |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for reference, _, label in sorted(rows):
-        reports = rows[(reference, _, label)]
-        both = [reports[s]["accuracy"] for s in SOURCES if s in reports]
-        mean = pct(sum(both) / len(both)) if len(both) == len(SOURCES) else "–"
-        cells = " | ".join(pct(reports[s]["accuracy"]) if s in reports else "–" for s in SOURCES)
-        lines.append(f"| {reference} | {label} | {cells} | {mean} |")
-    note = folder / "README.md"
-    return lines + ([""] + note.read_text().strip().splitlines() if note.is_file() else []) + [""]
+        ("| reference | adaptation |", "|---|---|"),
+        [(f"| {reference} | {label} |", rows[(reference, rank, label)]) for reference, rank, label in sorted(rows)],
+    )
 
 
 def reference_section(card: dict | None) -> list[str]:

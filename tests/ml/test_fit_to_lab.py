@@ -46,7 +46,7 @@ def test_fitted_head_separates_the_labs_labelled_cells_and_keeps_unlabelled_clas
     fitted = fit_to_lab(checkpoint, labelled_x, labelled_y, unlabelled_x, names)
 
     assert fitted["class_names"] == names and fitted["model_config"]["n_classes"] == 4
-    assert fitted["fitted_to_lab"] == {"cells": 32, "labelled": 12, "probe_steps": 300}
+    assert fitted["fitted_to_lab"] == {"cells": 32, "labelled": 12, "probe_steps": 300, "adapted_im": False}
     assert checkpoint["class_names"] == NAMES  # the reference itself is untouched
     for key, value in fitted["teacher"].items():
         assert torch.equal(value, fitted["student"][key]), key
@@ -69,6 +69,21 @@ def test_fitted_head_separates_the_labs_labelled_cells_and_keeps_unlabelled_clas
     moved = torch.linalg.vector_norm(fitted["teacher"]["head.weight"][2] - old_row)
     assert moved < torch.linalg.vector_norm(free["teacher"]["head.weight"][2] - old_row)
     assert fitted["teacher"]["head.weight"].shape == (4, model.head.in_features)
+
+
+def test_adapt_im_trains_the_batchnorm_scales_on_the_labs_cells_before_the_head() -> None:
+    checkpoint = reference()
+    labelled_x, labelled_y = lab_cells(12, seed=1)
+    unlabelled_x, _ = lab_cells(20, seed=2)
+    plain = fit_to_lab(checkpoint, labelled_x, labelled_y, unlabelled_x, NAMES)
+    trained = fit_to_lab(checkpoint, labelled_x, labelled_y, unlabelled_x, NAMES, adapt_im=True)
+    assert trained["fitted_to_lab"]["adapted_im"] is True
+    network = load_model(checkpoint)
+    layers = batchnorm_layers(network)
+    norms = {f"{n}.{w}" for n, m in network.named_modules() if m in layers for w in ("weight", "bias")}
+    moved = {k for k, v in trained["teacher"].items() if not torch.equal(v, plain["teacher"][k])}
+    # the scales and shifts moved (and so the head fitted on their features); the statistics and the body did not
+    assert moved & norms and moved <= norms | {"head.weight", "head.bias"}
 
 
 def test_no_labels_keeps_the_reference_head() -> None:
