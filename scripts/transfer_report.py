@@ -104,13 +104,15 @@ def ablation_table(folder: Path) -> list[str]:
 
 
 def settings_of(report: dict) -> str:
-    """What a run changed in fine-tuning (``bench transfer --method``, ``--set``, ``--keep``), as key=value; "–" for
-    none."""
+    """What a run changed in fine-tuning (``bench transfer --method``, ``--set``, ``--keep``, ``--adapt-im``), as
+    key=value; "–" for none."""
     changed = dict(report.get("finetune_overrides") or {})
     if report.get("method", "mean-teacher") != "mean-teacher":
         changed["method"] = report["method"]
     if report.get("finetune_keep") not in (None, 1.0):
         changed["keep"] = report["finetune_keep"]  # WiSE-FT (``ml.transfer.interpolate``)
+    if report.get("adapt_im"):
+        changed["adapt_im"] = True  # the fit to the lab trained the BatchNorm scales and shifts first
     return ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "–"
 
 

@@ -90,7 +90,7 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
         name = f"{source}_n5_{'fit' if fit else 'no-fit'}_e{epochs}.json"
         (results / "finetune-n5" / name).write_text(json.dumps({**run, "accuracy": accuracy}))
     changed = {"finetune_overrides": {"stain_hed_alpha": 0.2, "rounds": 2}, "fit_to_lab": True, "accuracy": 0.7}
-    changed.update(method="supervised", finetune_keep=0.5)
+    changed.update(method="supervised", finetune_keep=0.5, adapt_im=True)
     run = {**report, "source": "zheng2018-tecom", "finetune_config": {"epochs": 5}, **changed}
     (results / "finetune-n5" / "zheng2018-tecom_n5_changed.json").write_text(json.dumps(run))
     trained = {**lab, "adapt_zoom": False, "adapt_im": True, "accuracy": 0.75}
@@ -132,6 +132,7 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
     # a run with other fine-tuning settings is its own row, named by them, after the plain one
     study_rows = [line for line in page.splitlines() if line.startswith("| yes | 5 |")]
     assert (
-        study_rows[1] == "| yes | 5 | keep=0.5, method=supervised, rounds=2, stain_hed_alpha=0.2 | – | 70.0 ± 1.0 | – |"
+        study_rows[1] == "| yes | 5 | adapt_im=True, keep=0.5, method=supervised, rounds=2, stain_hed_alpha=0.2 "
+        "| – | 70.0 ± 1.0 | – |"
     )
     assert (tmp_path / "transfer.png").stat().st_size > 1000
