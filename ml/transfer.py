@@ -130,8 +130,9 @@ def finetune(
     adapt_im: bool = False,
 ):
     """``ml.train.train`` warm-started from ``checkpoint`` (with ``fit_first``, from
-    ``fit_to_lab`` of it, with ``adapt_im`` passed on); returns its TrainResult. With ``keep`` < 1 its networks are
-    ``interpolate``d toward the start: ``keep`` of the fine-tuned weights, the rest the start's."""
+    ``fit_to_lab`` of it, with ``adapt_im`` passed on); returns its TrainResult. With ``keep`` < 1
+    its networks are ``interpolate``d toward the start: ``keep`` of the fine-tuned weights, the
+    rest the start's."""
     from dataclasses import replace
 
     from ml.train import train

@@ -254,9 +254,11 @@ def test_adapt_information_trains_only_the_batchnorm_affine_towards_sure_and_spr
     start = adapt_batchnorm(model, yellow)
     before = copy.deepcopy(model.state_dict())
 
-    def objective(m: torch.nn.Module, diversity: float = 1.0) -> float:
-        probs = predict(m, yellow, tta=True).probs
-        return float(entropy(probs).mean() - diversity * entropy(probs.mean(axis=0, keepdims=True))[0])
+    def spread(m: torch.nn.Module) -> float:  # the entropy of the cells' mean prediction
+        return float(entropy(predict(m, yellow, tta=True).probs.mean(axis=0, keepdims=True))[0])
+
+    def objective(m: torch.nn.Module) -> float:  # what the steps lower
+        return float(entropy(predict(m, yellow, tta=True).probs).mean()) - spread(m)
 
     adapted = adapt_information(model, yellow, steps=10, lr=0.05)
     assert objective(adapted) < objective(start) - 0.01  # surer of each cell, its calls still spread
@@ -272,7 +274,6 @@ def test_adapt_information_trains_only_the_batchnorm_affine_towards_sure_and_spr
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in adapted.state_dict().items())  # deterministic
     # without the spread term the same steps call the cells more alike
     lone = adapt_information(model, yellow, steps=10, lr=0.05, diversity=0.0)
-    spread = lambda m: float(entropy(predict(m, yellow, tta=True).probs.mean(axis=0, keepdims=True))[0])  # noqa: E731
     assert spread(lone) < spread(adapted)
     one = adapt_information(model, yellow[:1]).state_dict()  # one cell: nothing to adapt to
     assert all(torch.equal(v, before[k]) for k, v in one.items())
