@@ -136,10 +136,10 @@ def run_transfer(
             if adapt_zoom:
                 model, entropies = adapt_to_lab(model, x[torch.from_numpy(rest)])
                 zoom_choice = {"input_zoom": model.input_zoom, "zoom_entropy": entropies}
-            if adapt_im:  # at the zoom chosen, when --adapt-zoom chose one
-                model = adapt_information(model, x[torch.from_numpy(rest)], seed=seed)
-            elif adapt_bn and not adapt_zoom:
+            elif adapt_bn:
                 model = adapt_batchnorm(model, x[torch.from_numpy(rest)])
+            if adapt_im:  # on the statistics just adapted (at the zoom chosen, with --adapt-zoom)
+                model = adapt_information(model, x[torch.from_numpy(rest)], seed=seed)
         predicted = predict(model, x[torch.from_numpy(rest)]).labels
         metrics = split_metrics(y[rest], predicted, names)
         metrics.update(split=split, n_labelled=int(len(labelled)), n_test=int(len(rest)))

@@ -9,10 +9,10 @@ Another microscope or crop also draws a cell larger or smaller than the training
 one at which the network is most certain of the lab's cells (lowest mean prediction entropy:
 the test-time entropy criterion of Wang et al. 2021, used to choose, not to train).
 
-``adapt_information`` goes one step further and trains, still without labels: after the
-statistics, only the BatchNorm scales and shifts move (as in TENT, Wang et al. 2021), so that
-the network is sure of each of the lab's cells while its predictions over all of them stay
-spread across the classes (information maximisation, SHOT-IM, Liang et al. 2020).
+``adapt_information`` goes one step further and trains, still without labels: on a network whose
+statistics are already adapted, only the BatchNorm scales and shifts move (as in TENT, Wang et
+al. 2021), so that the network is sure of each of the lab's cells while its predictions over all
+of them stay spread across the classes (information maximisation, SHOT-IM, Liang et al. 2020).
 """
 
 from __future__ import annotations
@@ -88,16 +88,15 @@ def adapt_information(
     diversity: float = IM_DIVERSITY,
     batch_size: int = IM_BATCH,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
 ) -> nn.Module:
-    """``adapt_batchnorm``, then ``steps`` Adam steps on the BatchNorm weights and biases alone
+    """A copy of ``model`` (its BatchNorm statistics already the lab's: ``adapt_batchnorm``'s or
+    ``adapt_to_lab``'s output) after ``steps`` Adam steps on the BatchNorm weights and biases alone
     that lower each cell's prediction entropy and raise the entropy of the mean prediction
     (weighted by ``diversity``: without it the network grows sure by calling every cell one
     class). Each step's loss is the mean over the eight symmetries of a batch of ``x`` (all of it
     when it fits ``batch_size``; else batches drawn in turn from a ``seed``-ed permutation).
-    Returns an eval-mode copy; ``model`` is untouched. Fewer than two cells: ``adapt_batchnorm``'s copy
-    (``progress`` follows its pass)."""
-    adapted = adapt_batchnorm(model, x, progress=progress)
+    Returns an eval-mode copy; ``model`` is untouched. Fewer than two cells: an unchanged copy."""
+    adapted = copy.deepcopy(model).eval()
     layers = batchnorm_layers(adapted)
     if len(x) < 2 or not layers or steps <= 0:
         return adapted

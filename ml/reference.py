@@ -61,10 +61,10 @@ def evaluate(
     zooms = None
     if adapt_zoom:
         model, zooms = adapt_to_lab(model, x)
-    elif adapt_im:
-        model = adapt_information(model, x)
-    elif adapt_batchnorm:
+    elif adapt_batchnorm or adapt_im:
         model = adapt(model, x)
+    if adapt_im:
+        model = adapt_information(model, x)
     predicted = predict(model, x).labels
     metrics = classification_metrics(truth, predicted, names)
     metrics["n"] = int(len(truth))

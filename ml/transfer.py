@@ -85,8 +85,9 @@ def fit_to_lab(
 
     cells = labelled_x if unlabelled_x is None or not len(unlabelled_x) else torch.cat([labelled_x, unlabelled_x])
     network = load_model(checkpoint, which="teacher", device=device if device is not None else pick_device())
-    adapt = adapt_information if adapt_im else adapt_batchnorm
-    model = adapt(network, cells, progress=progress)
+    model = adapt_batchnorm(network, cells, progress=progress)
+    if adapt_im:
+        model = adapt_information(model, cells)
     start_w = torch.zeros(len(class_names), model.head.in_features)
     start_b = torch.zeros(len(class_names))
     for new, old in shared_class_rows(checkpoint["class_names"], class_names):

@@ -91,7 +91,7 @@ def scoring_model(version_id: int, path: str, origin: str) -> tuple[nn.Module, d
             adapted = adapt_batchnorm(model, x)
         log.info("reference model v%s: BatchNorm statistics adapted to %s unlabelled cells", version_id, len(x))
         if settings.reference_adapt_im:
-            adapted = adapt_information(adapted, x, seed=version_id)
+            adapted = adapt_information(adapted, x, seed=version_id)  # on the statistics just adapted
             log.info("reference model v%s: BatchNorm scales and shifts trained on them without labels", version_id)
         _adapted[key] = adapted
     return _adapted[key], meta

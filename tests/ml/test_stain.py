@@ -252,7 +252,7 @@ def test_adapt_information_trains_only_the_batchnorm_affine_towards_sure_and_spr
     x = _batch(6)
     yellow = (x.float() * torch.tensor([1.0, 0.95, 0.55]).view(1, 3, 1, 1)).to(torch.uint8)
     start = adapt_batchnorm(model, yellow)
-    before = copy.deepcopy(model.state_dict())
+    before = copy.deepcopy(start.state_dict())
 
     def spread(m: torch.nn.Module) -> float:  # the entropy of the cells' mean prediction
         return float(entropy(predict(m, yellow, tta=True).probs.mean(axis=0, keepdims=True))[0])
@@ -260,20 +260,20 @@ def test_adapt_information_trains_only_the_batchnorm_affine_towards_sure_and_spr
     def objective(m: torch.nn.Module) -> float:  # what the steps lower
         return float(entropy(predict(m, yellow, tta=True).probs).mean()) - spread(m)
 
-    adapted = adapt_information(model, yellow, steps=10, lr=0.05)
+    adapted = adapt_information(start, yellow, steps=10, lr=0.05)
     assert objective(adapted) < objective(start) - 0.01  # surer of each cell, its calls still spread
     assert not adapted.training and all(not p.requires_grad for p in adapted.parameters())
-    for key, value in model.state_dict().items():  # the original is untouched
+    for key, value in start.state_dict().items():  # the network it started from is untouched
         assert torch.equal(value, before[key]), key
     affine = {
         f"{n}.{w}" for n, m in adapted.named_modules() if m in batchnorm_layers(adapted) for w in ("weight", "bias")
     }
     moved = {k for k, v in adapted.state_dict().items() if not torch.equal(v, start.state_dict()[k])}
     assert moved and moved <= affine  # only BatchNorm scales and shifts move; its statistics are the lab's
-    again = adapt_information(model, yellow, steps=10, lr=0.05)
+    again = adapt_information(start, yellow, steps=10, lr=0.05)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in adapted.state_dict().items())  # deterministic
     # without the spread term the same steps call the cells more alike
-    lone = adapt_information(model, yellow, steps=10, lr=0.05, diversity=0.0)
+    lone = adapt_information(start, yellow, steps=10, lr=0.05, diversity=0.0)
     assert spread(lone) < spread(adapted)
     one = adapt_information(model, yellow[:1]).state_dict()  # one cell: nothing to adapt to
-    assert all(torch.equal(v, before[k]) for k, v in one.items())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in one.items())
