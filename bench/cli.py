@@ -16,6 +16,7 @@ from bench.active import bench_active
 from bench.locate import locate_command as locate
 from bench.ood import ood_command as ood
 from bench.pack import pack_command as pack
+from bench.pretrain import pretrain_command as pretrain
 from bench.review import review_command as review
 from bench.ssl import ssl, write_json
 from bench.transfer import transfer_command as transfer
@@ -51,6 +52,7 @@ app.command("review")(review)
 app.command("ood")(ood)
 app.command("transfer")(transfer)
 app.command("pack")(pack)
+app.command("pretrain")(pretrain)
 
 
 def main() -> None:

@@ -162,7 +162,9 @@ def load_split(
     return Split(train_set, validation, test_set, labelled, rest if uses_unlabelled else rest[:0])
 
 
-def train_with_progress(config: TrainConfig, split: Split, title: str, started: float) -> TrainResult:
+def train_with_progress(
+    config: TrainConfig, split: Split, title: str, started: float, init_checkpoint: dict | None = None
+) -> TrainResult:
     """Train with a progress bar (a line per epoch where stderr is not a terminal). The learning
     curve is read on the validation split; the test split is not passed to training at all."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
@@ -195,6 +197,7 @@ def train_with_progress(config: TrainConfig, split: Split, title: str, started: 
             split.train_set.class_names,
             val_x=split.validation.x,
             val_y=split.validation.y,
+            init_checkpoint=init_checkpoint,
             progress=on_progress,
         )
 
@@ -287,6 +290,10 @@ def ssl(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="torch.set_num_threads (default: torch's own)")
     ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="start from this checkpoint (e.g. bench pretrain's), not from random weights"),
+    ] = None,
 ) -> dict:
     """Train METHOD with N labels per class from the train split less the validation split;
     report validation metrics, and evaluate once on the test split."""
@@ -300,10 +307,23 @@ def ssl(
     started = time.perf_counter()
     per_class = None if labels_per_class.strip().lower() == "all" else int(labels_per_class)
     config = bench_config(profile, method, seed, per_class, overrides)
+    init_checkpoint = None
+    if init is not None:
+        from ml.checkpoint import load_checkpoint
+
+        init_checkpoint = load_checkpoint(init)
+        net = init_checkpoint["model_config"]
+        theirs = (net.get("arch"), net.get("width"), net.get("image_size"))
+        ours = (config.arch, config.width, config.image_size)
+        if theirs != ours:
+            raise typer.BadParameter(
+                f"--init {init}: its network (arch, width, px) is {theirs}, the profile's {ours}; "
+                "pre-train with this profile"
+            )
     device = pick_device()
     split = load_split(data, test_dir, config, per_class, seed, extra_classes)
     load_seconds = time.perf_counter() - started
-    result = train_with_progress(config, split, f"{method} @{labels_per_class}", started)
+    result = train_with_progress(config, split, f"{method} @{labels_per_class}", started, init_checkpoint)
     train_seconds = time.perf_counter() - started - load_seconds
     validation = validation_metrics(result, config, split)
     metrics = evaluate_test(result, split)
@@ -342,6 +362,7 @@ def ssl(
         "device": device_name(device),
         "train_precision": "bf16" if uses_bf16(device, config.cpu_bf16) else "float32",
         "threads": torch.get_num_threads(),
+        "init": str(init) if init is not None else None,
         "torch": torch.__version__,
         "config": asdict(config),
         "history": result.history,

@@ -225,6 +225,7 @@ def _register_commands_from_other_modules() -> None:
     bench_app.command("active")(bench_cli.bench_active)
     bench_app.command("ood")(bench_cli.ood)
     bench_app.command("transfer")(bench_cli.transfer)
+    bench_app.command("pretrain")(bench_cli.pretrain)
     app.add_typer(classes_app, name="classes")
     app.add_typer(reference_app, name="reference")
 
