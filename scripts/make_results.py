@@ -124,6 +124,9 @@ def setup_of(run: dict, against: dict | None = None) -> str:
             continue  # a run that predicted over the eight symmetries throughout scored its model so too
         if used != value:
             changed.append(f"{key}={used}")
+    init, reference_init = run.get("init"), (against or {}).get("init")
+    if init != reference_init:  # bench ssl --init: the network it started from, by file name
+        changed.append(f"init={Path(init).stem if init else None}")
     return ", ".join(changed)
 
 
@@ -719,6 +722,7 @@ def render(
         xeon_machine_lines=machine_lines(results, "val-xeon", "levers-epyc-current"),
         xeon_current_lever_lines=lever_lines(results, "levers-xeon-current", "levers-epyc-current"),
         epyc_tta_scoring_lever_lines=lever_lines(results, "levers-epyc-tta-scoring", "levers-epyc-current"),
+        epyc_selfsup_lever_lines=lever_lines(results, "levers-epyc-selfsup", "levers-epyc-current"),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
         profile_tta=make_config("cpu", "lp+mean-teacher").tta,

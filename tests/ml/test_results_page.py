@@ -349,3 +349,16 @@ def test_a_run_that_predicted_over_eight_views_throughout_is_not_named_for_tta_s
     assert results_script.setup_of(_run("lp+mean-teacher", 20, 0, 0.9, 1, FAST, tta=True, tta_scoring=flipped)) == (
         "tta=True"
     )
+
+
+def test_a_run_started_from_another_network_is_named_by_that_network_and_pairs_as_a_lever(results_script, tmp_path):
+    base = _run("lp+mean-teacher", 20, 0, 0.96, 900, FAST)
+    started = {**_run("lp+mean-teacher", 20, 0, 0.95, 900, FAST), "init": "/tmp/ck/simclr10.pt"}
+    assert results_script.setup_of(base) == ""
+    assert results_script.setup_of(started) == "init=simclr10"
+    assert results_script.setup_of(started, against={**base, "init": None}) == "init=simclr10"
+    _write(tmp_path / "profile", [base])
+    _write(tmp_path / "selfsup", [started])
+    assert results_script.lever_lines(tmp_path, "selfsup", "profile")[2] == (
+        "| lp+mean-teacher | 20 | 0 | init=simclr10 | 94.0 | 93.0 | 96.0 | 95.0 |"
+    )
