@@ -3,8 +3,9 @@
 A lab has thousands of unlabelled cells before it has a hundred labels. Contrastive learning (SimCLR, Chen et
 al. 2020) trains the network without labels to map two random views of one cell close together and the views
 of other cells apart; ``ml.train.train`` then starts from it (``init_checkpoint``) instead of random weights.
-The views differ in position, orientation, magnification, stain and focus, the ways two cells of one class
-differ, so what the network keeps is what stays: the nucleus's shape, the chromatin, the granules.
+The views differ in position, orientation, magnification and focus, ways in which two cells of one class differ,
+so what the network keeps is what stays: the nucleus's shape, the chromatin, the granules (and the stain: see
+``SelfSupConfig``).
 
 The classifier head is not trained here: the checkpoint has no classes, so a warm start builds a fresh head
 (``ml.train._load_init``) and loads the rest.
@@ -139,7 +140,7 @@ def pretrain(
         if progress is not None:
             progress(SelfSupProgress(epoch + 1, config.epochs, steps, steps, mean_loss))
     model.eval()
-    train_config = {**asdict(config), "stain": asdict(config.stain), "method": "simclr"}
+    settings = {**asdict(config), "stain": asdict(config.stain), "method": "simclr"}
     return make_checkpoint(
         student=model,
         teacher=model,
@@ -148,4 +149,4 @@ def pretrain(
         class_names=[],
         history=history,
         step=step,
-    ) | {"selfsup_config": train_config}
+    ) | {"selfsup_config": settings}
