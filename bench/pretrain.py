@@ -30,28 +30,24 @@ def pretrain_command(
     left out: ``ml.selfsup.SelfSupConfig``'s defaults)."""
     import torch
 
-    from bench.ssl import extra_class_rows, write_json
+    from bench.ssl import extra_class_rows, names_with_extra, with_extra, write_json
     from ml.checkpoint import save_checkpoint
     from ml.config import make_config
-    from ml.data import load_images, load_manifest_split, read_manifest, uses_bf16
+    from ml.data import load_manifest_split, uses_bf16
     from ml.device import device_name, pick_device
     from ml.selfsup import SelfSupConfig, SelfSupProgress, pretrain
-    from ml.train import _channel_stats, _model_config
+    from ml.train import fresh_model_config
 
     if threads is not None:
         torch.set_num_threads(threads)
     started = time.perf_counter()
     config = make_config(profile)
-    names = None
+    train_set = load_manifest_split(data, "train", config.image_size, class_names=names_with_extra(data, extra_classes))
     if extra_classes is not None:
-        names = sorted({r["label"] for r in read_manifest(data)} | {r["label"] for r in read_manifest(extra_classes)})
-    train_set = load_manifest_split(data, "train", config.image_size, class_names=names)
+        rows = extra_class_rows(extra_classes, train_set.class_names)
+        train_set = with_extra(train_set, extra_classes, *rows["train"], config.image_size)
     images = train_set.x
-    if extra_classes is not None:
-        files, _ = extra_class_rows(extra_classes, train_set.class_names)["train"]
-        images = torch.cat([images, load_images([extra_classes / f for f in files], config.image_size)])
-    mean, std = _channel_stats(images)
-    model_config = _model_config(config, len(train_set.class_names), mean, std)
+    model_config = fresh_model_config(config, len(train_set.class_names), images)
     device = pick_device()
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "temperature": temperature}
     ssl_config = SelfSupConfig(

@@ -113,7 +113,18 @@ def extra_class_rows(extra: Path, names: list[str]) -> dict[str, tuple[list[str]
     return roles
 
 
-def _with_extra(base: ImageSet, extra: Path, files: list[str], y: list[int], size: int) -> ImageSet:
+def names_with_extra(data: Path, extra: Path | None) -> list[str] | None:
+    """The classes of ``data``'s manifest and ``extra``'s, sorted by name; None without ``extra`` (the
+    ImageFolder's own order)."""
+    from ml.data import read_manifest
+
+    if extra is None:
+        return None
+    return sorted({r["label"] for r in read_manifest(data)} | {r["label"] for r in read_manifest(extra)})
+
+
+def with_extra(base: ImageSet, extra: Path, files: list[str], y: list[int], size: int) -> ImageSet:
+    """``base`` with ``extra``'s ``files`` (labels ``y``) appended, at ``size`` px."""
     import torch
 
     from ml.data import ImageSet, load_images
@@ -139,13 +150,10 @@ def load_split(
     ``seed``); the rest is the unlabelled pool when the method uses one. ``extra_classes`` (a
     MANIFEST folder of other classes) adds its classes: ``extra_class_rows`` splits them into test,
     validation and train cells."""
-    from ml.data import load_image_folder, load_manifest_split, read_manifest, split_labelled
+    from ml.data import load_image_folder, load_manifest_split, split_labelled
     from ml.splits import VALIDATION
 
-    names = None
-    if extra_classes is not None:
-        names = sorted({r["label"] for r in read_manifest(data)} | {r["label"] for r in read_manifest(extra_classes)})
-    train_set = load_manifest_split(data, "train", config.image_size, class_names=names)
+    train_set = load_manifest_split(data, "train", config.image_size, class_names=names_with_extra(data, extra_classes))
     validation = load_manifest_split(data, VALIDATION, config.image_size, class_names=train_set.class_names)
     if test_dir is not None:
         test_set = load_image_folder(test_dir, config.image_size, class_names=train_set.class_names)
@@ -153,10 +161,10 @@ def load_split(
         test_set = load_manifest_split(data, "test", config.image_size, class_names=train_set.class_names)
     if extra_classes is not None:
         rows = extra_class_rows(extra_classes, train_set.class_names)
-        train_set = _with_extra(train_set, extra_classes, *rows["train"], config.image_size)
-        validation = _with_extra(validation, extra_classes, *rows["validation"], config.image_size)
+        train_set = with_extra(train_set, extra_classes, *rows["train"], config.image_size)
+        validation = with_extra(validation, extra_classes, *rows["validation"], config.image_size)
         if test_dir is None:
-            test_set = _with_extra(test_set, extra_classes, *rows["test"], config.image_size)
+            test_set = with_extra(test_set, extra_classes, *rows["test"], config.image_size)
     labelled, rest = split_labelled(train_set.y, per_class, seed)
     uses_unlabelled = config.algorithm != "supervised" or config.pseudo_filter is not None
     return Split(train_set, validation, test_set, labelled, rest if uses_unlabelled else rest[:0])

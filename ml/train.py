@@ -285,6 +285,13 @@ def _model_config(config: TrainConfig, n_classes: int, mean, std) -> ModelConfig
     )
 
 
+def fresh_model_config(config: TrainConfig, n_classes: int, *images: torch.Tensor) -> ModelConfig:
+    """The network of ``config`` for ``n_classes``, its input normalised by the channel statistics of ``images``
+    (the cells it trains on): what ``train`` builds when it does not warm-start, and what ``ml.selfsup`` pre-trains."""
+    mean, std = _channel_stats(*images)
+    return _model_config(config, n_classes, mean, std)
+
+
 def _channel_stats(*tensors: torch.Tensor) -> tuple[list[float], list[float]]:
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
@@ -595,8 +602,7 @@ def train(
         model_config = model_config_of(init_checkpoint)
         model_config.n_classes = len(class_names)
     else:
-        mean, std = _channel_stats(labelled_x, unlabelled_x)
-        model_config = _model_config(config, len(class_names), mean, std)
+        model_config = fresh_model_config(config, len(class_names), labelled_x, unlabelled_x)
     model_config.tta = config.tta  # predictions in training follow this run's config, whatever a warm start had
     validation = (val_x, val_y) if val_x is not None and val_y is not None and len(val_x) else None
     run = _Run(

@@ -51,3 +51,18 @@ def test_ssl_refuses_a_pretrained_network_of_another_profile(tmp_path: Path) -> 
     assert result.exit_code == 2
     assert "pre-train with this profile" in result.output
     assert not (tmp_path / "run.json").exists()
+
+
+def test_pretrain_adds_only_the_train_cells_of_the_extra_classes(tmp_path: Path, monkeypatch) -> None:
+    from bench import ssl as bench_ssl
+
+    data = make_manifest_dataset(tmp_path / "data", train_per_class=12, test_per_class=4)
+    extra = make_manifest_dataset(tmp_path / "other", classes=("ig", "platelet"), train_per_class=4, test_per_class=2)
+    monkeypatch.setattr(bench_ssl, "EXTRA_TEST_PER_CLASS", 2)
+    monkeypatch.setattr(bench_ssl, "EXTRA_VALIDATION_PER_CLASS", 1)
+    result = _pretrain(data, tmp_path, "--extra-classes", str(extra))
+    assert result.exit_code == 0, result.output
+    # 27 train cells of the manifest's classes, and of each extra class's 6 cells 2 test, 1 validation, 3 train
+    assert json.loads((tmp_path / "pre.json").read_text())["n_images"] == 27 + 2 * 3
+    # the network is built for the five classes bench ssl --extra-classes trains on
+    assert load_checkpoint(tmp_path / "pre.pt")["model_config"]["n_classes"] == 5
