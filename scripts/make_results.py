@@ -602,29 +602,41 @@ def rerun_lines(results: Path, changed: str, profile: str, change: Callable[[dic
     return PAIRED_HEADER + rows + ([""] + means if means else [])
 
 
-def classes8_lines(results: Path) -> list[str]:
-    """Eight classes (issue 18: ``bench ssl --extra-classes``, ``results/classes8``): one row a seed with
-    the extra classes' test recall, then the mean ± sd over seeds."""
-    runs = [json.loads(p.read_text()) for p in sorted((results / "classes8").glob("*.json"))]
-    runs = sorted((r for r in runs if "accuracy" in r), key=lambda r: (_key_labels(r["labels_per_class"]), r["seed"]))
+def classes8_lines(results: Path, folder: str = "classes8", settings: tuple[str, ...] = ()) -> list[str]:
+    """Eight classes (issue 18: ``bench ssl --extra-classes``, ``results/<folder>``): one row a run with
+    the config ``settings`` that tell its runs apart and the extra classes' test recall, then the mean ±
+    sd over the seeds of each label count."""
+    runs = [json.loads(p.read_text()) for p in sorted((results / folder).glob("*.json"))]
+    runs = sorted(
+        (r for r in runs if "accuracy" in r),
+        key=lambda r: (_key_labels(r["labels_per_class"]), *(r["config"][k] for k in settings), r["seed"]),
+    )
     if not runs:
         return []
     extra = [c for c in ("erythroblast", "ig", "platelet") if c in runs[0]["per_class"]]
     lines = [
-        "| method | labels/class | seed | val % | test % | "
+        "| method | labels/class | "
+        + "".join(f"{k} | " for k in settings)
+        + "seed | val % | test % | "
         + " | ".join(f"{c} recall" for c in extra)
         + " | minutes | trained in |",
-        "|---|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---|",
+        "|---|---:|" + "---:|" * len(settings) + "---:|---:|---:|" + "---:|" * len(extra) + "---:|---|",
     ]
     for r in runs:
         recalls = " | ".join(f"{r['per_class'][c]['recall']:.2f}" for c in extra)
         lines.append(
-            f"| {r['method']} | {r['labels_per_class']} | {r['seed']} | {_percent(r.get('val_accuracy'))} "
+            f"| {r['method']} | {r['labels_per_class']} | "
+            + "".join(f"{r['config'][k]} | " for k in settings)
+            + f"{r['seed']} | {_percent(r.get('val_accuracy'))} "
             f"| {_percent(r['accuracy'])} | {recalls} | {r['wall_seconds'] / 60:.1f} "
             f"| {r.get('train_precision', '–')} |"
         )
-    for n in sorted({r["labels_per_class"] for r in runs}, key=_key_labels):
-        group = [r for r in runs if r["labels_per_class"] == n]
+
+    def setting(r: dict) -> tuple:
+        return (r["labels_per_class"], *(r["config"][k] for k in settings))
+
+    for key in dict.fromkeys(setting(r) for r in runs):  # in the rows' order
+        n, group = key[0], [r for r in runs if setting(r) == key]
         if len(group) > 1:
             val = [100 * r["val_accuracy"] for r in group if r.get("val_accuracy") is not None]
             lines += [
@@ -636,6 +648,37 @@ def classes8_lines(results: Path) -> list[str]:
                 ),
             ]
     return lines
+
+
+def classes8_ceiling_summary(folder: Path) -> str:
+    """Test and validation accuracy and ``ig`` test recall of the profile's own network (half width,
+    64 px) trained on every label, for the prose (``results/classes8-ceiling``)."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    runs = [r for r in runs if r["labels_per_class"] == "all" and r["config"]["width"] == 0.5]
+    runs = [r for r in runs if r["config"]["image_size"] == 64]
+    if not runs:
+        return "(not run yet)"
+    test = [100 * r["accuracy"] for r in runs]
+    val = [100 * r["val_accuracy"] for r in runs]
+    ig = statistics.mean(r["per_class"]["ig"]["recall"] for r in runs)
+    return (
+        f"{_mean_sd(test)} % on the test split and {_mean_sd(val)} % on validation at half width "
+        f"(`ig` test recall {ig:.2f}; seed{'s' if len(runs) > 1 else ''} {', '.join(str(r['seed']) for r in runs)})"
+    )
+
+
+def taught_auroc(folder: Path, name: str) -> str:
+    """The range over ``scripts/taught_class_auroc.py``'s files of a class's AUROC over the eight views (one
+    view in brackets)."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    if not runs:
+        return "(not measured yet)"
+
+    def span(key: str) -> str:
+        values = sorted(r[key][name]["auroc_own_class"] for r in runs)
+        return f"{values[0]:.3f}" if values[0] == values[-1] else f"{values[0]:.3f}-{values[-1]:.3f}"
+
+    return f"{span('eight_views')} over the eight symmetries ({span('one_view')} on one view)"
 
 
 def gpu_lines(results: Path) -> list[str]:
@@ -737,6 +780,9 @@ def render(
         missing_lines=missing_lines(groups),
         gpu_lines=gpu_lines(results),
         classes8_lines=classes8_lines(results),
+        classes8_ceiling_lines=classes8_lines(results, "classes8-ceiling", ("width", "image_size")),
+        classes8_ceiling_summary=classes8_ceiling_summary(results / "classes8-ceiling"),
+        classes8_taught_ig=taught_auroc(results / "classes8-ceiling" / "oracle", "ig"),
         classes8_lever_lines=lever_lines(results, "classes8-levers-amx", "classes8-amx"),
         classes8_epyc_lines=lever_lines(results, "classes8-levers-epyc", "classes8-epyc"),
         classes8_mixup_lines=lever_lines(results, "classes8-epyc-mixup", "classes8-levers-epyc"),

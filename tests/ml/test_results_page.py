@@ -322,6 +322,38 @@ def test_eight_class_runs_show_the_extra_classes_recall_and_the_mean_over_seeds(
     )
 
 
+def test_eight_class_runs_of_several_set_ups_show_each_and_average_only_within_one(results_script, tmp_path):
+    runs = []
+    set_ups = ((0, 0.5, 64, 0.96, 600), (1, 0.5, 64, 0.94, 600), (0, 0.25, 96, 0.90, 660))
+    for seed, width, size, accuracy, wall in set_ups:
+        run = _run("supervised", "all", seed, accuracy, wall, FAST, width=width, image_size=size)
+        run["per_class"].update({c: {"recall": 0.8} for c in ("erythroblast", "ig", "platelet")})
+        runs.append(run)
+    _write(tmp_path / "ceiling", runs)
+    lines = results_script.classes8_lines(tmp_path, "ceiling", ("width", "image_size"))
+    assert lines[0].startswith("| method | labels/class | width | image_size | seed | val % |")
+    assert "| supervised | all | 0.25 | 96 | 0 | 88.0 | 90.0 | 0.80 | 0.80 | 0.80 | 11.0 | – |" in lines
+    # the two half-width seeds are averaged; the 96 px run, alone in its set-up, is not folded into them
+    means = [line for line in lines if line.startswith("- ")]
+    assert means == [
+        "- all labels/class, seeds 0, 1: test 95.0 ± 1.4 %, validation 93.0 ± 1.4 %"
+        "; erythroblast recall 0.80; ig recall 0.80; platelet recall 0.80"
+    ]
+    assert results_script.classes8_ceiling_summary(tmp_path / "ceiling").startswith(
+        "95.0 ± 1.4 % on the test split and 93.0 ± 1.4 % on validation at half width "
+        "(`ig` test recall 0.80; seeds 0, 1)"
+    )
+    assert results_script.classes8_ceiling_summary(tmp_path / "none") == "(not run yet)"
+
+
+def test_the_taught_class_auroc_is_given_as_its_range_over_checkpoints(results_script, tmp_path):
+    assert results_script.taught_auroc(tmp_path, "ig") == "(not measured yet)"
+    for i, (eight, one) in enumerate(((0.99, 0.98), (0.97, 0.98))):
+        views = {"eight_views": {"ig": {"auroc_own_class": eight}}, "one_view": {"ig": {"auroc_own_class": one}}}
+        (tmp_path / f"taught_{i}.json").write_text(json.dumps(views))
+    assert results_script.taught_auroc(tmp_path, "ig") == "0.970-0.990 over the eight symmetries (0.980 on one view)"
+
+
 def test_an_adopted_levers_folder_keeps_the_runs_that_differ_only_by_later_adoptions(results_script, tmp_path):
     profile = make_config("cpu", "lp+mean-teacher")
     later = results_script.ADOPTED["ablations-val-epyc-half"]  # the mixup lever's folder
