@@ -5,10 +5,12 @@
 The choice reads the PBC validation split and zheng-dev only (never a test split): among the variants whose
 validation accuracy is at most 0.3 points below the variant without stain augmentation ("none"), the one with the
 best mean accuracy over the zheng-dev sources (means over a variant's seeds: cards NAME, NAME-s1, ...), as the
-product serves a reference by default: with BatchNorm statistics adapted to the lab's cells (``adapted_batchnorm``)
-where the card has that figure, else the model alone. Without a "none" card every variant is eligible. A variant
-run for fewer seeds than the most-run one is left out: it was dropped after losing on its first seeds, and its mean
-is not comparable with means over more seeds (zheng-dev moved by up to 12 points with the seed alone).
+product serves a reference by default: adapted to the lab's cells without labels (``adapted_im``: BatchNorm
+statistics, then its scales and shifts; ``reference_adapt_im``) where the card has that figure (cards built since
+2026-12-07), else with the BatchNorm statistics adapted (``adapted_batchnorm``), else the model alone. Without a
+"none" card every variant is eligible. A variant run for fewer seeds than the most-run one is left out: it was
+dropped after losing on its first seeds, and its mean is not comparable with means over more seeds (zheng-dev moved
+by up to 12 points with the seed alone).
 """
 
 from __future__ import annotations
@@ -40,13 +42,18 @@ def _variant(name: str) -> str:
     return re.sub(r"-s\d+$", "", name)
 
 
+def served(source: dict) -> dict:
+    """A card's figures on one source as the product serves the reference there (module docstring)."""
+    return source.get("adapted_im") or source.get("adapted_batchnorm") or source["reference"]
+
+
 def choose(folder: Path) -> tuple[str, dict]:
     cards = {p.name.removesuffix(".card.json"): json.loads(p.read_text()) for p in sorted(folder.glob("*.card.json"))}
     if not cards:
         raise SystemExit(f"no ablation cards in {folder}")
 
     def transfer(card: dict) -> float:
-        figures = [v.get("adapted_batchnorm", v["reference"])["accuracy"] for v in card["transfer"].values()]
+        figures = [served(v)["accuracy"] for v in card["transfer"].values()]
         return sum(figures) / len(figures) if figures else 0.0
 
     seeds: dict[str, list[dict]] = {}

@@ -167,17 +167,27 @@ def adaptation_table(folder: Path) -> list[str]:
     """A study of adapting the reference alone (N = 0) to a lab's unlabelled cells: ``bench transfer
     --labels-per-class 0`` reports of several references (``<source>_n0*_<reference>.json``), a row per
     reference and adaptation, a column per source. The folder's README.md says what was asked and chosen."""
-    rows: dict[tuple[str, int, str], dict[str, dict]] = {}
-    for path in folder.glob("*_n0*.json"):
+    return references_table(
+        folder, "*_n0*.json", "N = 0 (no labels in the new lab); pair rows only within one reference.", "adaptation"
+    )
+
+
+def references_table(folder: Path, pattern: str, scope: str, what: str) -> list[str]:
+    """``bench transfer`` reports of several references (``<source>_n<N>*_<reference>.json`` matching
+    ``pattern``, the reference named by its checkpoint's file name): a row per reference and run (labels per
+    class, adaptation), a column per source, then the folder's README.md."""
+    rows: dict[tuple[str, tuple[int, int], str], dict[str, dict]] = {}
+    for path in folder.glob(pattern):
         report = load(path)
-        key = (Path(report["reference"]).stem, order(report)[1], adapted_suffix(report).removeprefix(" + ") or "alone")
-        rows.setdefault(key, {})[report["source"]] = report
+        n = report["labels_per_class"]
+        label = f"N={n}{adapted_suffix(report)}" if n else adapted_suffix(report).removeprefix(" + ") or "alone"
+        rows.setdefault((Path(report["reference"]).stem, order(report), label), {})[report["source"]] = report
     if not rows:
         return []
     return study_table(
         folder,
-        "N = 0 (no labels in the new lab); pair rows only within one reference.",
-        ("| reference | adaptation |", "|---|---|"),
+        scope,
+        (f"| reference | {what} |", "|---|---|"),
         [(f"| {reference} | {label} |", rows[(reference, rank, label)]) for reference, rank, label in sorted(rows)],
     )
 
@@ -275,6 +285,15 @@ def main() -> int:
     adaptation = [line for folder in sorted(RESULTS.glob("adapt*")) for line in adaptation_table(folder)]
     if adaptation:
         lines += ["## Adapting the reference alone to the new lab (zheng-dev, no labels)", "", *adaptation]
+    several = [
+        line
+        for folder in sorted(RESULTS.glob("references*"))
+        for line in references_table(
+            folder, "*.json", "Several references of one recipe; pair rows only within one seed.", "run"
+        )
+    ]
+    if several:
+        lines += ["## Several references, seed for seed (zheng-dev, never the test split)", "", *several]
     studies = [line for folder in sorted(RESULTS.glob("finetune*")) for line in finetune_table(folder)]
     if studies:
         lines += ["## Fine-tuning in the new lab (zheng-dev, never the test split)", "", *studies]

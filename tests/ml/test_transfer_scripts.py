@@ -51,6 +51,13 @@ def test_choose_takes_the_best_transfer_that_keeps_pbc_within_0_3_points(tmp_pat
     assert choose(tmp_path)[0] == "robust"  # strong: (0.8 + 0.5) / 2 = 0.65
     _card(tmp_path, "strong-s1", 0.950, (0.90, 0.80), stain_hed_alpha=0.3)
     assert choose(tmp_path)[0] == "strong"  # strong: (0.8 + 0.9) / 2 = 0.85
+    # the figure adapted without labels (the product's default since reference_adapt_im) decides over both
+    for name in ("robust", "robust-s1"):
+        card = json.loads((tmp_path / f"{name}.card.json").read_text())
+        for source in card["transfer"].values():
+            source["adapted_im"] = {"accuracy": 0.95}
+        (tmp_path / f"{name}.card.json").write_text(json.dumps(card))
+    assert choose(tmp_path)[0] == "robust"
 
 
 def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> None:
@@ -102,6 +109,17 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
                 flags = {"adapt_bn": variant != "alone", "adapt_im": variant == "im", "adapt_zoom": False}
                 run = {**lab, **flags, "source": source, "reference": f"/tmp/{ref}.pt", "accuracy": accuracy + bump}
                 (results / "adapt-im" / f"{source}_n0_{variant}_{ref}.json").write_text(json.dumps(run))
+    (results / "references-epochs").mkdir()
+    for ref, n, accuracy in (("e20", 5, 0.8), ("e80", 5, 0.9), ("e80", 0, 0.7)):
+        for source in ("zheng2018-cellavision", "zheng2018-tecom"):
+            run = {
+                **report,
+                "labels_per_class": n,
+                "source": source,
+                "reference": f"/tmp/{ref}.pt",
+                "accuracy": accuracy,
+            }
+            (results / "references-epochs" / f"{source}_n{n}_{ref}.json").write_text(json.dumps(run))
     monkeypatch.setenv("TRANSFER_RESULTS", str(results))
     report = _script("transfer_report")
     assert report.main() == 0
@@ -135,4 +153,12 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
         study_rows[1] == "| yes | 5 | adapt_im=True, keep=0.5, method=supervised, rounds=2, stain_hed_alpha=0.2 "
         "| – | 70.0 ± 1.0 | – |"
     )
+    # several references: a row per reference and run, N = 0 before N = 5
+    assert "## Several references, seed for seed" in page
+    several = [line for line in page.splitlines() if line.startswith(("| e20 |", "| e80 |"))]
+    assert several == [
+        "| e20 | N=5 | 80.0 ± 1.0 | 80.0 ± 1.0 | 80.0 |",
+        "| e80 | alone | 70.0 ± 1.0 | 70.0 ± 1.0 | 70.0 |",
+        "| e80 | N=5 | 90.0 ± 1.0 | 90.0 ± 1.0 | 90.0 |",
+    ]
     assert (tmp_path / "transfer.png").stat().st_size > 1000
