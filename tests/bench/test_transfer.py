@@ -126,3 +126,14 @@ def test_bench_transfer_refuses_a_missing_reference(tmp_path: Path) -> None:
     args = ["bench", "transfer", "--reference", str(tmp_path / "none.pt"), "--data", str(tmp_path)]
     result = CliRunner().invoke(app, [*args, "--labels-per-class", "1"])
     assert result.exit_code == 2 and "--reference" in result.output
+
+
+def test_the_cpu_reference_trains_four_times_a_retrains_length_at_quarter_width() -> None:
+    from cli.reference import reference_recipe
+    from ml.config import make_config
+
+    recipe = reference_recipe("cpu")
+    # docs/results/transfer/ablation-epochs/: 80 epochs transferred better without labels than 20 or 40
+    assert recipe["epochs"] == 4 * make_config("cpu", "supervised").epochs
+    assert recipe["width"] == 0.25 and recipe["fit_ood"] is False
+    assert "epochs" not in reference_recipe("tiny")  # the test profile keeps its own short length
