@@ -605,7 +605,7 @@ def rerun_lines(results: Path, changed: str, profile: str, change: Callable[[dic
 def classes8_lines(results: Path, folder: str = "classes8", settings: tuple[str, ...] = ()) -> list[str]:
     """Eight classes (issue 18: ``bench ssl --extra-classes``, ``results/<folder>``): one row a run with
     the config ``settings`` that tell its runs apart and the extra classes' test recall, then the mean ±
-    sd over the seeds of each label count."""
+    sd over the seeds of each set-up (label count and ``settings``) run for more than one."""
     runs = [json.loads(p.read_text()) for p in sorted((results / folder).glob("*.json"))]
     runs = sorted(
         (r for r in runs if "accuracy" in r),

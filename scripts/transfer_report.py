@@ -176,12 +176,15 @@ def references_table(folder: Path, pattern: str, scope: str, what: str) -> list[
     """``bench transfer`` reports of several references (``<source>_n<N>*_<reference>.json`` matching
     ``pattern``, the reference named by its checkpoint's file name): a row per reference and run (labels per
     class, adaptation), a column per source, then the folder's README.md."""
-    rows: dict[tuple[str, tuple[int, int], str], dict[str, dict]] = {}
+    rows: dict[tuple[str, tuple[int, int, int], str], dict[str, dict]] = {}
     for path in folder.glob(pattern):
         report = load(path)
         n = report["labels_per_class"]
         label = f"N={n}{adapted_suffix(report)}" if n else adapted_suffix(report).removeprefix(" + ") or "alone"
-        rows.setdefault((Path(report["reference"]).stem, order(report), label), {})[report["source"]] = report
+        epochs = (report.get("finetune_config") or {}).get("epochs") if n else None
+        label += f", {epochs} epochs fine-tuning" if epochs else ""
+        key = (Path(report["reference"]).stem, (*order(report), epochs or 0), label)
+        rows.setdefault(key, {})[report["source"]] = report
     if not rows:
         return []
     return study_table(

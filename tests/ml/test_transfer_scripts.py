@@ -110,16 +110,12 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
                 run = {**lab, **flags, "source": source, "reference": f"/tmp/{ref}.pt", "accuracy": accuracy + bump}
                 (results / "adapt-im" / f"{source}_n0_{variant}_{ref}.json").write_text(json.dumps(run))
     (results / "references-epochs").mkdir()
-    for ref, n, accuracy in (("e20", 5, 0.8), ("e80", 5, 0.9), ("e80", 0, 0.7)):
+    several_runs = (("e20", 5, 5, 0.8), ("e80", 5, 5, 0.9), ("e80", 5, 10, 0.95), ("e80", 0, 0, 0.7))
+    for ref, n, epochs, accuracy in several_runs:
         for source in ("zheng2018-cellavision", "zheng2018-tecom"):
-            run = {
-                **report,
-                "labels_per_class": n,
-                "source": source,
-                "reference": f"/tmp/{ref}.pt",
-                "accuracy": accuracy,
-            }
-            (results / "references-epochs" / f"{source}_n{n}_{ref}.json").write_text(json.dumps(run))
+            run = {**report, "labels_per_class": n, "source": source, "reference": f"/tmp/{ref}.pt"}
+            run.update(accuracy=accuracy, finetune_config={"epochs": epochs} if n else None)
+            (results / "references-epochs" / f"{source}_n{n}_e{epochs}_{ref}.json").write_text(json.dumps(run))
     monkeypatch.setenv("TRANSFER_RESULTS", str(results))
     report = _script("transfer_report")
     assert report.main() == 0
@@ -153,12 +149,13 @@ def test_report_writes_the_page_and_the_plot(tmp_path: Path, monkeypatch) -> Non
         study_rows[1] == "| yes | 5 | adapt_im=True, keep=0.5, method=supervised, rounds=2, stain_hed_alpha=0.2 "
         "| – | 70.0 ± 1.0 | – |"
     )
-    # several references: a row per reference and run, N = 0 before N = 5
+    # several references: a row per reference and run, N = 0 before N = 5, shorter fine-tuning first
     assert "## Several references, seed for seed" in page
     several = [line for line in page.splitlines() if line.startswith(("| e20 |", "| e80 |"))]
     assert several == [
-        "| e20 | N=5 | 80.0 ± 1.0 | 80.0 ± 1.0 | 80.0 |",
+        "| e20 | N=5, 5 epochs fine-tuning | 80.0 ± 1.0 | 80.0 ± 1.0 | 80.0 |",
         "| e80 | alone | 70.0 ± 1.0 | 70.0 ± 1.0 | 70.0 |",
-        "| e80 | N=5 | 90.0 ± 1.0 | 90.0 ± 1.0 | 90.0 |",
+        "| e80 | N=5, 5 epochs fine-tuning | 90.0 ± 1.0 | 90.0 ± 1.0 | 90.0 |",
+        "| e80 | N=5, 10 epochs fine-tuning | 95.0 ± 1.0 | 95.0 ± 1.0 | 95.0 |",
     ]
     assert (tmp_path / "transfer.png").stat().st_size > 1000
