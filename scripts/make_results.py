@@ -651,19 +651,26 @@ def classes8_lines(results: Path, folder: str = "classes8", settings: tuple[str,
 
 
 def classes8_ceiling_summary(folder: Path) -> str:
-    """Test and validation accuracy and ``ig`` test recall of the profile's own network (half width,
-    64 px) trained on every label, for the prose (``results/classes8-ceiling``)."""
+    """Test and validation accuracy and ``ig`` test recall of the cpu profile's own network (its width and
+    input size) trained on every label, for the prose (``results/classes8-ceiling``)."""
+    profile = make_config("cpu", "supervised")
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    runs = [r for r in runs if r["labels_per_class"] == "all" and r["config"]["width"] == 0.5]
-    runs = [r for r in runs if r["config"]["image_size"] == 64]
+    runs = [
+        r
+        for r in runs
+        if r["labels_per_class"] == "all"
+        and r["config"]["width"] == profile.width
+        and r["config"]["image_size"] == profile.image_size
+    ]
     if not runs:
         return "(not run yet)"
     test = [100 * r["accuracy"] for r in runs]
     val = [100 * r["val_accuracy"] for r in runs]
     ig = statistics.mean(r["per_class"]["ig"]["recall"] for r in runs)
     return (
-        f"{_mean_sd(test)} % on the test split and {_mean_sd(val)} % on validation at half width "
-        f"(`ig` test recall {ig:.2f}; seed{'s' if len(runs) > 1 else ''} {', '.join(str(r['seed']) for r in runs)})"
+        f"{_mean_sd(test)} % on the test split and {_mean_sd(val)} % on validation at the profile's width "
+        f"{profile.width:g} and {profile.image_size} px (`ig` test recall {ig:.2f}; "
+        f"seed{'s' if len(runs) > 1 else ''} {', '.join(str(r['seed']) for r in runs)})"
     )
 
 
@@ -712,19 +719,22 @@ def missing_lines(groups: dict) -> list[str]:
     return missing
 
 
-# bench active --lab-default runs (every round at the profile's own length), beside the shorter runs
+# bench active --lab-default runs (every round at the profile's own length), beside the shorter runs: the
+# quarter-width profile of 2026-12-06 morning, then the profile as it stood on 2026-12-07
 LAB_DEFAULT = "lab-default"
+LAB_DEFAULT_NOW = "lab-default-2026-12-07"
 
 
 def active_lines(results: Path, page: Path) -> list[str]:
     """The product loop's sections (``bench.active``): the runs of results/active and of its
-    ``LAB_DEFAULT`` folder, each plot drawn into its folder's loop.png."""
+    ``LAB_DEFAULT`` folders, each plot drawn into its folder's loop.png (a folder without runs: no section)."""
     from bench.active import results_lines
 
     lines = []
     for folder, title in (
         (results / "active", None),
-        (results / "active" / LAB_DEFAULT, "at a lab's default retrain length"),
+        (results / "active" / LAB_DEFAULT, "at a lab's default retrain length, the quarter-width profile"),
+        (results / "active" / LAB_DEFAULT_NOW, "at a lab's default retrain length, the profile of 2026-12-07"),
     ):
         png = folder / "loop.png"
         lines += results_lines(folder, png, png.relative_to(page.parent).as_posix(), title=title)

@@ -340,7 +340,7 @@ def test_eight_class_runs_of_several_set_ups_show_each_and_average_only_within_o
         "; erythroblast recall 0.80; ig recall 0.80; platelet recall 0.80"
     ]
     assert results_script.classes8_ceiling_summary(tmp_path / "ceiling").startswith(
-        "95.0 ± 1.4 % on the test split and 93.0 ± 1.4 % on validation at half width "
+        "95.0 ± 1.4 % on the test split and 93.0 ± 1.4 % on validation at the profile's width 0.5 and 64 px "
         "(`ig` test recall 0.80; seeds 0, 1)"
     )
     assert results_script.classes8_ceiling_summary(tmp_path / "none") == "(not run yet)"
@@ -394,3 +394,43 @@ def test_a_run_started_from_another_network_is_named_by_that_network_and_pairs_a
     assert results_script.lever_lines(tmp_path, "selfsup", "profile")[2] == (
         "| lp+mean-teacher | 20 | 0 | init=simclr10 | 94.0 | 93.0 | 96.0 | 95.0 |"
     )
+
+
+def _loop_run(strategy: str, seed: int, accuracies: list[float]) -> dict:
+    """A ``bench active --lab-default`` JSON of the default method, one round per accuracy."""
+    return {
+        "bench": "active",
+        "strategy": strategy,
+        "cold_start": "kmeans" if strategy == "diverse" else "random",
+        "method": "lp+mean-teacher",
+        "profile": "cpu",
+        "seed": seed,
+        "schedule": [50 * (i + 1) for i in range(len(accuracies))],
+        "params_first_round": {},
+        "params_warm_rounds": {},
+        "overrides": {},
+        "device": FAST,
+        "rounds": [
+            {"labels": 50 * (i + 1), "accuracy": a, "val_accuracy": a - 0.01, "macro_f1": a, "round_seconds": 900.0}
+            for i, a in enumerate(accuracies)
+        ],
+    }
+
+
+def test_each_lab_default_folder_of_the_loop_gets_its_own_section_and_an_empty_one_none(results_script, tmp_path):
+    results, page = tmp_path / "results", tmp_path / "results.md"
+    old = results / "active" / results_script.LAB_DEFAULT
+    now = results / "active" / results_script.LAB_DEFAULT_NOW
+    for folder, runs in ((old, [_loop_run("random", 0, [0.80, 0.90])]), (now, [_loop_run("diverse", 0, [0.93, 0.96])])):
+        folder.mkdir(parents=True)
+        for run in runs:
+            (folder / f"loop-{run['strategy']}-s{run['seed']}.json").write_text(json.dumps(run))
+    text = "\n".join(results_script.active_lines(results, page))
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## The product's loop (`bench active`), at a lab's default retrain length, the quarter-width profile",
+        "## The product's loop (`bench active`), at a lab's default retrain length, the profile of 2026-12-07",
+    ]
+    newer = text[text.index("profile of 2026-12-07") :]
+    assert "| 100 | 96.0 | 95.0 | 0 |" in newer and "random" not in newer
+    assert (now / "loop.png").exists() and not (results / "active" / "loop.png").exists()
