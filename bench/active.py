@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 BENCH = "active"
 # The issue's targets: test accuracy (mean of 3 seeds) at these total label counts.
 TARGETS = {100: 0.985, 250: 0.990}
+TARGET_SEEDS = 3  # the targets are means over seeds 0-2
+PRODUCT_ARM, RANDOM_ARM = "diverse / kmeans", "random / random"  # summarise's names of the two arms
 
 
 def parse_schedule(schedule: str | None, budget: int, step: int, initial: int | None) -> list[int]:
@@ -446,6 +448,7 @@ def results_lines(
                 ", ".join(map(str, entry["seeds"])),
             ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", *target_lines(summary)]
     choice = folder / "cold_start_choice.json"
     if choice.exists():
         picked = json.loads(choice.read_text())
@@ -458,6 +461,43 @@ def results_lines(
             f"**{picked['chosen_features']}**.",
         ]
     lines += ["", f"![accuracy against labels, the product's loop]({link})"]
+    return lines
+
+
+def target_lines(summary: dict) -> list[str]:
+    """A line per budget of ``TARGETS`` that the runs reached: each arm's mean test accuracy there against
+    the target, met or missed where it rests on ``TARGET_SEEDS`` seeds, else above or below on the seeds run."""
+    lines = []
+    for labels, target in TARGETS.items():
+        verdicts = []
+        for arm in sorted(summary):
+            entry = summary[arm].get(labels)
+            if entry is None:
+                continue
+            mean, seeds = entry["accuracy"]["mean"], len(entry["seeds"])
+            gap = f"{abs(100 * (mean - target)):.1f} points"
+            if seeds >= TARGET_SEEDS:
+                verdict = "met" if mean >= target else f"missed by {gap}"
+            else:
+                verdict = (
+                    f"{'above' if mean >= target else 'below'} it by {gap} on {seeds} seed{'s' if seeds > 1 else ''}, "
+                    f"short of the {TARGET_SEEDS} the target is a mean over"
+                )
+            verdicts.append(f"{arm} {100 * mean:.1f} %, {verdict}")
+        if verdicts:
+            head = f"- Target ≥ {100 * target:.1f} % on the test split at {labels} labels: "
+            lines.append(head + "; ".join(verdicts))
+    product, random = summary.get(PRODUCT_ARM), summary.get(RANDOM_ARM)
+    budgets = sorted(set(product or {}) & set(random or {}))
+    if budgets:
+        gains = {n: 100 * (product[n]["accuracy"]["mean"] - random[n]["accuracy"]["mean"]) for n in budgets}
+        every = all(gain > 0 for gain in gains.values())
+        lines.append(
+            f"- Target, the product's strategy above random at every budget (test, mean over seeds): "
+            f"{'met' if every else 'missed'} ("
+            + ", ".join(f"{gain:+.1f} points at {n}" for n, gain in gains.items())
+            + ")"
+        )
     return lines
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bench.active import results_lines
+from bench.active import results_lines, target_lines
 from cli.main import app
 from ml import retrain as recipe
 from ml.data import read_manifest
@@ -123,3 +123,25 @@ def test_bench_active_lab_default_retrains_every_round_with_the_default_params(
     assert "epochs default for the cold round and default for warm rounds" in "\n".join(
         results_lines(tmp_path, tmp_path / "loop.png", "loop.png", method="supervised", profile="tiny")
     )
+
+
+def test_the_loop_section_says_per_target_whether_each_arm_met_it_or_rests_on_too_few_seeds() -> None:
+    def entry(values: list[float]) -> dict:
+        mean = sum(values) / len(values)
+        return {"seeds": list(range(len(values))), "accuracy": {"mean": mean}}
+
+    summary = {
+        "diverse / kmeans": {50: entry([0.9] * 3), 100: entry([0.98, 0.99, 0.99]), 250: entry([0.995])},
+        "random / random": {100: entry([0.97, 0.98, 0.96])},
+    }
+    assert target_lines(summary) == [
+        "- Target ≥ 98.5 % on the test split at 100 labels: diverse / kmeans 98.7 %, met; "
+        "random / random 97.0 %, missed by 1.5 points",
+        "- Target ≥ 99.0 % on the test split at 250 labels: diverse / kmeans 99.5 %, above it by 0.5 points "
+        "on 1 seed, short of the 3 the target is a mean over",
+        "- Target, the product's strategy above random at every budget (test, mean over seeds): "
+        "met (+1.7 points at 100)",
+    ]
+    summary["random / random"][50] = entry([0.91, 0.92, 0.93])
+    assert target_lines(summary)[-1].endswith("missed (-2.0 points at 50, +1.7 points at 100)")
+    assert target_lines({"random / random": {50: entry([0.9])}}) == []
