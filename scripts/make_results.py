@@ -741,6 +741,25 @@ def active_lines(results: Path, page: Path) -> list[str]:
     return lines
 
 
+def loop_summary(folder: Path) -> str:
+    """The product arm's test accuracy (validation in brackets) at each budget of a ``bench active`` folder,
+    mean ± sd over its seeds, for the prose."""
+    from bench.active import PRODUCT_ARM, load_runs, summarise
+
+    arm = summarise(load_runs(folder, "lp+mean-teacher", "cpu")).get(PRODUCT_ARM)
+    if not arm:
+        return "(not run yet)"
+
+    def figure(stats: dict, seeds: int) -> str:
+        return f"{100 * stats['mean']:.1f}" + (f" ± {100 * stats['sd']:.1f}" if seeds > 1 else "")
+
+    return "; ".join(
+        f"{figure(e['accuracy'], len(e['seeds']))} % ({figure(e['val_accuracy'], len(e['seeds']))}) at {n} labels "
+        f"(seed{'s' if len(e['seeds']) > 1 else ''} {', '.join(map(str, e['seeds']))})"
+        for n, e in arm.items()
+    )
+
+
 def render(
     groups: dict, plot_name: str, results: Path, throughput: dict | None = None, active: list[str] | None = None
 ) -> str:
@@ -789,6 +808,7 @@ def render(
         ablation_lines=ablation_lines(results),
         missing_lines=missing_lines(groups),
         gpu_lines=gpu_lines(results),
+        loop_now_summary=loop_summary(results / "active" / LAB_DEFAULT_NOW),
         classes8_lines=classes8_lines(results),
         classes8_ceiling_lines=classes8_lines(results, "classes8-ceiling", ("width", "image_size")),
         classes8_ceiling_summary=classes8_ceiling_summary(results / "classes8-ceiling"),
