@@ -443,8 +443,8 @@ def results_lines(
                 cells += ["–", "–", "–"]
                 continue
             cells += [
-                _mean_sd(entry["accuracy"]),
-                _mean_sd(entry["val_accuracy"]),
+                mean_sd(entry["accuracy"]),
+                mean_sd(entry["val_accuracy"]),
                 ", ".join(map(str, entry["seeds"])),
             ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
@@ -507,7 +507,8 @@ def _docs_path(folder: Path) -> str:
     return "/".join(parts[parts.index("docs") :]) + "/" if "docs" in parts else f"{folder}/"
 
 
-def _mean_sd(stats: dict) -> str:
+def mean_sd(stats: dict) -> str:
+    """``summarise``'s statistics of a fraction as a percentage: the mean, and ± sd where the values differ."""
     if stats["sd"] == 0.0 and stats["min"] == stats["max"]:
         return f"{100 * stats['mean']:.1f}"
     return f"{100 * stats['mean']:.1f} ± {100 * stats['sd']:.1f}"

@@ -744,17 +744,13 @@ def active_lines(results: Path, page: Path) -> list[str]:
 def loop_summary(folder: Path) -> str:
     """The product arm's test accuracy (validation in brackets) at each budget of a ``bench active`` folder,
     mean ± sd over its seeds, for the prose."""
-    from bench.active import PRODUCT_ARM, load_runs, summarise
+    from bench.active import PRODUCT_ARM, load_runs, mean_sd, summarise
 
     arm = summarise(load_runs(folder, "lp+mean-teacher", "cpu")).get(PRODUCT_ARM)
     if not arm:
         return "(not run yet)"
-
-    def figure(stats: dict, seeds: int) -> str:
-        return f"{100 * stats['mean']:.1f}" + (f" ± {100 * stats['sd']:.1f}" if seeds > 1 else "")
-
     return "; ".join(
-        f"{figure(e['accuracy'], len(e['seeds']))} % ({figure(e['val_accuracy'], len(e['seeds']))}) at {n} labels "
+        f"{mean_sd(e['accuracy'])} % ({mean_sd(e['val_accuracy'])}) at {n} labels "
         f"(seed{'s' if len(e['seeds']) > 1 else ''} {', '.join(map(str, e['seeds']))})"
         for n, e in arm.items()
     )
