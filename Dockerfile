@@ -28,7 +28,7 @@ RUN groupadd --system --gid 10001 leukolab \
  && useradd --system --uid 10001 --gid leukolab --home-dir /home/leukolab --create-home \
             --shell /usr/sbin/nologin leukolab \
  && python -m venv /opt/venv \
- && pip install --upgrade pip "setuptools>=68" wheel
+ && pip install --upgrade pip "setuptools>=77" wheel
 
 # Dependencies come from pyproject.toml alone, so they stay cached until the dependency list changes.
 # torch and torchvision are split off here and installed by the variant stages below.
