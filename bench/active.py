@@ -12,6 +12,10 @@ strategy). ``random`` is the baseline: a random cold start and random rounds.
 Every round records the accuracy on the fixed validation split (``ml.splits``; choices are made
 on it) and on the test split, with the macro-F1 and its wall time. ``plot_active`` draws accuracy
 against labels per strategy, the mean over seeds with a min-max band.
+
+With ``--json``, the run keeps its last round's model beside the file (``NAME.last.pt``) and the
+pool rows it labelled in the file, so ``--resume`` goes on from the last round written: after a
+run was cut short, or to extend a finished schedule (``50,100`` to ``50,100,250``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ BENCH = "active"
 TARGETS = {100: 0.985, 250: 0.990}
 TARGET_SEEDS = 3  # the targets are means over seeds 0-2
 PRODUCT_ARM, RANDOM_ARM = "diverse / kmeans", "random / random"  # summarise's names of the two arms
+# What a resumed run must share with the file it goes on from (the schedule: its first rounds).
+RESUME_KEYS = ("dataset", "strategy", "cold_start", "cold_features", "method", "profile", "seed",
+               "params_first_round", "params_warm_rounds", "overrides", "n_pool", "n_validation", "n_test",
+               "class_names")  # fmt: skip
+RESUME_ROUNDS = "bench_active_rounds"  # the kept model's key: how many rounds it ends
 
 
 def parse_schedule(schedule: str | None, budget: int, step: int, initial: int | None) -> list[int]:
@@ -100,6 +109,12 @@ def bench_active(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="training config override key=value (JSON value), repeatable")
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="go on from the rounds already in --json (a run cut short, or a longer --schedule)"
+        ),
+    ] = False,
 ) -> dict:
     """Simulate the product's labelling loop with STRATEGY; report validation and test accuracy
     after each round."""
@@ -111,12 +126,14 @@ def bench_active(
     if cold_features not in FEATURES:
         raise typer.BadParameter(f"unknown cold-start features {cold_features!r}; choose from {FEATURES}")
     totals = parse_schedule(schedule, budget, step, initial)
+    if resume and (json_out is None or not json_out.is_file()):
+        raise typer.BadParameter("--resume goes on from the --json file of an earlier run: name one that exists")
     import numpy as np
     import torch
 
     from ml.checkpoint import load_model
     from ml.coldstart import cold_start as choose_cold
-    from ml.config import make_config, parse_overrides
+    from ml.config import config_from_dict, make_config, parse_overrides
     from ml.data import load_manifest_split, resize
     from ml.device import device_name, pick_device
     from ml.images import MODEL_SIZE
@@ -145,9 +162,6 @@ def bench_active(
         raise typer.BadParameter("--lab-default retrains at the profile's length: leave out --epochs and --warm-epochs")
     warm = None if lab_default else warm_epochs or max(1, round(first_epochs * warm_fraction))
 
-    cold_started = time.perf_counter()
-    labelled = choose_cold(x_pool, totals[0], method=cold_start, features=cold_features, seed=seed)
-    cold_seconds = time.perf_counter() - cold_started
     rounds: list[dict] = []
     out: dict = {
         "bench": BENCH,
@@ -155,7 +169,6 @@ def bench_active(
         "strategy": strategy,
         "cold_start": cold_start,
         "cold_features": cold_features if cold_start == "kmeans" else None,
-        "cold_start_seconds": round(cold_seconds, 1),
         "method": method,
         "profile": profile,
         "seed": seed,
@@ -171,7 +184,24 @@ def bench_active(
         "rounds": rounds,
     }
     previous: dict | None = None
+    earlier_seconds = 0.0
+    if resume:
+        done, checkpoint = _resumable(json_out, out, totals)
+        rounds.extend(done["rounds"])
+        labelled = np.asarray(done["labelled"], dtype=np.int64)
+        model = load_model(checkpoint, which="teacher", device=device)
+        previous = {"checkpoint": checkpoint, "model": model, "config": config_from_dict(checkpoint["train_config"])}
+        out["cold_start_seconds"] = done["cold_start_seconds"]
+        out["resumed_after_rounds"] = [*done.get("resumed_after_rounds", []), len(rounds)]
+        earlier_seconds = done["wall_seconds"]
+        typer.echo(f"going on from {len(rounds)} rounds in {json_out} ({len(labelled)} labels)")
+    else:
+        cold_started = time.perf_counter()
+        labelled = choose_cold(x_pool, totals[0], method=cold_start, features=cold_features, seed=seed)
+        out["cold_start_seconds"] = round(time.perf_counter() - cold_started, 1)
     for number, total in enumerate(totals):
+        if number < len(rounds):
+            continue
         round_started = time.perf_counter()
         if number:  # the queue of the previous round's model tops the labels up to ``total``
             chosen = _next_labels(
@@ -212,19 +242,20 @@ def bench_active(
         }
         record["round_seconds"] = round(time.perf_counter() - round_started, 1)
         rounds.append(record)
-        previous = {"checkpoint": retrained.result.checkpoint, "model": model, "retrained": retrained}
+        previous = {"checkpoint": retrained.result.checkpoint, "model": model, "config": retrained.config}
         typer.echo(
             f"[{strategy}/{cold_start}] {record['labels']:4d} labels: validation {100 * record['val_accuracy']:.2f} %, "
             f"test {100 * record['accuracy']:.2f} %, macro-F1 {record['macro_f1']:.3f} "
             f"({record['round_seconds']:.0f} s)"
         )
-        out["wall_seconds"] = round(time.perf_counter() - started, 1)
-        if json_out is not None:
-            _write_json(json_out, out)
+        out["wall_seconds"] = round(earlier_seconds + time.perf_counter() - started, 1)
+        if json_out is not None:  # the model first: a file never names a round whose model is not kept
+            _save_last_model(json_out, len(rounds), retrained.result.checkpoint)
+            _write_json(json_out, {**out, "labelled": labelled.tolist()})
     if json_out is not None:
         plot = json_out.with_suffix(".png")
         out["comparison"] = plot_active(json_out.parent, plot, method=method, profile=profile)
-        _write_json(json_out, out)
+        _write_json(json_out, {**out, "labelled": labelled.tolist()})
         typer.echo(f"wrote {json_out} and {plot}")
     return out
 
@@ -267,8 +298,8 @@ def _next_labels(
         chosen = unlabelled[np.random.default_rng(seed).permutation(len(unlabelled))[:n]]
         record["reasons"] = {"random": int(n)}
     else:
-        model, retrained = previous["model"], previous["retrained"]
-        size = retrained.config.image_size
+        model, config = previous["model"], previous["config"]
+        size = config.image_size
         pool_images = x_pool[torch.from_numpy(unlabelled)]
         ood_state = previous["checkpoint"].get("ood")
         scorer = OODScorer.from_state(ood_state) if ood_state else None
@@ -283,7 +314,7 @@ def _next_labels(
             scored.features,
             lab_features,
             y_pool[labelled],
-            retrained.config,
+            config,
             n,
             strategy=strategy,
             seed=seed,
@@ -299,6 +330,50 @@ def _next_labels(
 
 def _write_json(path: Path, payload: dict) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2))
+
+
+def last_model_path(json_out: Path) -> Path:
+    """Where a run with ``--json json_out`` keeps its last round's model for ``--resume``."""
+    return json_out.with_suffix(".last.pt")
+
+
+def _save_last_model(json_out: Path, n_rounds: int, checkpoint: dict) -> None:
+    from ml.checkpoint import save_checkpoint
+
+    save_checkpoint(last_model_path(json_out), {**checkpoint, RESUME_ROUNDS: n_rounds})
+
+
+def _resumable(json_out: Path, out: dict, totals: list[int]) -> tuple[dict, dict]:
+    """The run in ``json_out`` and its last round's model when this run can go on from them; else
+    typer.BadParameter saying why."""
+    from ml.checkpoint import load_checkpoint
+
+    try:
+        done = json.loads(json_out.read_text())
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(f"--resume: {json_out} is not a bench active run ({error})") from None
+    if done.get("bench") != BENCH or not done.get("rounds") or "labelled" not in done:
+        raise typer.BadParameter(f"--resume: {json_out} holds no round to go on from (an older version's file?)")
+    differ = [key for key in RESUME_KEYS if done.get(key) != out[key]]
+    if differ:
+        said = ", ".join(f"{key} {done.get(key)!r} there, {out[key]!r} here" for key in differ)
+        raise typer.BadParameter(f"--resume: {json_out} was run with other settings: {said}")
+    labels = [record["labels"] for record in done["rounds"]]
+    if labels != totals[: len(labels)] or len(labels) >= len(totals):
+        raise typer.BadParameter(
+            f"--resume: {json_out} has rounds at {labels} labels; --schedule {totals} must start with them and go on"
+        )
+    last = last_model_path(json_out)
+    if not last.is_file():
+        raise typer.BadParameter(f"--resume: the last round's model {last} is missing; run again without --resume")
+    checkpoint = load_checkpoint(last)
+    kept = checkpoint.pop(RESUME_ROUNDS, None)
+    if kept != len(labels):
+        raise typer.BadParameter(
+            f"--resume: {last} is the model of round {kept}, {json_out} ends at round {len(labels)}: "
+            "run again without --resume"
+        )
+    return done, checkpoint
 
 
 def load_runs(folder: Path, method: str | None = None, profile: str | None = None) -> list[dict]:

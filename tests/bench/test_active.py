@@ -125,6 +125,58 @@ def test_bench_active_lab_default_retrains_every_round_with_the_default_params(
     )
 
 
+def test_a_run_cut_short_goes_on_with_resume_as_if_it_had_never_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_manifest_dataset(tmp_path / "data", train_per_class=TRAIN_PER_CLASS)
+    args = ["bench", "active", "--data", str(data), "--schedule", "6,9,12", "--strategy", "diverse",
+            "--profile", "tiny", "--method", "supervised", "--epochs", "2", "--warm-epochs", "1", "--seed", "0",
+            "--set", "batch_size=12", "--set", "steps_per_epoch=3"]  # fmt: skip
+    whole_json, cut_json = tmp_path / "whole.json", tmp_path / "cut.json"
+    assert CliRunner().invoke(app, [*args, "--json", str(whole_json)]).exit_code == 0
+    whole = json.loads(whole_json.read_text())
+
+    starts: list = []
+    real = recipe.retrain
+
+    def power_cut_in_round_three(*a, **kw):
+        starts.append(kw["active"])
+        if len(starts) == 3:
+            raise RuntimeError("power cut")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(recipe, "retrain", power_cut_in_round_three)
+    assert CliRunner().invoke(app, [*args, "--json", str(cut_json)]).exit_code != 0
+    cut = json.loads(cut_json.read_text())
+    assert [r["labels"] for r in cut["rounds"]] == [6, 9] and len(cut["labelled"]) == 9
+
+    starts.clear()
+    result = CliRunner().invoke(app, [*args, "--json", str(cut_json), "--resume"])
+    assert result.exit_code == 0, result.output
+    resumed = json.loads(cut_json.read_text())
+    assert len(starts) == 1 and starts[0].id == 1  # only round three trained, warm from round two's kept model
+    # round two's record as written, and now what the queue picked after it
+    assert [{k: r[k] for k in c} for r, c in zip(resumed["rounds"], cut["rounds"], strict=False)] == cut["rounds"]
+    assert resumed["rounds"][1]["picked_per_class"] == whole["rounds"][1]["picked_per_class"]
+    assert resumed["resumed_after_rounds"] == [2]
+    assert resumed["labelled"] == whole["labelled"]  # the queue picked what the run without a cut picked
+    assert resumed["rounds"][2]["accuracy"] == whole["rounds"][2]["accuracy"]
+    assert resumed["wall_seconds"] > cut["wall_seconds"]
+
+    def refused(*changed: str) -> str:
+        before = cut_json.read_text()
+        outcome = CliRunner().invoke(app, [*args, "--json", str(cut_json), "--resume", *changed])
+        assert outcome.exit_code != 0 and cut_json.read_text() == before and starts == [starts[0]]
+        return " ".join(outcome.output.replace("│", " ").split())  # typer folds the message inside a box
+
+    assert "seed 0 there, 1 here" in refused("--seed", "1")
+    assert "must start with them and go on" in refused()  # all three rounds are done
+    assert "must start with them" in refused("--schedule", "6,10,20")
+    (tmp_path / "cut.last.pt").unlink()
+    assert "is missing" in refused("--schedule", "6,9,12,15")
+    assert "name one that exists" in refused("--json", str(tmp_path / "none.json"))
+
+
 def test_the_loop_section_says_per_target_whether_each_arm_met_it_or_rests_on_too_few_seeds() -> None:
     def entry(values: list[float]) -> dict:
         mean = sum(values) / len(values)
