@@ -169,6 +169,7 @@ def bench_active(
         "strategy": strategy,
         "cold_start": cold_start,
         "cold_features": cold_features if cold_start == "kmeans" else None,
+        "cold_start_seconds": None,  # set below, or taken from the run resumed
         "method": method,
         "profile": profile,
         "seed": seed,
