@@ -200,59 +200,72 @@ def bench_active(
         cold_started = time.perf_counter()
         labelled = choose_cold(x_pool, totals[0], method=cold_start, features=cold_features, seed=seed)
         out["cold_start_seconds"] = round(time.perf_counter() - cold_started, 1)
-    for number, total in enumerate(totals):
-        if number < len(rounds):
-            continue
-        round_started = time.perf_counter()
-        if number:  # the queue of the previous round's model tops the labels up to ``total``
-            chosen = _next_labels(
-                previous, x_pool, y_pool, labelled, total - len(labelled), strategy, seed + number, rounds[-1]
+    written = len(rounds)  # the rounds json_out holds
+    try:
+        for number, total in enumerate(totals):
+            if number < len(rounds):
+                continue
+            round_started = time.perf_counter()
+            if number:  # the queue of the previous round's model tops the labels up to ``total``
+                chosen = _next_labels(
+                    previous, x_pool, y_pool, labelled, total - len(labelled), strategy, seed + number, rounds[-1]
+                )
+                labelled = np.concatenate([labelled, chosen])
+            unlabelled = np.setdiff1d(np.arange(len(y_pool)), labelled)
+            warm_start = previous["checkpoint"] if previous else None
+            retrained = retrain(
+                x_pool[torch.from_numpy(labelled)],
+                y_pool[labelled].tolist(),
+                x_pool[torch.from_numpy(unlabelled)],
+                names,
+                method=method,
+                profile=profile,
+                params=out["params_warm_rounds"] if previous else out["params_first_round"],
+                seed=seed * 1000 + number,
+                active=ActiveModel(id=number - 1, load=lambda c=warm_start: c) if warm_start is not None else None,
+                overrides=extra,
+                device=device,
             )
-            labelled = np.concatenate([labelled, chosen])
-        unlabelled = np.setdiff1d(np.arange(len(y_pool)), labelled)
-        warm_start = previous["checkpoint"] if previous else None
-        retrained = retrain(
-            x_pool[torch.from_numpy(labelled)],
-            y_pool[labelled].tolist(),
-            x_pool[torch.from_numpy(unlabelled)],
-            names,
-            method=method,
-            profile=profile,
-            params=out["params_warm_rounds"] if previous else out["params_first_round"],
-            seed=seed * 1000 + number,
-            active=ActiveModel(id=number - 1, load=lambda c=warm_start: c) if warm_start is not None else None,
-            overrides=extra,
-            device=device,
-        )
-        model = load_model(retrained.result.checkpoint, which="teacher", device=device)
-        size = retrained.config.image_size
-        val = classification_metrics(y_val, predict(model, resize(x_val, size)).labels, names)
-        test = classification_metrics(y_test, predict(model, resize(x_test, size)).labels, names)
-        record = {
-            "labels": int(len(labelled)),
-            "val_accuracy": val["accuracy"],
-            "val_macro_f1": val["macro_f1"],
-            "accuracy": test["accuracy"],
-            "macro_f1": test["macro_f1"],
-            "per_class_labels": np.bincount(y_pool[labelled], minlength=n_classes).tolist(),
-            "data": retrained.data,
-            "epochs": retrained.config.epochs,
-            "round_epochs": retrained.config.round_epochs,
-            "train_seconds": round(retrained.result.wall_seconds, 1),
-            "funnel": retrained.result.funnel,
-        }
-        record["round_seconds"] = round(time.perf_counter() - round_started, 1)
-        rounds.append(record)
-        previous = {"checkpoint": retrained.result.checkpoint, "model": model, "config": retrained.config}
-        typer.echo(
-            f"[{strategy}/{cold_start}] {record['labels']:4d} labels: validation {100 * record['val_accuracy']:.2f} %, "
-            f"test {100 * record['accuracy']:.2f} %, macro-F1 {record['macro_f1']:.3f} "
-            f"({record['round_seconds']:.0f} s)"
-        )
-        out["wall_seconds"] = round(earlier_seconds + time.perf_counter() - started, 1)
-        if json_out is not None:  # the model first: a file never names a round whose model is not kept
-            _save_last_model(json_out, len(rounds), retrained.result.checkpoint)
-            _write_json(json_out, {**out, "labelled": labelled.tolist()})
+            model = load_model(retrained.result.checkpoint, which="teacher", device=device)
+            size = retrained.config.image_size
+            val = classification_metrics(y_val, predict(model, resize(x_val, size)).labels, names)
+            test = classification_metrics(y_test, predict(model, resize(x_test, size)).labels, names)
+            record = {
+                "labels": int(len(labelled)),
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "accuracy": test["accuracy"],
+                "macro_f1": test["macro_f1"],
+                "per_class_labels": np.bincount(y_pool[labelled], minlength=n_classes).tolist(),
+                "data": retrained.data,
+                "epochs": retrained.config.epochs,
+                "round_epochs": retrained.config.round_epochs,
+                "train_seconds": round(retrained.result.wall_seconds, 1),
+                "funnel": retrained.result.funnel,
+            }
+            record["round_seconds"] = round(time.perf_counter() - round_started, 1)
+            rounds.append(record)
+            previous = {"checkpoint": retrained.result.checkpoint, "model": model, "config": retrained.config}
+            typer.echo(
+                f"[{strategy}/{cold_start}] {record['labels']:4d} labels: "
+                f"validation {100 * record['val_accuracy']:.2f} %, "
+                f"test {100 * record['accuracy']:.2f} %, macro-F1 {record['macro_f1']:.3f} "
+                f"({record['round_seconds']:.0f} s)"
+            )
+            out["wall_seconds"] = round(earlier_seconds + time.perf_counter() - started, 1)
+            if json_out is not None:  # the model first: a file never names a round whose model is not kept
+                _save_last_model(json_out, len(rounds), retrained.result.checkpoint)
+                _write_json(json_out, {**out, "labelled": labelled.tolist()})
+                written = len(rounds)
+    except BaseException:  # a cut (Ctrl-C, a crash): say how to go on from the rounds already written
+        if json_out is not None and written:
+            typer.echo(
+                f"stopped after {written} of {len(totals)} rounds; {json_out} keeps them: the same command "
+                "with --resume goes on from there",
+                err=True,
+            )
+        raise
+
     if json_out is not None:
         plot = json_out.with_suffix(".png")
         out["comparison"] = plot_active(json_out.parent, plot, method=method, profile=profile)

@@ -146,7 +146,9 @@ def test_a_run_cut_short_goes_on_with_resume_as_if_it_had_never_stopped(
         return real(*a, **kw)
 
     monkeypatch.setattr(recipe, "retrain", power_cut_in_round_three)
-    assert CliRunner().invoke(app, [*args, "--json", str(cut_json)]).exit_code != 0
+    cut_short = CliRunner().invoke(app, [*args, "--json", str(cut_json)])
+    assert cut_short.exit_code != 0 and "stopped after 2 of 3 rounds" in cut_short.output
+    assert "with --resume goes on" in " ".join(cut_short.output.split())
     cut = json.loads(cut_json.read_text())
     assert [r["labels"] for r in cut["rounds"]] == [6, 9] and len(cut["labelled"]) == 9
 
