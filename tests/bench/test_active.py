@@ -193,9 +193,22 @@ def test_the_loop_section_says_per_target_whether_each_arm_met_it_or_rests_on_to
         "random / random 97.0 %, missed by 1.5 points",
         "- Target ≥ 99.0 % on the test split at 250 labels: diverse / kmeans 99.5 %, above it by 0.5 points "
         "on 1 seed, short of the 3 the target is a mean over",
-        "- Target, the product's strategy above random at every budget (test, mean over seeds): "
-        "met (+1.7 points at 100)",
+        "- Target, the product's strategy above random at every budget (test, mean over seeds): above random at "
+        "every budget run so far (+1.7 points at 100 (3 random seeds)), short of 3 seeds of each arm at each of "
+        "the product's budgets",
     ]
+    summary["random / random"][50] = entry([0.91])
+    assert (
+        target_lines(summary)[-1]
+        .split(": ", 1)[1]
+        .startswith(
+            "below random at a budget so far (-1.0 points at 50 (1 random seed), +1.7 points at 100 (3 random seeds))"
+        )
+    )
+    # both arms at every budget of the product's, three seeds each: a verdict
+    del summary["diverse / kmeans"][250]
     summary["random / random"][50] = entry([0.91, 0.92, 0.93])
     assert target_lines(summary)[-1].endswith("missed (-2.0 points at 50, +1.7 points at 100)")
+    summary["random / random"][50] = entry([0.85, 0.88, 0.86])
+    assert target_lines(summary)[-1].endswith("met (+3.7 points at 50, +1.7 points at 100)")
     assert target_lines({"random / random": {50: entry([0.9])}}) == []
