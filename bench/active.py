@@ -202,9 +202,7 @@ def bench_active(
         out["cold_start_seconds"] = round(time.perf_counter() - cold_started, 1)
     written = len(rounds)  # the rounds json_out holds
     try:
-        for number, total in enumerate(totals):
-            if number < len(rounds):
-                continue
+        for number, total in enumerate(totals[len(rounds) :], start=len(rounds)):  # after the rounds resumed
             round_started = time.perf_counter()
             if number:  # the queue of the previous round's model tops the labels up to ``total``
                 chosen = _next_labels(
@@ -245,6 +243,7 @@ def bench_active(
             }
             record["round_seconds"] = round(time.perf_counter() - round_started, 1)
             rounds.append(record)
+            out["labelled"] = labelled.tolist()  # the pool rows labelled so far, in order: what --resume goes on with
             previous = {"checkpoint": retrained.result.checkpoint, "model": model, "config": retrained.config}
             typer.echo(
                 f"[{strategy}/{cold_start}] {record['labels']:4d} labels: "
@@ -255,7 +254,7 @@ def bench_active(
             out["wall_seconds"] = round(earlier_seconds + time.perf_counter() - started, 1)
             if json_out is not None:  # the model first: a file never names a round whose model is not kept
                 _save_last_model(json_out, len(rounds), retrained.result.checkpoint)
-                _write_json(json_out, {**out, "labelled": labelled.tolist()})
+                _write_json(json_out, out)
                 written = len(rounds)
     except BaseException:  # a cut (Ctrl-C, a crash): say how to go on from the rounds already written
         if json_out is not None and written:
@@ -269,7 +268,7 @@ def bench_active(
     if json_out is not None:
         plot = json_out.with_suffix(".png")
         out["comparison"] = plot_active(json_out.parent, plot, method=method, profile=profile)
-        _write_json(json_out, {**out, "labelled": labelled.tolist()})
+        _write_json(json_out, out)
         typer.echo(f"wrote {json_out} and {plot}")
     return out
 
