@@ -742,18 +742,21 @@ def active_lines(results: Path, page: Path) -> list[str]:
 
 
 def loop_summary(folder: Path) -> str:
-    """The product arm's test accuracy (validation in brackets) at each budget of a ``bench active`` folder,
-    mean ± sd over its seeds, for the prose."""
-    from bench.active import PRODUCT_ARM, load_runs, mean_sd, summarise
+    """Each arm's test accuracy (validation in brackets) at each budget of a ``bench active`` folder, mean ± sd
+    over its seeds, the product's arm first, for the prose."""
+    from bench.active import PRODUCT_ARM, RANDOM_ARM, load_runs, mean_sd, summarise
 
-    arm = summarise(load_runs(folder, "lp+mean-teacher", "cpu")).get(PRODUCT_ARM)
-    if not arm:
-        return "(not run yet)"
-    return "; ".join(
-        f"{mean_sd(e['accuracy'])} % ({mean_sd(e['val_accuracy'])}) at {n} labels "
-        f"(seed{'s' if len(e['seeds']) > 1 else ''} {', '.join(map(str, e['seeds']))})"
-        for n, e in arm.items()
-    )
+    summary = summarise(load_runs(folder, "lp+mean-teacher", "cpu"))
+    parts = []
+    for arm, name in ((PRODUCT_ARM, "the product's queue"), (RANDOM_ARM, "random labels")):
+        if arm in summary:
+            budgets = "; ".join(
+                f"{mean_sd(e['accuracy'])} % ({mean_sd(e['val_accuracy'])}) at {n} labels "
+                f"(seed{'s' if len(e['seeds']) > 1 else ''} {', '.join(map(str, e['seeds']))})"
+                for n, e in summary[arm].items()
+            )
+            parts.append(f"{name} {budgets}")
+    return "; against ".join(parts) if parts else "(not run yet)"
 
 
 def render(
