@@ -441,7 +441,9 @@ def test_the_loop_summary_gives_each_arms_mean_per_budget_the_products_first(res
     runs = [_loop_run("diverse", 0, [0.93, 0.98]), _loop_run("diverse", 1, [0.95, 0.99])]
     for run in runs:
         (tmp_path / f"loop-{run['strategy']}-s{run['seed']}.json").write_text(json.dumps(run))
-    product = "94.0 ± 1.4 % (93.0 ± 1.4) at 50 labels (seeds 0, 1); 98.5 ± 0.7 % (97.5 ± 0.7) at 100 labels (seeds 0, 1)"
+    product = (
+        "94.0 ± 1.4 % (93.0 ± 1.4) at 50 labels (seeds 0, 1); 98.5 ± 0.7 % (97.5 ± 0.7) at 100 labels (seeds 0, 1)"
+    )
     assert results_script.loop_summary(tmp_path) == f"the product's queue {product}"
     random = _loop_run("random", 0, [0.5])
     (tmp_path / "loop-random-s0.json").write_text(json.dumps(random))
