@@ -24,6 +24,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -129,17 +130,13 @@ def bench_active(
     if resume and (json_out is None or not json_out.is_file()):
         raise typer.BadParameter("--resume goes on from the --json file of an earlier run: name one that exists")
     import numpy as np
-    import torch
 
     from ml.checkpoint import load_model
     from ml.coldstart import cold_start as choose_cold
     from ml.config import config_from_dict, make_config, parse_overrides
-    from ml.data import load_manifest_split, resize
+    from ml.data import load_manifest_split
     from ml.device import device_name, pick_device
     from ml.images import MODEL_SIZE
-    from ml.infer import predict
-    from ml.metrics import classification_metrics
-    from ml.retrain import ActiveModel, retrain
     from ml.splits import VALIDATION
 
     started = time.perf_counter()
@@ -156,7 +153,6 @@ def bench_active(
     x_pool, y_pool = _subsample(rng, train_set.x, train_set.y.numpy(), pool_limit)
     x_test, y_test = _subsample(rng, test_set.x, test_set.y.numpy(), test_limit)
     x_val, y_val = val_set.x, val_set.y.numpy()
-    n_classes = len(names)
     first_epochs = epochs or make_config(profile, method, **extra).epochs
     if lab_default and (epochs or warm_epochs):
         raise typer.BadParameter("--lab-default retrains at the profile's length: leave out --epochs and --warm-epochs")
@@ -201,6 +197,7 @@ def bench_active(
         labelled = choose_cold(x_pool, totals[0], method=cold_start, features=cold_features, seed=seed)
         out["cold_start_seconds"] = round(time.perf_counter() - cold_started, 1)
     written = len(rounds)  # the rounds json_out holds
+    data = _Data(x_pool, y_pool, x_val, y_val, x_test, y_test, names)
     try:
         for number, total in enumerate(totals[len(rounds) :], start=len(rounds)):  # after the rounds resumed
             round_started = time.perf_counter()
@@ -209,42 +206,21 @@ def bench_active(
                     previous, x_pool, y_pool, labelled, total - len(labelled), strategy, seed + number, rounds[-1]
                 )
                 labelled = np.concatenate([labelled, chosen])
-            unlabelled = np.setdiff1d(np.arange(len(y_pool)), labelled)
-            warm_start = previous["checkpoint"] if previous else None
-            retrained = retrain(
-                x_pool[torch.from_numpy(labelled)],
-                y_pool[labelled].tolist(),
-                x_pool[torch.from_numpy(unlabelled)],
-                names,
+            record, previous = _train_round(
+                data,
+                labelled,
+                previous,
+                number,
                 method=method,
                 profile=profile,
                 params=out["params_warm_rounds"] if previous else out["params_first_round"],
                 seed=seed * 1000 + number,
-                active=ActiveModel(id=number - 1, load=lambda c=warm_start: c) if warm_start is not None else None,
                 overrides=extra,
                 device=device,
             )
-            model = load_model(retrained.result.checkpoint, which="teacher", device=device)
-            size = retrained.config.image_size
-            val = classification_metrics(y_val, predict(model, resize(x_val, size)).labels, names)
-            test = classification_metrics(y_test, predict(model, resize(x_test, size)).labels, names)
-            record = {
-                "labels": int(len(labelled)),
-                "val_accuracy": val["accuracy"],
-                "val_macro_f1": val["macro_f1"],
-                "accuracy": test["accuracy"],
-                "macro_f1": test["macro_f1"],
-                "per_class_labels": np.bincount(y_pool[labelled], minlength=n_classes).tolist(),
-                "data": retrained.data,
-                "epochs": retrained.config.epochs,
-                "round_epochs": retrained.config.round_epochs,
-                "train_seconds": round(retrained.result.wall_seconds, 1),
-                "funnel": retrained.result.funnel,
-            }
             record["round_seconds"] = round(time.perf_counter() - round_started, 1)
             rounds.append(record)
             out["labelled"] = labelled.tolist()  # the pool rows labelled so far, in order: what --resume goes on with
-            previous = {"checkpoint": retrained.result.checkpoint, "model": model, "config": retrained.config}
             typer.echo(
                 f"[{strategy}/{cold_start}] {record['labels']:4d} labels: "
                 f"validation {100 * record['val_accuracy']:.2f} %, "
@@ -253,7 +229,7 @@ def bench_active(
             )
             out["wall_seconds"] = round(earlier_seconds + time.perf_counter() - started, 1)
             if json_out is not None:  # the model first: a file never names a round whose model is not kept
-                _save_last_model(json_out, len(rounds), retrained.result.checkpoint)
+                _save_last_model(json_out, len(rounds), previous["checkpoint"])
                 _write_json(json_out, out)
                 written = len(rounds)
     except BaseException:  # a cut (Ctrl-C, a crash): say how to go on from the rounds already written
@@ -271,6 +247,65 @@ def bench_active(
         _write_json(json_out, out)
         typer.echo(f"wrote {json_out} and {plot}")
     return out
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The loop's cells: the pool (its labels play the cytologist), the validation and the test split."""
+
+    x_pool: torch.Tensor
+    y_pool: np.ndarray
+    x_val: torch.Tensor
+    y_val: np.ndarray
+    x_test: torch.Tensor
+    y_test: np.ndarray
+    names: list[str]
+
+
+def _train_round(
+    data: _Data, labelled: np.ndarray, previous: dict | None, number: int, *, device: torch.device, **retrain_args
+) -> tuple[dict, dict]:
+    """Round ``number`` (from 0): retrain on the ``labelled`` pool rows as the worker does (the rest of the
+    pool unlabelled, warm-started from ``previous``'s model, round ``number - 1``'s), then score the validation
+    and test splits: the round's record (all but its seconds) and what the next round starts from."""
+    import numpy as np
+    import torch
+
+    from ml.checkpoint import load_model
+    from ml.data import resize
+    from ml.infer import predict
+    from ml.metrics import classification_metrics
+    from ml.retrain import ActiveModel, retrain
+
+    unlabelled = np.setdiff1d(np.arange(len(data.y_pool)), labelled)
+    warm_start = previous["checkpoint"] if previous else None
+    retrained = retrain(
+        data.x_pool[torch.from_numpy(labelled)],
+        data.y_pool[labelled].tolist(),
+        data.x_pool[torch.from_numpy(unlabelled)],
+        data.names,
+        active=ActiveModel(id=number - 1, load=lambda: warm_start) if warm_start is not None else None,
+        device=device,
+        **retrain_args,
+    )
+    model = load_model(retrained.result.checkpoint, which="teacher", device=device)
+    size = retrained.config.image_size
+    val = classification_metrics(data.y_val, predict(model, resize(data.x_val, size)).labels, data.names)
+    test = classification_metrics(data.y_test, predict(model, resize(data.x_test, size)).labels, data.names)
+    record = {
+        "labels": int(len(labelled)),
+        "val_accuracy": val["accuracy"],
+        "val_macro_f1": val["macro_f1"],
+        "accuracy": test["accuracy"],
+        "macro_f1": test["macro_f1"],
+        "per_class_labels": np.bincount(data.y_pool[labelled], minlength=len(data.names)).tolist(),
+        "data": retrained.data,
+        "epochs": retrained.config.epochs,
+        "round_epochs": retrained.config.round_epochs,
+        "train_seconds": round(retrained.result.wall_seconds, 1),
+        "funnel": retrained.result.funnel,
+    }
+    return record, {"checkpoint": retrained.result.checkpoint, "model": model, "config": retrained.config}
 
 
 def _subsample(rng: np.random.Generator, x: torch.Tensor, y: np.ndarray, limit: int | None) -> tuple:
@@ -536,7 +571,7 @@ def results_lines(
                 ", ".join(map(str, entry["seeds"])),
             ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", *target_lines(summary)]
+    lines += ["", *run_lines(runs, labels), "", *target_lines(summary)]
     choice = folder / "cold_start_choice.json"
     if choice.exists():
         picked = json.loads(choice.read_text())
@@ -549,6 +584,30 @@ def results_lines(
             f"**{picked['chosen_features']}**.",
         ]
     lines += ["", f"![accuracy against labels, the product's loop]({link})"]
+    return lines
+
+
+def run_lines(runs: list[dict], labels: list[int]) -> list[str]:
+    """A row per run: its test (validation) accuracy and the labels per class after each of its rounds, and
+    the machine it ran on."""
+    names = ", ".join(name[:4] for name in runs[0]["class_names"]) if runs and runs[0].get("class_names") else ""
+    lines = [
+        f"Each run: test (validation) accuracy in %, and the labels per class{f' ({names})' if names else ''} "
+        "after the round.",
+        "",
+        "| arm | seed | " + " | ".join(f"{n} labels" for n in labels) + " | machine |",
+        "|---|---:|" + "---|" * len(labels) + "---|",
+    ]
+    for run in sorted(runs, key=lambda r: (r["strategy"] != "diverse", r["strategy"], r["seed"], r["_file"])):
+        by_labels = {int(record["labels"]): record for record in run["rounds"]}
+        cells = [
+            f"{100 * r['accuracy']:.1f} ({100 * r['val_accuracy']:.1f}) {r.get('per_class_labels', '')}"
+            if (r := by_labels.get(n))
+            else "–"
+            for n in labels
+        ]
+        arm = f"{run['strategy']} / {run['cold_start']}"
+        lines.append(f"| {arm} | {run['seed']} | " + " | ".join(cells) + f" | {run.get('device', 'unknown')} |")
     return lines
 
 

@@ -83,6 +83,11 @@ def test_bench_active_cold_start_rounds_validation_and_test_and_the_plot(
     assert "kmeans/random-net 70.0 %" in page and "**random-net**" in page
     assert (tmp_path / "loop.png").read_bytes().startswith(b"\x89PNG")
     assert "more than one machine" not in page
+    # a row per run: each round's test (validation) accuracy and labels per class, and the machine
+    rows = [line for line in lines if line.startswith("| random / random |")]
+    cells = [f"{100 * r['accuracy']:.1f} ({100 * r['val_accuracy']:.1f}) {r['per_class_labels']}"
+             for r in baseline["rounds"]]  # fmt: skip
+    assert rows == [f"| random / random | 0 | {' | '.join(cells)} | {baseline['device']} |"]
     # runs from two machines: the page says which ran where
     moved = {**baseline, "seed": 1, "device": "cpu: Another CPU, 2 threads"}
     (out / "random-s1.json").write_text(json.dumps(moved))
