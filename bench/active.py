@@ -475,7 +475,11 @@ def summarise(runs: list[dict]) -> dict:
 def plot_active(folder: Path, png: Path, method: str | None = None, profile: str | None = None) -> dict:
     """Plot test and validation accuracy against total labels for each arm of the ``bench active``
     runs in ``folder`` (mean over seeds, min-max band); return ``summarise``'s table. No runs: no plot."""
-    summary = summarise(load_runs(folder, method, profile))
+    return plot_summary(summarise(load_runs(folder, method, profile)), png, method, profile)
+
+
+def plot_summary(summary: dict, png: Path, method: str | None = None, profile: str | None = None) -> dict:
+    """``plot_active``'s plot of a ``summarise`` table, which it returns. An empty table: no plot."""
     if not summary:
         return summary
     import matplotlib
@@ -517,10 +521,10 @@ def results_lines(
     """The ``docs/results.md`` section of the loop: a table per total labels (test and validation
     accuracy per arm, mean ± sd over seeds) and the plot, drawn into ``png`` and linked as ``link``;
     ``title`` ends the heading."""
-    summary = plot_active(folder, png, method, profile)
+    runs = load_runs(folder, method, profile)
+    summary = plot_summary(summarise(runs), png, method, profile)
     if not summary:
         return []
-    runs = load_runs(folder, method, profile)
     settings = sorted(
         {
             f"run param epochs {r['params_first_round'].get('epochs', 'default')} for the cold round and "

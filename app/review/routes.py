@@ -57,5 +57,10 @@ def review_grid(request: Request, session: SessionDep, user: CurrentUser):
     return render(
         request,
         "review.html",
-        {"classes": classes, "config": {"classes": [{"name": c.name, "hotkey": c.hotkey} for c in classes]}},
+        {
+            "classes": classes,
+            "config": {"classes": [{"name": c.name, "hotkey": c.hotkey} for c in classes]},
+            # before a model is promoted there are no predictions to group by: open on the expert labels
+            "group": "predicted" if service.active_model_id(session) is not None else "label",
+        },
     )

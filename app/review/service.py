@@ -54,7 +54,8 @@ def decode_cursor(cursor: str) -> tuple[str, float, int]:
         raise InvalidInput("invalid cursor: pass the next_cursor of the previous page unchanged") from None
 
 
-def _active_model_id(session: Session) -> int | None:
+def active_model_id(session: Session) -> int | None:
+    """The active model's id; None before any model is promoted (grouping by prediction is then refused)."""
     return session.scalar(select(ModelVersion.id).where(ModelVersion.is_active.is_(True)))
 
 
@@ -75,7 +76,7 @@ def grid_page(
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
     after = decode_cursor(cursor) if cursor else None
-    model_id = _active_model_id(session)
+    model_id = active_model_id(session)
     current = aliased(Label)
     if group == "predicted":
         if model_id is None:
@@ -128,7 +129,7 @@ def grid_page(
 
 
 def _predictions(session: Session, cell_ids: Sequence[int]) -> dict[int, dict]:
-    model_id = _active_model_id(session)
+    model_id = active_model_id(session)
     if model_id is None:
         return {}
     rows = session.execute(

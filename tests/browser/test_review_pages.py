@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from app.consensus.rules import update_reading_settings
 from app.db import session_scope
-from app.labelling.service import current_labels
+from app.labelling.service import add_label, current_labels
 from app.models import Label, ReviewAction, User
 from tests.browser.conftest import login
 from tests.support.factories import PASSWORD, make_cells, make_model, make_user
@@ -61,11 +61,32 @@ def test_grid_review_by_keyboard(live_server: str, page) -> None:
         assert current_labels(session=session) == {ids[1]: "lymphocyte", ids[2]: "lymphocyte"}
 
     page.keyboard.press("ArrowRight")
+    assert not page.locator("#enlarged").is_visible()  # shown only on demand
     page.keyboard.press("e")  # enlarge the cell under the cursor, with its history
     page.wait_for_function("document.querySelectorAll('#history-rows tr').length === 1")
     assert page.locator("#enlarged").is_visible()
     assert page.locator("#enlarged-image").bounding_box()["width"] > 200
     assert "bulk label" in page.locator("#history-rows").inner_text()
+    page.keyboard.press("Escape")
+    page.wait_for_function("document.getElementById('enlarged').offsetParent === null")
+
+
+def test_before_any_model_the_grid_opens_on_the_expert_labels(live_server: str, page) -> None:
+    make_user("carla")
+    ids = make_cells(3)
+    with session_scope() as session:
+        carla = session.scalar(select(User).where(User.username == "carla"))
+        for cell_id, value in zip(ids[:2], ("neutrophil", "lymphocyte"), strict=True):
+            add_label(session=session, user=carla, cell_id=cell_id, value=value)
+    login(page, live_server, "carla", PASSWORD)
+    page.wait_for_url(f"{live_server}/label")
+    page.goto(f"{live_server}/review")
+    assert page.locator("#group").input_value() == "label"  # no model: nothing predicted to group by
+    page.wait_for_function("document.querySelectorAll('.review-cell').length === 2")
+    shown = {int(x) for x in page.locator(".review-cell").evaluate_all("els => els.map(e => e.dataset.cellId)")}
+    assert shown == set(ids[:2])
+    assert "no active model" not in page.locator("#review-status").inner_text()
+    assert not page.locator("#enlarged").is_visible()
 
 
 def test_double_reading_by_two_users_then_adjudication(live_server: str, browser) -> None:
