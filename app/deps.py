@@ -77,13 +77,22 @@ async def _claims(request: Request, bearer: HTTPAuthorizationCredentials | None)
     return user_id, session_version
 
 
-async def current_user(
-    request: Request,
-    session: SessionDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+async def claims(
+    request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> tuple[int, int | None]:
+    """What the request claims (``_claims``): async, for the form a CSRF check may read; no database."""
+    return await _claims(request, bearer)
+
+
+def current_user(
+    request: Request, session: SessionDep, claimed: Annotated[tuple[int, int | None], Depends(claims)]
 ) -> User:
-    """The user of a bearer token or of the session cookie (then CSRF-checked)."""
-    user_id, session_version = await _claims(request, bearer)
+    """The user of a bearer token or of the session cookie (then CSRF-checked).
+
+    A plain ``def``, so FastAPI runs its query in the thread pool: on the event loop, a query waiting for
+    SQLite's write lock would stop the loop, and with it the request that holds the lock (a deadlock until
+    the busy timeout, then "database is locked")."""
+    user_id, session_version = claimed
     user = session.get(User, user_id)
     if user is None or not user.is_active:
         request.session.pop("uid", None)

@@ -222,6 +222,9 @@
   nextButton.addEventListener("click", () => load(nextCursor));
   document.getElementById("review-filters").addEventListener("submit", (event) => {
     event.preventDefault();
+    const shown = query();
+    shown.delete("limit");
+    history.replaceState(null, "", `${location.pathname}?${shown}`); // a reload or a shared link keeps the filters
     load(null);
   });
   load(null);

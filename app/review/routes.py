@@ -52,15 +52,24 @@ def review_undo(session: SessionDep, user: CurrentUser) -> UndoActionOut:
 
 
 @pages.get("/review")
-def review_grid(request: Request, session: SessionDep, user: CurrentUser):
+def review_grid(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    group: Literal["predicted", "label"] | None = None,
+    cls: Annotated[str | None, Query(max_length=64)] = None,
+    sample: Annotated[str | None, Query(max_length=128)] = None,
+):
+    """The grid, its filters filled from the query (a sample's differential links here with ``sample``)."""
     classes = labelling.list_classes(session=session)
+    if group is None:  # before a model is promoted there are no predictions to group by: the expert labels
+        group = "predicted" if service.active_model_id(session) is not None else "label"
     return render(
         request,
         "review.html",
         {
             "classes": classes,
             "config": {"classes": [{"name": c.name, "hotkey": c.hotkey} for c in classes]},
-            # before a model is promoted there are no predictions to group by: open on the expert labels
-            "group": "predicted" if service.active_model_id(session) is not None else "label",
+            "filters": {"group": group, "cls": cls or "", "sample": sample or ""},
         },
     )

@@ -88,6 +88,13 @@ def test_before_any_model_the_grid_opens_on_the_expert_labels(live_server: str, 
     assert "no active model" not in page.locator("#review-status").inner_text()
     assert not page.locator("#enlarged").is_visible()
 
+    page.select_option("#cls", "lymphocyte")
+    page.click("#review-filters button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('.review-cell').length === 1")
+    page.reload()  # the filters are in the address, so a reload (or a shared link) keeps them
+    assert page.locator("#cls").input_value() == "lymphocyte"
+    page.wait_for_function("document.querySelectorAll('.review-cell').length === 1")
+
 
 def test_double_reading_by_two_users_then_adjudication(live_server: str, browser) -> None:
     make_user("root", role="admin")

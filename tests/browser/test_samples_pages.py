@@ -9,7 +9,7 @@ from sqlalchemy import select
 from app.db import session_scope
 from app.models import Cell, Sample
 from tests.browser.conftest import login
-from tests.support.factories import PASSWORD, make_user
+from tests.support.factories import PASSWORD, make_model, make_user
 from tests.support.fields import make_field, png_bytes
 from tests.support.images import make_zip
 
@@ -71,3 +71,14 @@ def test_field_view_and_differential_page(live_server: str, page, tmp_path) -> N
     page.emulate_media(media="print")
     assert page.locator("header.topbar").is_hidden()  # the print stylesheet drops the navigation
     assert page.locator("#expert").is_visible()
+    assert page.locator("#review-link").count() == 0  # no model: nothing predicted to verify
+
+    make_model({cell: ("monocyte", 0.9) for cell in boxes})
+    page.emulate_media(media="screen")
+    page.reload()
+    page.click("#review-link")  # the sample's cells, grouped by the model's call
+    page.wait_for_function("document.querySelectorAll('.review-cell').length === 2")
+    assert page.locator("#sample").input_value() == "slide-9"
+    assert page.locator("#group").input_value() == "predicted"
+    shown = {int(x) for x in page.locator(".review-cell").evaluate_all("els => els.map(e => e.dataset.cellId)")}
+    assert shown == set(boxes)
