@@ -30,6 +30,12 @@
     if (banner) banner.hidden = true;
   });
 
+  // A plain form that changes many rows (a class merge, a retirement) asks first: data-confirm holds the question.
+  document.addEventListener("submit", (event) => {
+    const question = event.target.dataset && event.target.dataset.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+
   // Messages with a Dismiss button stay until dismissed or replaced by the next action's answer.
   document.addEventListener("click", (event) => {
     const button = event.target.closest("[data-dismiss]");

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.classes import service
@@ -104,6 +105,7 @@ def _page(request: Request, session: Session, error: str | None = None, status_c
             "counts": service.labelled_counts(session=session),
             "events": service.list_events(session=session, limit=50),
             "names": names,
+            "who": dict(session.execute(select(User.id, User.username)).tuples().all()),
             "undone": {e.undoes_id for e in service.list_events(session=session, limit=500) if e.undoes_id},
             "error": error,
         },

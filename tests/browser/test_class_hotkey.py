@@ -7,7 +7,8 @@ from sqlalchemy import select
 
 from app.classes import service
 from app.db import session_scope
-from app.models import Cell, Label
+from app.labelling.service import add_label, current_labels
+from app.models import Cell, Label, User
 from tests.browser.conftest import login
 from tests.support.factories import PASSWORD, get_user, make_cells, make_user
 
@@ -39,3 +40,35 @@ def test_label_with_a_letter_hotkey(live_server: str, page) -> None:
             select(Label.value).join(Cell, Cell.current_label_id == Label.id).where(Cell.id == int(cell_id))
         )
     assert value == "erythroblast"
+
+
+def test_a_merge_asks_first_and_the_history_says_who(live_server: str, page) -> None:
+    make_user("ada", role="admin")
+    [cell] = make_cells(1)
+    with session_scope() as session:
+        add_label(session=session, user=session.get(User, get_user("ada").id), cell_id=cell, value="basophil")
+    login(page, live_server, "ada", PASSWORD)
+    page.wait_for_url(f"{live_server}/label")
+    page.goto(f"{live_server}/admin/classes")
+    assert page.locator("#no-class-events").is_visible() and not page.locator("#class-events").is_visible()
+    row = page.locator("tr", has=page.locator("code", has_text="basophil"))
+    row.locator("select[name=into]").select_option(label="neutrophil")
+    questions: list[str] = []
+
+    def answer(dialog, accept: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, accept=False))
+    row.locator("form.merge button").click()
+    assert "1 labelled cells are relabelled" in questions[0]
+    with session_scope() as session:  # declined: nothing sent
+        assert current_labels(session=session) == {cell: "basophil"}
+
+    page.once("dialog", lambda dialog: answer(dialog, accept=True))
+    row.locator("form.merge button").click()
+    page.wait_for_selector("#class-events tr")
+    with session_scope() as session:
+        assert current_labels(session=session) == {cell: "neutrophil"}
+    history = page.locator("#class-events").inner_text()
+    assert "ada" in history and "merge" in history
