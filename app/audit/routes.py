@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query, Request
 from app.audit import service
 from app.audit.schemas import ActivityOut, EventOut
 from app.deps import AdminUser, CurrentUser, SessionDep
-from app.errors import responses
+from app.errors import NotFound, responses
 from app.params import DbId, QueryId, QueryTime
+from app.samples import service as samples
 from app.templating import render
 from app.users import service as users
 
@@ -56,7 +57,11 @@ def activity(
 @pages.get("/cells/{cell_id}")
 def cell_page(request: Request, session: SessionDep, user: CurrentUser, cell_id: DbId):
     events = service.cell_history(session=session, user=user, cell_id=cell_id)
-    return render(request, "cell.html", {"cell_id": cell_id, "events": events})
+    try:  # a cell located in a smear field links to its sample
+        field = samples.cell_field(session=session, cell_id=cell_id)
+    except NotFound:  # imported as a tile
+        field = None
+    return render(request, "cell.html", {"cell_id": cell_id, "events": events, "field": field})
 
 
 @pages.get("/admin/activity")

@@ -25,7 +25,7 @@ from app.samples import service
 from app.samples.fields import DISPLAY_MAX_SIDE, import_field_folder
 from cli.importing import import_command
 from tests.support.database import SHARED_DATA
-from tests.support.factories import make_user
+from tests.support.factories import make_cells, make_user
 from tests.support.fields import make_field, png_bytes, save
 from tests.support.http import browser_login, token_headers
 from tests.support.images import huge_png, make_imagefolder, make_zip, zip_folder
@@ -256,6 +256,10 @@ def test_api_and_page_import_fields_and_show_them(pg_db_url: str, tmp_path: Path
 
         page = client.get(f"/samples/{slide_a}", headers={**cyto, "Accept": "text/html"})
         assert page.status_code == 200 and page.text.count('<rect class="box') == 3
+        assert "review?sample=slideA" in page.text  # the sample's cells in the review grid
+        cell_page = client.get(f"/cells/{cell['cell_id']}", headers={**cyto, "Accept": "text/html"})
+        assert 'id="cell-field"' in cell_page.text and f'href="/samples/{slide_a}"' in cell_page.text
+        assert "export/slideA/a1.png" in cell_page.text
 
         # The page: a refusal found anywhere writes nothing, not even the new sample.
         csrf = browser_login(client, "root")
@@ -394,3 +398,11 @@ def test_bccd_fields_import_into_a_sample(any_db_url: str, tmp_path: Path) -> No
             assert 0 <= cell.box_x0 < cell.box_x1 <= 640 and 0 <= cell.box_y0 < cell.box_y1 <= 480
             assert cell.box_x0 <= cell.centre_x <= cell.box_x1 and cell.box_y0 <= cell.centre_y <= cell.box_y1
         assert session.scalar(select(func.count(Label.id))) == 0
+
+
+def test_a_tile_cell_page_has_no_field_line(pg_db_url: str) -> None:
+    make_user("cyto")
+    [cell_id] = make_cells(1)
+    with TestClient(create_app()) as client:
+        page = client.get(f"/cells/{cell_id}", headers={**token_headers(client, "cyto"), "Accept": "text/html"})
+    assert page.status_code == 200 and f"Cell {cell_id}" in page.text and 'id="cell-field"' not in page.text
