@@ -33,7 +33,7 @@ def pretrain_command(
     from bench.ssl import extra_class_rows, names_with_extra, with_extra, write_json
     from ml.checkpoint import save_checkpoint
     from ml.config import make_config
-    from ml.data import load_manifest_split, uses_bf16
+    from ml.data import load_manifest_split, train_precision
     from ml.device import device_name, pick_device
     from ml.selfsup import SelfSupConfig, SelfSupProgress, pretrain
     from ml.train import fresh_model_config
@@ -71,7 +71,7 @@ def pretrain_command(
         "history": checkpoint["history"],
         "wall_seconds": time.perf_counter() - started,
         "device": device_name(device),
-        "train_precision": "bf16" if uses_bf16(device, ssl_config.cpu_bf16) else "float32",
+        "train_precision": train_precision(device, ssl_config.cpu_bf16),
         "threads": torch.get_num_threads(),
         "checkpoint": str(out),
     }

@@ -307,7 +307,7 @@ def ssl(
     report validation metrics, and evaluate once on the test split."""
     import torch
 
-    from ml.data import uses_bf16
+    from ml.data import train_precision
     from ml.device import device_name, pick_device
 
     if threads is not None:
@@ -368,7 +368,7 @@ def ssl(
         "images_per_second": result.images_per_second,
         "ood": (result.metrics or {}).get("ood"),
         "device": device_name(device),
-        "train_precision": "bf16" if uses_bf16(device, config.cpu_bf16) else "float32",
+        "train_precision": train_precision(device, config.cpu_bf16),
         "threads": torch.get_num_threads(),
         "init": str(init) if init is not None else None,
         "torch": torch.__version__,

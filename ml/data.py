@@ -38,6 +38,12 @@ def uses_bf16(device: torch.device, cpu_bf16: bool = False) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_bf16_pays())
 
 
+def train_precision(device: torch.device, cpu_bf16: bool = False) -> str:
+    """ "bf16" or "float32": what ``autocast(device, cpu_bf16)`` trains in, as reports and runs record it (a CPU
+    may name AVX-512 BF16 and still train in float32, where bf16 is slower there)."""
+    return "bf16" if uses_bf16(device, cpu_bf16) else "float32"
+
+
 def _load_one(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as image:
         return model_input(image, size)

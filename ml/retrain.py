@@ -20,7 +20,8 @@ import torch
 
 from ml.checkpoint import model_config_of
 from ml.config import TrainConfig, entropy_threshold_for, make_config
-from ml.data import resize
+from ml.data import resize, train_precision
+from ml.device import pick_device
 from ml.train import Progress, TrainResult, train
 from ml.transfer import fit_to_lab, warm_start_overrides
 
@@ -182,6 +183,7 @@ def retrain(
         "warm_started_from_reference": from_reference,
         "fitted_to_lab": from_reference,
         "entropy_threshold": config.entropy_threshold,
+        "precision": train_precision(torch.device(device) if device is not None else pick_device(), config.cpu_bf16),
     }
     if on_start is not None:
         on_start(data)

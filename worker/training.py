@@ -199,7 +199,14 @@ def _train_and_register(run_id: int, method: str, profile: str, params: dict, re
             "training",
             **{
                 k: data[k]
-                for k in ("n_train", "n_val", "n_unlabelled", "warm_started_from", "warm_started_from_reference")
+                for k in (
+                    "n_train",
+                    "n_val",
+                    "n_unlabelled",
+                    "warm_started_from",
+                    "warm_started_from_reference",
+                    "precision",
+                )
             },
         ),
         progress=reporter.progress,

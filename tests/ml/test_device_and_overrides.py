@@ -88,7 +88,7 @@ def fresh_bf16_choice(monkeypatch):
 def test_cpu_training_uses_bf16_only_where_it_is_native_and_measured_faster(
     fresh_bf16_choice, monkeypatch, native, speedup, expected
 ):
-    from ml.data import autocast, uses_bf16
+    from ml.data import autocast, train_precision, uses_bf16
 
     device = fresh_bf16_choice
     measured = []
@@ -99,6 +99,7 @@ def test_cpu_training_uses_bf16_only_where_it_is_native_and_measured_faster(
     assert uses_bf16(cpu, cpu_bf16=True) is expected
     assert len(measured) == (1 if native else 0)  # measured once per process, and only where bf16 is native
     assert uses_bf16(cpu, cpu_bf16=False) is False  # the profile's setting still decides first
+    assert train_precision(cpu, cpu_bf16=True) == ("bf16" if expected else "float32")  # as runs record it
     with autocast(cpu, cpu_bf16=True):
         assert torch.is_autocast_enabled("cpu") is expected
 

@@ -60,6 +60,8 @@ def test_retrain_promote_score_and_queue(client: TestClient, start_worker, tmp_p
     assert set(metrics["per_class"]) == set(CLASSES)
     assert len(metrics["confusion"]) == 3 and 0.0 <= metrics["accuracy"] <= 1.0
     assert metrics["data"]["n_val"] == 3 * 2 and metrics["data"]["n_train"] == 3 * 6  # 20 % held out per class
+    # the page says what the run trains in, not only which vector unit the CPU names (the tiny profile: no bf16)
+    assert body["progress"]["precision"] == metrics["data"]["precision"] == "float32"
     assert "funnel" in metrics and metrics["funnel"]["unlabelled"] == 36
 
     models = client.get("/api/v1/models", headers=admin).json()
