@@ -39,8 +39,8 @@ def uses_bf16(device: torch.device, cpu_bf16: bool = False) -> bool:
 
 
 def train_precision(device: torch.device, cpu_bf16: bool = False) -> str:
-    """ "bf16" or "float32": what ``autocast(device, cpu_bf16)`` trains in, as reports and runs record it (a CPU
-    may name AVX-512 BF16 and still train in float32, where bf16 is slower there)."""
+    """What ``autocast(device, cpu_bf16)`` trains in, "bf16" or "float32", as reports and runs record it: a CPU may
+    name AVX-512 BF16 in its device string and still train in float32, where bf16 is slower on it."""
     return "bf16" if uses_bf16(device, cpu_bf16) else "float32"
 
 
