@@ -74,6 +74,44 @@ def _drop_after_commit(session: Session, previous_transaction) -> None:
         session.info.pop(AFTER_COMMIT, None)
 
 
+WROTE = "leukolab.wrote"
+
+
+@event.listens_for(Session, "after_flush")
+def _note_write(session: Session, _flush_context) -> None:
+    session.info[WROTE] = True
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _transaction_ended(session: Session) -> None:
+    session.info.pop(WROTE, None)
+
+
+def end_read_transaction(session: Session) -> bool:
+    """End ``session``'s transaction if it has only read, before long work that needs no database
+    (decoding images, locating cells), and say whether it was ended; the next statement begins a new one.
+
+    On SQLite every transaction takes the write lock at its start (``_begin_immediate``), so a transaction
+    kept open through a minute of decoding stops every labeller meanwhile, and their requests fail after the
+    busy timeout. Committing a transaction that wrote nothing changes no data; one that wrote or holds
+    changes not yet flushed, a savepoint, or work waiting for the commit (``after_commit``) is left alone:
+    committing that is the caller's to decide."""
+    if not session.in_transaction():
+        return True
+    if (
+        session.in_nested_transaction()
+        or session.new
+        or session.dirty
+        or session.deleted
+        or session.info.get(WROTE)
+        or session.info.get(AFTER_COMMIT)
+    ):
+        return False
+    session.commit()
+    return True
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """A unit of work (a request, a CLI command, a task): commit on success, roll back on error,

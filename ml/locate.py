@@ -446,10 +446,20 @@ def crop_side(cell: FoundCell, config: LocateConfig) -> int:
     return max(config.min_field_px, math.ceil(max(x1 - x0, y1 - y0) / config.crop_fill))
 
 
+def background_colour(region: np.ndarray) -> np.ndarray:
+    """The colour of the plasma around the cells in ``region`` (RGB uint8): the median of its palest quarter
+    of pixels, the part of a stained smear that took up the least dye."""
+    pixels = region.reshape(-1, 3)
+    brightness = pixels.astype(np.int32).sum(axis=1)
+    palest = pixels[brightness >= np.quantile(brightness, 0.75)]
+    return np.median(palest, axis=0).round().astype(np.uint8)
+
+
 def crop_cell(source: np.ndarray | FieldReader, cell: FoundCell, config: LocateConfig | None = None) -> np.ndarray:
     """The ``patch_px`` square patch centred on ``cell``, the cell covering ``crop_fill`` of it like in PBC.
 
-    Beyond the field edge the patch repeats the edge pixels.
+    Beyond the field edge the patch is the background colour of the part inside (``background_colour``):
+    repeating the edge pixels would draw stripes of the cut cell's stain out to the patch's border.
     """
     config = config or LocateConfig()
     reader = source if isinstance(source, FieldReader) else ArrayReader(source)
@@ -460,8 +470,13 @@ def crop_cell(source: np.ndarray | FieldReader, cell: FoundCell, config: LocateC
     x1, y1 = x0 + side, y0 + side
     inside = (max(0, x0), max(0, y0), min(width, x1), min(height, y1))
     region = reader.read_region(inside)
-    pad = ((inside[1] - y0, y1 - inside[3]), (inside[0] - x0, x1 - inside[2]), (0, 0))
-    patch = np.pad(region, pad, mode="edge")
+    if region.shape[:2] == (side, side):
+        patch = region
+    else:
+        patch = np.empty((side, side, 3), dtype=np.uint8)
+        patch[:] = background_colour(region)
+        top, left = inside[1] - y0, inside[0] - x0
+        patch[top : top + region.shape[0], left : left + region.shape[1]] = region
     image = Image.fromarray(patch)
     if side != config.patch_px:
         image = image.resize((config.patch_px, config.patch_px), Image.Resampling.LANCZOS)
@@ -550,6 +565,7 @@ __all__ = [
     "Tile",
     "UnsupportedImage",
     "as_rgb8",
+    "background_colour",
     "crop_cell",
     "iter_large",
     "locate_cells",

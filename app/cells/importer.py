@@ -1,15 +1,18 @@
-"""Importing cell images from a folder or a .zip, all or nothing. Services never commit.
+"""Importing cell images from a folder or a .zip, all or nothing. Services never commit data.
 
 An import runs in two passes. The first opens and fully decodes every file and collects
 every problem, so a refusal names them all and writes nothing (app.cells.sources). The second decodes the
-files again (only the hashes are kept in between, so 10,000 images need little memory),
-prepares the display and model copies and inserts them in batches.
+new files again (only the hashes are kept in between, so 10,000 images need little memory) and prepares
+their display and model copies onto a temporary file. Both run outside any transaction (a transaction that
+has only read is ended first: ``app.db.end_read_transaction``); then one short transaction inserts the cells.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from app.cells.sources import (
     strip_wrapper,
     zip_entries,
 )
+from app.db import end_read_transaction
 from app.errors import Conflict, InvalidInput
 from app.models import Cell, CellClass, ImportBatch, Label, User
 from app.settings import get_settings
@@ -101,85 +105,108 @@ def _prepare(candidate: Candidate, *, max_pixels: int, min_side: int) -> Prepare
     return prepared
 
 
-def _write(
+def _prepare_all(
+    fresh: list[Candidate],
+    spool: BinaryIO,
     *,
-    session: Session,
-    candidates: list[Candidate],
-    labelled: bool,
-    user_id: int | None,
-    source: str,
     max_pixels: int,
     min_side: int,
-    skipped: list[str],
     progress: Progress | None,
     done: int,
     total: int,
-) -> ImportSummary:
-    known = _known_hashes(session, [c.sha256 for c in candidates])
-    fresh: list[Candidate] = []
-    seen: set[str] = set()
-    for candidate in candidates:
-        if candidate.sha256 not in known and candidate.sha256 not in seen:
-            seen.add(candidate.sha256)
-            fresh.append(candidate)
-    duplicates = len(candidates) - len(fresh)
-    done += duplicates  # duplicates need no second pass
+) -> None:
+    """Derive every fresh file's display and model copies onto ``spool``, in order (pickled), so that the
+    transaction that inserts them does no decoding; only the hashes stay in memory."""
+    prepare = partial(_prepare, max_pixels=max_pixels, min_side=min_side)
+    # Pillow releases the GIL while decoding, resizing and compressing, so threads use every core.
+    with ThreadPoolExecutor(max_workers=_PREPARE_THREADS) as workers:
+        for chunk in _batched(fresh, BATCH_SIZE):
+            for prepared in workers.map(prepare, chunk):
+                pickle.dump(prepared, spool, protocol=pickle.HIGHEST_PROTOCOL)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    spool.seek(0)
 
+
+def _recheck(session: Session, *, fresh: list[Candidate], labelled: bool, user_id: int | None) -> set[str]:
+    """What may have changed since the files were checked, outside the transaction: the importing user, the
+    classes the labels name; and the hashes another import has added meanwhile (returned: they are skipped)."""
+    _check_user(session, user_id, labelled)
+    if labelled:
+        gone = {c.class_name for c in fresh} - set(_class_names(session))
+        if gone:
+            raise Conflict(
+                f"class {', '.join(sorted(str(name) for name in gone))} was retired or merged during the import; "
+                "run the import again"
+            )
+    return _known_hashes(session, [c.sha256 for c in fresh])
+
+
+def _write(
+    *,
+    session: Session,
+    fresh: list[Candidate],
+    spool: BinaryIO,
+    duplicates: int,
+    labelled: bool,
+    user_id: int | None,
+    source: str,
+    skipped: list[str],
+    progress: Progress | None,
+    total: int,
+) -> ImportSummary:
+    """Insert the prepared cells (and their labels) in batches; the caller's commit makes them visible at once."""
+    known_now = _recheck(session, fresh=fresh, labelled=labelled, user_id=user_id)
     batch = ImportBatch(user_id=user_id, source=source[-512:], labelled=labelled, imported=0, duplicates=0)
     session.add(batch)
     session.flush()
 
-    label_count = 0
-    prepare = partial(_prepare, max_pixels=max_pixels, min_side=min_side)
-    # Pillow releases the GIL while decoding, resizing and compressing, so threads use every core.
-    with ThreadPoolExecutor(max_workers=_PREPARE_THREADS) as workers:
-        try:
-            for chunk in _batched(fresh, BATCH_SIZE):
-                cells: list[Cell] = []
-                for candidate, prepared in zip(chunk, workers.map(prepare, chunk), strict=True):
-                    cells.append(
-                        Cell(
-                            sha256=prepared.sha256,
-                            display_png=prepared.display_png,
-                            display_size=prepared.display_size,
-                            model_input=prepared.model_input,
-                            source_name=candidate.source_name[-512:],
-                            import_id=batch.id,
-                            random_key=random.random(),
-                        )
-                    )
-                session.add_all(cells)
+    imported = label_count = 0
+    try:
+        for chunk in _batched(fresh, BATCH_SIZE):
+            pairs = [(candidate, pickle.load(spool)) for candidate in chunk]
+            pairs = [(c, prepared) for c, prepared in pairs if prepared.sha256 not in known_now]
+            cells = [
+                Cell(
+                    sha256=prepared.sha256,
+                    display_png=prepared.display_png,
+                    display_size=prepared.display_size,
+                    model_input=prepared.model_input,
+                    source_name=candidate.source_name[-512:],
+                    import_id=batch.id,
+                    random_key=random.random(),
+                )
+                for candidate, prepared in pairs
+            ]
+            session.add_all(cells)
+            session.flush()
+            labels: list[Label] = []
+            if labelled:
+                labels = [
+                    Label(cell_id=cell.id, user_id=user_id, value=candidate.class_name, source=LabelSource.IMPORT)
+                    for cell, (candidate, _) in zip(cells, pairs, strict=True)
+                ]
+                session.add_all(labels)
                 session.flush()
-                labels: list[Label] = []
-                if labelled:
-                    labels = [
-                        Label(cell_id=cell.id, user_id=user_id, value=candidate.class_name, source=LabelSource.IMPORT)
-                        for cell, candidate in zip(cells, chunk, strict=True)
-                    ]
-                    session.add_all(labels)
-                    session.flush()
-                    for cell, label in zip(cells, labels, strict=True):
-                        cell.current_label_id = label.id
-                    session.flush()
-                    label_count += len(labels)
-                for row in (*cells, *labels):  # keep the session small on 10,000 images
-                    session.expunge(row)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        except IntegrityError as exc:
-            raise Conflict(
-                "another import added some of the same cells at the same time; run the import again"
-            ) from exc
+                for cell, label in zip(cells, labels, strict=True):
+                    cell.current_label_id = label.id
+                session.flush()
+                label_count += len(labels)
+            for row in (*cells, *labels):  # keep the session small on 10,000 images
+                session.expunge(row)
+            imported += len(cells)
+    except IntegrityError as exc:
+        raise Conflict("another import added some of the same cells at the same time; run the import again") from exc
 
-    batch.imported = len(fresh)
-    batch.duplicates = duplicates
+    batch.imported = imported
+    batch.duplicates = duplicates + len(fresh) - imported
     session.flush()
     if progress:
         progress(total, total)
     return ImportSummary(
-        imported=len(fresh),
-        duplicates=duplicates,
+        imported=imported,
+        duplicates=batch.duplicates,
         labelled=label_count,
         import_id=batch.id,
         skipped=skipped,
@@ -195,7 +222,11 @@ def _run_import(
     source: str,
     progress: Progress | None,
 ) -> ImportSummary:
-    """Check every file ``found`` (refusing them all, or none), then write the cells."""
+    """Check every file ``found`` (refusing them all, or none), prepare the new ones, then write the cells.
+
+    The checking and preparing, nearly all of an import's time, run outside any transaction
+    (``end_read_transaction``), so that on SQLite the labellers are not kept waiting for its write lock;
+    the insert is one short transaction, the caller's, committed whole or not at all."""
     entries, rejections, skipped = found
     settings = get_settings()
     max_pixels, min_side = settings.max_image_pixels, settings.min_image_side
@@ -205,7 +236,8 @@ def _run_import(
         labelled = looks_labelled(entries, class_names)
     _check_user(session, user_id, labelled)
     check_pixel_budget(entries, source=source, max_pixels=max_pixels)
-    total = 2 * len(entries)  # each file is read twice: checked, then written
+    end_read_transaction(session)
+    total = 2 * len(entries)  # each file is read twice: checked, then prepared
     candidates, problems = scan_entries(
         entries,
         labelled=labelled,
@@ -220,19 +252,37 @@ def _run_import(
         rejections.append(Rejection(source, "no images found"))
     if rejections:
         raise ImportRefused(rejections)
-    return _write(
-        session=session,
-        candidates=candidates,
-        labelled=labelled,
-        user_id=user_id,
-        source=source,
-        max_pixels=max_pixels,
-        min_side=min_side,
-        skipped=skipped,
-        progress=progress,
-        done=len(entries),
-        total=total,
-    )
+    known = _known_hashes(session, [c.sha256 for c in candidates])
+    end_read_transaction(session)
+    fresh: list[Candidate] = []
+    seen: set[str] = set()
+    for candidate in candidates:
+        if candidate.sha256 not in known and candidate.sha256 not in seen:
+            seen.add(candidate.sha256)
+            fresh.append(candidate)
+    duplicates = len(candidates) - len(fresh)
+    with tempfile.TemporaryFile() as spool:
+        _prepare_all(
+            fresh,
+            spool,
+            max_pixels=max_pixels,
+            min_side=min_side,
+            progress=progress,
+            done=len(entries) + duplicates,  # duplicates need no second pass
+            total=total,
+        )
+        return _write(
+            session=session,
+            fresh=fresh,
+            spool=spool,
+            duplicates=duplicates,
+            labelled=labelled,
+            user_id=user_id,
+            source=source,
+            skipped=skipped,
+            progress=progress,
+            total=total,
+        )
 
 
 def import_folder(

@@ -1,16 +1,19 @@
 """Importing smear fields into samples: each field is located (``ml.locate``), its white cells cut out and
-stored as cells with their provenance. All or nothing, like the tile import; services never commit.
+stored as cells with their provenance. All or nothing, like the tile import; services never commit data.
 
 Two passes, as in ``app.cells.importer``: the first decodes every file and collects every problem, so a
-refusal names them all and writes nothing; the second decodes each field again, locates its cells, and
-writes the field (a display copy) and its cells. A field without any white cell is imported with 0 cells
+refusal names them all and writes nothing; the second decodes each new field again, locates and cuts out its
+cells onto a temporary file. Both run outside any transaction; then the fields (a display copy each) and their
+cells are written. A field without any white cell is imported with 0 cells
 and listed as such: an empty field is not an error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.cells.images import prepare_image
+from app.cells.images import PreparedImage, prepare_image
 
 # The tile import's file walking: links, zip escapes, encrypted entries, names that are not UTF-8,
 # notes beside the images and the decompression-bomb budget are handled the same way for fields.
@@ -39,6 +42,7 @@ from app.cells.sources import (
     printable_name,
     zip_entries,
 )
+from app.db import end_read_transaction
 from app.errors import Conflict, InvalidInput
 from app.models import Cell, Field, ImportBatch, Sample
 from app.samples.service import check_identifier, get_or_create_sample, sample_pixel_sizes
@@ -194,16 +198,16 @@ def _cell_sha256(field_row: Field, index: int, found: FoundCell, pixels_sha256: 
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _write_field(
-    *,
-    session: Session,
-    item: _Checked,
-    sample: Sample,
-    config: LocateConfig,
-    batch: ImportBatch,
-    report: SampleImport,
-    progress: Progress | None,
-) -> None:
+@dataclass(frozen=True)
+class _Located:
+    """A new field located and its cells cut, outside any transaction; its rows are written after."""
+
+    display: bytes
+    scale: float
+    cells: list[tuple[FoundCell, PreparedImage]]
+
+
+def _locate_field(item: _Checked, config: LocateConfig, progress: Progress | None) -> _Located:
     try:
         rgb = _read(item.entry, config)
     except Exception as error:  # noqa: BLE001 - the first pass decoded it, so it changed since
@@ -213,22 +217,28 @@ def _write_field(
         raise ImportRefused([Rejection(item.entry.name, "changed during the import")])
     found = locate(rgb, config, name=item.entry.name, progress=progress)
     display, scale = display_copy(rgb)
+    cells = [(cell, prepare_image(Image.fromarray(crop_cell(rgb, cell, config)))) for cell in found]
+    return _Located(display, scale, cells)
+
+
+def _write_field(
+    *, session: Session, item: _Checked, located: _Located, sample: Sample, batch: ImportBatch, report: SampleImport
+) -> None:
     field_row = Field(
         sample_id=sample.id,
         source_name=item.entry.name[-512:],
         sha256=item.sha256,
         width=item.width,
         height=item.height,
-        display_jpeg=display,
-        display_scale=scale,
+        display_jpeg=located.display,
+        display_scale=located.scale,
         import_id=batch.id,
-        cell_count=len(found),
+        cell_count=len(located.cells),
     )
     session.add(field_row)
     session.flush()
     cells = []
-    for index, cell in enumerate(found):
-        prepared = prepare_image(Image.fromarray(crop_cell(rgb, cell, config)))
+    for index, (cell, prepared) in enumerate(located.cells):
         x0, y0, x1, y1 = cell.box
         cells.append(
             Cell(
@@ -258,10 +268,23 @@ def _write_field(
         session.expunge(row)
     report.fields += 1
     report.cells += len(cells)
-    report.touching_edge += sum(cell.touches_edge for cell in found)
-    report.merged += sum(cell.merged for cell in found)
-    if not found:
+    report.touching_edge += sum(cell.touches_edge for cell, _ in located.cells)
+    report.merged += sum(cell.merged for cell, _ in located.cells)
+    if not located.cells:
         report.empty_fields.append(item.entry.name)
+
+
+def _known_fields(session: Session, identifiers: list[str]) -> dict[str, set[str]]:
+    """The field hashes each existing sample of ``identifiers`` holds already."""
+    known: dict[str, set[str]] = {name: set() for name in identifiers}
+    rows = session.execute(
+        select(Sample.identifier, Field.sha256)
+        .join(Field, Field.sample_id == Sample.id)
+        .where(Sample.identifier.in_(identifiers))
+    )
+    for identifier, sha256 in rows:
+        known[identifier].add(sha256)
+    return known
 
 
 def _run_import(
@@ -275,7 +298,11 @@ def _run_import(
     source: str,
     progress: Progress | None,
 ) -> FieldImportSummary:
-    """Find, cut and write the cells of the fields ``found`` (files, refusals, skipped notes), all or nothing."""
+    """Find, cut and write the cells of the fields ``found`` (files, refusals, skipped notes), all or nothing.
+
+    Checking, locating and cutting, nearly all of the time, run outside any transaction (a transaction that has
+    only read is ended first: ``app.db.end_read_transaction``), so that on SQLite the labellers are not kept
+    waiting for its write lock; the rows are written after, in the caller's transaction."""
     entries, rejections, skipped = found
     if sample is not None:
         sample = check_identifier(sample)
@@ -286,6 +313,7 @@ def _run_import(
     configs = {name: LocateConfig(um_per_px=size) for name, size in pixel_sizes.items()}
     max_pixels = LocateConfig().max_pixels
     check_pixel_budget([entry for entry, _ in assigned], source=source, max_pixels=max_pixels)
+    end_read_transaction(session)
     checked, problems = _check(assigned, configs, progress, total=len(assigned) * 2)
     rejections += problems
     if not entries and not rejections:
@@ -293,53 +321,66 @@ def _run_import(
     if rejections:
         raise ImportRefused(rejections)
 
-    # Nothing is written before every file passed the check.
-    samples = {
-        name: get_or_create_sample(session=session, identifier=name, um_per_px=um_per_px, note=note, user_id=user_id)
-        for name in identifiers
-    }
-    reports = {
-        name: SampleImport(identifier=name, sample_id=row.id, created=created)
-        for name, (row, created) in samples.items()
-    }
+    known = _known_fields(session, identifiers)
+    end_read_transaction(session)
+    duplicates = dict.fromkeys(identifiers, 0)
     fresh: list[_Checked] = []
-    for name, (row, _) in samples.items():
-        known = set(session.scalars(select(Field.sha256).where(Field.sample_id == row.id)))
-        for item in (item for item in checked if item.sample == name):
-            if item.sha256 in known:
-                reports[name].duplicates += 1
-            else:
-                known.add(item.sha256)
-                fresh.append(item)
+    for item in checked:
+        if item.sha256 in known[item.sample]:
+            duplicates[item.sample] += 1
+        else:
+            known[item.sample].add(item.sha256)
+            fresh.append(item)
     steps = {id(item): _steps(item, configs[item.sample]) for item in fresh}
     total = len(checked) + sum(steps.values())
     done = len(checked)
-
-    batch = ImportBatch(user_id=user_id, source=source[-512:], labelled=False, imported=0, duplicates=0)
-    session.add(batch)
-    session.flush()
-    try:
+    with tempfile.TemporaryFile() as spool:
         for item in fresh:
-            row, _ = samples[item.sample]
 
             def tile_progress(tiles_done: int, _tiles: int, base: int = done) -> None:
                 if progress:
                     progress(base + tiles_done, total)
 
-            _write_field(
-                session=session,
-                item=item,
-                sample=row,
-                config=configs[item.sample],
-                batch=batch,
-                report=reports[item.sample],
-                progress=tile_progress,
-            )
+            pickle.dump(_locate_field(item, configs[item.sample], tile_progress), spool, pickle.HIGHEST_PROTOCOL)
             done += steps[id(item)]
             if progress:
                 progress(done, total)
-    except IntegrityError as error:
-        raise Conflict("another import added some of the same fields at the same time; run the import again") from error
+        spool.seek(0)
+        # Nothing is written before every file passed the check and every field was located.
+        if sample_pixel_sizes(session=session, identifiers=identifiers, um_per_px=um_per_px) != pixel_sizes:
+            raise Conflict("another import created one of these samples meanwhile; run the import again")
+        samples = {
+            name: get_or_create_sample(
+                session=session, identifier=name, um_per_px=um_per_px, note=note, user_id=user_id
+            )
+            for name in identifiers
+        }
+        reports = {
+            name: SampleImport(identifier=name, sample_id=row.id, created=created, duplicates=duplicates[name])
+            for name, (row, created) in samples.items()
+        }
+        known_now = _known_fields(session, identifiers)  # another import may have added some meanwhile
+        batch = ImportBatch(user_id=user_id, source=source[-512:], labelled=False, imported=0, duplicates=0)
+        session.add(batch)
+        session.flush()
+        try:
+            for item in fresh:
+                located: _Located = pickle.load(spool)
+                if item.sha256 in known_now[item.sample]:
+                    reports[item.sample].duplicates += 1
+                    continue
+                _write_field(
+                    session=session,
+                    item=item,
+                    located=located,
+                    sample=samples[item.sample][0],
+                    batch=batch,
+                    report=reports[item.sample],
+                )
+        except IntegrityError as error:
+            raise Conflict(
+                "another import added some of the same fields at the same time; run the import again"
+            ) from error
     listed = list(reports.values())
     batch.imported = sum(r.cells for r in listed)
     batch.duplicates = sum(r.duplicates for r in listed)

@@ -23,6 +23,7 @@ from ml.locate import (
     LocateConfig,
     NotAnImage,
     UnsupportedImage,
+    background_colour,
     crop_cell,
     locate_cells,
     locate_large,
@@ -161,6 +162,19 @@ def test_crop_is_centred_and_scaled_like_a_pbc_tile():
     cell_side = expected_cell_box(cells[0].nucleus_box)[2] - expected_cell_box(cells[0].nucleus_box)[0]
     nucleus_side_in_patch = cols.max() - cols.min() + 1
     assert nucleus_side_in_patch == pytest.approx(81 / cell_side * CONFIG.crop_fill * 128, abs=3)
+
+
+def test_a_cell_cut_by_the_field_edge_is_padded_with_the_background_not_its_own_stain():
+    field = blank()
+    field[:, :40] = (180, 160, 200)  # a smear whose edge column is stained unlike the plasma around the cells
+    wbc(field, 20, 240, 40)  # its nucleus reaches the left edge
+    cell = next(c for c in locate_cells(field) if c.touches_edge)
+    patch = crop_cell(field, cell).astype(int)
+
+    beyond = patch[:, :8]  # left of the field's edge: nothing was imaged there
+    assert np.abs(beyond - np.array(BACKGROUND)).max() <= 3  # the plasma's colour, no stripes of nucleus
+    assert (np.abs(patch - np.array(NUCLEUS)).sum(axis=2) < 60).any()  # the cut cell itself is kept
+    assert tuple(background_colour(field[200:280, 0:120])) == BACKGROUND
 
 
 def test_large_image_in_tiles_finds_a_cell_on_a_tile_border_once():

@@ -20,6 +20,7 @@ from app.cells.images import UnreadableImage, open_image
 from app.cells.importer import BATCH_SIZE, import_folder, import_zip
 from app.cells.sources import ImportRefused, folder_entries, scan_entries
 from app.db import session_scope
+from app.errors import Conflict
 from app.models import Cell, ImportBatch, Label
 from cli.importing import import_command
 from tests.support.factories import make_user
@@ -434,3 +435,74 @@ def test_cli_labelled_import_needs_an_admin(any_db_url: str, tmp_path: Path) -> 
     assert result.exit_code == 2
     assert "'cy' is not an active admin" in result.output
     assert counts() == {"cells": 0, "labels": 0, "imports": 0}
+
+
+@pytest.mark.parametrize("any_db_url", ["sqlite"], indirect=True)
+def test_sqlite_stays_writable_while_an_import_decodes(any_db_url: str, tmp_path: Path) -> None:
+    """Every SQLite transaction here takes the write lock at its start; an import must not hold one
+    through its decoding, or every labeller waits (and fails after the busy timeout)."""
+    import sqlite3
+
+    make_flat_folder(tmp_path / "in", count=6)
+    path = any_db_url.split("///", 1)[1]
+    free: list[bool] = []
+
+    def try_to_write(done: int, total: int) -> None:
+        if done == total:
+            return  # the insert itself: its short transaction holds the lock
+        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            free.append(True)
+        except sqlite3.OperationalError:  # database is locked
+            free.append(False)
+        finally:
+            probe.close()
+
+    with session_scope() as session:
+        summary = import_folder(
+            session=session, path=tmp_path / "in", labelled=False, user_id=None, progress=try_to_write
+        )
+
+    assert summary.imported == 6
+    assert len(free) >= 2 and all(free)  # checked in both passes, never locked out
+    assert counts() == {"cells": 6, "labels": 0, "imports": 1}
+
+
+def test_a_class_retired_while_files_are_prepared_refuses_the_import(any_db_url: str, tmp_path: Path) -> None:
+    from app.classes.service import retire_class
+
+    admin = make_user("ada", role="admin")
+    make_imagefolder(tmp_path / "set", classes=DEFAULT_CLASSES, per_class=2)
+
+    def retire_basophils(done: int, total: int) -> None:
+        if done == total // 2:  # every file checked; none prepared yet
+            with session_scope() as other:
+                retire_class(session=other, user=None, ref="basophil")
+
+    with (
+        pytest.raises(Conflict, match="class basophil was retired or merged during the import"),
+        session_scope() as session,
+    ):
+        import_folder(session=session, path=tmp_path / "set", labelled=True, user_id=admin, progress=retire_basophils)
+
+    assert counts() == {"cells": 0, "labels": 0, "imports": 0}
+
+
+def test_cells_another_import_added_meanwhile_count_as_duplicates(any_db_url: str, tmp_path: Path) -> None:
+    make_flat_folder(tmp_path / "in", count=4)
+    make_flat_folder(tmp_path / "first", count=2)  # the same pixels as two of the four
+
+    def import_the_first_meanwhile(done: int, total: int) -> None:
+        if done == total // 2:
+            with session_scope() as other:
+                import_folder(session=other, path=tmp_path / "first", labelled=False, user_id=None)
+
+    with session_scope() as session:
+        summary = import_folder(
+            session=session, path=tmp_path / "in", labelled=False, user_id=None, progress=import_the_first_meanwhile
+        )
+
+    assert (summary.imported, summary.duplicates) == (2, 2)
+    assert counts() == {"cells": 4, "labels": 0, "imports": 2}

@@ -406,3 +406,56 @@ def test_a_tile_cell_page_has_no_field_line(pg_db_url: str) -> None:
     with TestClient(create_app()) as client:
         page = client.get(f"/cells/{cell_id}", headers={**token_headers(client, "cyto"), "Accept": "text/html"})
     assert page.status_code == 200 and f"Cell {cell_id}" in page.text and 'id="cell-field"' not in page.text
+
+
+@pytest.mark.parametrize("any_db_url", ["sqlite"], indirect=True)
+def test_sqlite_stays_writable_while_fields_are_located(any_db_url: str, tmp_path: Path) -> None:
+    """Locating is most of a field import's time: it must not hold SQLite's write lock meanwhile."""
+    import sqlite3
+
+    two_samples(tmp_path / "in")
+    path = any_db_url.split("///", 1)[1]
+    free: list[bool] = []
+
+    def try_to_write(done: int, total: int) -> None:
+        if done == total:
+            return  # the rows themselves: their short transaction holds the lock
+        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            free.append(True)
+        except sqlite3.OperationalError:  # database is locked
+            free.append(False)
+        finally:
+            probe.close()
+
+    with session_scope() as session:
+        summary = import_field_folder(
+            session=session, path=tmp_path / "in", sample=None, user_id=None, progress=try_to_write
+        )
+
+    assert (summary.fields, summary.cells) == (3, 5)
+    assert len(free) >= 4 and all(free)  # every field checked, then located, with the lock free
+    assert counts() == {"samples": 2, "fields": 3, "cells": 5, "imports": 1}
+
+
+def test_fields_another_import_added_while_locating_count_as_duplicates(any_db_url: str, tmp_path: Path) -> None:
+    save(tmp_path / "first" / "f.png", make_field(FIELD_B1)[0])
+    save(tmp_path / "both" / "f.png", make_field(FIELD_B1)[0])
+    save(tmp_path / "both" / "g.png", make_field(FIELD_A1)[0])
+    state = {"sent": False}
+
+    def import_the_first_meanwhile(done: int, total: int) -> None:
+        if done == 2 and not state["sent"]:  # both fields checked; none located yet
+            state["sent"] = True
+            with session_scope() as other:
+                import_field_folder(session=other, path=tmp_path / "first", sample="S", user_id=None)
+
+    with session_scope() as session:
+        summary = import_field_folder(
+            session=session, path=tmp_path / "both", sample="S", user_id=None, progress=import_the_first_meanwhile
+        )
+
+    assert state["sent"] and (summary.fields, summary.duplicates) == (1, 1)
+    assert counts() == {"samples": 1, "fields": 2, "cells": 2 + 3, "imports": 2}
