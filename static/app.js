@@ -30,6 +30,37 @@
     if (banner) banner.hidden = true;
   });
 
+  // An upload (the import forms): the form's hx-indicator <progress> shows how much of the file has been sent,
+  // and its data-upload-status element says so; once all is sent the bar runs on (no value) while the server
+  // checks and imports, which a large zip takes a while to do.
+  function uploadProgress(form) {
+    const selector = form && form.getAttribute("hx-indicator");
+    const bar = selector && document.querySelector(selector);
+    return bar && bar.tagName === "PROGRESS" ? [bar, form.querySelector("[data-upload-status]")] : [null, null];
+  }
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    const [bar, status] = uploadProgress(event.target.closest("form"));
+    if (!bar) return;
+    bar.removeAttribute("value");
+    bar.dataset.phase = "upload";
+    if (status) status.textContent = "uploading…";
+  });
+  document.addEventListener("htmx:xhr:progress", (event) => {
+    const [bar, status] = uploadProgress(event.target.closest("form"));
+    const { loaded, total, lengthComputable } = event.detail;
+    // htmx reports the reply's download the same way: only the events before the upload ends count
+    if (!bar || bar.dataset.phase !== "upload" || !lengthComputable || !total) return;
+    bar.max = total;
+    if (loaded < total) {
+      bar.value = loaded;
+      if (status) status.textContent = `uploading ${Math.floor((100 * loaded) / total)} % of ${(total / 1e6).toFixed(1)} MB`;
+    } else {
+      bar.removeAttribute("value");
+      bar.dataset.phase = "server";
+      if (status) status.textContent = "uploaded; checking and importing every image…";
+    }
+  });
+
   // A plain form that changes many rows (a class merge, a retirement) asks first: data-confirm holds the question.
   document.addEventListener("submit", (event) => {
     const question = event.target.dataset && event.target.dataset.confirm;

@@ -47,6 +47,39 @@ def test_import_errors_are_shown(live_server: str, page, tmp_path) -> None:
     assert "readme.png" in page.locator("#import-result table").inner_text()
 
 
+def test_an_upload_shows_how_much_is_sent_then_that_the_server_is_importing(live_server: str, page, tmp_path) -> None:
+    make_user("root", role="admin")
+    login(page, live_server, "root", PASSWORD)
+    page.wait_for_url(f"{live_server}/label")
+    page.goto(f"{live_server}/admin/import")
+    upload = tmp_path / "cells.zip"
+    upload.write_bytes(make_zip({f"c{i}.png": image_bytes(make_cell_image(i, 96)) for i in range(60)}))
+    page.evaluate(
+        """() => {
+          window.seen = [];
+          document.addEventListener("htmx:xhr:progress", () => {  // after the page's own listener
+            const bar = document.getElementById("import-progress");
+            window.seen.push({ max: bar.max, hasValue: bar.hasAttribute("value"),
+                               status: document.querySelector("[data-upload-status]").textContent,
+                               shown: getComputedStyle(document.querySelector("[data-upload-status]")).display });
+          });
+        }"""
+    )
+    page.set_input_files("input[name=file]", str(upload))
+    page.click("main form button[type=submit]")
+    page.locator("#import-result .card").wait_for(timeout=20_000)
+
+    seen = page.evaluate("window.seen")
+    assert seen, "no upload progress reported"
+    (sent,) = {entry["max"] for entry in seen}  # the bar counts the form's bytes: the zip and a few fields
+    assert upload.stat().st_size < sent < upload.stat().st_size + 2_000
+    last = seen[-1]
+    assert last["status"] == "uploaded; checking and importing every image…" and last["shown"] == "inline"
+    assert not last["hasValue"]  # all sent: the bar runs on while the server imports
+    assert "60" in page.locator("#import-result").inner_text()
+    assert not page.locator("[data-upload-status]").is_visible()  # the answer came: the status line is gone
+
+
 def test_labelling_resumes_after_a_network_drop(live_server: str, page) -> None:
     make_user("carla")
     make_cells(8)
