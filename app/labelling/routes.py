@@ -228,6 +228,7 @@ def label_page(request: Request, session: SessionDep, user: CurrentUser) -> Resp
         "label.html",
         {
             "keymap": keymap(classes),
+            "classes": classes,
             "stats": service.stats(session=session, user=user),
             "empty_poll_ms": int(get_settings().empty_queue_poll_s * 1000),
         },

@@ -74,3 +74,23 @@ def test_links_and_redirects_follow_the_root_path(any_db_url: str) -> None:
         page = client.get("/admin/training").text
         assert 'href="/leukolab/admin/models"' in page and 'hx-post="/leukolab/admin/training"' in page
         assert client.get("/", follow_redirects=False).headers["location"] == "/leukolab/label"
+
+
+def test_the_menu_offers_each_role_its_pages_and_marks_the_one_shown(client: TestClient) -> None:
+    make_user("root", role="admin")
+    make_user("cy")
+    browser_login(client, "root")
+    menu = {}
+    for url in ("/admin/export", "/samples", "/admin/models"):
+        nav = re.search(r"<nav>(.*?)</nav>", client.get(url).text, re.S).group(1)
+        menu[url] = re.findall(r'<a href="([^"]+)"( aria-current="page")?>([^<]+)</a>', nav)
+    links = [(href, text) for href, _, text in menu["/admin/export"]]
+    assert ("/admin/export", "Export") in links and ("/admin/activity", "Activity") in links and len(links) == 13
+    for url, entries in menu.items():
+        assert [href for href, current, _ in entries if current] == [url]  # one page marked: the one shown
+        assert [(href, text) for href, _, text in entries] == links  # the same menu on every page
+
+    client.cookies.clear()
+    browser_login(client, "cy")
+    nav = re.search(r"<nav>(.*?)</nav>", client.get("/samples").text, re.S).group(1)
+    assert re.findall(r'<a href="([^"]+)"', nav) == ["/label", "/samples", "/review"]

@@ -42,3 +42,27 @@ def test_buttons_help_and_script_config_are_one_keymap(client: TestClient) -> No
     assert all(html.escape(entry["help"]) in overlay for entry in keymap)
     all_keys = [key for entry in keymap for key in entry["keys"]]
     assert len(all_keys) == len(set(all_keys)), "one key, one action"
+
+
+def test_the_counters_list_every_class_in_use_with_its_labelled_cells(client: TestClient, tmp_path) -> None:
+    from app.cells.importer import import_folder
+    from app.classes.service import retire_class
+    from tests.support.images import make_imagefolder
+
+    admin = make_user("ada", role="admin")
+    make_imagefolder(tmp_path / "set", classes=["neutrophil", "monocyte", "basophil"], per_class=2)
+    make_imagefolder(tmp_path / "more", classes=["neutrophil"], per_class=1, seed=3)
+    with session_scope() as session:
+        import_folder(session=session, path=tmp_path / "set", labelled=True, user_id=admin)
+        import_folder(session=session, path=tmp_path / "more", labelled=True, user_id=admin)
+        retire_class(session=session, user=None, ref="basophil")
+        shown = [c.display_name for c in list_classes(session=session)]
+    make_user("ana")
+    browser_login(client, "ana")
+    page = client.get("/label").text
+    table = re.search(r'<table id="per-class">(.*?)</table>', page, re.S).group(1)
+    rows = re.findall(r'<tr><td>([^<]+)</td><td data-class="([^"]+)">(\d+)</td></tr>', table)
+
+    assert [name for name, _, _ in rows] == [*shown, "unsure"]  # the retired basophil is not a counter
+    counts = {key: int(count) for _, key, count in rows}
+    assert (counts["neutrophil"], counts["monocyte"], counts["lymphocyte"], counts["unsure"]) == (3, 2, 0, 0)
