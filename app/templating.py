@@ -21,6 +21,11 @@ def path_for(request: Request, name: str, /, **path_params: Any) -> str:
     return request.url_for(name, **path_params).path
 
 
+def root_path(request: Request) -> str:
+    """The path the app is served under (a proxy's prefix, ``--root-path``); "" at the root."""
+    return request.scope.get("root_path", "")
+
+
 @pass_context
 def _url_for(context: dict[str, Any], name: str, /, **path_params: Any) -> str:
     return path_for(context["request"], name, **path_params)

@@ -1,6 +1,7 @@
 // Adjudication: one key (a class hotkey) decides the cell shown, then the next case loads.
 (function () {
   "use strict";
+  const root = document.body.dataset.root || ""; // the path leukolab is served under (a proxy's prefix)
   const config = JSON.parse(document.getElementById("adjudication-config").textContent);
   const hotkeys = Object.fromEntries(config.classes.map((c) => [c.hotkey, c.name]));
   const csrf = (JSON.parse(document.body.getAttribute("hx-headers") || "{}"))["X-CSRF-Token"];
@@ -12,7 +13,7 @@
     if (!card || busy) return;
     busy = true;
     status.textContent = "saving…";
-    const response = await fetch(`/api/v1/cells/${card.dataset.cellId}/adjudication`, {
+    const response = await fetch(`${root}/api/v1/cells/${card.dataset.cellId}/adjudication`, {
       method: "POST",
       headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
       body: JSON.stringify({ label }),

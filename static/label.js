@@ -2,6 +2,7 @@
 // every label in localStorage until the server has acknowledged it.
 (() => {
   "use strict";
+  const root = document.body.dataset.root || ""; // the path leukolab is served under (a proxy's prefix)
   const config = JSON.parse(document.getElementById("label-config").textContent);
   const outboxKey = `leukolab.outbox.${config.user}`;
   const $ = (id) => document.getElementById(id);
@@ -38,7 +39,7 @@
       headers: { "X-CSRF-Token": config.csrf, "Content-Type": "application/json", Accept: "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
-    if (response.status === 401) { window.location = `/login?next=${encodeURIComponent(location.pathname)}`; }
+    if (response.status === 401) { window.location = `${root}/login?next=${encodeURIComponent(location.pathname)}`; }
     return response;
   }
 
@@ -56,7 +57,7 @@
     const ids = new Set([current, upcoming].filter(Boolean).map((c) => c.cell_id));
     for (const item of outbox) ids.add(item.cell_id);
     const exclude = [...ids].map((id) => `exclude=${id}`).join("&");
-    const response = await api("GET", `/api/v1/queue/next${exclude ? "?" + exclude : ""}`);
+    const response = await api("GET", `${root}/api/v1/queue/next${exclude ? "?" + exclude : ""}`);
     if (response.status === 204) return null;
     if (!response.ok) throw new Error(`next cell: HTTP ${response.status}`);
     const cell = await response.json();
@@ -166,7 +167,7 @@
       const item = outbox[0];
       let response;
       try {
-        response = await api("POST", `/api/v1/cells/${item.cell_id}/labels`, { label: item.label, idempotency_key: item.key });
+        response = await api("POST", `${root}/api/v1/cells/${item.cell_id}/labels`, { label: item.label, idempotency_key: item.key });
       } catch (error) {
         showError("connection lost: labels are kept in this browser and will be sent again");
         await new Promise((resolve) => setTimeout(resolve, 2000));
@@ -210,14 +211,14 @@
   // Give leases back when they are not needed, so other readers can have those cells.
   function release(cell, keepalive = false) {
     if (!cell) return;
-    fetch(`/api/v1/cells/${cell.cell_id}/lease`, {
+    fetch(`${root}/api/v1/cells/${cell.cell_id}/lease`, {
       method: "DELETE", credentials: "same-origin", keepalive, headers: { "X-CSRF-Token": config.csrf },
     }).catch(() => {});
   }
 
   function undo() {
     chain = chain.then(flush).then(async () => {
-      const response = await api("POST", "/api/v1/labels/undo");
+      const response = await api("POST", `${root}/api/v1/labels/undo`);
       const body = await response.json().catch(() => ({}));
       if (!response.ok) { showError(body.detail || `undo: HTTP ${response.status}`); return; }
       showError("");
@@ -225,7 +226,7 @@
         if (upcoming && upcoming.cell_id !== current.cell_id) release(upcoming);
         upcoming = current;
       }
-      show({ cell_id: body.cell_id, image_url: body.image_url || `/api/v1/cells/${body.cell_id}/image`, reason: "undo", reason_text: `you undid your label ${body.label}`, suggestion: null });
+      show({ cell_id: body.cell_id, image_url: body.image_url || `${root}/api/v1/cells/${body.cell_id}/image`, reason: "undo", reason_text: `you undid your label ${body.label}`, suggestion: null });
       toast(`label ${body.label} undone: cell ${body.cell_id} is back`);
       refreshStats();
     });
@@ -235,7 +236,7 @@
   function refreshStats() {
     clearTimeout(statsTimer);
     statsTimer = setTimeout(async () => {
-      const response = await api("GET", "/api/v1/stats");
+      const response = await api("GET", `${root}/api/v1/stats`);
       if (!response.ok) return;
       const stats = await response.json();
       $("my-today").textContent = stats.my_today;
@@ -256,7 +257,7 @@
     const dialog = $("field-view");
     if (dialog.open) { dialog.close(); return; }
     if (!current) return;
-    const response = await api("GET", `/api/v1/cells/${current.cell_id}/field`);
+    const response = await api("GET", `${root}/api/v1/cells/${current.cell_id}/field`);
     const body = await response.json().catch(() => ({}));
     if (!response.ok) { toast(body.detail || `field: HTTP ${response.status}`); return; }
     const svg = $("field-svg");
@@ -311,7 +312,7 @@
   // and asks again when it is shown, so an idle tab does not keep cells from other readers.
   setInterval(() => {
     if (document.hidden) return;
-    for (const cell of [current, upcoming]) if (cell) api("POST", `/api/v1/cells/${cell.cell_id}/lease`).catch(() => {});
+    for (const cell of [current, upcoming]) if (cell) api("POST", `${root}/api/v1/cells/${cell.cell_id}/lease`).catch(() => {});
   }, 60_000);
   let hiddenTimer = null;
   function releaseAll(keepalive) {

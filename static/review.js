@@ -3,6 +3,7 @@
 // as predicted, z undoes the last bulk action, e enlarges the cell under the cursor, n next page.
 (function () {
   "use strict";
+  const root = document.body.dataset.root || ""; // the path leukolab is served under (a proxy's prefix)
   const config = JSON.parse(document.getElementById("review-config").textContent);
   const hotkeys = Object.fromEntries(config.classes.map((c) => [c.hotkey, c.name]));
   const csrf = (JSON.parse(document.body.getAttribute("hx-headers") || "{}"))["X-CSRF-Token"];
@@ -50,7 +51,7 @@
     pageCursor = at || null;
     say("loading…", 1);
     try {
-      const data = await api("GET", "/api/v1/review?" + query(at).toString());
+      const data = await api("GET", `${root}/api/v1/review?` + query(at).toString());
       cells = data.cells;
       nextCursor = data.next_cursor;
       done = new Set();
@@ -77,7 +78,7 @@
         figure.classList.toggle("selected", selected.has(cell.cell_id));
         figure.classList.toggle("done", done.has(cell.cell_id));
         const img = document.createElement("img");
-        img.src = `/api/v1/cells/${cell.cell_id}/image`;
+        img.src = `${root}/api/v1/cells/${cell.cell_id}/image`;
         img.alt = `cell ${cell.cell_id}`;
         img.width = 96;
         img.height = 96;
@@ -127,7 +128,7 @@
   async function bulk(body, ids, newLabel) {
     say("saving…", 1);
     try {
-      const result = await api("POST", "/api/v1/review/labels", body);
+      const result = await api("POST", `${root}/api/v1/review/labels`, body);
       for (const cell of cells) {
         if (ids.includes(cell.cell_id)) {
           done.add(cell.cell_id);
@@ -159,7 +160,7 @@
   async function undo() {
     say("undoing…", 1);
     try {
-      const result = await api("POST", "/api/v1/review/undo");
+      const result = await api("POST", `${root}/api/v1/review/undo`);
       say(`undid action ${result.action_id} (${result.count} labels)`, 1);
       await load(pageCursor);
       say(`undid action ${result.action_id} (${result.count} labels)`, 0);
@@ -172,12 +173,12 @@
     const cell = cells[cursor];
     if (!cell) return;
     enlarged.hidden = false;
-    document.getElementById("enlarged-image").src = `/api/v1/cells/${cell.cell_id}/image`;
+    document.getElementById("enlarged-image").src = `${root}/api/v1/cells/${cell.cell_id}/image`;
     document.getElementById("enlarged-caption").textContent = `cell ${cell.cell_id}`;
-    document.getElementById("enlarged-link").href = `/cells/${cell.cell_id}`;
+    document.getElementById("enlarged-link").href = `${root}/cells/${cell.cell_id}`;
     const rows = document.getElementById("history-rows");
     try {
-      const events = await api("GET", `/api/v1/cells/${cell.cell_id}/history`);
+      const events = await api("GET", `${root}/api/v1/cells/${cell.cell_id}/history`);
       rows.replaceChildren(
         ...events.map((e) => {
           const tr = document.createElement("tr");

@@ -12,7 +12,7 @@ from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import NotFound, responses
 from app.params import DbId, QueryId, QueryTime
 from app.samples import service as samples
-from app.templating import render
+from app.templating import render, root_path
 from app.users import service as users
 
 api = APIRouter(prefix="/api/v1", tags=["audit"], responses=responses(401, 422))
@@ -58,7 +58,7 @@ def activity(
 def cell_page(request: Request, session: SessionDep, user: CurrentUser, cell_id: DbId):
     events = service.cell_history(session=session, user=user, cell_id=cell_id)
     try:  # a cell located in a smear field links to its sample
-        field = samples.cell_field(session=session, cell_id=cell_id)
+        field = samples.cell_field(session=session, cell_id=cell_id, root=root_path(request))
     except NotFound:  # imported as a tile
         field = None
     return render(request, "cell.html", {"cell_id": cell_id, "events": events, "field": field})

@@ -17,7 +17,7 @@ from app.labelling.schemas import LabelIn, LabelOut, LeaseOut, NextCell, Stats, 
 from app.models import as_utc
 from app.params import DbId, QueryIds
 from app.settings import get_settings
-from app.templating import redirect, render
+from app.templating import path_for, redirect, render
 
 api = APIRouter(prefix="/api/v1", tags=["labelling"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
@@ -28,9 +28,9 @@ def _json(data: dict, status_code: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
-def image_url(cell_id: int, sha256: str | None) -> str:
+def image_url(request: Request, cell_id: int, sha256: str | None) -> str:
     """The cell image's URL, carrying its content hash: the reply may be cached for good (``cell_image``)."""
-    return f"/api/v1/cells/{cell_id}/image" + (f"?v={sha256}" if sha256 else "")
+    return path_for(request, "cell_image", cell_id=cell_id) + (f"?v={sha256}" if sha256 else "")
 
 
 def _refuser(request: Request, claims):
@@ -82,7 +82,7 @@ def queue_next(
     return _json(
         {
             "cell_id": lease.cell_id,
-            "image_url": image_url(lease.cell_id, sha256),
+            "image_url": image_url(request, lease.cell_id, sha256),
             "reason": lease.reason,
             "reason_text": reasons.plain_reason(lease.reason, top),
             "suggestion": suggestion,
@@ -168,13 +168,16 @@ def add_label(request: Request, session: SessionDep, claims: CallerDep, cell_id:
 
 
 @api.post("/labels/undo", response_model=UndoOut, responses=responses(403, 404, 409))
-def undo(session: SessionDep, user: CurrentUser) -> UndoOut:
+def undo(request: Request, session: SessionDep, user: CurrentUser) -> UndoOut:
     """Undo the caller's newest label given here (recorded as a row; imported labels are never undone);
     the cell is leased back to them. 409 when another undo sent at the same moment took that label."""
     label = service.undo_last(session=session, user=user)
     sha256 = service.cell_sha256(session=session, cell_id=label.cell_id)
     return UndoOut(
-        undone_label_id=label.id, cell_id=label.cell_id, label=label.value, image_url=image_url(label.cell_id, sha256)
+        undone_label_id=label.id,
+        cell_id=label.cell_id,
+        label=label.value,
+        image_url=image_url(request, label.cell_id, sha256),
     )
 
 

@@ -16,7 +16,7 @@ from app.samples import service
 from app.samples.fields import import_field_zip
 from app.samples.schemas import CellFieldOut, DifferentialOut, FieldImportOut, SampleDetail, SampleOut
 from app.settings import get_settings
-from app.templating import render
+from app.templating import render, root_path
 
 api = APIRouter(prefix="/api/v1", tags=["samples"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
@@ -60,9 +60,9 @@ def api_samples(session: SessionDep, user: CurrentUser) -> list[SampleOut]:
 
 
 @api.get("/samples/{sample_id}", response_model=SampleDetail, responses=responses(404))
-def api_sample(session: SessionDep, user: CurrentUser, sample_id: DbId) -> SampleDetail:
+def api_sample(request: Request, session: SessionDep, user: CurrentUser, sample_id: DbId) -> SampleDetail:
     """A sample with its fields and every located cell's box."""
-    return service.sample_detail(session=session, sample_id=sample_id)
+    return service.sample_detail(session=session, sample_id=sample_id, root=root_path(request))
 
 
 @api.get("/samples/{sample_id}/differential", response_model=DifferentialOut, responses=responses(404))
@@ -83,9 +83,9 @@ def field_image(session: SessionDep, user: CurrentUser, field_id: DbId) -> Respo
 
 
 @api.get("/cells/{cell_id}/field", response_model=CellFieldOut, responses=responses(404))
-def api_cell_field(session: SessionDep, user: CurrentUser, cell_id: DbId) -> CellFieldOut:
+def api_cell_field(request: Request, session: SessionDep, user: CurrentUser, cell_id: DbId) -> CellFieldOut:
     """The field a cell was located in, with its box. 404 for a cell imported as a tile."""
-    return service.cell_field(session=session, cell_id=cell_id)
+    return service.cell_field(session=session, cell_id=cell_id, root=root_path(request))
 
 
 # --- pages ----------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def import_fields_upload(
 
 @pages.get("/samples/{sample_id}")
 def sample_page(request: Request, session: SessionDep, user: CurrentUser, sample_id: DbId):
-    detail = service.sample_detail(session=session, sample_id=sample_id)
+    detail = service.sample_detail(session=session, sample_id=sample_id, root=root_path(request))
     return render(request, "samples/sample.html", {"sample": detail})
 
 

@@ -132,8 +132,9 @@ def list_samples(*, session: Session) -> list[SampleOut]:
     return [SampleOut(**_sample_out(s, field_counts.get(s.id, 0), cell_counts.get(s.id, 0))) for s in samples]
 
 
-def field_image_url(field_id: int) -> str:
-    return f"/api/v1/fields/{field_id}/image"
+def field_image_url(field_id: int, root: str = "") -> str:
+    """The field image's URL under ``root``, the path the app is served under (a proxy's prefix)."""
+    return f"{root}/api/v1/fields/{field_id}/image"
 
 
 def _cell_box(row: Cell, label: str | None) -> CellBox:
@@ -147,7 +148,7 @@ def _cell_box(row: Cell, label: str | None) -> CellBox:
     )
 
 
-def sample_detail(*, session: Session, sample_id: int) -> SampleDetail:
+def sample_detail(*, session: Session, sample_id: int, root: str = "") -> SampleDetail:
     """The sample with each of its fields and every located cell's box."""
     sample = get_sample(session=session, sample_id=sample_id)
     fields = list(session.scalars(select(Field).where(Field.sample_id == sample_id).order_by(Field.id)))
@@ -170,7 +171,7 @@ def sample_detail(*, session: Session, sample_id: int) -> SampleDetail:
                 width=f.width,
                 height=f.height,
                 display_scale=f.display_scale,
-                image_url=field_image_url(f.id),
+                image_url=field_image_url(f.id, root),
                 cells=boxes.get(f.id, []),
             )
             for f in fields
@@ -186,7 +187,7 @@ def field_image(*, session: Session, field_id: int) -> bytes:
     return data
 
 
-def cell_field(*, session: Session, cell_id: int) -> CellFieldOut:
+def cell_field(*, session: Session, cell_id: int, root: str = "") -> CellFieldOut:
     """Where a located cell was found: its field, box and centre."""
     row = session.execute(
         select(Cell, Label.value).outerjoin(Label, Label.id == Cell.current_label_id).where(Cell.id == cell_id)
@@ -208,7 +209,7 @@ def cell_field(*, session: Session, cell_id: int) -> CellFieldOut:
         width=field.width,
         height=field.height,
         display_scale=field.display_scale,
-        image_url=field_image_url(field.id),
+        image_url=field_image_url(field.id, root),
         cell=_cell_box(cell, label),
     )
 

@@ -74,6 +74,38 @@ def test_links_and_redirects_follow_the_root_path(any_db_url: str) -> None:
         page = client.get("/admin/training").text
         assert 'href="/leukolab/admin/models"' in page and 'hx-post="/leukolab/admin/training"' in page
         assert client.get("/", follow_redirects=False).headers["location"] == "/leukolab/label"
+        assert 'data-root="/leukolab"' in page  # what the pages' scripts put before the API's paths
+
+
+def test_urls_the_api_hands_out_follow_the_root_path(any_db_url: str, tmp_path: Path) -> None:
+    from app.db import session_scope
+    from app.samples.fields import import_field_folder
+    from tests.support.fields import make_field, save
+
+    make_user("root", role="admin")
+    save(tmp_path / "fields" / "S" / "f.png", make_field([(200, 150, 45)])[0])
+    with session_scope() as session:
+        import_field_folder(session=session, path=tmp_path / "fields", sample=None, user_id=None)
+    with TestClient(create_app(), root_path="/leukolab") as client:
+        browser_login(client, "root")
+        headers = {"X-CSRF-Token": re.search(r'"X-CSRF-Token": "([^"]+)"', client.get("/label").text).group(1)}
+        cell = client.get("/api/v1/queue/next", headers=headers).json()
+        assert cell["image_url"].startswith(f"/leukolab/api/v1/cells/{cell['cell_id']}/image?v=")
+        field = client.get(f"/api/v1/cells/{cell['cell_id']}/field", headers=headers).json()
+        assert field["image_url"] == f"/leukolab/api/v1/fields/{field['field_id']}/image"
+        sample = client.get(f"/samples/{field['sample_id']}").text
+        assert f'href="/leukolab/api/v1/fields/{field["field_id"]}/image"' in sample
+        client.post("/api/v1/cells/{}/labels".format(cell["cell_id"]), json={"label": "neutrophil"}, headers=headers)
+        undone = client.post("/api/v1/labels/undo", headers=headers).json()
+        assert undone["image_url"].startswith(f"/leukolab/api/v1/cells/{cell['cell_id']}/image")
+
+
+def test_the_pages_scripts_call_the_api_under_the_root_path() -> None:
+    for script in ("label.js", "review.js", "adjudication.js"):
+        text = (TEMPLATES.parent / "static" / script).read_text()
+        assert 'const root = document.body.dataset.root || "";' in text, script
+        bare = re.findall(r'[`"\'](/(?:api|login|admin|samples|cells)\b[^`"\']*)', text)
+        assert bare == [], f"{script} spells paths without the root path: {bare}"
 
 
 def test_the_menu_offers_each_role_its_pages_and_marks_the_one_shown(client: TestClient) -> None:
