@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -126,3 +127,26 @@ def client(any_db_url: str) -> Iterator[TestClient]:
 
     with TestClient(create_app()) as client:
         yield client
+
+
+def sqlite_lock_probe(url: str) -> tuple[list[bool], Callable[[int, int], None]]:
+    """A progress callback for an import on the SQLite ``url`` that tries, at each step but the last (the insert's
+    own short transaction), to take the write lock as a labeller's request would (0.2 s busy timeout); and the
+    list of whether each try got it."""
+    path = url.split("///", 1)[1]
+    free: list[bool] = []
+
+    def try_to_write(done: int, total: int) -> None:
+        if done == total:
+            return
+        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            free.append(True)
+        except sqlite3.OperationalError:  # database is locked
+            free.append(False)
+        finally:
+            probe.close()
+
+    return free, try_to_write

@@ -23,6 +23,7 @@ from app.db import session_scope
 from app.errors import Conflict
 from app.models import Cell, ImportBatch, Label
 from cli.importing import import_command
+from tests.support.database import sqlite_lock_probe
 from tests.support.factories import make_user
 from tests.support.images import (
     DEFAULT_CLASSES,
@@ -441,24 +442,8 @@ def test_cli_labelled_import_needs_an_admin(any_db_url: str, tmp_path: Path) -> 
 def test_sqlite_stays_writable_while_an_import_decodes(any_db_url: str, tmp_path: Path) -> None:
     """Every SQLite transaction here takes the write lock at its start; an import must not hold one
     through its decoding, or every labeller waits (and fails after the busy timeout)."""
-    import sqlite3
-
     make_flat_folder(tmp_path / "in", count=6)
-    path = any_db_url.split("///", 1)[1]
-    free: list[bool] = []
-
-    def try_to_write(done: int, total: int) -> None:
-        if done == total:
-            return  # the insert itself: its short transaction holds the lock
-        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-            free.append(True)
-        except sqlite3.OperationalError:  # database is locked
-            free.append(False)
-        finally:
-            probe.close()
+    free, try_to_write = sqlite_lock_probe(any_db_url)
 
     with session_scope() as session:
         summary = import_folder(

@@ -24,7 +24,7 @@ from app.models import Cell, Field, ImportBatch, Label, ModelVersion, Prediction
 from app.samples import service
 from app.samples.fields import DISPLAY_MAX_SIDE, import_field_folder
 from cli.importing import import_command
-from tests.support.database import SHARED_DATA
+from tests.support.database import SHARED_DATA, sqlite_lock_probe
 from tests.support.factories import make_cells, make_user
 from tests.support.fields import make_field, png_bytes, save
 from tests.support.http import browser_login, token_headers
@@ -411,24 +411,8 @@ def test_a_tile_cell_page_has_no_field_line(pg_db_url: str) -> None:
 @pytest.mark.parametrize("any_db_url", ["sqlite"], indirect=True)
 def test_sqlite_stays_writable_while_fields_are_located(any_db_url: str, tmp_path: Path) -> None:
     """Locating is most of a field import's time: it must not hold SQLite's write lock meanwhile."""
-    import sqlite3
-
     two_samples(tmp_path / "in")
-    path = any_db_url.split("///", 1)[1]
-    free: list[bool] = []
-
-    def try_to_write(done: int, total: int) -> None:
-        if done == total:
-            return  # the rows themselves: their short transaction holds the lock
-        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-            free.append(True)
-        except sqlite3.OperationalError:  # database is locked
-            free.append(False)
-        finally:
-            probe.close()
+    free, try_to_write = sqlite_lock_probe(any_db_url)
 
     with session_scope() as session:
         summary = import_field_folder(
