@@ -8,6 +8,11 @@
   const card = document.getElementById("case");
   const status = document.getElementById("adjudication-status");
   let busy = false;
+  const decided = sessionStorage.getItem("leukolab.adjudicated");
+  if (decided) {
+    status.textContent = decided;
+    sessionStorage.removeItem("leukolab.adjudicated");
+  }
 
   async function decide(label) {
     if (!card || busy) return;
@@ -19,6 +24,8 @@
       body: JSON.stringify({ label }),
     });
     if (response.ok) {
+      // said on the next case's page, which the reload brings
+      sessionStorage.setItem("leukolab.adjudicated", `cell ${card.dataset.cellId} decided: ${label}`);
       window.location.reload();
     } else {
       const data = await response.json().catch(() => ({}));

@@ -142,6 +142,7 @@ def adjudication_page(request: Request, session: SessionDep, admin: AdminUser):
         "admin/adjudication.html",
         {
             "case": _case(request, *found) if found else None,
+            "waiting": service.waiting_for_adjudication(session=session),
             "classes": classes,
             "config": {"classes": [{"name": c.name, "hotkey": c.hotkey} for c in classes]},
         },

@@ -110,10 +110,16 @@ def agreement(*, session: Session) -> Agreement:
                 pair = pairs.setdefault((a.username, b.username), PairAgreement(a.username, b.username))
                 pair.a.append(a.value)
                 pair.b.append(b.value)
-    pending = session.scalar(select(func.count(Cell.id)).where(Cell.awaits_adjudication.is_(True)))
     return Agreement(
-        pairs=[pairs[key] for key in sorted(pairs)], overall_kappa=kappa(firsts, seconds), pending_adjudication=pending
+        pairs=[pairs[key] for key in sorted(pairs)],
+        overall_kappa=kappa(firsts, seconds),
+        pending_adjudication=waiting_for_adjudication(session=session),
     )
+
+
+def waiting_for_adjudication(*, session: Session) -> int:
+    """How many cells wait for an admin's decision between readers who disagree."""
+    return session.scalar(select(func.count(Cell.id)).where(Cell.awaits_adjudication.is_(True)))
 
 
 def next_adjudication(*, session: Session) -> tuple[int, list[Read]] | None:

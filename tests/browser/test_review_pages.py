@@ -138,8 +138,10 @@ def test_double_reading_by_two_users_then_adjudication(live_server: str, browser
     assert card.get_attribute("data-cell-id") == str(cell)
     reads = card.locator(".read").all_inner_texts()
     assert any("ana" in r and "neutrophil" in r for r in reads) and any("bob" in r and "lymphocyte" in r for r in reads)
+    assert root.locator("#waiting").inner_text() == "1"
     root.keyboard.press("2")  # one key decides
     root.wait_for_selector("#no-case")
+    assert root.locator("#adjudication-status").inner_text() == f"cell {cell} decided: lymphocyte"
     with session_scope() as session:
         assert current_labels(session=session) == {cell: "lymphocyte"}
         sources = session.scalars(select(Label.source).order_by(Label.id)).all()
