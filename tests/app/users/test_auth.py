@@ -333,3 +333,6 @@ def test_deactivate_asks_for_confirmation(client: TestClient) -> None:
     browser_login(client, "root")
     page = client.get("/admin/users")
     assert 'hx-confirm="Deactivate cyto?' in page.text
+    rows = {re.search(r"<td>([^<]+)</td>", row).group(1): row for row in page.text.split("<tr")[2:]}
+    assert "Deactivate" not in rows["root"] and "Reset password" not in rows["root"]  # refused for oneself anyway
+    assert "your account" in rows["root"] and "Deactivate" in rows["cyto"]
