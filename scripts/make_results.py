@@ -794,6 +794,7 @@ def render(
         xeon_current_lever_lines=lever_lines(results, "levers-xeon-current", "levers-epyc-current"),
         epyc_tta_scoring_lever_lines=lever_lines(results, "levers-epyc-tta-scoring", "levers-epyc-current"),
         epyc_selfsup_lever_lines=lever_lines(results, "levers-epyc-selfsup", "levers-epyc-current"),
+        epyc_selfsup30_lever_lines=lever_lines(results, "levers-epyc-selfsup30", "levers-epyc-current"),
         ood_reference_cells=make_config("cpu", "lp+mean-teacher").ood_reference_cells,
         profile_bf16=make_config("cpu", "lp+mean-teacher").cpu_bf16,
         profile_tta=make_config("cpu", "lp+mean-teacher").tta,
