@@ -82,10 +82,10 @@ def _note_write(session: Session, _flush_context) -> None:
     session.info[WROTE] = True
 
 
-@event.listens_for(Session, "after_commit")
-@event.listens_for(Session, "after_rollback")
-def _transaction_ended(session: Session) -> None:
-    session.info.pop(WROTE, None)
+@event.listens_for(Session, "after_transaction_end")
+def _transaction_ended(session: Session, transaction) -> None:
+    if transaction.parent is None:  # the whole transaction, not a savepoint within it
+        session.info.pop(WROTE, None)
 
 
 def end_read_transaction(session: Session) -> bool:

@@ -36,10 +36,13 @@ def test_a_transaction_that_wrote_is_left_to_its_owner(any_db_url: str) -> None:
             session_ended.append(end_read_transaction(session))
             session.add(_new_user("pending"))
             session_ended.append(end_read_transaction(session))
+            with session.begin_nested():  # a savepoint's end is not the transaction's
+                session.add(_new_user("in a savepoint"))
+            session_ended.append(end_read_transaction(session))
             raise RuntimeError("the owner rolls back")
     except RuntimeError:
         pass
-    assert session_ended == [False, False]
+    assert session_ended == [False, False, False]
     assert _users() == 0  # nothing was committed behind the owner's back
 
 
