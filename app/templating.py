@@ -38,6 +38,7 @@ def redirect(request: Request, name: str, /, **path_params: Any) -> RedirectResp
 
 templates.env.globals.update(
     url_for=_url_for,  # templates name routes instead of spelling their paths
+    root_path=root_path,
     RunStatus=RunStatus,
     ScoringStatus=ScoringStatus,
     ACTIVE_RUN_STATUSES=ACTIVE_RUN_STATUSES,

@@ -22,10 +22,13 @@ CPU_VECTOR_UNITS = ("AMX BF16", "AVX-512 BF16", "no native bf16")
 
 
 @functools.cache
-def pick_device() -> torch.device:
-    """CUDA when there is a usable one, else the CPU (asked once per process)."""
+def pick_device(requested: str | torch.device | None = None) -> torch.device:
+    """``requested`` where a caller names a device; else CUDA when there is a usable one, else the CPU (asked once
+    per process)."""
     import torch
 
+    if requested is not None:
+        return torch.device(requested)
     if torch.cuda.is_available():
         try:
             torch.zeros(1, device="cuda")

@@ -183,7 +183,7 @@ def retrain(
         "warm_started_from_reference": from_reference,
         "fitted_to_lab": from_reference,
         "entropy_threshold": config.entropy_threshold,
-        "precision": train_precision(torch.device(device) if device is not None else pick_device(), config.cpu_bf16),
+        "precision": train_precision(pick_device(device), config.cpu_bf16),
     }
     if on_start is not None:
         on_start(data)

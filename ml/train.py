@@ -334,7 +334,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    device = torch.device(device) if device is not None else pick_device()
+    device = pick_device(device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny weights late in training otherwise slow CPUs badly
     return device

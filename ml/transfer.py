@@ -84,7 +84,7 @@ def fit_to_lab(
     from ml.infer import predict
 
     cells = labelled_x if unlabelled_x is None or not len(unlabelled_x) else torch.cat([labelled_x, unlabelled_x])
-    network = load_model(checkpoint, which="teacher", device=device if device is not None else pick_device())
+    network = load_model(checkpoint, which="teacher", device=pick_device(device))
     model = adapt_batchnorm(network, cells, progress=progress)
     if adapt_im:
         model = adapt_information(model, cells)

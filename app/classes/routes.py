@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,7 +14,7 @@ from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import LeukolabError, responses
 from app.models import ClassEvent, User
 from app.params import DbId
-from app.templating import render
+from app.templating import redirect, render
 
 api = APIRouter(prefix="/api/v1", tags=["classes"], responses=responses(401, 422))
 pages = APIRouter(include_in_schema=False)
@@ -119,7 +118,7 @@ def _act(request: Request, session: Session, action) -> object:
     except LeukolabError as exc:
         session.rollback()
         return _page(request, session, exc.message, exc.status_code)
-    return RedirectResponse(str(request.url_for("classes_page").path), status_code=303)
+    return redirect(request, "classes_page")
 
 
 @pages.get("/admin/classes")

@@ -24,7 +24,7 @@ from app.errors import LeukolabError, responses
 from app.labelling import service as labelling
 from app.models import as_utc
 from app.params import DbId
-from app.templating import render
+from app.templating import path_for, render
 
 api = APIRouter(prefix="/api/v1", tags=["consensus"], responses=responses(401, 403, 422))
 pages = APIRouter(include_in_schema=False)
@@ -74,7 +74,7 @@ def agreement(session: SessionDep, admin: AdminUser) -> AgreementOut:
 def _case(request: Request, cell_id: int, reads: list) -> AdjudicationCase:
     return AdjudicationCase(
         cell_id=cell_id,
-        image_url=str(request.url_for("cell_image", cell_id=cell_id).path),
+        image_url=path_for(request, "cell_image", cell_id=cell_id),
         reads=[ReadOut(label_id=r.label_id, user=r.username, label=r.value) for r in reads],
     )
 
