@@ -32,11 +32,16 @@ def _live_leases(user_id: int) -> int:
         )
 
 
-def test_import_errors_are_shown(live_server: str, page, tmp_path) -> None:
+def open_import_page(page, live_server: str) -> None:
+    """An admin logged in on the Import page."""
     make_user("root", role="admin")
     login(page, live_server, "root", PASSWORD)
     page.wait_for_url(f"{live_server}/label")
     page.goto(f"{live_server}/admin/import")
+
+
+def test_import_errors_are_shown(live_server: str, page, tmp_path) -> None:
+    open_import_page(page, live_server)
     bad = tmp_path / "bad.zip"
     bad.write_bytes(make_zip({"good.png": image_bytes(make_cell_image(1)), "notes/readme.png": b"not an image"}))
     page.set_input_files("input[name=file]", str(bad))
@@ -48,10 +53,7 @@ def test_import_errors_are_shown(live_server: str, page, tmp_path) -> None:
 
 
 def test_an_upload_shows_how_much_is_sent_then_that_the_server_is_importing(live_server: str, page, tmp_path) -> None:
-    make_user("root", role="admin")
-    login(page, live_server, "root", PASSWORD)
-    page.wait_for_url(f"{live_server}/label")
-    page.goto(f"{live_server}/admin/import")
+    open_import_page(page, live_server)
     upload = tmp_path / "cells.zip"
     upload.write_bytes(make_zip({f"c{i}.png": image_bytes(make_cell_image(i, 96)) for i in range(60)}))
     page.evaluate(
